@@ -1,0 +1,36 @@
+// The frame of the p2bw executable: every subcommand registers its options on a CLI11 sub-app
+// and returns the function that runs it.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <mpi.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace p2bw::app {
+
+// What a subcommand's run function may use.
+struct Context {
+  MPI_Comm world = MPI_COMM_WORLD;
+  int rank = 0;
+  int size = 1;
+  bool root() const { return rank == 0; }
+};
+
+// A registered subcommand: its CLI11 sub-app and the function that runs it once parsed.
+struct Command {
+  CLI::App* cli = nullptr;
+  std::function<int(const Context&)> run;
+};
+
+// Each registers one subcommand on `app`.
+Command add_check(CLI::App& app);
+// A subcommand that this version does not have yet: it says so and exits with code 1.
+Command add_pending(CLI::App& app, const std::string& name, const std::string& description);
+
+// The repeatable --set key.path=value option shared by the commands that read a deck.
+void add_set_option(CLI::App& command, std::vector<std::string>& overrides);
+
+}  // namespace p2bw::app

@@ -1,0 +1,84 @@
+// The p2bw executable: initialises MPI and Kokkos, dispatches to a subcommand, and turns errors
+// into one-line messages with exit code 2 (user errors) or 1 (internal errors).
+#include <Kokkos_Core.hpp>
+#include <fmt/format.h>
+#include <mpi.h>
+
+#include <cstdio>
+#include <vector>
+
+#include "command.hpp"
+#include "core/build_info.hpp"
+#include "core/error.hpp"
+
+namespace {
+
+int run_cli(int argc, char** argv, const p2bw::app::Context& context) {
+  CLI::App app{"p2bw: pipeline-parallel training of transformer language models "
+               "(PipeDream-2BW, PipeDream-Flush, GPipe) on Kokkos and MPI"};
+  app.require_subcommand(0, 1);
+  bool version = false;
+  app.add_flag("--version", version, "print the version and the build's Kokkos, MPI, HDF5 and NCCL");
+
+  std::vector<p2bw::app::Command> commands = {p2bw::app::add_check(app)};
+  const std::pair<const char*, const char*> pending[] = {
+      {"train", "train a model from a deck on d·w MPI ranks"},
+      {"simulate", "replay a deck's schedule with per-action costs and report bubbles"},
+      {"plan", "choose depth, width, microbatch size and count for a cluster"},
+      {"profile", "measure per-part compute time and memory on this device"},
+      {"inspect", "summarise a metrics, trace or checkpoint HDF5 file"},
+      {"prepare-data", "turn text files into a token file"},
+      {"bench", "time forward and backward per layer type on this device"}};
+  for (const auto& [name, description] : pending)
+    commands.push_back(p2bw::app::add_pending(app, name, description));
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    if (context.root()) std::fputs(app.help().c_str(), stdout);
+    return p2bw::kExitOk;
+  } catch (const CLI::CallForAllHelp&) {
+    if (context.root()) std::fputs(app.help("", CLI::AppFormatMode::All).c_str(), stdout);
+    return p2bw::kExitOk;
+  } catch (const CLI::ParseError& error) {
+    if (context.root()) fmt::print(stderr, "error: {} (run p2bw --help)\n", error.what());
+    return p2bw::kExitUser;
+  }
+  if (version) {
+    const std::string text = p2bw::build_description();
+    if (context.root()) std::fputs(text.c_str(), stdout);
+    return p2bw::kExitOk;
+  }
+  for (const p2bw::app::Command& command : commands) {
+    if (command.cli->parsed()) return command.run(context);
+  }
+  if (context.root()) std::fputs(app.help().c_str(), stdout);
+  return p2bw::kExitOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  p2bw::app::Context context;
+  MPI_Comm_rank(context.world, &context.rank);
+  MPI_Comm_size(context.world, &context.size);
+  Kokkos::initialize(argc, argv);
+  int code = p2bw::kExitOk;
+  try {
+    code = run_cli(argc, argv, context);
+  } catch (const p2bw::UserError& error) {
+    // Collective code paths raise user errors on every rank; rank 0 speaks for all.
+    if (context.root()) fmt::print(stderr, "error: {}\n", error.what());
+    code = p2bw::kExitUser;
+  } catch (const std::exception& error) {
+    fmt::print(stderr, "error: rank {}: {}\n", context.rank, error.what());
+    std::fflush(stderr);
+    Kokkos::finalize();
+    MPI_Abort(context.world, p2bw::kExitInternal);
+    return p2bw::kExitInternal;
+  }
+  Kokkos::finalize();
+  MPI_Finalize();
+  return code;
+}

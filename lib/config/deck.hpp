@@ -1,0 +1,101 @@
+// The input deck: plain typed structs holding every setting of a run, filled from YAML by
+// deck_parse.cpp and validated there. Key names (model.hidden, pipeline.depth, ...) are fixed.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace p2bw::config {
+
+enum class ModelKind { gpt, bert };
+enum class ScheduleKind { gpipe, flush, twobw };
+enum class OptimizerKind { adamw, sgd };
+enum class LrDecay { cosine, linear, constant };
+enum class DataFormat { text, tokens, llmc };
+
+struct ModelConfig {
+  ModelKind kind = ModelKind::gpt;
+  int layers = 0;   // transformer blocks
+  int hidden = 0;   // C
+  int heads = 0;    // NH; divides hidden
+  int seq_len = 0;  // T
+  int vocab = 256;  // V (padded to a multiple of 64 inside the model)
+};
+
+struct PipelineConfig {
+  int depth = 1;                        // d: stages
+  int width = 1;                        // w: data-parallel replicas of every stage
+  ScheduleKind schedule = ScheduleKind::twobw;
+  int microbatches = 0;                 // m per batch per pipeline; 0 in the struct = 2·d
+  bool recompute = false;               // stash stage inputs only, re-run forward in backward
+  std::vector<int> partition;           // blocks per stage; empty = balanced automatically
+  int sync_warmup_steps = 1000;         // 2bw only: first K optimizer steps with flush semantics
+  double timeout_s = 300.0;             // a rank that cannot progress for this long fails the run
+};
+
+struct OptimizerConfig {
+  OptimizerKind kind = OptimizerKind::adamw;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;  // decoupled (AdamW) or L2 (SGD); never on LayerNorm and biases
+  double momentum = 0.9;      // SGD only
+};
+
+struct TrainConfig {
+  int microbatch_size = 1;  // b: sequences per microbatch per rank
+  std::int64_t steps = 0;   // optimizer steps
+  std::uint64_t seed = 1234;
+  OptimizerConfig optimizer;
+  double lr = 3e-4;                       // peak learning rate
+  std::int64_t lr_warmup_steps = 0;       // linear warm-up from 0 to lr
+  LrDecay lr_decay = LrDecay::cosine;     // after warm-up, down to lr_min at the last step
+  double lr_min = 0.0;
+  double grad_clip = 1.0;                 // global gradient-norm clip; 0 disables
+  int log_every = 10;                     // steps between log lines
+  bool tf32 = false;                      // allow TF32 tensor-core GEMMs on CUDA
+};
+
+struct DataConfig {
+  std::string path;  // resolved: relative paths in a deck are relative to the deck's folder
+  DataFormat format = DataFormat::text;
+};
+
+struct OutputConfig {
+  std::string dir;  // empty in the struct = runs/<deck name>
+  bool trace = false;
+};
+
+struct CheckpointConfig {
+  int every = 0;  // steps between checkpoints; 0 = only at the end
+  int keep = 2;   // most recent checkpoints kept
+};
+
+struct Deck {
+  ModelConfig model;
+  PipelineConfig pipeline;
+  TrainConfig train;
+  DataConfig data;
+  OutputConfig output;
+  CheckpointConfig checkpoint;
+
+  std::string source;  // the deck file it was read from (for messages)
+};
+
+// Names used in decks and messages.
+const char* to_string(ModelKind kind);
+const char* to_string(ScheduleKind kind);
+const char* to_string(OptimizerKind kind);
+const char* to_string(LrDecay decay);
+const char* to_string(DataFormat format);
+
+// Vocabulary padded to a multiple of 64 (rows of the embedding and the LM head).
+inline int padded_vocab(int vocab) { return (vocab + 63) / 64 * 64; }
+
+// Global batch in sequences: b · m · w.
+inline std::int64_t global_batch(const Deck& deck) {
+  return std::int64_t{deck.train.microbatch_size} * deck.pipeline.microbatches * deck.pipeline.width;
+}
+
+}  // namespace p2bw::config

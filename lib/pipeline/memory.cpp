@@ -1,0 +1,51 @@
+// Per-stage memory prediction; see memory.hpp.
+#include "pipeline/memory.hpp"
+
+#include <algorithm>
+
+#include "model/model_shape.hpp"
+
+namespace p2bw::pipeline {
+
+int max_in_flight(config::ScheduleKind schedule, int depth, int microbatches, int stage) {
+  if (schedule == config::ScheduleKind::gpipe) return microbatches;
+  return std::min(depth - stage, microbatches);
+}
+
+std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap& map) {
+  constexpr std::int64_t kFloat = 4;
+  const model::ModelShape shape(deck.model, deck.train.microbatch_size);
+  const int depth = static_cast<int>(map.stages.size());
+  std::vector<StageMemory> result;
+  for (int s = 0; s < depth; ++s) {
+    const StageRange& range = map.stages[s];
+    StageMemory mem;
+    std::int64_t stashed = range.blocks * shape.block().activations;  // one microbatch, full
+    std::int64_t input = shape.block().input;                       // stage input per microbatch
+    mem.params = range.blocks * shape.block().params;
+    if (range.has_embedding) {
+      mem.params += shape.embedding().params;
+      stashed += shape.embedding().activations;
+      input = shape.embedding().input;
+    }
+    if (range.has_head) {
+      mem.params += shape.head().params;
+      stashed += shape.head().activations;
+    }
+    mem.versions = deck.pipeline.schedule == config::ScheduleKind::twobw ? 2 : 1;
+    mem.in_flight = max_in_flight(deck.pipeline.schedule, depth, deck.pipeline.microbatches, s);
+    mem.weights = mem.params * kFloat * mem.versions;
+    mem.gradients = mem.params * kFloat;
+    mem.optimizer = mem.params * kFloat * (deck.train.optimizer.kind == config::OptimizerKind::adamw ? 2 : 1);
+    // With recomputation only each microbatch's stage input is stashed; one microbatch's full
+    // activations exist while its backward re-runs the forward.
+    mem.activations = kFloat * (deck.pipeline.recompute ? mem.in_flight * input + stashed
+                                                        : mem.in_flight * stashed);
+    const int boundaries = (s > 0) + (s + 1 < depth);
+    mem.buffers = kFloat * 2 * boundaries * shape.block().input;  // activation and gradient
+    result.push_back(mem);
+  }
+  return result;
+}
+
+}  // namespace p2bw::pipeline
