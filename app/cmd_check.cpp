@@ -5,10 +5,10 @@
 #include <cstdio>
 #include <memory>
 
-#include "command.hpp"
-#include "core/error.hpp"
 #include "comm/deck_broadcast.hpp"
+#include "command.hpp"
 #include "config/deck_io.hpp"
+#include "core/error.hpp"
 #include "pipeline/memory.hpp"
 #include "pipeline/partition.hpp"
 
@@ -18,7 +18,8 @@ namespace {
 
 std::string bytes(std::int64_t n) {
   const double value = static_cast<double>(n);
-  if (value >= 1024.0 * 1024 * 1024) return fmt::format("{:.2f} GiB", value / (1024.0 * 1024 * 1024));
+  if (value >= 1024.0 * 1024 * 1024)
+    return fmt::format("{:.2f} GiB", value / (1024.0 * 1024 * 1024));
   if (value >= 1024.0 * 1024) return fmt::format("{:.2f} MiB", value / (1024.0 * 1024));
   if (value >= 1024.0) return fmt::format("{:.1f} KiB", value / 1024.0);
   return fmt::format("{} B", n);
@@ -29,25 +30,30 @@ std::string semantics(const config::Deck& deck) {
   constexpr const char* delayed = "W(t+1) = W(t) - lr·∇f(W(t-1))";
   const auto& pipe = deck.pipeline;
   if (pipe.schedule != config::ScheduleKind::twobw)
-    return fmt::format("{}: every step {} (vanilla minibatch semantics)\n", to_string(pipe.schedule), vanilla);
+    return fmt::format("{}: every step {} (vanilla minibatch semantics)\n",
+                       to_string(pipe.schedule), vanilla);
   const std::int64_t warm = std::min<std::int64_t>(pipe.sync_warmup_steps, deck.train.steps);
   std::string text;
-  if (warm > 0) text += fmt::format("steps 1..{}: flush (synchronous warm-up), {}\n", warm, vanilla);
+  if (warm > 0)
+    text += fmt::format("steps 1..{}: flush (synchronous warm-up), {}\n", warm, vanilla);
   if (warm < deck.train.steps)
-    text += fmt::format("steps {}..{}: 2bw, {} (one-step delay; the first two 2bw batches use W({}))\n",
-                        warm + 1, deck.train.steps, delayed, warm);
+    text +=
+        fmt::format("steps {}..{}: 2bw, {} (one-step delay; the first two 2bw batches use W({}))\n",
+                    warm + 1, deck.train.steps, delayed, warm);
   return text;
 }
 
 std::string parts(const pipeline::StageRange& range) {
   std::string text = range.has_embedding ? "embedding + " : "";
   text += range.blocks == 1 ? fmt::format("block {}", range.first_block)
-                            : fmt::format("blocks {}-{}", range.first_block, range.first_block + range.blocks - 1);
+                            : fmt::format("blocks {}-{}", range.first_block,
+                                          range.first_block + range.blocks - 1);
   if (range.has_head) text += " + final LayerNorm, LM head (tied), loss";
   return text;
 }
 
-int run_check(const Context& context, const std::string& path, const std::vector<std::string>& overrides) {
+int run_check(const Context& context, const std::string& path,
+              const std::vector<std::string>& overrides) {
   config::LoadOptions options;
   options.overrides = overrides;
   // A deck is checked on its own (one rank) or inside the launch it is meant for (d·w ranks).
@@ -64,20 +70,23 @@ int run_check(const Context& context, const std::string& path, const std::vector
              deck.pipeline.depth, deck.pipeline.width, ranks, path);
   fmt::print("#   stage s runs on ranks [s·w, (s+1)·w); global batch = b·m·w = {} sequences\n\n",
              config::global_batch(deck));
-  fmt::print("# stage map ({})\n", map.balanced ? "balanced by forward FLOPs" : "from pipeline.partition");
+  fmt::print("# stage map ({})\n",
+             map.balanced ? "balanced by forward FLOPs" : "from pipeline.partition");
   fmt::print("{:>5}  {:>6}  {:>14}  {}\n", "stage", "blocks", "parameters", "parts");
   for (size_t s = 0; s < map.stages.size(); ++s)
-    fmt::print("{:>5}  {:>6}  {:>14}  {}\n", s, map.stages[s].blocks, memory[s].params, parts(map.stages[s]));
+    fmt::print("{:>5}  {:>6}  {:>14}  {}\n", s, map.stages[s].blocks, memory[s].params,
+               parts(map.stages[s]));
   fmt::print("\n# predicted memory per rank of each stage ({}, b = {}, m = {}{})\n",
-             to_string(deck.pipeline.schedule), deck.train.microbatch_size, deck.pipeline.microbatches,
-             deck.pipeline.recompute ? ", recompute" : "");
-  fmt::print("{:>5}  {:>8}  {:>9}  {:>11}  {:>11}  {:>11}  {:>11}  {:>11}  {:>11}\n", "stage", "versions",
-             "in flight", "weights", "gradients", "optimizer", "activations", "buffers", "total");
+             to_string(deck.pipeline.schedule), deck.train.microbatch_size,
+             deck.pipeline.microbatches, deck.pipeline.recompute ? ", recompute" : "");
+  fmt::print("{:>5}  {:>8}  {:>9}  {:>11}  {:>11}  {:>11}  {:>11}  {:>11}  {:>11}\n", "stage",
+             "versions", "in flight", "weights", "gradients", "optimizer", "activations", "buffers",
+             "total");
   for (size_t s = 0; s < memory.size(); ++s) {
     const auto& m = memory[s];
-    fmt::print("{:>5}  {:>8}  {:>9}  {:>11}  {:>11}  {:>11}  {:>11}  {:>11}  {:>11}\n", s, m.versions,
-               m.in_flight, bytes(m.weights), bytes(m.gradients), bytes(m.optimizer), bytes(m.activations),
-               bytes(m.buffers), bytes(m.total()));
+    fmt::print("{:>5}  {:>8}  {:>9}  {:>11}  {:>11}  {:>11}  {:>11}  {:>11}  {:>11}\n", s,
+               m.versions, m.in_flight, bytes(m.weights), bytes(m.gradients), bytes(m.optimizer),
+               bytes(m.activations), bytes(m.buffers), bytes(m.total()));
   }
   return 0;
 }
@@ -85,7 +94,9 @@ int run_check(const Context& context, const std::string& path, const std::vector
 }  // namespace
 
 void add_set_option(CLI::App& command, std::vector<std::string>& overrides) {
-  command.add_option("--set", overrides, "override a deck key, e.g. --set pipeline.depth=4 (repeatable)")
+  command
+      .add_option("--set", overrides,
+                  "override a deck key, e.g. --set pipeline.depth=4 (repeatable)")
       ->type_name("KEY=VALUE")
       ->allow_extra_args(false);
 }
@@ -97,19 +108,29 @@ Command add_check(CLI::App& app) {
     bool keys = false;
   };
   auto options = std::make_shared<Options>();
-  CLI::App* cli = app.add_subcommand("check", "validate a deck; print the resolved deck, stage map and predicted memory");
+  CLI::App* cli = app.add_subcommand(
+      "check", "validate a deck; print the resolved deck, stage map and predicted memory");
   cli->add_option("deck", options->deck, "YAML input deck")->type_name("DECK");
   add_set_option(*cli, options->overrides);
-  cli->add_flag("--keys", options->keys, "print the reference of all deck keys (Markdown) and exit");
+  cli->add_flag("--keys", options->keys,
+                "print the reference of all deck keys (Markdown) and exit");
   return {cli, [options](const Context& context) {
             if (options->keys) {
               if (!context.root()) return 0;
               fmt::print("| key | type | allowed | default | meaning |\n|---|---|---|---|---|\n");
+              const auto cell = [](std::string text) {  // a '|' inside a Markdown cell
+                for (size_t at = text.find('|'); at != std::string::npos;
+                     at = text.find('|', at + 2))
+                  text.replace(at, 1, "\\|");
+                return text;
+              };
               for (const auto& key : config::deck_keys())
-                fmt::print("| `{}` | {} | {} | {} | {} |\n", key.path, key.type, key.allowed, key.fallback, key.help);
+                fmt::print("| `{}` | {} | {} | {} | {} |\n", key.path, key.type, cell(key.allowed),
+                           cell(key.fallback), cell(key.help));
               return 0;
             }
-            if (options->deck.empty()) throw UserError("p2bw check: DECK is required (allowed: a YAML deck file)");
+            if (options->deck.empty())
+              throw UserError("p2bw check: DECK is required (allowed: a YAML deck file)");
             return run_check(context, options->deck, options->overrides);
           }};
 }

@@ -2,8 +2,8 @@
 // and returns the function that runs it.
 #pragma once
 
-#include <CLI/CLI.hpp>
 #include <mpi.h>
+#include <CLI/CLI.hpp>
 
 #include <functional>
 #include <string>

@@ -1,8 +1,8 @@
 // The p2bw executable: initialises MPI and Kokkos, dispatches to a subcommand, and turns errors
 // into one-line messages with exit code 2 (user errors) or 1 (internal errors).
-#include <Kokkos_Core.hpp>
 #include <fmt/format.h>
 #include <mpi.h>
+#include <Kokkos_Core.hpp>
 
 #include <cstdio>
 #include <vector>
@@ -14,11 +14,13 @@
 namespace {
 
 int run_cli(int argc, char** argv, const p2bw::app::Context& context) {
-  CLI::App app{"p2bw: pipeline-parallel training of transformer language models "
-               "(PipeDream-2BW, PipeDream-Flush, GPipe) on Kokkos and MPI"};
+  CLI::App app{
+      "p2bw: pipeline-parallel training of transformer language models "
+      "(PipeDream-2BW, PipeDream-Flush, GPipe) on Kokkos and MPI"};
   app.require_subcommand(0, 1);
   bool version = false;
-  app.add_flag("--version", version, "print the version and the build's Kokkos, MPI, HDF5 and NCCL");
+  app.add_flag("--version", version,
+               "print the version and the build's Kokkos, MPI, HDF5 and NCCL");
 
   std::vector<p2bw::app::Command> commands = {p2bw::app::add_check(app)};
   const std::pair<const char*, const char*> pending[] = {

@@ -12,6 +12,7 @@ namespace p2bw::comm {
 
 // Collective over `comm`. Throws UserError with the same message on every rank when the deck is
 // invalid. Checks d·w against the size of `comm` when options.world_size is 0 and check_world.
-config::Deck load_deck_collective(const std::string& path, config::LoadOptions options, MPI_Comm comm);
+config::Deck load_deck_collective(const std::string& path, config::LoadOptions options,
+                                  MPI_Comm comm);
 
 }  // namespace p2bw::comm

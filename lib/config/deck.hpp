@@ -24,14 +24,14 @@ struct ModelConfig {
 };
 
 struct PipelineConfig {
-  int depth = 1;                        // d: stages
-  int width = 1;                        // w: data-parallel replicas of every stage
+  int depth = 1;  // d: stages
+  int width = 1;  // w: data-parallel replicas of every stage
   ScheduleKind schedule = ScheduleKind::twobw;
-  int microbatches = 0;                 // m per batch per pipeline; 0 in the struct = 2·d
-  bool recompute = false;               // stash stage inputs only, re-run forward in backward
-  std::vector<int> partition;           // blocks per stage; empty = balanced automatically
-  int sync_warmup_steps = 1000;         // 2bw only: first K optimizer steps with flush semantics
-  double timeout_s = 300.0;             // a rank that cannot progress for this long fails the run
+  int microbatches = 0;          // m per batch per pipeline; 0 in the struct = 2·d
+  bool recompute = false;        // stash stage inputs only, re-run forward in backward
+  std::vector<int> partition;    // blocks per stage; empty = balanced automatically
+  int sync_warmup_steps = 1000;  // 2bw only: first K optimizer steps with flush semantics
+  double timeout_s = 300.0;      // a rank that cannot progress for this long fails the run
 };
 
 struct OptimizerConfig {
@@ -48,13 +48,13 @@ struct TrainConfig {
   std::int64_t steps = 0;   // optimizer steps
   std::uint64_t seed = 1234;
   OptimizerConfig optimizer;
-  double lr = 3e-4;                       // peak learning rate
-  std::int64_t lr_warmup_steps = 0;       // linear warm-up from 0 to lr
-  LrDecay lr_decay = LrDecay::cosine;     // after warm-up, down to lr_min at the last step
+  double lr = 3e-4;                    // peak learning rate
+  std::int64_t lr_warmup_steps = 0;    // linear warm-up from 0 to lr
+  LrDecay lr_decay = LrDecay::cosine;  // after warm-up, down to lr_min at the last step
   double lr_min = 0.0;
-  double grad_clip = 1.0;                 // global gradient-norm clip; 0 disables
-  int log_every = 10;                     // steps between log lines
-  bool tf32 = false;                      // allow TF32 tensor-core GEMMs on CUDA
+  double grad_clip = 1.0;  // global gradient-norm clip; 0 disables
+  int log_every = 10;      // steps between log lines
+  bool tf32 = false;       // allow TF32 tensor-core GEMMs on CUDA
 };
 
 struct DataConfig {
@@ -91,11 +91,14 @@ const char* to_string(LrDecay decay);
 const char* to_string(DataFormat format);
 
 // Vocabulary padded to a multiple of 64 (rows of the embedding and the LM head).
-inline int padded_vocab(int vocab) { return (vocab + 63) / 64 * 64; }
+inline int padded_vocab(int vocab) {
+  return (vocab + 63) / 64 * 64;
+}
 
 // Global batch in sequences: b · m · w.
 inline std::int64_t global_batch(const Deck& deck) {
-  return std::int64_t{deck.train.microbatch_size} * deck.pipeline.microbatches * deck.pipeline.width;
+  return std::int64_t{deck.train.microbatch_size} * deck.pipeline.microbatches *
+         deck.pipeline.width;
 }
 
 }  // namespace p2bw::config

@@ -22,29 +22,42 @@
 
 namespace p2bw::config {
 
-const char* to_string(ModelKind kind) { return kind == ModelKind::gpt ? "gpt" : "bert"; }
+const char* to_string(ModelKind kind) {
+  return kind == ModelKind::gpt ? "gpt" : "bert";
+}
 const char* to_string(ScheduleKind kind) {
   switch (kind) {
-    case ScheduleKind::gpipe: return "gpipe";
-    case ScheduleKind::flush: return "flush";
-    case ScheduleKind::twobw: return "2bw";
+    case ScheduleKind::gpipe:
+      return "gpipe";
+    case ScheduleKind::flush:
+      return "flush";
+    case ScheduleKind::twobw:
+      return "2bw";
   }
   return "?";
 }
-const char* to_string(OptimizerKind kind) { return kind == OptimizerKind::adamw ? "adamw" : "sgd"; }
+const char* to_string(OptimizerKind kind) {
+  return kind == OptimizerKind::adamw ? "adamw" : "sgd";
+}
 const char* to_string(LrDecay decay) {
   switch (decay) {
-    case LrDecay::cosine: return "cosine";
-    case LrDecay::linear: return "linear";
-    case LrDecay::constant: return "constant";
+    case LrDecay::cosine:
+      return "cosine";
+    case LrDecay::linear:
+      return "linear";
+    case LrDecay::constant:
+      return "constant";
   }
   return "?";
 }
 const char* to_string(DataFormat format) {
   switch (format) {
-    case DataFormat::text: return "text";
-    case DataFormat::tokens: return "tokens";
-    case DataFormat::llmc: return "llmc";
+    case DataFormat::text:
+      return "text";
+    case DataFormat::tokens:
+      return "tokens";
+    case DataFormat::llmc:
+      return "llmc";
   }
   return "?";
 }
@@ -75,12 +88,18 @@ enum class Type { integer, number, boolean, string, choice, int_list };
 
 const char* type_name(Type type) {
   switch (type) {
-    case Type::integer: return "integer";
-    case Type::number: return "number";
-    case Type::boolean: return "boolean";
-    case Type::string: return "string";
-    case Type::choice: return "choice";
-    case Type::int_list: return "list of integers";
+    case Type::integer:
+      return "integer";
+    case Type::number:
+      return "number";
+    case Type::boolean:
+      return "boolean";
+    case Type::string:
+      return "string";
+    case Type::choice:
+      return "choice";
+    case Type::int_list:
+      return "list of integers";
   }
   return "?";
 }
@@ -104,7 +123,9 @@ std::string describe(const YAML::Node& node) {
 }
 
 const std::string& scalar(const Spec& spec, const YAML::Node& node, const Where& where) {
-  if (!node.IsScalar()) fail(where, spec.path, "expected " + std::string(type_name(spec.type)) + ", got " + describe(node), spec.allowed);
+  if (!node.IsScalar())
+    fail(where, spec.path,
+         "expected " + std::string(type_name(spec.type)) + ", got " + describe(node), spec.allowed);
   return node.Scalar();
 }
 
@@ -126,7 +147,9 @@ std::optional<double> to_number(const std::string& text) {
   return value;
 }
 
-std::string format_number(double value) { return fmt::format("{}", value); }
+std::string format_number(double value) {
+  return fmt::format("{}", value);
+}
 
 template <class Int>
 Spec integer_key(std::string path, Int& (*field)(Deck&), long long lo, long long hi,
@@ -134,18 +157,22 @@ Spec integer_key(std::string path, Int& (*field)(Deck&), long long lo, long long
   Spec spec;
   spec.path = std::move(path);
   spec.type = Type::integer;
-  spec.allowed = hi == std::numeric_limits<long long>::max() ? fmt::format("an integer >= {}", lo)
-                                                             : fmt::format("an integer {} .. {}", lo, hi);
+  spec.allowed = hi == std::numeric_limits<long long>::max()
+                     ? fmt::format("an integer >= {}", lo)
+                     : fmt::format("an integer {} .. {}", lo, hi);
   spec.help = std::move(help);
   spec.required = required;
   spec.read = [field, lo, hi, spec](Deck& deck, const YAML::Node& node, const Where& where) {
     const std::string& text = scalar(spec, node, where);
     const auto value = to_integer(text);
     if (!value) fail(where, spec.path, "expected an integer, got '" + text + "'", spec.allowed);
-    if (*value < lo || *value > hi) fail(where, spec.path, fmt::format("{} is out of range", *value), spec.allowed);
+    if (*value < lo || *value > hi)
+      fail(where, spec.path, fmt::format("{} is out of range", *value), spec.allowed);
     field(deck) = static_cast<Int>(*value);
   };
-  spec.write = [field](const Deck& deck) { return fmt::format("{}", field(const_cast<Deck&>(deck))); };
+  spec.write = [field](const Deck& deck) {
+    return fmt::format("{}", field(const_cast<Deck&>(deck)));
+  };
   return spec;
 }
 
@@ -158,7 +185,8 @@ Spec number_key(std::string path, double& (*field)(Deck&), double lo, bool lo_op
   spec.allowed = fmt::format("a number {} {}{}", lo_open ? ">" : ">=", format_number(lo),
                              std::isinf(hi) ? "" : " and <= " + format_number(hi));
   spec.help = std::move(help);
-  spec.read = [field, lo, lo_open, hi, spec](Deck& deck, const YAML::Node& node, const Where& where) {
+  spec.read = [field, lo, lo_open, hi, spec](Deck& deck, const YAML::Node& node,
+                                             const Where& where) {
     const std::string& text = scalar(spec, node, where);
     const auto value = to_number(text);
     if (!value) fail(where, spec.path, "expected a number, got '" + text + "'", spec.allowed);
@@ -178,11 +206,16 @@ Spec boolean_key(std::string path, bool& (*field)(Deck&), std::string help) {
   spec.help = std::move(help);
   spec.read = [field, spec](Deck& deck, const YAML::Node& node, const Where& where) {
     const std::string& text = scalar(spec, node, where);
-    if (text == "true" || text == "True") field(deck) = true;
-    else if (text == "false" || text == "False") field(deck) = false;
-    else fail(where, spec.path, "expected true or false, got '" + text + "'", spec.allowed);
+    if (text == "true" || text == "True")
+      field(deck) = true;
+    else if (text == "false" || text == "False")
+      field(deck) = false;
+    else
+      fail(where, spec.path, "expected true or false, got '" + text + "'", spec.allowed);
   };
-  spec.write = [field](const Deck& deck) { return std::string(field(const_cast<Deck&>(deck)) ? "true" : "false"); };
+  spec.write = [field](const Deck& deck) {
+    return std::string(field(const_cast<Deck&>(deck)) ? "true" : "false");
+  };
   return spec;
 }
 
@@ -206,7 +239,8 @@ Spec path_key(std::string path, std::string& (*field)(Deck&), std::string help, 
 }
 
 template <class Enum>
-Spec choice_key(std::string path, Enum& (*field)(Deck&), std::vector<Enum> values, std::string help) {
+Spec choice_key(std::string path, Enum& (*field)(Deck&), std::vector<Enum> values,
+                std::string help) {
   Spec spec;
   spec.path = std::move(path);
   spec.type = Type::choice;
@@ -224,7 +258,9 @@ Spec choice_key(std::string path, Enum& (*field)(Deck&), std::vector<Enum> value
     }
     fail(where, spec.path, "'" + text + "' is not a choice", spec.allowed);
   };
-  spec.write = [field](const Deck& deck) { return std::string(to_string(field(const_cast<Deck&>(deck)))); };
+  spec.write = [field](const Deck& deck) {
+    return std::string(to_string(field(const_cast<Deck&>(deck))));
+  };
   return spec;
 }
 
@@ -235,12 +271,14 @@ Spec int_list_key(std::string path, std::vector<int>& (*field)(Deck&), std::stri
   spec.allowed = "a list of positive integers, one per stage, or []";
   spec.help = std::move(help);
   spec.read = [field, spec](Deck& deck, const YAML::Node& node, const Where& where) {
-    if (!node.IsSequence()) fail(where, spec.path, "expected a list, got " + describe(node), spec.allowed);
+    if (!node.IsSequence())
+      fail(where, spec.path, "expected a list, got " + describe(node), spec.allowed);
     std::vector<int> values;
     for (const YAML::Node& item : node) {
       const auto value = item.IsScalar() ? to_integer(item.Scalar()) : std::nullopt;
       if (!value || *value < 1 || *value > std::numeric_limits<int>::max())
-        fail(where, spec.path, "entry " + describe(item) + " is not a positive integer", spec.allowed);
+        fail(where, spec.path, "entry " + describe(item) + " is not a positive integer",
+             spec.allowed);
       values.push_back(static_cast<int>(*value));
     }
     field(deck) = values;
@@ -256,47 +294,129 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 // The deck reference: every key, in the order the echo prints them.
 const std::vector<Spec>& specs() {
   static const std::vector<Spec> table = {
-      choice_key("model.kind", +[](Deck& d) -> ModelKind& { return d.model.kind; },
-                 {ModelKind::gpt, ModelKind::bert}, "gpt: causal decoder, next-token loss; bert: bidirectional encoder, masked-LM loss"),
-      integer_key("model.layers", +[](Deck& d) -> int& { return d.model.layers; }, 1, 100000, "transformer blocks", true),
-      integer_key("model.hidden", +[](Deck& d) -> int& { return d.model.hidden; }, 1, 1 << 20, "hidden size C", true),
-      integer_key("model.heads", +[](Deck& d) -> int& { return d.model.heads; }, 1, 1 << 16, "attention heads; must divide model.hidden", true),
-      integer_key("model.seq_len", +[](Deck& d) -> int& { return d.model.seq_len; }, 1, 1 << 20, "sequence length T", true),
-      integer_key("model.vocab", +[](Deck& d) -> int& { return d.model.vocab; }, 2, 1 << 24, "vocabulary size V (the byte tokenizer needs 256, BERT one more for its mask token); padded to a multiple of 64 internally"),
-      integer_key("pipeline.depth", +[](Deck& d) -> int& { return d.pipeline.depth; }, 1, 4096, "d: pipeline stages"),
-      integer_key("pipeline.width", +[](Deck& d) -> int& { return d.pipeline.width; }, 1, 1 << 20, "w: data-parallel replicas of every stage; the run needs d·w MPI ranks"),
-      choice_key("pipeline.schedule", +[](Deck& d) -> ScheduleKind& { return d.pipeline.schedule; },
-                 {ScheduleKind::gpipe, ScheduleKind::flush, ScheduleKind::twobw}, "gpipe | flush (1F1B, vanilla semantics) | 2bw (1F1B without flushes, two weight versions)"),
-      integer_key("pipeline.microbatches", +[](Deck& d) -> int& { return d.pipeline.microbatches; }, 1, kBig, "m: microbatches per batch per pipeline; default 2·d; 2bw needs m >= d"),
-      boolean_key("pipeline.recompute", +[](Deck& d) -> bool& { return d.pipeline.recompute; }, "stash only stage inputs and recompute activations in backward"),
-      int_list_key("pipeline.partition", +[](Deck& d) -> std::vector<int>& { return d.pipeline.partition; }, "blocks per stage (d entries summing to model.layers); [] balances automatically"),
-      integer_key("pipeline.sync_warmup_steps", +[](Deck& d) -> int& { return d.pipeline.sync_warmup_steps; }, 0, kBig, "2bw only: the first K optimizer steps use flush semantics, then 2bw; 0 = the paper's 2bw from step 0"),
-      number_key("pipeline.timeout_s", +[](Deck& d) -> double& { return d.pipeline.timeout_s; }, 0, true, kInf, "seconds a rank may wait on a peer before the run fails with a message naming both"),
-      integer_key("train.microbatch_size", +[](Deck& d) -> int& { return d.train.microbatch_size; }, 1, kBig, "b: sequences per microbatch"),
-      integer_key("train.steps", +[](Deck& d) -> std::int64_t& { return d.train.steps; }, 1, kHuge, "optimizer steps (one per global batch of b·m·w sequences)", true),
-      integer_key("train.seed", +[](Deck& d) -> std::uint64_t& { return d.train.seed; }, 0, kHuge, "seed of initialisation, data order and masking"),
-      choice_key("train.optimizer.kind", +[](Deck& d) -> OptimizerKind& { return d.train.optimizer.kind; },
-                 {OptimizerKind::adamw, OptimizerKind::sgd}, "adamw | sgd (with momentum)"),
-      number_key("train.optimizer.beta1", +[](Deck& d) -> double& { return d.train.optimizer.beta1; }, 0, false, 1, "AdamW first-moment decay"),
-      number_key("train.optimizer.beta2", +[](Deck& d) -> double& { return d.train.optimizer.beta2; }, 0, false, 1, "AdamW second-moment decay"),
-      number_key("train.optimizer.eps", +[](Deck& d) -> double& { return d.train.optimizer.eps; }, 0, true, 1, "AdamW epsilon"),
-      number_key("train.optimizer.weight_decay", +[](Deck& d) -> double& { return d.train.optimizer.weight_decay; }, 0, false, kInf, "decoupled weight decay (never on LayerNorm parameters and biases)"),
-      number_key("train.optimizer.momentum", +[](Deck& d) -> double& { return d.train.optimizer.momentum; }, 0, false, 1, "SGD momentum"),
-      number_key("train.lr", +[](Deck& d) -> double& { return d.train.lr; }, 0, true, kInf, "peak learning rate"),
-      integer_key("train.lr_warmup_steps", +[](Deck& d) -> std::int64_t& { return d.train.lr_warmup_steps; }, 0, kHuge, "linear warm-up steps from 0 to train.lr"),
-      choice_key("train.lr_decay", +[](Deck& d) -> LrDecay& { return d.train.lr_decay; },
-                 {LrDecay::cosine, LrDecay::linear, LrDecay::constant}, "decay after warm-up, reaching train.lr_min at the last step"),
-      number_key("train.lr_min", +[](Deck& d) -> double& { return d.train.lr_min; }, 0, false, kInf, "learning rate at the last step; <= train.lr"),
-      number_key("train.grad_clip", +[](Deck& d) -> double& { return d.train.grad_clip; }, 0, false, kInf, "global gradient-norm clip; 0 disables"),
-      integer_key("train.log_every", +[](Deck& d) -> int& { return d.train.log_every; }, 1, kBig, "steps between log lines"),
-      boolean_key("train.tf32", +[](Deck& d) -> bool& { return d.train.tf32; }, "allow TF32 tensor-core GEMMs (CUDA builds)"),
-      path_key("data.path", +[](Deck& d) -> std::string& { return d.data.path; }, "training data file; relative to the deck's folder", true),
-      choice_key("data.format", +[](Deck& d) -> DataFormat& { return d.data.format; },
-                 {DataFormat::text, DataFormat::tokens, DataFormat::llmc}, "text: UTF-8 bytes; tokens: a p2bw token file (p2bw prepare-data); llmc: llm.c .bin GPT-2 token shard"),
-      path_key("output.dir", +[](Deck& d) -> std::string& { return d.output.dir; }, "output folder; relative to the deck's folder; default runs/<deck name> in the working directory", false),
-      boolean_key("output.trace", +[](Deck& d) -> bool& { return d.output.trace; }, "record every executed action per rank"),
-      integer_key("checkpoint.every", +[](Deck& d) -> int& { return d.checkpoint.every; }, 0, kBig, "steps between checkpoints; 0 = only at the end"),
-      integer_key("checkpoint.keep", +[](Deck& d) -> int& { return d.checkpoint.keep; }, 1, kBig, "most recent checkpoints kept"),
+      choice_key(
+          "model.kind", +[](Deck& d) -> ModelKind& { return d.model.kind; },
+          {ModelKind::gpt, ModelKind::bert},
+          "gpt: causal decoder, next-token loss; bert: bidirectional encoder, masked-LM loss"),
+      integer_key(
+          "model.layers", +[](Deck& d) -> int& { return d.model.layers; }, 1, 100000,
+          "transformer blocks", true),
+      integer_key(
+          "model.hidden", +[](Deck& d) -> int& { return d.model.hidden; }, 1, 1 << 20,
+          "hidden size C", true),
+      integer_key(
+          "model.heads", +[](Deck& d) -> int& { return d.model.heads; }, 1, 1 << 16,
+          "attention heads; must divide model.hidden", true),
+      integer_key(
+          "model.seq_len", +[](Deck& d) -> int& { return d.model.seq_len; }, 1, 1 << 20,
+          "sequence length T", true),
+      integer_key(
+          "model.vocab", +[](Deck& d) -> int& { return d.model.vocab; }, 2, 1 << 24,
+          "vocabulary size V (the byte tokenizer needs 256, BERT one more for its mask token); "
+          "padded to a multiple of 64 internally"),
+      integer_key(
+          "pipeline.depth", +[](Deck& d) -> int& { return d.pipeline.depth; }, 1, 4096,
+          "d: pipeline stages"),
+      integer_key(
+          "pipeline.width", +[](Deck& d) -> int& { return d.pipeline.width; }, 1, 1 << 20,
+          "w: data-parallel replicas of every stage; the run needs d·w MPI ranks"),
+      choice_key(
+          "pipeline.schedule", +[](Deck& d) -> ScheduleKind& { return d.pipeline.schedule; },
+          {ScheduleKind::gpipe, ScheduleKind::flush, ScheduleKind::twobw},
+          "gpipe | flush (1F1B, vanilla semantics) | 2bw (1F1B without flushes, two weight "
+          "versions)"),
+      integer_key(
+          "pipeline.microbatches", +[](Deck& d) -> int& { return d.pipeline.microbatches; }, 1,
+          kBig, "m: microbatches per batch per pipeline; default 2·d; 2bw needs m >= d"),
+      boolean_key(
+          "pipeline.recompute", +[](Deck& d) -> bool& { return d.pipeline.recompute; },
+          "stash only stage inputs and recompute activations in backward"),
+      int_list_key(
+          "pipeline.partition", +[](Deck& d) -> std::vector<int>& { return d.pipeline.partition; },
+          "blocks per stage (d entries summing to model.layers); [] balances automatically"),
+      integer_key(
+          "pipeline.sync_warmup_steps",
+          +[](Deck& d) -> int& { return d.pipeline.sync_warmup_steps; }, 0, kBig,
+          "2bw: the first K optimizer steps use flush semantics, then 2bw; 0 = the paper's 2bw "
+          "from step 0; ignored by flush and gpipe"),
+      number_key(
+          "pipeline.timeout_s", +[](Deck& d) -> double& { return d.pipeline.timeout_s; }, 0, true,
+          kInf,
+          "seconds a rank may wait on a peer before the run fails with a message naming both"),
+      integer_key(
+          "train.microbatch_size", +[](Deck& d) -> int& { return d.train.microbatch_size; }, 1,
+          kBig, "b: sequences per microbatch"),
+      integer_key(
+          "train.steps", +[](Deck& d) -> std::int64_t& { return d.train.steps; }, 1, kHuge,
+          "optimizer steps (one per global batch of b·m·w sequences)", true),
+      integer_key(
+          "train.seed", +[](Deck& d) -> std::uint64_t& { return d.train.seed; }, 0, kHuge,
+          "seed of initialisation, data order and masking"),
+      choice_key(
+          "train.optimizer.kind", +[](Deck& d) -> OptimizerKind& { return d.train.optimizer.kind; },
+          {OptimizerKind::adamw, OptimizerKind::sgd}, "adamw | sgd (with momentum)"),
+      number_key(
+          "train.optimizer.beta1", +[](Deck& d) -> double& { return d.train.optimizer.beta1; }, 0,
+          false, 1, "AdamW first-moment decay"),
+      number_key(
+          "train.optimizer.beta2", +[](Deck& d) -> double& { return d.train.optimizer.beta2; }, 0,
+          false, 1, "AdamW second-moment decay"),
+      number_key(
+          "train.optimizer.eps", +[](Deck& d) -> double& { return d.train.optimizer.eps; }, 0, true,
+          1, "AdamW epsilon"),
+      number_key(
+          "train.optimizer.weight_decay",
+          +[](Deck& d) -> double& { return d.train.optimizer.weight_decay; }, 0, false, kInf,
+          "decoupled weight decay (never on LayerNorm parameters and biases)"),
+      number_key(
+          "train.optimizer.momentum",
+          +[](Deck& d) -> double& { return d.train.optimizer.momentum; }, 0, false, 1,
+          "SGD momentum"),
+      number_key(
+          "train.lr", +[](Deck& d) -> double& { return d.train.lr; }, 0, true, kInf,
+          "peak learning rate"),
+      integer_key(
+          "train.lr_warmup_steps",
+          +[](Deck& d) -> std::int64_t& { return d.train.lr_warmup_steps; }, 0, kHuge,
+          "linear warm-up steps from 0 to train.lr"),
+      choice_key(
+          "train.lr_decay", +[](Deck& d) -> LrDecay& { return d.train.lr_decay; },
+          {LrDecay::cosine, LrDecay::linear, LrDecay::constant},
+          "decay after warm-up, reaching train.lr_min at the last step"),
+      number_key(
+          "train.lr_min", +[](Deck& d) -> double& { return d.train.lr_min; }, 0, false, kInf,
+          "learning rate at the last step; <= train.lr"),
+      number_key(
+          "train.grad_clip", +[](Deck& d) -> double& { return d.train.grad_clip; }, 0, false, kInf,
+          "global gradient-norm clip; 0 disables"),
+      integer_key(
+          "train.log_every", +[](Deck& d) -> int& { return d.train.log_every; }, 1, kBig,
+          "steps between log lines"),
+      boolean_key(
+          "train.tf32", +[](Deck& d) -> bool& { return d.train.tf32; },
+          "allow TF32 tensor-core GEMMs (CUDA builds)"),
+      path_key(
+          "data.path", +[](Deck& d) -> std::string& { return d.data.path; },
+          "training data file; relative to the deck's folder", true),
+      choice_key(
+          "data.format", +[](Deck& d) -> DataFormat& { return d.data.format; },
+          {DataFormat::text, DataFormat::tokens, DataFormat::llmc},
+          "text: UTF-8 bytes; tokens: a p2bw token file (p2bw prepare-data); llmc: llm.c .bin "
+          "GPT-2 token shard"),
+      path_key(
+          "output.dir", +[](Deck& d) -> std::string& { return d.output.dir; },
+          "output folder; relative to the deck's folder; default runs/<deck name> in the working "
+          "directory",
+          false),
+      boolean_key(
+          "output.trace", +[](Deck& d) -> bool& { return d.output.trace; },
+          "record every executed action per rank"),
+      integer_key(
+          "checkpoint.every", +[](Deck& d) -> int& { return d.checkpoint.every; }, 0, kBig,
+          "steps between checkpoints; 0 = only at the end"),
+      integer_key(
+          "checkpoint.keep", +[](Deck& d) -> int& { return d.checkpoint.keep; }, 1, kBig,
+          "most recent checkpoints kept"),
   };
   return table;
 }
@@ -328,14 +448,17 @@ size_t edit_distance(const std::string& a, const std::string& b) {
   return row[b.size()];
 }
 
-std::string last_part(const std::string& path) { return path.substr(path.rfind('.') + 1); }
+std::string last_part(const std::string& path) {
+  return path.substr(path.rfind('.') + 1);
+}
 
 // The known key (or section) closest to an unknown one, if any is close.
 std::string did_you_mean(const std::string& unknown) {
   std::vector<std::string> known;
   for (const Spec& spec : specs()) {
     known.push_back(spec.path);
-    for (size_t dot = spec.path.find('.'); dot != std::string::npos; dot = spec.path.find('.', dot + 1))
+    for (size_t dot = spec.path.find('.'); dot != std::string::npos;
+         dot = spec.path.find('.', dot + 1))
       known.push_back(spec.path.substr(0, dot));
   }
   std::string best;
@@ -392,7 +515,9 @@ void read_map(Deck& deck, const YAML::Node& map, const std::string& prefix, Orig
   for (const auto& item : map) {
     const YAML::Node& key_node = item.first;
     const Where where = at(origins.source, key_node, base_dir);
-    if (!key_node.IsScalar()) fail(where, prefix.empty() ? "(top level)" : prefix, "keys must be plain names", keys_under(prefix));
+    if (!key_node.IsScalar())
+      fail(where, prefix.empty() ? "(top level)" : prefix, "keys must be plain names",
+           keys_under(prefix));
     const std::string path = prefix.empty() ? key_node.Scalar() : prefix + "." + key_node.Scalar();
     if (!seen.insert(path).second) fail(where, path, "is given twice", "each key once");
     if (const Spec* spec = find_spec(path)) {
@@ -401,11 +526,14 @@ void read_map(Deck& deck, const YAML::Node& map, const std::string& prefix, Orig
     } else if (is_section(path)) {
       origins.sections[path] = where;
       if (item.second.IsNull()) continue;  // an empty section: all defaults
-      if (!item.second.IsMap()) fail(where, path, "is a section and needs keys, got " + describe(item.second), keys_under(path));
+      if (!item.second.IsMap())
+        fail(where, path, "is a section and needs keys, got " + describe(item.second),
+             keys_under(path));
       read_map(deck, item.second, path, origins, base_dir);
     } else {
       const std::string suggestion = did_you_mean(path);
-      fail(where, path, "unknown key" + (suggestion.empty() ? "" : "; did you mean '" + suggestion + "'?"),
+      fail(where, path,
+           "unknown key" + (suggestion.empty() ? "" : "; did you mean '" + suggestion + "'?"),
            prefix.empty() ? keys_under("") : keys_under(prefix));
     }
   }
@@ -414,12 +542,15 @@ void read_map(Deck& deck, const YAML::Node& map, const std::string& prefix, Orig
 void apply_override(Deck& deck, const std::string& text, Origins& origins) {
   const Where where{"--set '" + text + "'", fs::current_path().string()};
   const size_t equals = text.find('=');
-  if (equals == std::string::npos || equals == 0) fail(where, text, "expected key.path=value", "e.g. --set pipeline.depth=4");
+  if (equals == std::string::npos || equals == 0)
+    fail(where, text, "expected key.path=value", "e.g. --set pipeline.depth=4");
   const std::string path = text.substr(0, equals);
   const Spec* spec = find_spec(path);
   if (!spec) {
     const std::string suggestion = did_you_mean(path);
-    fail(where, path, "unknown key" + (suggestion.empty() ? "" : "; did you mean '" + suggestion + "'?"), "a key of the deck reference (p2bw check --keys)");
+    fail(where, path,
+         "unknown key" + (suggestion.empty() ? "" : "; did you mean '" + suggestion + "'?"),
+         "a key of the deck reference (p2bw check --keys)");
   }
   YAML::Node value;
   try {
@@ -431,7 +562,9 @@ void apply_override(Deck& deck, const std::string& text, Origins& origins) {
   origins.where[path] = where;
 }
 
-bool given(const Origins& origins, const char* key) { return origins.where.count(key) != 0; }
+bool given(const Origins& origins, const char* key) {
+  return origins.where.count(key) != 0;
+}
 
 void validate(Deck& deck, const Origins& origins, const LoadOptions& options) {
   for (const Spec& spec : specs()) {
@@ -442,39 +575,46 @@ void validate(Deck& deck, const Origins& origins, const LoadOptions& options) {
   PipelineConfig& pipe = deck.pipeline;
   if (model.hidden % model.heads != 0)
     fail(origins.locate({"model.heads", "model.hidden"}), "model.heads",
-         fmt::format("{} does not divide model.hidden = {}", model.heads, model.hidden), "a divisor of model.hidden");
+         fmt::format("{} does not divide model.hidden = {}", model.heads, model.hidden),
+         "a divisor of model.hidden");
   if (pipe.depth > model.layers)
     fail(origins.locate({"pipeline.depth", "model.layers"}), "pipeline.depth",
-         fmt::format("{} stages for {} layers", pipe.depth, model.layers), fmt::format("1 .. model.layers = {}", model.layers));
+         fmt::format("{} stages for {} layers", pipe.depth, model.layers),
+         fmt::format("1 .. model.layers = {}", model.layers));
   if (!given(origins, "pipeline.microbatches")) pipe.microbatches = 2 * pipe.depth;
+  // Only 2bw has a warm-up; a value given for another schedule stays inert, so that switching
+  // schedules is a one-key change.
   if (!given(origins, "pipeline.sync_warmup_steps") && pipe.schedule != ScheduleKind::twobw)
     pipe.sync_warmup_steps = 0;
   if (pipe.schedule == ScheduleKind::twobw && pipe.microbatches < pipe.depth)
-    fail(origins.locate({"pipeline.microbatches", "pipeline.depth", "pipeline.schedule"}), "pipeline.microbatches",
-         fmt::format("2bw needs m >= d, got m = {} < d = {}", pipe.microbatches, pipe.depth), fmt::format("an integer >= pipeline.depth = {}", pipe.depth));
-  if (given(origins, "pipeline.sync_warmup_steps") && pipe.schedule != ScheduleKind::twobw && pipe.sync_warmup_steps != 0)
-    fail(origins.locate({"pipeline.sync_warmup_steps"}), "pipeline.sync_warmup_steps",
-         fmt::format("applies to pipeline.schedule 2bw only, the schedule is {}", to_string(pipe.schedule)), "0, or pipeline.schedule: 2bw");
+    fail(origins.locate({"pipeline.microbatches", "pipeline.depth", "pipeline.schedule"}),
+         "pipeline.microbatches",
+         fmt::format("2bw needs m >= d, got m = {} < d = {}", pipe.microbatches, pipe.depth),
+         fmt::format("an integer >= pipeline.depth = {}", pipe.depth));
   if (!pipe.partition.empty()) {
     const Where where = origins.locate({"pipeline.partition"});
     if (static_cast<int>(pipe.partition.size()) != pipe.depth)
-      fail(where, "pipeline.partition", fmt::format("has {} entries for {} stages", pipe.partition.size(), pipe.depth),
+      fail(where, "pipeline.partition",
+           fmt::format("has {} entries for {} stages", pipe.partition.size(), pipe.depth),
            fmt::format("pipeline.depth = {} entries", pipe.depth));
     long long sum = 0;
     for (int blocks : pipe.partition) sum += blocks;
     if (sum != model.layers)
-      fail(where, "pipeline.partition", fmt::format("sums to {} blocks, the model has {}", sum, model.layers),
+      fail(where, "pipeline.partition",
+           fmt::format("sums to {} blocks, the model has {}", sum, model.layers),
            fmt::format("entries summing to model.layers = {}", model.layers));
   }
   if (deck.train.lr_min > deck.train.lr)
     fail(origins.locate({"train.lr_min", "train.lr"}), "train.lr_min",
-         fmt::format("{} is above train.lr = {}", format_number(deck.train.lr_min), format_number(deck.train.lr)),
+         fmt::format("{} is above train.lr = {}", format_number(deck.train.lr_min),
+                     format_number(deck.train.lr)),
          "a number between 0 and train.lr");
   if (deck.data.format == DataFormat::text) {
     const int needed = model.kind == ModelKind::bert ? 257 : 256;
     if (model.vocab < needed)
       fail(origins.locate({"model.vocab", "data.format"}), "model.vocab",
-           fmt::format("{} is too small for byte-level text{}", model.vocab, model.kind == ModelKind::bert ? " plus BERT's mask token" : ""),
+           fmt::format("{} is too small for byte-level text{}", model.vocab,
+                       model.kind == ModelKind::bert ? " plus BERT's mask token" : ""),
            fmt::format("an integer >= {} with data.format: text", needed));
   }
   if (options.require_data) {
@@ -487,15 +627,17 @@ void validate(Deck& deck, const Origins& origins, const LoadOptions& options) {
     fail(origins.locate({"pipeline.width", "pipeline.depth"}), "pipeline.depth",
          fmt::format("d·w = {}·{} = {} ranks, but the run has {} MPI ranks", pipe.depth, pipe.width,
                      pipe.depth * pipe.width, options.world_size),
-         fmt::format("launch with {} ranks, e.g. mpiexec -n {}", pipe.depth * pipe.width, pipe.depth * pipe.width));
+         fmt::format("launch with {} ranks, e.g. mpiexec -n {}", pipe.depth * pipe.width,
+                     pipe.depth * pipe.width));
   if (deck.output.dir.empty())
-    deck.output.dir = (fs::current_path() / "runs" / fs::path(origins.source).stem()).lexically_normal().string();
+    deck.output.dir =
+        (fs::current_path() / "runs" / fs::path(origins.source).stem()).lexically_normal().string();
 }
 
 }  // namespace
 
-Deck parse_deck(const std::string& yaml_text, const std::string& source, const std::string& base_dir,
-                const LoadOptions& options) {
+Deck parse_deck(const std::string& yaml_text, const std::string& source,
+                const std::string& base_dir, const LoadOptions& options) {
   Origins origins;
   origins.source = source;
   YAML::Node root;
@@ -506,7 +648,9 @@ Deck parse_deck(const std::string& yaml_text, const std::string& source, const s
   }
   Deck deck;
   deck.source = source;
-  if (!root.IsMap()) fail({source, ""}, "(top level)", "the deck must be a YAML map of sections, got " + describe(root), keys_under(""));
+  if (!root.IsMap())
+    fail({source, ""}, "(top level)",
+         "the deck must be a YAML map of sections, got " + describe(root), keys_under(""));
   read_map(deck, root, "", origins, base_dir);
   for (const std::string& text : options.overrides) apply_override(deck, text, origins);
   validate(deck, origins, options);
@@ -532,7 +676,8 @@ std::string to_yaml(const Deck& deck) {
     for (std::string part; std::getline(path, part, '.');) parts.push_back(part);
     const std::vector<std::string> sections(parts.begin(), parts.end() - 1);
     size_t common = 0;
-    while (common < open.size() && common < sections.size() && open[common] == sections[common]) ++common;
+    while (common < open.size() && common < sections.size() && open[common] == sections[common])
+      ++common;
     while (open.size() > common) {
       out << YAML::EndMap;
       open.pop_back();
@@ -564,8 +709,10 @@ std::vector<KeyInfo> deck_keys() {
   for (const Spec& spec : specs()) {
     std::string fallback = spec.required ? "required" : "";
     if (!spec.required) {
-      if (spec.write_list) fallback = "[]";
-      else fallback = spec.write(defaults);
+      if (spec.write_list)
+        fallback = "[]";
+      else
+        fallback = spec.write(defaults);
       if (spec.path == "pipeline.microbatches") fallback = "2·pipeline.depth";
       if (spec.path == "output.dir") fallback = "runs/<deck name>";
     }

@@ -20,8 +20,8 @@ Deck load_deck(const std::string& path, const LoadOptions& options = {});
 
 // The same from YAML text; `source` names it in messages, relative data paths resolve against
 // `base_dir` (the deck's folder; overrides resolve against the working directory).
-Deck parse_deck(const std::string& yaml_text, const std::string& source, const std::string& base_dir,
-                const LoadOptions& options = {});
+Deck parse_deck(const std::string& yaml_text, const std::string& source,
+                const std::string& base_dir, const LoadOptions& options = {});
 
 // The resolved deck as YAML, every key present, in reference order. parse_deck of this text gives
 // back the same deck.
@@ -30,9 +30,9 @@ std::string to_yaml(const Deck& deck);
 // One entry per deck key, for `p2bw check --keys` and the deck reference in docs/.
 struct KeyInfo {
   std::string path;
-  std::string type;     // integer, number, boolean, string, one of ..., list of integers
-  std::string allowed;  // human-readable range or choices
-  std::string fallback; // default value, or "required"
+  std::string type;      // integer, number, boolean, string, one of ..., list of integers
+  std::string allowed;   // human-readable range or choices
+  std::string fallback;  // default value, or "required"
   std::string help;
 };
 std::vector<KeyInfo> deck_keys();

@@ -1,10 +1,10 @@
 // Version and build description for `p2bw --version` and the outputs' root attributes.
 #include "core/build_info.hpp"
 
-#include <Kokkos_Core.hpp>
 #include <fmt/format.h>
 #include <hdf5.h>
 #include <mpi.h>
+#include <Kokkos_Core.hpp>
 
 #include <vector>
 
@@ -18,7 +18,9 @@
 
 namespace p2bw {
 
-std::string p2bw_version() { return P2BW_VERSION; }
+std::string p2bw_version() {
+  return P2BW_VERSION;
+}
 
 std::string kokkos_description() {
   std::vector<std::string> backends;

@@ -33,38 +33,40 @@ std::string mpi_error_string(int code);
 
 }  // namespace p2bw
 
-#define P2BW_MPI_CHECK(call)                                                                \
-  do {                                                                                      \
-    const int p2bw_mpi_rc_ = (call);                                                        \
-    if (p2bw_mpi_rc_ != 0 /* MPI_SUCCESS */)                                                \
+#define P2BW_MPI_CHECK(call)                                                                   \
+  do {                                                                                         \
+    const int p2bw_mpi_rc_ = (call);                                                           \
+    if (p2bw_mpi_rc_ != 0 /* MPI_SUCCESS */)                                                   \
       ::p2bw::throw_call_error("MPI", #call, ::p2bw::mpi_error_string(p2bw_mpi_rc_), __FILE__, \
-                               __LINE__);                                                   \
+                               __LINE__);                                                      \
   } while (0)
 
 // HDF5 calls return a negative value (herr_t or hid_t) on failure.
-#define P2BW_HDF5_CHECK(call)                                                           \
-  ([&]() {                                                                              \
-    auto p2bw_h5_rc_ = (call);                                                          \
+#define P2BW_HDF5_CHECK(call)                                                             \
+  ([&]() {                                                                                \
+    auto p2bw_h5_rc_ = (call);                                                            \
     if (p2bw_h5_rc_ < 0) ::p2bw::throw_call_error("HDF5", #call, "", __FILE__, __LINE__); \
-    return p2bw_h5_rc_;                                                                 \
+    return p2bw_h5_rc_;                                                                   \
   }())
 
-#define P2BW_CUDA_CHECK(call)                                                                  \
-  do {                                                                                         \
-    const cudaError_t p2bw_cuda_rc_ = (call);                                                  \
-    if (p2bw_cuda_rc_ != cudaSuccess)                                                          \
-      ::p2bw::throw_call_error("CUDA", #call, cudaGetErrorString(p2bw_cuda_rc_), __FILE__, __LINE__); \
+#define P2BW_CUDA_CHECK(call)                                                              \
+  do {                                                                                     \
+    const cudaError_t p2bw_cuda_rc_ = (call);                                              \
+    if (p2bw_cuda_rc_ != cudaSuccess)                                                      \
+      ::p2bw::throw_call_error("CUDA", #call, cudaGetErrorString(p2bw_cuda_rc_), __FILE__, \
+                               __LINE__);                                                  \
   } while (0)
 
-#define P2BW_NCCL_CHECK(call)                                                                  \
-  do {                                                                                         \
-    const ncclResult_t p2bw_nccl_rc_ = (call);                                                 \
-    if (p2bw_nccl_rc_ != ncclSuccess)                                                          \
-      ::p2bw::throw_call_error("NCCL", #call, ncclGetErrorString(p2bw_nccl_rc_), __FILE__, __LINE__); \
+#define P2BW_NCCL_CHECK(call)                                                              \
+  do {                                                                                     \
+    const ncclResult_t p2bw_nccl_rc_ = (call);                                             \
+    if (p2bw_nccl_rc_ != ncclSuccess)                                                      \
+      ::p2bw::throw_call_error("NCCL", #call, ncclGetErrorString(p2bw_nccl_rc_), __FILE__, \
+                               __LINE__);                                                  \
   } while (0)
 
 // An internal invariant; failing it is a bug in p2bw.
-#define P2BW_ASSERT(cond, message)                                                      \
-  do {                                                                                  \
+#define P2BW_ASSERT(cond, message)                                                       \
+  do {                                                                                   \
     if (!(cond)) ::p2bw::throw_call_error("p2bw", #cond, (message), __FILE__, __LINE__); \
   } while (0)

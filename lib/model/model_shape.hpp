@@ -11,10 +11,11 @@ namespace p2bw::model {
 
 // What one part holds. All tensors are fp32.
 struct PartSize {
-  std::int64_t params = 0;       // parameters (the tied LM head counts its own copy)
-  std::int64_t activations = 0;  // floats kept from forward for backward per microbatch, input included
-  std::int64_t input = 0;        // floats of the part's input per microbatch (a stage boundary)
-  double flops_forward = 0;      // per microbatch (2 per multiply-add)
+  std::int64_t params = 0;  // parameters (the tied LM head counts its own copy)
+  std::int64_t activations =
+      0;                     // floats kept from forward for backward per microbatch, input included
+  std::int64_t input = 0;    // floats of the part's input per microbatch (a stage boundary)
+  double flops_forward = 0;  // per microbatch (2 per multiply-add)
 };
 
 struct ModelShape {

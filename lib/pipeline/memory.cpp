@@ -21,7 +21,7 @@ std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap
     const StageRange& range = map.stages[s];
     StageMemory mem;
     std::int64_t stashed = range.blocks * shape.block().activations;  // one microbatch, full
-    std::int64_t input = shape.block().input;                       // stage input per microbatch
+    std::int64_t input = shape.block().input;                         // stage input per microbatch
     mem.params = range.blocks * shape.block().params;
     if (range.has_embedding) {
       mem.params += shape.embedding().params;
@@ -36,7 +36,8 @@ std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap
     mem.in_flight = max_in_flight(deck.pipeline.schedule, depth, deck.pipeline.microbatches, s);
     mem.weights = mem.params * kFloat * mem.versions;
     mem.gradients = mem.params * kFloat;
-    mem.optimizer = mem.params * kFloat * (deck.train.optimizer.kind == config::OptimizerKind::adamw ? 2 : 1);
+    mem.optimizer =
+        mem.params * kFloat * (deck.train.optimizer.kind == config::OptimizerKind::adamw ? 2 : 1);
     // With recomputation only each microbatch's stage input is stashed; one microbatch's full
     // activations exist while its backward re-runs the forward.
     mem.activations = kFloat * (deck.pipeline.recompute ? mem.in_flight * input + stashed

@@ -22,7 +22,8 @@ StageMap from_counts(const std::vector<int>& counts, bool balanced) {
 }
 
 // Minimises (largest stage cost, sum of squared block counts) over contiguous splits.
-std::vector<int> balance(int layers, int depth, double block_cost, double first_extra, double last_extra) {
+std::vector<int> balance(int layers, int depth, double block_cost, double first_extra,
+                         double last_extra) {
   using Score = std::pair<double, long long>;
   const Score worst{std::numeric_limits<double>::infinity(), 0};
   // best[s][i]: stages 0..s-1 cover blocks 0..i-1; choice[s][i]: blocks of stage s-1.

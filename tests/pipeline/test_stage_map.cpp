@@ -1,0 +1,123 @@
+// Stage maps (explicit and balanced partitions) and the per-stage memory prediction.
+#include <gtest/gtest.h>
+
+#include <numeric>
+
+#include "model/model_shape.hpp"
+#include "pipeline/memory.hpp"
+#include "pipeline/partition.hpp"
+
+namespace p2bw::pipeline {
+namespace {
+
+config::Deck tiny_deck(int layers, int depth, config::ScheduleKind schedule, int microbatches) {
+  config::Deck deck;
+  deck.model = {config::ModelKind::gpt, layers, 32, 4, 16, 256};
+  deck.pipeline.depth = depth;
+  deck.pipeline.schedule = schedule;
+  deck.pipeline.microbatches = microbatches;
+  deck.train.microbatch_size = 2;
+  return deck;
+}
+
+void expect_contiguous(const StageMap& map, int layers) {
+  int next = 0;
+  for (size_t s = 0; s < map.stages.size(); ++s) {
+    EXPECT_EQ(map.stages[s].first_block, next);
+    EXPECT_GE(map.stages[s].blocks, 1);
+    EXPECT_EQ(map.stages[s].has_embedding, s == 0);
+    EXPECT_EQ(map.stages[s].has_head, s + 1 == map.stages.size());
+    next += map.stages[s].blocks;
+  }
+  EXPECT_EQ(next, layers);
+}
+
+TEST(StageMap, ExplicitPartitionIsKept) {
+  auto deck = tiny_deck(7, 3, config::ScheduleKind::flush, 3);
+  deck.pipeline.partition = {1, 4, 2};
+  const StageMap map = make_stage_map(deck);
+  EXPECT_FALSE(map.balanced);
+  expect_contiguous(map, 7);
+  EXPECT_EQ(map.stages[1].first_block, 1);
+  EXPECT_EQ(map.stages[1].blocks, 4);
+}
+
+TEST(StageMap, BalancedSplitsCoverEveryLayerForEveryDepth) {
+  for (int layers : {1, 2, 5, 8, 13, 24}) {
+    for (int depth = 1; depth <= layers && depth <= 8; ++depth) {
+      const StageMap map =
+          make_stage_map(tiny_deck(layers, depth, config::ScheduleKind::flush, depth));
+      EXPECT_TRUE(map.balanced);
+      ASSERT_EQ(static_cast<int>(map.stages.size()), depth);
+      expect_contiguous(map, layers);
+    }
+  }
+}
+
+TEST(StageMap, EvenSplitWhenEndsAreLight) {
+  // A large hidden size against a 256-token vocabulary: embedding and head are cheap.
+  auto deck = tiny_deck(8, 4, config::ScheduleKind::flush, 4);
+  deck.model.hidden = 1024;
+  deck.model.heads = 16;
+  const StageMap map = make_stage_map(deck);
+  for (const StageRange& range : map.stages) EXPECT_EQ(range.blocks, 2);
+}
+
+TEST(StageMap, HeavyHeadGetsFewerBlocks) {
+  // GPT-2-sized vocabulary with a small hidden size: the LM head costs several blocks.
+  auto deck = tiny_deck(12, 4, config::ScheduleKind::flush, 4);
+  deck.model.vocab = 50257;
+  const StageMap map = make_stage_map(deck);
+  EXPECT_LT(map.stages.back().blocks, map.stages[1].blocks);
+}
+
+TEST(Memory, TwoBwDoublesOnlyTheWeights) {
+  auto flush = tiny_deck(4, 2, config::ScheduleKind::flush, 4);
+  auto twobw = tiny_deck(4, 2, config::ScheduleKind::twobw, 4);
+  const auto a = predict_memory(flush, make_stage_map(flush));
+  const auto b = predict_memory(twobw, make_stage_map(twobw));
+  for (size_t s = 0; s < a.size(); ++s) {
+    EXPECT_EQ(b[s].weights, 2 * a[s].weights);
+    EXPECT_EQ(b[s].gradients, a[s].gradients);
+    EXPECT_EQ(b[s].optimizer, a[s].optimizer);
+    EXPECT_EQ(b[s].activations, a[s].activations);
+    EXPECT_EQ(a[s].optimizer, 2 * a[s].gradients);  // AdamW: two moments
+  }
+}
+
+TEST(Memory, InFlightBoundsFollowTheSchedule) {
+  for (int depth : {1, 2, 4}) {
+    for (int m : {depth, 2 * depth}) {
+      for (int s = 0; s < depth; ++s) {
+        EXPECT_EQ(max_in_flight(config::ScheduleKind::flush, depth, m, s), std::min(depth - s, m));
+        EXPECT_EQ(max_in_flight(config::ScheduleKind::twobw, depth, m, s), std::min(depth - s, m));
+        EXPECT_EQ(max_in_flight(config::ScheduleKind::gpipe, depth, m, s), m);
+      }
+    }
+  }
+}
+
+TEST(Memory, ActivationsAreInFlightTimesPerMicrobatch) {
+  auto deck = tiny_deck(4, 2, config::ScheduleKind::gpipe, 8);
+  const auto map = make_stage_map(deck);
+  const auto memory = predict_memory(deck, map);
+  const model::ModelShape shape(deck.model, deck.train.microbatch_size);
+  const std::int64_t per_mb_last =
+      4 * (map.stages[1].blocks * shape.block().activations + shape.head().activations);
+  EXPECT_EQ(memory[1].activations, 8 * per_mb_last);
+  // Recomputation keeps m stage inputs plus one microbatch's full activations.
+  deck.pipeline.recompute = true;
+  const auto recompute = predict_memory(deck, map);
+  EXPECT_EQ(recompute[1].activations, 4 * 8 * shape.block().input + per_mb_last);
+  EXPECT_LT(recompute[1].activations, memory[1].activations);
+}
+
+TEST(ModelShape, Gpt2SmallHasItsKnownParameterCount) {
+  // GPT-2 124M: 12 layers, 768 hidden, 1024 positions, vocabulary 50257 padded to 50304 (llm.c).
+  const model::ModelShape shape({config::ModelKind::gpt, 12, 768, 12, 1024, 50257}, 1);
+  EXPECT_EQ(shape.padded_vocab, 50304);
+  EXPECT_EQ(shape.total_params(), 124475904);  // llm.c's count with the padded vocabulary
+}
+
+}  // namespace
+}  // namespace p2bw::pipeline
