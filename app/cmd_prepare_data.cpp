@@ -18,23 +18,30 @@ Command add_prepare_data(CLI::App& app) {
     std::string output;
   };
   auto options = std::make_shared<Options>();
-  CLI::App* cli = app.add_subcommand("prepare-data", "turn text files into a token file (byte-level tokenizer, vocab 256)");
-  cli->add_option("inputs", options->inputs, "UTF-8 text files, concatenated in the given order")->required()->type_name("TEXT");
-  cli->add_option("-o,--output", options->output, "token file to write")->required()->type_name("FILE");
-  return {cli, [options](const Context& context) {
-            if (!context.root()) return 0;
-            std::string text;
-            for (const std::string& input : options->inputs) {
-              std::ifstream file(input, std::ios::binary);
-              if (!file) throw UserError(input + ": cannot read the text file (allowed: readable text files)");
-              text.append(std::istreambuf_iterator<char>(file), {});
-            }
-            const data::Tokens tokens = data::tokenize_bytes(text);
-            data::write_token_file(options->output, tokens);
-            fmt::print("wrote {}: {} tokens (byte-level, vocab {}) from {} file(s)\n", options->output,
-                       tokens.ids.size(), tokens.vocab, options->inputs.size());
-            return 0;
-          }};
+  CLI::App* cli = app.add_subcommand(
+      "prepare-data", "turn text files into a token file (byte-level tokenizer, vocab 256)");
+  cli->add_option("inputs", options->inputs, "UTF-8 text files, concatenated in the given order")
+      ->required()
+      ->type_name("TEXT");
+  cli->add_option("-o,--output", options->output, "token file to write")
+      ->required()
+      ->type_name("FILE");
+  return {
+      cli, [options](const Context& context) {
+        if (!context.root()) return 0;
+        std::string text;
+        for (const std::string& input : options->inputs) {
+          std::ifstream file(input, std::ios::binary);
+          if (!file)
+            throw UserError(input + ": cannot read the text file (allowed: readable text files)");
+          text.append(std::istreambuf_iterator<char>(file), {});
+        }
+        const data::Tokens tokens = data::tokenize_bytes(text);
+        data::write_token_file(options->output, tokens);
+        fmt::print("wrote {}: {} tokens (byte-level, vocab {}) from {} file(s)\n", options->output,
+                   tokens.ids.size(), tokens.vocab, options->inputs.size());
+        return 0;
+      }};
 }
 
 }  // namespace p2bw::app

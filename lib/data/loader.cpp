@@ -19,7 +19,9 @@ std::uint64_t splitmix64(std::uint64_t x) {
 }
 
 // Uniform in [0, 1) from 53 random bits.
-double uniform(std::uint64_t bits) { return static_cast<double>(bits >> 11) * 0x1.0p-53; }
+double uniform(std::uint64_t bits) {
+  return static_cast<double>(bits >> 11) * 0x1.0p-53;
+}
 
 // Random streams of the loader.
 enum Stream : std::uint64_t { kPermutation = 1, kMaskChoice = 2, kMaskKind = 3, kMaskToken = 4 };
@@ -35,15 +37,18 @@ Loader::Loader(std::shared_ptr<const Tokens> tokens, const config::Deck& deck)
   const bool bert = deck.model.kind == config::ModelKind::bert;
   const std::int64_t usable_vocab = bert ? deck.model.vocab - 1 : deck.model.vocab;
   if (tokens_->vocab > usable_vocab)
-    throw UserError(fmt::format("{}: the data's vocabulary has {} tokens, model.vocab = {}{} (allowed: model.vocab >= {})",
-                                deck.data.path, tokens_->vocab, deck.model.vocab,
-                                bert ? " with one reserved for BERT's mask token" : "", tokens_->vocab + (bert ? 1 : 0)));
+    throw UserError(fmt::format(
+        "{}: the data's vocabulary has {} tokens, model.vocab = {}{} (allowed: model.vocab >= {})",
+        deck.data.path, tokens_->vocab, deck.model.vocab,
+        bert ? " with one reserved for BERT's mask token" : "", tokens_->vocab + (bert ? 1 : 0)));
   const std::int64_t T = deck.model.seq_len;
   const std::int64_t n = static_cast<std::int64_t>(tokens_->ids.size());
   samples_per_epoch_ = bert ? n / T : (n - 1) / T;
   if (samples_per_epoch_ < 1)
-    throw UserError(fmt::format("{}: {} tokens are too few for one sample of model.seq_len = {} (allowed: at least {} tokens)",
-                                deck.data.path, n, T, bert ? T : T + 1));
+    throw UserError(
+        fmt::format("{}: {} tokens are too few for one sample of model.seq_len = {} (allowed: at "
+                    "least {} tokens)",
+                    deck.data.path, n, T, bert ? T : T + 1));
 }
 
 std::int64_t Loader::window_start(std::int64_t index) {
@@ -53,8 +58,11 @@ std::int64_t Loader::window_start(std::int64_t index) {
     permutation_.resize(static_cast<size_t>(samples_per_epoch_));
     std::iota(permutation_.begin(), permutation_.end(), 0);
     for (std::int64_t i = samples_per_epoch_ - 1; i > 0; --i) {
-      const std::uint64_t bits = random_bits(deck_.train.seed, kPermutation, (static_cast<std::uint64_t>(epoch) << 40) ^ static_cast<std::uint64_t>(i));
-      std::swap(permutation_[i], permutation_[static_cast<std::int64_t>(bits % static_cast<std::uint64_t>(i + 1))]);
+      const std::uint64_t bits =
+          random_bits(deck_.train.seed, kPermutation,
+                      (static_cast<std::uint64_t>(epoch) << 40) ^ static_cast<std::uint64_t>(i));
+      std::swap(permutation_[i],
+                permutation_[static_cast<std::int64_t>(bits % static_cast<std::uint64_t>(i + 1))]);
     }
     cached_epoch_ = epoch;
   }
@@ -74,26 +82,34 @@ void Loader::sample(std::int64_t index, std::int32_t* inputs, std::int32_t* targ
   const std::uint64_t seed = deck_.train.seed;
   const std::int32_t mask = deck_.model.vocab - 1;
   for (int t = 0; t < T; ++t) {
-    const std::uint64_t position = (static_cast<std::uint64_t>(index) << 24) ^ static_cast<std::uint64_t>(t);
+    const std::uint64_t position =
+        (static_cast<std::uint64_t>(index) << 24) ^ static_cast<std::uint64_t>(t);
     inputs[t] = window[t];
     targets[t] = kIgnore;
     if (uniform(random_bits(seed, kMaskChoice, position)) >= 0.15) continue;
     targets[t] = window[t];
     const double kind = uniform(random_bits(seed, kMaskKind, position));
-    if (kind < 0.8) inputs[t] = mask;
-    else if (kind < 0.9) inputs[t] = static_cast<std::int32_t>(random_bits(seed, kMaskToken, position) % static_cast<std::uint64_t>(mask));
+    if (kind < 0.8)
+      inputs[t] = mask;
+    else if (kind < 0.9)
+      inputs[t] = static_cast<std::int32_t>(random_bits(seed, kMaskToken, position) %
+                                            static_cast<std::uint64_t>(mask));
   }
 }
 
-std::int64_t Loader::first_sample(const config::Deck& deck, std::int64_t step, int microbatch, int replica) {
+std::int64_t Loader::first_sample(const config::Deck& deck, std::int64_t step, int microbatch,
+                                  int replica) {
   const std::int64_t b = deck.train.microbatch_size;
-  return step * config::global_batch(deck) + (std::int64_t{microbatch} * deck.pipeline.width + replica) * b;
+  return step * config::global_batch(deck) +
+         (std::int64_t{microbatch} * deck.pipeline.width + replica) * b;
 }
 
-void Loader::microbatch(std::int64_t step, int microbatch, int replica, std::int32_t* inputs, std::int32_t* targets) {
+void Loader::microbatch(std::int64_t step, int microbatch, int replica, std::int32_t* inputs,
+                        std::int32_t* targets) {
   const std::int64_t first = first_sample(deck_, step, microbatch, replica);
   const int T = deck_.model.seq_len;
-  for (int i = 0; i < deck_.train.microbatch_size; ++i) sample(first + i, inputs + i * T, targets + i * T);
+  for (int i = 0; i < deck_.train.microbatch_size; ++i)
+    sample(first + i, inputs + i * T, targets + i * T);
 }
 
 }  // namespace p2bw::data

@@ -35,10 +35,12 @@ class Loader {
   // replica `replica` at optimizer step `step` (0-based). The global batch of a step is b·m·w
   // consecutive samples; microbatch j of replica r takes slot k = j·w + r of size b, so a
   // single-rank run with m·w microbatches sees the same samples in slot order.
-  static std::int64_t first_sample(const config::Deck& deck, std::int64_t step, int microbatch, int replica);
+  static std::int64_t first_sample(const config::Deck& deck, std::int64_t step, int microbatch,
+                                   int replica);
 
   // Fills (b, T) inputs and targets for microbatch `microbatch` of `replica` at `step`.
-  void microbatch(std::int64_t step, int microbatch, int replica, std::int32_t* inputs, std::int32_t* targets);
+  void microbatch(std::int64_t step, int microbatch, int replica, std::int32_t* inputs,
+                  std::int32_t* targets);
 
  private:
   std::int64_t window_start(std::int64_t index);

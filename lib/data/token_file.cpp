@@ -30,7 +30,8 @@ T read_at(const std::string& bytes, size_t offset) {
   return value;
 }
 
-[[noreturn]] void malformed(const std::string& path, const std::string& what, const std::string& allowed) {
+[[noreturn]] void malformed(const std::string& path, const std::string& what,
+                            const std::string& allowed) {
   throw UserError(fmt::format("{}: {} (allowed: {})", path, what, allowed));
 }
 
@@ -40,7 +41,8 @@ Tokens load_p2bw(const std::string& path, const std::string& bytes) {
     malformed(path, "not a p2bw token file", "a file written by p2bw prepare-data");
   const auto version = read_at<std::uint32_t>(bytes, 8);
   if (version != kTokenFileVersion)
-    malformed(path, fmt::format("token file format version {}", version), fmt::format("version {}", kTokenFileVersion));
+    malformed(path, fmt::format("token file format version {}", version),
+              fmt::format("version {}", kTokenFileVersion));
   Tokens tokens;
   tokens.vocab = read_at<std::uint32_t>(bytes, 12);
   const auto count = read_at<std::uint64_t>(bytes, 16);
@@ -54,7 +56,9 @@ Tokens load_p2bw(const std::string& path, const std::string& bytes) {
     const std::int64_t id = width == 2 ? read_at<std::uint16_t>(bytes, header + 2 * i)
                                        : read_at<std::uint32_t>(bytes, header + 4 * i);
     if (id >= tokens.vocab)
-      malformed(path, fmt::format("token {} at position {} is not below the vocabulary size {}", id, i, tokens.vocab),
+      malformed(path,
+                fmt::format("token {} at position {} is not below the vocabulary size {}", id, i,
+                            tokens.vocab),
                 "tokens below the vocabulary in the header");
     tokens.ids[i] = static_cast<std::int32_t>(id);
   }
@@ -64,16 +68,21 @@ Tokens load_p2bw(const std::string& path, const std::string& bytes) {
 Tokens load_llmc(const std::string& path, const std::string& bytes) {
   constexpr size_t header = 256 * sizeof(std::int32_t);
   if (bytes.size() < header || read_at<std::int32_t>(bytes, 0) != kLlmcMagic)
-    malformed(path, "not an llm.c token shard (bad magic)", "an llm.c .bin file with magic 20240520");
+    malformed(path, "not an llm.c token shard (bad magic)",
+              "an llm.c .bin file with magic 20240520");
   const auto version = read_at<std::int32_t>(bytes, 4);
-  if (version != 1) malformed(path, fmt::format("llm.c shard version {}", version), "version 1 (uint16 GPT-2 tokens)");
+  if (version != 1)
+    malformed(path, fmt::format("llm.c shard version {}", version),
+              "version 1 (uint16 GPT-2 tokens)");
   const auto count = read_at<std::int32_t>(bytes, 8);
   if (count < 0 || bytes.size() != header + static_cast<size_t>(count) * 2)
-    malformed(path, fmt::format("{} bytes for {} tokens", bytes.size(), count), "a complete file; it may be truncated");
+    malformed(path, fmt::format("{} bytes for {} tokens", bytes.size(), count),
+              "a complete file; it may be truncated");
   Tokens tokens;
   tokens.vocab = 50257;  // GPT-2 BPE
   tokens.ids.resize(static_cast<size_t>(count));
-  for (std::int32_t i = 0; i < count; ++i) tokens.ids[i] = read_at<std::uint16_t>(bytes, header + 2 * static_cast<size_t>(i));
+  for (std::int32_t i = 0; i < count; ++i)
+    tokens.ids[i] = read_at<std::uint16_t>(bytes, header + 2 * static_cast<size_t>(i));
   return tokens;
 }
 
@@ -90,9 +99,12 @@ Tokens tokenize_bytes(const std::string& text) {
 Tokens load_tokens(const std::string& path, config::DataFormat format) {
   const std::string bytes = read_all(path);
   switch (format) {
-    case config::DataFormat::text: return tokenize_bytes(bytes);
-    case config::DataFormat::tokens: return load_p2bw(path, bytes);
-    case config::DataFormat::llmc: return load_llmc(path, bytes);
+    case config::DataFormat::text:
+      return tokenize_bytes(bytes);
+    case config::DataFormat::tokens:
+      return load_p2bw(path, bytes);
+    case config::DataFormat::llmc:
+      return load_llmc(path, bytes);
   }
   return {};
 }
@@ -103,7 +115,9 @@ void write_token_file(const std::string& path, const Tokens& tokens) {
   {
     std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
     if (!file) throw UserError(path + ": cannot write the token file (allowed: a writable path)");
-    const auto put = [&file](const auto& value) { file.write(reinterpret_cast<const char*>(&value), sizeof(value)); };
+    const auto put = [&file](const auto& value) {
+      file.write(reinterpret_cast<const char*>(&value), sizeof(value));
+    };
     file.write(kMagic, sizeof(kMagic));
     put(kTokenFileVersion);
     put(static_cast<std::uint32_t>(tokens.vocab));
@@ -111,10 +125,13 @@ void write_token_file(const std::string& path, const Tokens& tokens) {
     put(width);
     put(std::uint32_t{0});
     for (std::int32_t id : tokens.ids) {
-      if (width == 2) put(static_cast<std::uint16_t>(id));
-      else put(static_cast<std::uint32_t>(id));
+      if (width == 2)
+        put(static_cast<std::uint16_t>(id));
+      else
+        put(static_cast<std::uint32_t>(id));
     }
-    if (!file.flush()) throw UserError(path + ": writing the token file failed (allowed: a path with free space)");
+    if (!file.flush())
+      throw UserError(path + ": writing the token file failed (allowed: a path with free space)");
   }
   std::filesystem::rename(temporary, path);
 }

@@ -14,12 +14,18 @@ namespace {
 
 template <class T>
 hid_t memory_type() {
-  if constexpr (std::is_same_v<T, float>) return H5T_NATIVE_FLOAT;
-  else if constexpr (std::is_same_v<T, double>) return H5T_NATIVE_DOUBLE;
-  else if constexpr (std::is_same_v<T, std::int32_t>) return H5T_NATIVE_INT32;
-  else if constexpr (std::is_same_v<T, std::int64_t>) return H5T_NATIVE_INT64;
-  else if constexpr (std::is_same_v<T, std::uint8_t>) return H5T_NATIVE_UINT8;
-  else static_assert(sizeof(T) == 0, "unsupported HDF5 element type");
+  if constexpr (std::is_same_v<T, float>)
+    return H5T_NATIVE_FLOAT;
+  else if constexpr (std::is_same_v<T, double>)
+    return H5T_NATIVE_DOUBLE;
+  else if constexpr (std::is_same_v<T, std::int32_t>)
+    return H5T_NATIVE_INT32;
+  else if constexpr (std::is_same_v<T, std::int64_t>)
+    return H5T_NATIVE_INT64;
+  else if constexpr (std::is_same_v<T, std::uint8_t>)
+    return H5T_NATIVE_UINT8;
+  else
+    static_assert(sizeof(T) == 0, "unsupported HDF5 element type");
 }
 
 Handle intermediate_groups() {
@@ -47,14 +53,29 @@ Handle& Handle::operator=(Handle&& other) noexcept {
 Handle::~Handle() {
   if (id_ < 0) return;
   switch (H5Iget_type(id_)) {
-    case H5I_FILE: H5Fclose(id_); break;
-    case H5I_GROUP: H5Gclose(id_); break;
-    case H5I_DATASET: H5Dclose(id_); break;
-    case H5I_DATASPACE: H5Sclose(id_); break;
-    case H5I_DATATYPE: H5Tclose(id_); break;
-    case H5I_ATTR: H5Aclose(id_); break;
-    case H5I_GENPROP_LST: H5Pclose(id_); break;
-    default: break;
+    case H5I_FILE:
+      H5Fclose(id_);
+      break;
+    case H5I_GROUP:
+      H5Gclose(id_);
+      break;
+    case H5I_DATASET:
+      H5Dclose(id_);
+      break;
+    case H5I_DATASPACE:
+      H5Sclose(id_);
+      break;
+    case H5I_DATATYPE:
+      H5Tclose(id_);
+      break;
+    case H5I_ATTR:
+      H5Aclose(id_);
+      break;
+    case H5I_GENPROP_LST:
+      H5Pclose(id_);
+      break;
+    default:
+      break;
   }
 }
 
@@ -65,10 +86,14 @@ H5File::H5File(const std::string& path, Mode mode) : path_(path) {
     id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (id < 0) throw UserError(path + ": cannot create the HDF5 file (allowed: a writable path)");
   } else {
-    if (!std::filesystem::is_regular_file(path)) throw UserError(path + ": no such file (allowed: an existing HDF5 file)");
-    if (H5Fis_hdf5(path.c_str()) <= 0) throw UserError(path + ": not an HDF5 file (allowed: an HDF5 file written by p2bw)");
+    if (!std::filesystem::is_regular_file(path))
+      throw UserError(path + ": no such file (allowed: an existing HDF5 file)");
+    if (H5Fis_hdf5(path.c_str()) <= 0)
+      throw UserError(path + ": not an HDF5 file (allowed: an HDF5 file written by p2bw)");
     id = H5Fopen(path.c_str(), mode == Mode::read ? H5F_ACC_RDONLY : H5F_ACC_RDWR, H5P_DEFAULT);
-    if (id < 0) throw UserError(path + ": cannot open the HDF5 file (allowed: a readable, complete HDF5 file)");
+    if (id < 0)
+      throw UserError(path +
+                      ": cannot open the HDF5 file (allowed: a readable, complete HDF5 file)");
   }
   file_ = Handle(id);
 }
@@ -83,19 +108,26 @@ bool H5File::exists(const std::string& object) const {
 }
 
 template <class T>
-void H5File::write(const std::string& name, const std::vector<T>& values, const std::vector<hsize_t>& shape) {
+void H5File::write(const std::string& name, const std::vector<T>& values,
+                   const std::vector<hsize_t>& shape) {
   hsize_t count = 1;
   for (hsize_t n : shape) count *= n;
-  P2BW_ASSERT(count == values.size(), fmt::format("{}: {} values for shape of {}", name, values.size(), count));
-  Handle space(P2BW_HDF5_CHECK(H5Screate_simple(static_cast<int>(shape.size()), shape.data(), nullptr)));
+  P2BW_ASSERT(count == values.size(),
+              fmt::format("{}: {} values for shape of {}", name, values.size(), count));
+  Handle space(
+      P2BW_HDF5_CHECK(H5Screate_simple(static_cast<int>(shape.size()), shape.data(), nullptr)));
   Handle links = intermediate_groups();
-  Handle set(P2BW_HDF5_CHECK(H5Dcreate2(file_.get(), name.c_str(), memory_type<T>(), space.get(), links.get(), H5P_DEFAULT, H5P_DEFAULT)));
-  P2BW_HDF5_CHECK(H5Dwrite(set.get(), memory_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()));
+  Handle set(P2BW_HDF5_CHECK(H5Dcreate2(file_.get(), name.c_str(), memory_type<T>(), space.get(),
+                                        links.get(), H5P_DEFAULT, H5P_DEFAULT)));
+  P2BW_HDF5_CHECK(
+      H5Dwrite(set.get(), memory_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()));
 }
 
 template <class T>
 std::vector<T> H5File::read(const std::string& name, std::vector<hsize_t>* shape) const {
-  if (!exists(name)) throw UserError(fmt::format("{}: dataset {} is missing (allowed: a file with {})", path_, name, name));
+  if (!exists(name))
+    throw UserError(
+        fmt::format("{}: dataset {} is missing (allowed: a file with {})", path_, name, name));
   Handle set(P2BW_HDF5_CHECK(H5Dopen2(file_.get(), name.c_str(), H5P_DEFAULT)));
   Handle space(P2BW_HDF5_CHECK(H5Dget_space(set.get())));
   const int rank = P2BW_HDF5_CHECK(H5Sget_simple_extent_ndims(space.get()));
@@ -104,16 +136,23 @@ std::vector<T> H5File::read(const std::string& name, std::vector<hsize_t>* shape
   hsize_t count = 1;
   for (hsize_t n : dims) count *= n;
   std::vector<T> values(count);
-  if (count > 0) P2BW_HDF5_CHECK(H5Dread(set.get(), memory_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()));
+  if (count > 0)
+    P2BW_HDF5_CHECK(
+        H5Dread(set.get(), memory_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()));
   if (shape) *shape = dims;
   return values;
 }
 
-template void H5File::write(const std::string&, const std::vector<float>&, const std::vector<hsize_t>&);
-template void H5File::write(const std::string&, const std::vector<double>&, const std::vector<hsize_t>&);
-template void H5File::write(const std::string&, const std::vector<std::int32_t>&, const std::vector<hsize_t>&);
-template void H5File::write(const std::string&, const std::vector<std::int64_t>&, const std::vector<hsize_t>&);
-template void H5File::write(const std::string&, const std::vector<std::uint8_t>&, const std::vector<hsize_t>&);
+template void H5File::write(const std::string&, const std::vector<float>&,
+                            const std::vector<hsize_t>&);
+template void H5File::write(const std::string&, const std::vector<double>&,
+                            const std::vector<hsize_t>&);
+template void H5File::write(const std::string&, const std::vector<std::int32_t>&,
+                            const std::vector<hsize_t>&);
+template void H5File::write(const std::string&, const std::vector<std::int64_t>&,
+                            const std::vector<hsize_t>&);
+template void H5File::write(const std::string&, const std::vector<std::uint8_t>&,
+                            const std::vector<hsize_t>&);
 template std::vector<float> H5File::read(const std::string&, std::vector<hsize_t>*) const;
 template std::vector<double> H5File::read(const std::string&, std::vector<hsize_t>*) const;
 template std::vector<std::int32_t> H5File::read(const std::string&, std::vector<hsize_t>*) const;
@@ -127,7 +166,8 @@ Handle open_object(hid_t file, const std::string& object) {
 }
 
 void replace_attribute(hid_t object, const std::string& name) {
-  if (P2BW_HDF5_CHECK(H5Aexists(object, name.c_str())) > 0) P2BW_HDF5_CHECK(H5Adelete(object, name.c_str()));
+  if (P2BW_HDF5_CHECK(H5Aexists(object, name.c_str())) > 0)
+    P2BW_HDF5_CHECK(H5Adelete(object, name.c_str()));
 }
 
 template <class T>
@@ -135,19 +175,23 @@ void set_numeric(hid_t file, const std::string& object, const std::string& name,
   Handle target = open_object(file, object);
   replace_attribute(target.get(), name);
   Handle space(P2BW_HDF5_CHECK(H5Screate(H5S_SCALAR)));
-  Handle attribute(P2BW_HDF5_CHECK(H5Acreate2(target.get(), name.c_str(), memory_type<T>(), space.get(), H5P_DEFAULT, H5P_DEFAULT)));
+  Handle attribute(P2BW_HDF5_CHECK(H5Acreate2(target.get(), name.c_str(), memory_type<T>(),
+                                              space.get(), H5P_DEFAULT, H5P_DEFAULT)));
   P2BW_HDF5_CHECK(H5Awrite(attribute.get(), memory_type<T>(), &value));
 }
 
-Handle open_attribute(hid_t file, const std::string& path, const std::string& object, const std::string& name) {
+Handle open_attribute(hid_t file, const std::string& path, const std::string& object,
+                      const std::string& name) {
   Handle target = open_object(file, object);
   if (P2BW_HDF5_CHECK(H5Aexists(target.get(), name.c_str())) <= 0)
-    throw UserError(fmt::format("{}: attribute {} of {} is missing (allowed: a file written by p2bw)", path, name, object));
+    throw UserError(fmt::format(
+        "{}: attribute {} of {} is missing (allowed: a file written by p2bw)", path, name, object));
   return Handle(P2BW_HDF5_CHECK(H5Aopen(target.get(), name.c_str(), H5P_DEFAULT)));
 }
 
 template <class T>
-T get_numeric(hid_t file, const std::string& path, const std::string& object, const std::string& name) {
+T get_numeric(hid_t file, const std::string& path, const std::string& object,
+              const std::string& name) {
   Handle attribute = open_attribute(file, path, object, name);
   T value{};
   P2BW_HDF5_CHECK(H5Aread(attribute.get(), memory_type<T>(), &value));
@@ -156,14 +200,16 @@ T get_numeric(hid_t file, const std::string& path, const std::string& object, co
 
 }  // namespace
 
-void H5File::set_attribute(const std::string& object, const std::string& name, const std::string& value) {
+void H5File::set_attribute(const std::string& object, const std::string& name,
+                           const std::string& value) {
   Handle target = open_object(file_.get(), object);
   replace_attribute(target.get(), name);
   Handle type(P2BW_HDF5_CHECK(H5Tcopy(H5T_C_S1)));
   P2BW_HDF5_CHECK(H5Tset_size(type.get(), H5T_VARIABLE));
   P2BW_HDF5_CHECK(H5Tset_cset(type.get(), H5T_CSET_UTF8));
   Handle space(P2BW_HDF5_CHECK(H5Screate(H5S_SCALAR)));
-  Handle attribute(P2BW_HDF5_CHECK(H5Acreate2(target.get(), name.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT)));
+  Handle attribute(P2BW_HDF5_CHECK(
+      H5Acreate2(target.get(), name.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT)));
   const char* text = value.c_str();
   P2BW_HDF5_CHECK(H5Awrite(attribute.get(), type.get(), &text));
 }
@@ -180,10 +226,13 @@ std::string H5File::string_attribute(const std::string& object, const std::strin
   Handle attribute = open_attribute(file_.get(), path_, object, name);
   Handle type(P2BW_HDF5_CHECK(H5Aget_type(attribute.get())));
   if (H5Tget_class(type.get()) != H5T_STRING)
-    throw UserError(fmt::format("{}: attribute {} of {} is not a string (allowed: a file written by p2bw)", path_, name, object));
+    throw UserError(
+        fmt::format("{}: attribute {} of {} is not a string (allowed: a file written by p2bw)",
+                    path_, name, object));
   if (H5Tis_variable_str(type.get()) > 0) {
     Handle memory(P2BW_HDF5_CHECK(H5Tcopy(H5T_C_S1)));
     P2BW_HDF5_CHECK(H5Tset_size(memory.get(), H5T_VARIABLE));
+    P2BW_HDF5_CHECK(H5Tset_cset(memory.get(), H5Tget_cset(type.get())));
     char* text = nullptr;
     P2BW_HDF5_CHECK(H5Aread(attribute.get(), memory.get(), &text));
     std::string value = text ? text : "";
@@ -203,6 +252,8 @@ double H5File::double_attribute(const std::string& object, const std::string& na
   return get_numeric<double>(file_.get(), path_, object, name);
 }
 
-void H5File::flush() { P2BW_HDF5_CHECK(H5Fflush(file_.get(), H5F_SCOPE_GLOBAL)); }
+void H5File::flush() {
+  P2BW_HDF5_CHECK(H5Fflush(file_.get(), H5F_SCOPE_GLOBAL));
+}
 
 }  // namespace p2bw::io

@@ -35,9 +35,11 @@ class H5File {
   hid_t id() const { return file_.get(); }
   bool exists(const std::string& object) const;  // a group or dataset at this path
 
-  // Whole datasets; intermediate groups are created. Supported T: float, double, int32, int64, uint8.
+  // Whole datasets; intermediate groups are created. Supported T: float, double, int32, int64,
+  // uint8.
   template <class T>
-  void write(const std::string& name, const std::vector<T>& values, const std::vector<hsize_t>& shape);
+  void write(const std::string& name, const std::vector<T>& values,
+             const std::vector<hsize_t>& shape);
   template <class T>
   std::vector<T> read(const std::string& name, std::vector<hsize_t>* shape = nullptr) const;
 

@@ -85,15 +85,20 @@ TEST_F(DataTest, CorruptTokenFilesAreRejected) {
     bytes.assign(std::istreambuf_iterator<char>(in), {});
   }
   std::ofstream(path("truncated.tok"), std::ios::binary) << bytes.substr(0, bytes.size() - 3);
-  EXPECT_NE(error_of(path("truncated.tok"), config::DataFormat::tokens).find("it may be truncated"), std::string::npos);
+  EXPECT_NE(error_of(path("truncated.tok"), config::DataFormat::tokens).find("it may be truncated"),
+            std::string::npos);
   std::string wrong_version = bytes;
   wrong_version[8] = 9;
   std::ofstream(path("version.tok"), std::ios::binary) << wrong_version;
-  EXPECT_NE(error_of(path("version.tok"), config::DataFormat::tokens).find("token file format version 9 (allowed: version 1)"),
+  EXPECT_NE(error_of(path("version.tok"), config::DataFormat::tokens)
+                .find("token file format version 9 (allowed: version 1)"),
             std::string::npos);
   std::ofstream(path("text.tok")) << "just some text, long enough to hold a header of 32 bytes";
-  EXPECT_NE(error_of(path("text.tok"), config::DataFormat::tokens).find("not a p2bw token file"), std::string::npos);
-  EXPECT_NE(error_of(path("absent.tok"), config::DataFormat::tokens).find("cannot read the data file"), std::string::npos);
+  EXPECT_NE(error_of(path("text.tok"), config::DataFormat::tokens).find("not a p2bw token file"),
+            std::string::npos);
+  EXPECT_NE(
+      error_of(path("absent.tok"), config::DataFormat::tokens).find("cannot read the data file"),
+      std::string::npos);
 }
 
 TEST_F(DataTest, ReadsLlmcShards) {
@@ -115,7 +120,8 @@ TEST_F(DataTest, ReadsLlmcShards) {
     std::ofstream out(path("bad.bin"), std::ios::binary);
     out.write(reinterpret_cast<const char*>(header.data()), 256 * 4);
   }
-  EXPECT_NE(error_of(path("bad.bin"), config::DataFormat::llmc).find("bad magic"), std::string::npos);
+  EXPECT_NE(error_of(path("bad.bin"), config::DataFormat::llmc).find("bad magic"),
+            std::string::npos);
 }
 
 TEST(Loader, GptTargetsAreShiftedInputs) {
@@ -149,7 +155,7 @@ TEST(Loader, DeterministicAndResumable) {
   Loader a(tokens, deck), b(tokens, deck);
   std::int32_t in_a[16], t_a[16], in_b[16], t_b[16];
   for (int step = 0; step < 3; ++step) a.microbatch(step, 1, 0, in_a, t_a);  // a ran 3 steps
-  b.microbatch(2, 1, 0, in_b, t_b);                                           // b resumes at step 2
+  b.microbatch(2, 1, 0, in_b, t_b);                                          // b resumes at step 2
   EXPECT_EQ(0, std::memcmp(in_a, in_b, sizeof(in_a)));
   auto other = deck;
   other.train.seed = 43;
@@ -165,7 +171,8 @@ TEST(Loader, ReplicasShareTheGlobalBatchOfASingleRankRun) {
   for (int step = 0; step < 3; ++step)
     for (int j = 0; j < 2; ++j)
       for (int r = 0; r < 2; ++r)
-        EXPECT_EQ(Loader::first_sample(pipelined, step, j, r), Loader::first_sample(single, step, j * 2 + r, 0));
+        EXPECT_EQ(Loader::first_sample(pipelined, step, j, r),
+                  Loader::first_sample(single, step, j * 2 + r, 0));
 }
 
 TEST(Loader, BertMasksFifteenPercent) {
@@ -203,7 +210,9 @@ TEST(Loader, DataMustFitTheModel) {
     Loader loader(counting_tokens(100), deck);
     FAIL();
   } catch (const UserError& error) {
-    EXPECT_NE(std::string(error.what()).find("the data's vocabulary has 256 tokens, model.vocab = 200"), std::string::npos);
+    EXPECT_NE(
+        std::string(error.what()).find("the data's vocabulary has 256 tokens, model.vocab = 200"),
+        std::string::npos);
   }
 }
 
