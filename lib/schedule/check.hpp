@@ -1,0 +1,63 @@
+// Schedule checker: proves a schedule complete, deadlock-free under blocking sends, and
+// version-correct; returns what is wrong as data.
+//
+// Communication semantics (the same in check() and simulate()):
+// - Channels. Each link s <-> s+1 carries two channels: activations s -> s+1 and gradients
+//   s+1 -> s. On a channel the n-th send matches the n-th receive (in-order matching, no tags);
+//   a send and a receive that match must name the same microbatch, otherwise the receiver would
+//   get the wrong tensor.
+// - Blocking rendezvous. A stage executes its list in order. Reaching a send or receive posts
+//   it; the stage then waits until the peer has posted the matching receive or send. A send
+//   therefore completes only when its receive is posted, and vice versa.
+// - Exchange (send_act_recv_grad, send_grad_recv_act). Posts its send and its receive at the
+//   same time (one grouped non-blocking call) and completes once BOTH are matched. A peer's
+//   exchange likewise offers its receive and its send at once, so two exchanges facing each
+//   other complete together, where two plain sends facing each other deadlock.
+// - Compute, allreduce, step and markers are local and never wait.
+// The checker replays all stages under these rules; a schedule that cannot run to the end
+// deadlocks, and every blocked stage is reported with the action it waits in.
+//
+// What check() verifies (findings name stage and action index):
+// - header values, one action list per stage, microbatch and batch numbers in range;
+// - messages: only to existing neighbours; each microbatch's activation/gradient sent once after
+//   its forward/backward and received once before it is used; every send has exactly one
+//   matching receive and vice versa; in-order matching delivers the right microbatch; no deadlock;
+// - compute: every microbatch 1..m*batches forwarded and backwarded exactly once per stage, each
+//   backward after its forward (Bw after Bi for split backwards), activations in flight within
+//   activation_bound();
+// - versions: forwards follow weight_version(); a backward uses its forward's version; every
+//   version used is held by a buffer; at most two versions alive under 2bw (alive = used by an
+//   in-flight microbatch, or the newest), one under flush and GPipe; a step writes W(newest+1),
+//   names correctly what it retires, and never overwrites a version an in-flight microbatch
+//   still needs; steps of flush batches (and all batches of flush/gpipe) only with nothing in
+//   flight; flush and GPipe write buffer 0 only;
+// - per batch exactly one allreduce after the batch's m-th backward, then one step, both inside
+//   batch_begin/batch_end markers that come in order.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "schedule/schedule.hpp"
+
+namespace p2bw::schedule {
+
+struct Finding {
+  int stage = -1;   // -1: the schedule as a whole
+  int action = -1;  // index into actions[stage]; -1: the end of the stage's list
+  std::string message;
+};
+
+std::string to_string(const Finding& finding);  // "stage 1 action 7: [B 3 v1] ..."
+
+struct CheckResult {
+  std::vector<Finding> findings;
+
+  bool ok() const { return findings.empty(); }
+  // "ok", or "N findings; first: <finding>".
+  std::string summary() const;
+};
+
+CheckResult check(const Schedule& schedule);
+
+}  // namespace p2bw::schedule

@@ -1,0 +1,201 @@
+// Replay of all stages' action lists with blocking rendezvous messages and in-order matching
+// per channel; yields per-stage events, matching errors and the blocked stages of a deadlock.
+#include "schedule/replay.hpp"
+
+#include <algorithm>
+#include <sstream>
+#include <string>
+
+#include "schedule/text.hpp"
+
+namespace p2bw::schedule::detail {
+
+Ops ops_of(const Action& a, int stage) {
+  const auto act = [stage](bool send, int mb) {
+    // Activations over link l travel l -> l+1: the sender's link is its own index.
+    return send ? Op{2 * stage, true, mb, stage + 1} : Op{2 * (stage - 1), false, mb, stage - 1};
+  };
+  const auto grad = [stage](bool send, int mb) {
+    return send ? Op{2 * (stage - 1) + 1, true, mb, stage - 1}
+                : Op{2 * stage + 1, false, mb, stage + 1};
+  };
+  Ops ops;
+  switch (a.kind) {
+    case ActionKind::send_act:
+      ops.op[ops.count++] = act(true, a.mb);
+      break;
+    case ActionKind::recv_act:
+      ops.op[ops.count++] = act(false, a.mb);
+      break;
+    case ActionKind::send_grad:
+      ops.op[ops.count++] = grad(true, a.mb);
+      break;
+    case ActionKind::recv_grad:
+      ops.op[ops.count++] = grad(false, a.mb);
+      break;
+    case ActionKind::send_act_recv_grad:
+      ops.op[ops.count++] = act(true, a.mb);
+      ops.op[ops.count++] = grad(false, a.recv_mb);
+      break;
+    case ActionKind::send_grad_recv_act:
+      ops.op[ops.count++] = grad(true, a.mb);
+      ops.op[ops.count++] = act(false, a.recv_mb);
+      break;
+    default:
+      break;
+  }
+  return ops;
+}
+
+const char* channel_name(int channel) {
+  return channel % 2 == 0 ? "activation" : "gradient";
+}
+
+namespace {
+
+struct StageState {
+  size_t pc = 0;        // next action
+  double clock = 0;     // when the stage is free (while posted: the post time)
+  bool posted = false;  // the communication action at pc has been posted
+  Ops ops;              // its halves
+  bool done[2] = {false, false};
+  double end[2] = {0, 0};
+};
+
+class Replayer {
+ public:
+  Replayer(const Schedule& s, const std::function<double(int, const Action&)>& duration,
+           const std::function<double(int)>& link_time)
+      : sched_(s), duration_(duration), link_time_(link_time), state_(s.stages) {
+    result_.events.resize(s.stages);
+  }
+
+  ReplayResult run() {
+    for (bool progress = true; progress;) {
+      progress = false;
+      for (int s = 0; s < sched_.stages; ++s) progress |= advance(s);
+    }
+    for (int s = 0; s < sched_.stages; ++s) {
+      if (state_[s].pc < sched_.actions[s].size()) report_blocked(s);
+    }
+    return std::move(result_);
+  }
+
+ private:
+  // Runs stage s as far as it can go; true if it moved.
+  bool advance(int s) {
+    StageState& st = state_[s];
+    const std::vector<Action>& list = sched_.actions[s];
+    bool moved = false;
+    while (st.pc < list.size()) {
+      const Action& a = list[st.pc];
+      if (a.kind == ActionKind::batch_begin || a.kind == ActionKind::batch_end) {
+        ++st.pc;
+        moved = true;
+        continue;
+      }
+      if (!is_communication(a.kind)) {
+        const double end = st.clock + duration_(s, a);
+        result_.events[s].push_back(Event{a, static_cast<int>(st.pc), st.clock, end});
+        st.clock = end;
+        ++st.pc;
+        moved = true;
+        continue;
+      }
+      if (!st.posted) {
+        post(s);
+        moved = true;
+      }
+      if (!std::all_of(st.done, st.done + st.ops.count, [](bool d) { return d; })) break;
+      const double end = std::max({st.clock, st.end[0], st.ops.count > 1 ? st.end[1] : 0.0});
+      result_.events[s].push_back(Event{a, static_cast<int>(st.pc), st.clock, end});
+      st.clock = end;
+      st.posted = false;
+      ++st.pc;
+    }
+    return moved;
+  }
+
+  // Posts the communication action at stage s's pc and matches its halves against whatever
+  // the peer has posted.
+  void post(int s) {
+    StageState& st = state_[s];
+    st.posted = true;
+    st.ops = ops_of(sched_.actions[s][st.pc], s);
+    for (int i = 0; i < st.ops.count; ++i) {
+      st.done[i] = false;
+      const Op& op = st.ops.op[i];
+      StageState& peer = state_[op.peer];
+      if (!peer.posted) continue;
+      for (int j = 0; j < peer.ops.count; ++j) {
+        const Op& other = peer.ops.op[j];
+        if (peer.done[j] || other.channel != op.channel || other.send == op.send) continue;
+        match(s, i, op.peer, j);
+        break;
+      }
+    }
+  }
+
+  void match(int s, int i, int p, int j) {
+    StageState& a = state_[s];
+    StageState& b = state_[p];
+    const double at = std::max(a.clock, b.clock);
+    const double arrive = at + link_time_(a.ops.op[i].channel / 2);
+    a.done[i] = b.done[j] = true;
+    a.end[i] = a.ops.op[i].send ? at : arrive;
+    b.end[j] = b.ops.op[j].send ? at : arrive;
+    const bool s_receives = !a.ops.op[i].send;
+    const int receiver = s_receives ? s : p;
+    const int sender = s_receives ? p : s;
+    const Op& recv = s_receives ? a.ops.op[i] : b.ops.op[j];
+    const Op& send = s_receives ? b.ops.op[j] : a.ops.op[i];
+    if (recv.mb != send.mb) {
+      const size_t rpc = state_[receiver].pc;
+      std::ostringstream what;
+      what << "[" << to_string(sched_.actions[receiver][rpc]) << "] receives the "
+           << channel_name(recv.channel) << " of mb " << recv.mb
+           << " but in-order matching delivers mb " << send.mb << " from stage " << sender
+           << " action " << state_[sender].pc;
+      result_.mismatches.push_back({receiver, static_cast<int>(rpc), what.str()});
+    }
+  }
+
+  void report_blocked(int s) {
+    const StageState& st = state_[s];
+    std::ostringstream what;
+    what << "[" << to_string(sched_.actions[s][st.pc]) << "] deadlock: blocked";
+    const char* separator = " ";
+    for (int i = 0; i < st.ops.count; ++i) {
+      if (st.done[i]) continue;
+      const Op& op = st.ops.op[i];
+      const size_t peer_pc = state_[op.peer].pc;
+      const std::vector<Action>& peer_list = sched_.actions[op.peer];
+      what << separator << (op.send ? "sending " : "receiving ") << channel_name(op.channel)
+           << " of mb " << op.mb << (op.send ? " to" : " from") << " stage " << op.peer
+           << ", which ";
+      if (peer_pc < peer_list.size()) {
+        what << "is at action " << peer_pc << " [" << to_string(peer_list[peer_pc]) << "]";
+      } else {
+        what << "has finished";
+      }
+      separator = "; ";
+    }
+    result_.blocked.push_back({s, static_cast<int>(st.pc), what.str()});
+  }
+
+  const Schedule& sched_;
+  const std::function<double(int, const Action&)>& duration_;
+  const std::function<double(int)>& link_time_;
+  std::vector<StageState> state_;
+  ReplayResult result_;
+};
+
+}  // namespace
+
+ReplayResult replay(const Schedule& schedule,
+                    const std::function<double(int, const Action&)>& duration,
+                    const std::function<double(int)>& link_time) {
+  return Replayer(schedule, duration, link_time).run();
+}
+
+}  // namespace p2bw::schedule::detail

@@ -1,0 +1,95 @@
+// Discrete-event simulator for schedules: replays the action lists with per-stage costs under
+// the communication semantics of check.hpp and reports where time goes; text Gantt chart and
+// report table.
+//
+// Timing model
+// - A stage runs its actions back to back from time 0. forward, backward, allreduce and step take
+//   their cost on that stage; backward_input and backward_weight take half the backward cost
+//   each; markers take no time and make no event.
+// - A send or receive is posted when the stage reaches it. Once both halves of a message are
+//   posted (t = the later post time) the send half completes at t and the receive half at
+//   t + the link's message time. An exchange completes when both its halves have. The event of
+//   a communication action spans its post time to its completion, so a receiver's dependent
+//   compute starts at (the later of the two posts) + message time.
+//   (Conservative for a non-blocking executor, which may start a transfer before the receive
+//   is reached; with zero message time both agree.)
+// Accounting per stage over [0, makespan]
+//   compute = forward and backward time; update = allreduce and step time;
+//   wait = time inside communication actions (blocked on a neighbour or a transfer);
+//   idle = time before the first action and after the last one;
+//   compute + update + wait + idle = makespan; bubble = (wait + idle) / makespan.
+//   peak_in_flight = most microbatches forwarded but not yet backwarded.
+// Steady state (needs batches >= 3; the first batch fills the pipeline, the last drains it)
+//   steady_batch_time = mean interval between the ends of stage 0's steps of batches 0 .. n-2,
+//   i.e. (end of step n-2 - end of step 0) / (n - 2); with fewer batches, makespan / batches.
+//   steady_bubble = a stage's bubble within [end of its step 0, end of its step n-2]; with
+//   fewer batches, its overall bubble.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "schedule/schedule.hpp"
+
+namespace p2bw::schedule {
+
+// Time units are the caller's. Every vector holds one value per stage (message: one per link
+// s <-> s+1, d-1 values) or a single value used for all; an empty vector means 0.
+struct Costs {
+  std::vector<double> forward{1.0};
+  std::vector<double> backward{2.0};
+  std::vector<double> message{0.0};
+  std::vector<double> allreduce{0.0};
+  std::vector<double> step{0.0};
+
+  static Costs uniform(double forward, double backward, double message = 0, double allreduce = 0,
+                       double step = 0) {
+    return Costs{{forward}, {backward}, {message}, {allreduce}, {step}};
+  }
+};
+
+struct Event {
+  Action action;
+  int index = 0;  // position in the stage's action list
+  double start = 0;
+  double end = 0;
+};
+
+struct Timeline {
+  std::vector<std::vector<Event>> stages;  // per stage, in execution order
+  double makespan = 0;
+};
+
+struct StageReport {
+  double compute = 0;
+  double update = 0;
+  double wait = 0;
+  double idle = 0;
+  double bubble = 0;
+  double steady_bubble = 0;
+  int peak_in_flight = 0;
+};
+
+struct Report {
+  Timeline timeline;
+  std::vector<StageReport> stages;
+  double makespan = 0;
+  double steady_batch_time = 0;
+};
+
+// Throws ScheduleError if check(schedule) finds anything or the costs do not fit the schedule.
+Report simulate(const Schedule& schedule, const Costs& costs);
+
+// 1 - (compute + update time of `stage` within [from, to]) / (to - from).
+double bubble_in_window(const Timeline& timeline, int stage, double from, double to);
+
+// One row per stage over the time of the first `batches_shown` batches (up to the last step of
+// batch batches_shown-1 on any stage). F forward, B backward, b/w split backward halves,
+// A allreduce, S step, - waiting for a message, . idle.
+std::string render_gantt(const Timeline& timeline, int columns, int batches_shown = 2);
+
+// Table: per stage compute, update, wait, idle, bubble, steady bubble, peak in flight; then
+// makespan and steady-state time per batch.
+std::string format_report(const Report& report);
+
+}  // namespace p2bw::schedule

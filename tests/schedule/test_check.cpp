@@ -1,0 +1,201 @@
+// Tests of the schedule checker: every generated schedule passes; deliberately broken
+// schedules fail with findings that name the right stage and action index.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "schedule/check.hpp"
+#include "schedule/schedule.hpp"
+#include "schedule/text.hpp"
+
+namespace p2bw::schedule {
+namespace {
+
+TEST(Check, AcceptsEveryGeneratedSchedule) {
+  int checked = 0;
+  for (int d = 1; d <= 8; ++d) {
+    for (int m = d; m <= 4 * d; ++m) {
+      for (int batches = 1; batches <= 4; ++batches) {
+        std::vector<Schedule> schedules = {generate(ScheduleKind::gpipe, d, m, batches),
+                                           generate(ScheduleKind::flush, d, m, batches),
+                                           generate(ScheduleKind::two_bw, d, m, batches)};
+        for (int warmup = 1; warmup <= std::min(2, batches); ++warmup) {
+          schedules.push_back(generate(ScheduleKind::two_bw, d, m, batches, warmup));
+        }
+        for (const Schedule& s : schedules) {
+          const CheckResult result = check(s);
+          ASSERT_TRUE(result.ok())
+              << to_string(s.kind) << " d=" << d << " m=" << m << " batches=" << batches
+              << " K=" << s.sync_warmup << ": " << result.summary();
+          ++checked;
+        }
+      }
+    }
+  }
+  EXPECT_GT(checked, 2000);
+}
+
+TEST(Check, AcceptsFewerMicrobatchesThanStagesForFlushAndGpipe) {
+  for (int m = 1; m < 6; ++m) {
+    EXPECT_TRUE(check(generate(ScheduleKind::flush, 6, m, 2)).ok()) << m;
+    EXPECT_TRUE(check(generate(ScheduleKind::gpipe, 6, m, 2)).ok()) << m;
+  }
+}
+
+// Index of the action whose text is `text` on `stage`; fails the test if absent.
+int index_of(const Schedule& s, int stage, const std::string& text) {
+  for (size_t i = 0; i < s.actions[stage].size(); ++i) {
+    if (to_string(s.actions[stage][i]) == text) return static_cast<int>(i);
+  }
+  ADD_FAILURE() << "no '" << text << "' on stage " << stage;
+  return -1;
+}
+
+// Asserts a finding at (stage, action) whose message contains `fragment`.
+void expect_finding(const CheckResult& result, int stage, int action, const std::string& fragment) {
+  for (const Finding& f : result.findings) {
+    if (f.stage == stage && f.action == action && f.message.find(fragment) != std::string::npos) {
+      return;
+    }
+  }
+  std::string all;
+  for (const Finding& f : result.findings) all += "\n  " + to_string(f);
+  ADD_FAILURE() << "no finding at stage " << stage << " action " << action << " containing '"
+                << fragment << "'; findings:" << all;
+}
+
+void move_action(std::vector<Action>& list, int from, int to) {
+  const Action a = list[from];
+  list.erase(list.begin() + from);
+  list.insert(list.begin() + to, a);
+}
+
+TEST(Check, SwappedSendsBreakInOrderMatching) {
+  Schedule s = generate(ScheduleKind::gpipe, 2, 2, 1);
+  // Stage 0: F 1, send_act 1, F 2, send_act 2  ->  F 1, F 2, send_act 2, send_act 1.
+  auto& list = s.actions[0];
+  move_action(list, index_of(s, 0, "F 2 v0"), index_of(s, 0, "send_act 1"));
+  move_action(list, index_of(s, 0, "send_act 2"), index_of(s, 0, "send_act 1"));
+  const CheckResult result = check(s);
+  EXPECT_FALSE(result.ok());
+  expect_finding(result, 1, index_of(s, 1, "recv_act 1"), "in-order matching delivers mb 2");
+  expect_finding(result, 1, index_of(s, 1, "recv_act 2"), "in-order matching delivers mb 1");
+}
+
+TEST(Check, MissingReceive) {
+  Schedule s = generate(ScheduleKind::flush, 3, 3, 1);
+  auto& list = s.actions[1];
+  list.erase(list.begin() + index_of(s, 1, "recv_act 2"));
+  const CheckResult result = check(s);
+  expect_finding(result, 0, index_of(s, 0, "send_act 2"), "has no matching receive");
+  expect_finding(result, 1, index_of(s, 1, "F 2 v0"), "before the activation of mb 2 is received");
+}
+
+TEST(Check, BackwardOnTheWrongVersion) {
+  Schedule s = generate(ScheduleKind::two_bw, 2, 2, 3);
+  const int b5 = index_of(s, 1, "B 5 v1");
+  s.actions[1][b5].version = 0;
+  const CheckResult result = check(s);
+  expect_finding(result, 1, b5, "backward on W0 but the forward of mb 5 used W1");
+  expect_finding(result, 1, b5,
+                 "uses W0, which no weight buffer holds (buffer 0: W2, buffer 1: W1)");
+  // The step before it already overwrites W0, which B 5 now still needs.
+  expect_finding(result, 1, index_of(s, 1, "step 1 v2 buf0 retire v0"), "3 versions alive");
+  EXPECT_EQ(result.findings.size(), 3u) << result.summary();
+}
+
+TEST(Check, ForwardOffTheVersionRule) {
+  Schedule s = generate(ScheduleKind::two_bw, 2, 2, 3);
+  const int f4 = index_of(s, 0, "F 4 v0");
+  s.actions[0][f4].version = 1;
+  expect_finding(check(s), 0, f4, "forward on W1, the 2bw rule gives W0");
+}
+
+TEST(Check, ThirdVersionAlive) {
+  // Stage 0 of 2bw, batch 1: ... B 3 v0, F 5 v1, send_act_recv_grad 5 4, B 4 v0, allreduce 1,
+  // step 1. Moving the allreduce and step before B 4 makes the step write W2 while mb 4 (W0) and
+  // mb 5 (W1) are in flight.
+  Schedule s = generate(ScheduleKind::two_bw, 2, 2, 4);
+  auto& list = s.actions[0];
+  const int b4 = index_of(s, 0, "B 4 v0");
+  move_action(list, index_of(s, 0, "allreduce 1"), b4);
+  move_action(list, index_of(s, 0, "step 1 v2 buf0 retire v0"), b4 + 1);
+  const CheckResult result = check(s);
+  const int step = index_of(s, 0, "step 1 v2 buf0 retire v0");
+  expect_finding(result, 0, step, "3 versions alive (W0, W1, W2), at most 2 allowed");
+  expect_finding(result, 0, step, "overwrites W0 in buffer 0, still needed by in-flight mb 4");
+  expect_finding(result, 0, index_of(s, 0, "allreduce 1"), "before the backward of mb 4");
+}
+
+TEST(Check, BackwardBeforeItsForward) {
+  Schedule s = generate(ScheduleKind::flush, 2, 2, 1);
+  const int f1 = index_of(s, 1, "F 1 v0");
+  move_action(s.actions[1], index_of(s, 1, "B 1 v0"), f1);
+  expect_finding(check(s), 1, f1, "backward of mb 1 before its forward");
+}
+
+TEST(Check, FacingBlockingSendsDeadlock) {
+  // Replace the two grouped exchanges of flush d=2 by a blocking send followed by a receive on
+  // both stages: each stage sends first, so both wait forever.
+  std::string text = to_text(generate(ScheduleKind::flush, 2, 2, 1));
+  const auto replace = [&text](const std::string& from, const std::string& to) {
+    const size_t pos = text.find(from);
+    ASSERT_NE(pos, std::string::npos) << from;
+    text.replace(pos, from.size(), to);
+  };
+  replace("send_act_recv_grad 2 1\n", "send_act 2\nrecv_grad 1\n");
+  replace("send_grad_recv_act 1 2\n", "send_grad 1\nrecv_act 2\n");
+  const Schedule s = from_text(text);
+  const CheckResult result = check(s);
+  expect_finding(result, 0, index_of(s, 0, "send_act 2"),
+                 "deadlock: blocked sending activation of mb 2 to stage 1, which is at action");
+  expect_finding(result, 1, index_of(s, 1, "send_grad 1"),
+                 "deadlock: blocked sending gradient of mb 1 to stage 0");
+  EXPECT_NE(result.summary().find("deadlock"), std::string::npos);
+}
+
+TEST(Check, ActivationBound) {
+  // GPipe's order labelled as flush holds m activations where flush allows min(d - s, m).
+  Schedule s = generate(ScheduleKind::gpipe, 2, 4, 1);
+  s.kind = ScheduleKind::flush;
+  expect_finding(check(s), 0, index_of(s, 0, "F 3 v0"),
+                 "3 activations in flight, the bound for this stage is 2");
+}
+
+TEST(Check, SplitBackwardIsAcceptedInOrder) {
+  Schedule s = generate(ScheduleKind::flush, 3, 3, 2);
+  for (auto& list : s.actions) {
+    for (size_t i = 0; i < list.size(); ++i) {
+      if (list[i].kind != ActionKind::backward) continue;
+      list[i].kind = ActionKind::backward_input;
+      list.insert(list.begin() + static_cast<long>(i) + 1,
+                  Action::compute(ActionKind::backward_weight, list[i].mb, list[i].version));
+    }
+  }
+  EXPECT_TRUE(check(s).ok()) << check(s).summary();
+  const int bw = index_of(s, 2, "Bw 1 v0");
+  move_action(s.actions[2], bw, bw - 1);  // before its Bi
+  expect_finding(check(s), 2, bw - 1, "weight-gradient half before the input-gradient half");
+}
+
+TEST(Check, StepOfAFlushBatchWithMicrobatchesInFlight) {
+  Schedule s = generate(ScheduleKind::flush, 2, 2, 2);
+  const int b2 = index_of(s, 0, "recv_grad 2");
+  move_action(s.actions[0], index_of(s, 0, "allreduce 0"), b2);
+  move_action(s.actions[0], index_of(s, 0, "step 0 v1 buf0 retire v0"), b2 + 1);
+  const CheckResult result = check(s);
+  expect_finding(result, 0, b2 + 1, "step of a flush batch while 1 microbatches are in flight");
+  expect_finding(result, 0, b2 + 1, "overwrites W0 in buffer 0, still needed by in-flight mb 2");
+}
+
+TEST(Check, HeaderAndCompleteness) {
+  Schedule s = generate(ScheduleKind::flush, 2, 2, 1);
+  s.actions.pop_back();
+  EXPECT_EQ(check(s).summary(), "1 finding: schedule: has 1 action lists for 2 stages");
+  s = generate(ScheduleKind::flush, 1, 3, 1);
+  s.actions[0].erase(s.actions[0].begin() + index_of(s, 0, "B 2 v0"));
+  expect_finding(check(s), 0, -1, "never backwarded: mb 2");
+}
+
+}  // namespace
+}  // namespace p2bw::schedule
