@@ -22,11 +22,10 @@ int run_cli(int argc, char** argv, const p2bw::app::Context& context) {
   app.add_flag("--version", version,
                "print the version and the build's Kokkos, MPI, HDF5 and NCCL");
 
-  std::vector<p2bw::app::Command> commands = {p2bw::app::add_check(app),
-                                              p2bw::app::add_prepare_data(app)};
+  std::vector<p2bw::app::Command> commands = {
+      p2bw::app::add_check(app), p2bw::app::add_prepare_data(app), p2bw::app::add_train(app),
+      p2bw::app::add_simulate(app)};
   const std::pair<const char*, const char*> pending[] = {
-      {"train", "train a model from a deck on d·w MPI ranks"},
-      {"simulate", "replay a deck's schedule with per-action costs and report bubbles"},
       {"plan", "choose depth, width, microbatch size and count for a cluster"},
       {"profile", "measure per-part compute time and memory on this device"},
       {"inspect", "summarise a metrics, trace or checkpoint HDF5 file"},

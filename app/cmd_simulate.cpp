@@ -1,0 +1,173 @@
+// `p2bw simulate DECK`: generates the deck's schedule, proves it with the checker, replays it with
+// per-action costs and prints the per-stage table, the bubble fraction and a text Gantt chart of
+// the first batches; the timeline goes to HDF5 for plots.
+#include <fmt/format.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+#include "comm/deck_broadcast.hpp"
+#include "command.hpp"
+#include "core/error.hpp"
+#include "io/hdf5_file.hpp"
+#include "schedule/check.hpp"
+#include "schedule/simulate.hpp"
+#include "schedule/text.hpp"
+
+namespace p2bw::app {
+
+namespace {
+
+constexpr std::int64_t kTimelineFormatVersion = 1;
+
+struct Options {
+  std::string deck;
+  std::vector<std::string> overrides;
+  double forward = 1.0, backward = 2.0, message = 0.0, allreduce = 0.0, step = 0.0;
+  int batches = 4;
+  int columns = 100;
+  std::string output;        // HDF5 timeline; default <output.dir>/simulation.h5
+  std::string schedule_out;  // optional text form of the schedule
+};
+
+// "p/q" when x is a fraction with a small denominator, for exact bubble fractions.
+std::string as_fraction(double x) {
+  for (int q = 1; q <= 1000; ++q) {
+    const double p = std::round(x * q);
+    if (std::abs(p / q - x) < 1e-9)
+      return p == 0 ? "" : fmt::format("{}/{}", static_cast<long long>(p), q);
+  }
+  return "";
+}
+
+void write_timeline(const std::string& path, const schedule::Schedule& sched,
+                    const schedule::Report& report, const config::Deck& deck) {
+  io::H5File file(path, io::H5File::Mode::create);
+  file.set_attribute("/", "format", std::string("p2bw-simulation"));
+  file.set_attribute("/", "format_version", kTimelineFormatVersion);
+  file.set_attribute("/", "deck", config::to_yaml(deck));
+  file.set_attribute("/", "schedule", schedule::to_text(sched));
+  file.set_attribute("/", "makespan", report.makespan);
+  file.set_attribute("/", "steady_batch_time", report.steady_batch_time);
+  std::string names;
+  for (int k = 0; k <= static_cast<int>(schedule::ActionKind::batch_end); ++k) {
+    schedule::Action action;
+    action.kind = static_cast<schedule::ActionKind>(k);
+    const std::string text = schedule::to_string(action);  // the text form's keyword comes first
+    names += (k ? "," : "") + text.substr(0, text.find(' '));
+  }
+  file.set_attribute("/", "action_names", names);
+  for (size_t s = 0; s < report.timeline.stages.size(); ++s) {
+    std::vector<std::int32_t> action, microbatch, version;
+    std::vector<double> start, end;
+    for (const schedule::Event& e : report.timeline.stages[s]) {
+      action.push_back(static_cast<std::int32_t>(e.action.kind));
+      microbatch.push_back(e.action.mb);
+      version.push_back(e.action.version);
+      start.push_back(e.start);
+      end.push_back(e.end);
+    }
+    const std::string group = fmt::format("/timeline/stage_{}/", s);
+    const std::vector<hsize_t> shape{action.size()};
+    file.write(group + "action", action, shape);
+    file.write(group + "microbatch", microbatch, shape);
+    file.write(group + "version", version, shape);
+    file.write(group + "start", start, shape);
+    file.write(group + "end", end, shape);
+    file.set_attribute(group.substr(0, group.size() - 1), "bubble", report.stages[s].bubble);
+  }
+}
+
+int run_simulate(const Context& context, const Options& options) {
+  config::LoadOptions load;
+  load.overrides = options.overrides;
+  load.require_data = false;  // simulating needs no data
+  const config::Deck deck = comm::load_deck_collective(options.deck, load, context.world);
+  if (!context.root()) return 0;
+  if (options.batches < 1)
+    throw UserError(
+        fmt::format("--batches {}: needs at least one batch (allowed: >= 1)", options.batches));
+  const auto kind = schedule::parse_kind(config::to_string(deck.pipeline.schedule));
+  const int warmup = kind == schedule::ScheduleKind::two_bw
+                         ? std::min(deck.pipeline.sync_warmup_steps, options.batches)
+                         : 0;
+  const schedule::Schedule sched = schedule::generate(
+      kind, deck.pipeline.depth, deck.pipeline.microbatches, options.batches, warmup);
+  const schedule::CheckResult proof = schedule::check(sched);
+  if (!proof.ok()) throw InternalError("generated schedule fails the checker: " + proof.summary());
+  if (!options.schedule_out.empty()) {
+    std::ofstream(options.schedule_out) << schedule::to_text(sched);
+  }
+  const schedule::Report report = schedule::simulate(
+      sched, schedule::Costs::uniform(options.forward, options.backward, options.message,
+                                      options.allreduce, options.step));
+
+  fmt::print("p2bw simulate {}: schedule {}, d = {}, m = {}, {} batches{}; checker: ok\n",
+             options.deck, config::to_string(deck.pipeline.schedule), deck.pipeline.depth,
+             deck.pipeline.microbatches, options.batches,
+             warmup > 0 ? fmt::format(" (first {} with flush semantics)", warmup) : "");
+  fmt::print(
+      "costs per microbatch: forward {}, backward {}, message {}, all-reduce {}, step {}\n\n",
+      options.forward, options.backward, options.message, options.allreduce, options.step);
+  fmt::print("{}\n", schedule::format_report(report));
+  // Bubble of one batch: flush and gpipe pay it every batch; 2bw only in the first and last.
+  double bubble = 0, steady = 0;
+  for (const auto& stage : report.stages) {
+    bubble = std::max(bubble, stage.bubble);
+    steady = std::max(steady, stage.steady_bubble);
+  }
+  const std::string fraction = as_fraction(bubble), steady_fraction = as_fraction(steady);
+  fmt::print("bubble fraction: {:.4f}{} over the run; steady state {:.4f}{}\n", bubble,
+             fraction.empty() ? "" : " (" + fraction + ")", steady,
+             steady_fraction.empty() ? "" : " (" + steady_fraction + ")");
+  fmt::print("\n{}", schedule::render_gantt(report.timeline, options.columns,
+                                            std::min(2, options.batches)));
+  const std::string output =
+      options.output.empty() ? (std::filesystem::path(deck.output.dir) / "simulation.h5").string()
+                             : options.output;
+  std::filesystem::create_directories(std::filesystem::absolute(output).parent_path());
+  write_timeline(output, sched, report, deck);
+  fmt::print("\ntimeline: {}\n", output);
+  return 0;
+}
+
+}  // namespace
+
+Command add_simulate(CLI::App& app) {
+  auto options = std::make_shared<Options>();
+  CLI::App* cli = app.add_subcommand(
+      "simulate", "replay a deck's schedule with per-action costs; report bubbles");
+  cli->add_option("deck", options->deck, "YAML input deck")->required()->type_name("DECK");
+  add_set_option(*cli, options->overrides);
+  cli->add_option("--cost-forward", options->forward, "forward time of one microbatch on a stage")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cli->add_option("--cost-backward", options->backward,
+                  "backward time of one microbatch on a stage")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cli->add_option("--cost-message", options->message, "time of one activation or gradient message")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cli->add_option("--cost-allreduce", options->allreduce, "data-parallel all-reduce time per batch")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cli->add_option("--cost-step", options->step, "optimizer step time per batch")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cli->add_option("--batches", options->batches, "batches (optimizer steps) to simulate")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cli->add_option("--columns", options->columns, "width of the Gantt chart")
+      ->capture_default_str()
+      ->check(CLI::Range(20, 1000));
+  cli->add_option("-o,--output", options->output,
+                  "HDF5 timeline (default <output.dir>/simulation.h5)");
+  cli->add_option("--write-schedule", options->schedule_out,
+                  "also write the schedule's text form to this file");
+  return {cli, [options](const Context& context) { return run_simulate(context, *options); }};
+}
+
+}  // namespace p2bw::app

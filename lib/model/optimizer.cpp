@@ -1,0 +1,58 @@
+// Optimizer over flat buffers; see optimizer.hpp.
+#include "model/optimizer.hpp"
+
+#include <utility>
+
+#include "kernels/adamw.hpp"
+#include "kernels/sgd.hpp"
+
+namespace p2bw::model {
+
+namespace {
+
+std::vector<std::pair<kernels::index_t, kernels::index_t>> decay_ranges(
+    const std::vector<TensorInfo>& tensors) {
+  std::vector<std::pair<kernels::index_t, kernels::index_t>> ranges;
+  for (const TensorInfo& tensor : tensors) {
+    if (!tensor.decay) continue;
+    if (!ranges.empty() && ranges.back().second == tensor.offset)
+      ranges.back().second += tensor.count;
+    else
+      ranges.emplace_back(tensor.offset, tensor.offset + tensor.count);
+  }
+  return ranges;
+}
+
+}  // namespace
+
+Optimizer::Optimizer(const config::TrainConfig& train, const std::vector<TensorInfo>& tensors,
+                     std::int64_t params)
+    : config_(train.optimizer), decay_(Exec(), decay_ranges(tensors)) {
+  const auto n = static_cast<size_t>(params);
+  if (config_.kind == config::OptimizerKind::adamw) {
+    first_ = FloatView("p2bw::adam_m", n);
+    second_ = FloatView("p2bw::adam_v", n);
+  } else if (config_.momentum > 0) {
+    first_ = FloatView("p2bw::momentum", n);
+  }
+}
+
+void Optimizer::step(const Exec& exec, FloatView w_out, ConstFloatView w_in, ConstFloatView grad,
+                     double lr, double grad_scale) {
+  ++steps_;
+  if (config_.kind == config::OptimizerKind::adamw)
+    kernels::adamw_update<float>(exec, w_out, w_in, grad, first_, second_, decay_, lr,
+                                 config_.beta1, config_.beta2, config_.eps, config_.weight_decay,
+                                 steps_, grad_scale);
+  else
+    kernels::sgd_update<float>(exec, w_out, w_in, grad, first_, decay_, lr, config_.momentum,
+                               config_.weight_decay, grad_scale);
+}
+
+double clip_scale(double norm, double clip) {
+  if (clip <= 0) return 1.0;
+  const double factor = clip / (norm + 1e-6);
+  return factor < 1.0 ? factor : 1.0;
+}
+
+}  // namespace p2bw::model

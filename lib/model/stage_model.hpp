@@ -1,0 +1,105 @@
+// A contiguous range of model parts (the whole model, or one pipeline stage) over one flat
+// parameter buffer: forward and backward of one microbatch through its parts, with the
+// activations saved for backward in a per-microbatch Cache. A StageModel never knows which rank
+// or stage it runs on.
+#pragma once
+
+#include <Kokkos_Core.hpp>
+
+#include <cstdint>
+#include <vector>
+
+#include "config/deck.hpp"
+#include "model/model_shape.hpp"
+#include "model/parameters.hpp"
+
+namespace p2bw::model {
+
+using Exec = Kokkos::DefaultExecutionSpace;
+using Memory = Exec::memory_space;
+using FloatView = Kokkos::View<float*, Memory>;  // flat
+using IntView = Kokkos::View<int*, Memory>;      // flat
+using ConstFloatView = Kokkos::View<const float*, Memory>;
+
+// What one microbatch keeps from forward for backward.
+struct Cache {
+  FloatView floats;        // (cache_floats) saved activations of every part, the stage input first
+  IntView tokens;          // (B, T) input tokens (stage with the embedding)
+  IntView targets;         // (B, T) targets, data::kIgnore without loss (stage with the head)
+  int loss_positions = 0;  // targets with a loss, counted by forward
+};
+
+class StageModel {
+ public:
+  // Parts [first_part, end_part) of model_parts(shape): 0 is the embedding, 1 + l block l,
+  // layers + 1 the head.
+  StageModel(const config::ModelConfig& model, int microbatch_size, int first_part, int end_part);
+
+  const ModelShape& shape() const { return shape_; }
+  bool has_embedding() const { return first_part_ == 0; }
+  bool has_head() const { return end_part_ == shape_.layers + 2; }
+  std::int64_t num_params() const { return params_; }
+  // Tensors with offsets inside this stage's flat buffer, in order.
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  // Floats of the boundary activation (B, T, C) that enters and leaves a stage.
+  std::int64_t boundary_floats() const {
+    return shape_.microbatch * shape_.seq_len * shape_.hidden;
+  }
+  std::int64_t cache_floats() const { return cache_floats_; }
+  std::int64_t workspace_floats() const { return workspace_floats_; }
+
+  // Squared L2 norm of each part's gradient in part order, the head's tied copy of the embedding
+  // excluded (it is counted once, in the embedding). Deterministic.
+  std::vector<double> grad_square_sums(const Exec& exec, ConstFloatView grads) const;
+
+  // The tensor with this global name, or nullptr.
+  const TensorInfo* find(const std::string& name) const;
+
+  // Fills `params` (num_params) with the initial values (parameters.hpp).
+  void init(FloatView params, std::uint64_t seed) const;
+
+  Cache make_cache() const;
+  // Where a received boundary activation (B, T, C) goes: the first part's input slot.
+  FloatView input_slot(const Cache& cache) const;
+
+  // Forward of one microbatch. Reads cache.tokens (embedding) or input_slot (otherwise), fills
+  // the cache and writes the stage output `out` (B, T, C) unless the stage has the head. Returns
+  // the microbatch's mean loss over the positions with targets (0 without the head).
+  double forward(const Exec& exec, ConstFloatView params, Cache& cache, FloatView out);
+
+  // The head's softmax probabilities (B, T, Vp) after forward (before backward consumes them).
+  FloatView probabilities(const Cache& cache) const;
+
+  // Backward of one microbatch; consumes the cache. Adds parameter gradients into `grads`.
+  // With the head, the loss gradient is `loss_scale` times that of the mean loss (1/m for
+  // accumulation over m microbatches); otherwise `dout` (B, T, C) is the output gradient. Writes
+  // the input gradient into `din` (B, T, C) unless the stage has the embedding.
+  void backward(const Exec& exec, ConstFloatView params, FloatView grads, Cache& cache,
+                ConstFloatView dout, FloatView din, double loss_scale);
+
+ private:
+  struct PartRef {
+    PartLayout layout;
+    std::int64_t param_offset;  // in the stage's flat buffer
+    std::int64_t cache_offset;  // in Cache::floats
+  };
+
+  double head_forward(const Exec& exec, const PartRef& part, ConstFloatView params, Cache& cache);
+  void block_forward(const Exec& exec, const PartRef& part, ConstFloatView params, Cache& cache,
+                     float* out);
+  void head_backward(const Exec& exec, const PartRef& part, ConstFloatView params, FloatView grads,
+                     Cache& cache, float* din, double loss_scale);
+  void block_backward(const Exec& exec, const PartRef& part, ConstFloatView params, FloatView grads,
+                      Cache& cache, const float* dout, float* din);
+
+  ModelShape shape_;
+  int first_part_, end_part_;
+  std::vector<PartRef> parts_;
+  std::vector<TensorInfo> tensors_;
+  std::int64_t params_ = 0;
+  std::int64_t cache_floats_ = 0;
+  std::int64_t workspace_floats_ = 0;
+  FloatView workspace_;  // transient buffers of forward and backward, shared by all microbatches
+};
+
+}  // namespace p2bw::model

@@ -1,0 +1,93 @@
+// Single-rank training step; see single_rank_trainer.hpp.
+#include "pipeline/single_rank_trainer.hpp"
+
+#include <cmath>
+
+#include "model/lr_schedule.hpp"
+
+namespace p2bw::pipeline {
+
+SingleRankTrainer::SingleRankTrainer(const config::Deck& deck,
+                                     std::shared_ptr<const data::Tokens> tokens)
+    : deck_(deck),
+      loader_(std::move(tokens), deck),
+      model_(deck.model, deck.train.microbatch_size, 0, deck.model.layers + 2),
+      optimizer_(deck.train, model_.tensors(), model_.num_params()) {
+  const auto n = static_cast<size_t>(model_.num_params());
+  w_new_ = model::FloatView("p2bw::weights_a", n);
+  model_.init(w_new_, deck.train.seed);
+  w_old_ = w_new_;  // one version until 2bw starts
+  grads_ = model::FloatView("p2bw::grads", n);
+  cache_ = model_.make_cache();
+}
+
+bool SingleRankTrainer::delayed(std::int64_t step) const {
+  return deck_.pipeline.schedule == config::ScheduleKind::twobw &&
+         step >= deck_.pipeline.sync_warmup_steps;
+}
+
+StepResult SingleRankTrainer::step() {
+  const std::int64_t t = steps_done_;
+  const int microbatches = deck_.pipeline.microbatches * deck_.pipeline.width;
+  const int B = deck_.train.microbatch_size, T = deck_.model.seq_len;
+  StepResult result;
+  result.step = t + 1;
+  result.tokens = std::int64_t{microbatches} * B * T;
+  Kokkos::deep_copy(exec_, grads_, 0.0f);
+  auto host_tokens = Kokkos::create_mirror_view(cache_.tokens);
+  auto host_targets = Kokkos::create_mirror_view(cache_.targets);
+  for (int k = 0; k < microbatches; ++k) {
+    // Slot k of the global batch (replica 0 of a width-1 layout).
+    loader_.microbatch(t, k, 0, host_tokens.data(), host_targets.data());
+    Kokkos::deep_copy(exec_, cache_.tokens, host_tokens);
+    Kokkos::deep_copy(exec_, cache_.targets, host_targets);
+    result.loss += model_.forward(exec_, w_old_, cache_, model::FloatView());
+    model_.backward(exec_, w_old_, grads_, cache_, model::ConstFloatView(), model::FloatView(),
+                    1.0 / microbatches);
+  }
+  result.loss /= microbatches;
+
+  // Tied embedding: both copies get the sum of their gradients (a + b, as the pipeline's
+  // two-rank all-reduce computes it).
+  const model::TensorInfo* wte = model_.find("embedding/wte");
+  const model::TensorInfo* copy = model_.find("head/wte");
+  auto g_wte = Kokkos::subview(grads_, std::make_pair(wte->offset, wte->offset + wte->count));
+  auto g_copy = Kokkos::subview(grads_, std::make_pair(copy->offset, copy->offset + copy->count));
+  Kokkos::parallel_for(
+      "p2bw::tied_sum", Kokkos::RangePolicy<model::Exec>(exec_, 0, wte->count),
+      KOKKOS_LAMBDA(const std::int64_t i) {
+        const float sum = g_wte(i) + g_copy(i);
+        g_wte(i) = sum;
+        g_copy(i) = sum;
+      });
+
+  double square = 0.0;
+  for (double part : model_.grad_square_sums(exec_, grads_)) square += part;
+  result.grad_norm = std::sqrt(square);
+  result.lr = model::learning_rate(deck_.train, t);
+  result.skipped = !std::isfinite(result.grad_norm);
+
+  if (!delayed(t)) {
+    // Vanilla: one buffer updated in place.
+    if (!result.skipped)
+      optimizer_.step(exec_, w_new_, w_new_, grads_, result.lr,
+                      model::clip_scale(result.grad_norm, deck_.train.grad_clip));
+  } else {
+    // 2bw: the gradient was taken at W_old; W_next = Opt(W_new, g) goes into the retired buffer.
+    if (!spare_.data()) spare_ = model::FloatView("p2bw::weights_b", w_new_.extent(0));
+    model::FloatView next = w_old_.data() == w_new_.data() ? spare_ : w_old_;
+    if (result.skipped)
+      Kokkos::deep_copy(exec_, next, w_new_);  // still rotate the versions
+    else
+      optimizer_.step(exec_, next, w_new_, grads_, result.lr,
+                      model::clip_scale(result.grad_norm, deck_.train.grad_clip));
+    w_old_ = w_new_;
+    w_new_ = next;
+  }
+  if (!delayed(t + 1)) w_old_ = w_new_;  // flush semantics next: gradients at the newest weights
+  exec_.fence();
+  ++steps_done_;
+  return result;
+}
+
+}  // namespace p2bw::pipeline

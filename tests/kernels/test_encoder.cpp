@@ -1,0 +1,130 @@
+// Tests of kernels/encoder.hpp: forward against the definition, finite-difference gradients of
+// wte and wpe (with repeated tokens), the accumulate contract, and bitwise determinism of the
+// scatter-add into dwte (equal to the sequential loop over positions).
+#include "kernels/encoder.hpp"
+
+#include <cstring>
+
+#include "test_util.hpp"
+
+namespace p2bw::kernels::test {
+namespace {
+
+constexpr int B = 2, T = 5, C = 8, Vp = 16, maxT = 7;
+
+Buf<int> make_tokens(const std::vector<int>& ids) {
+  Buf<int> tokens(ids.size(), "tokens");
+  for (std::size_t i = 0; i < ids.size(); ++i) tokens[i] = ids[i];
+  tokens.to_device();
+  return tokens;
+}
+
+// Repeated ids, the first and the last vocabulary row.
+const std::vector<int> kTokens = {3, 7, 3, 0, 15, 7, 7, 2, 3, 11};  // (B, T)
+
+TEST(Encoder, ForwardMatchesDefinition) {
+  const Buf<int> tokens = make_tokens(kTokens);
+  Buf<double> wte(Vp * C, "wte"), wpe(maxT * C, "wpe"), out(B * T * C, "out");
+  fill_random(wte, 1);
+  fill_random(wpe, 2);
+  encoder_forward<double>(Exec(), out.d, tokens.d, wte.d, wpe.d, B, T, C);
+  std::vector<double> ref(B * T * C);
+  for (int b = 0; b < B; ++b) {
+    for (int t = 0; t < T; ++t) {
+      for (int c = 0; c < C; ++c) {
+        ref[(b * T + t) * C + c] = wte[kTokens[b * T + t] * C + c] + wpe[t * C + c];
+      }
+    }
+  }
+  const std::vector<double> got = out.values();
+  for (std::size_t i = 0; i < ref.size(); ++i) EXPECT_EQ(got[i], ref[i]) << i;  // one addition
+}
+
+TEST(Encoder, GradientCheck) {
+  const Buf<int> tokens = make_tokens(kTokens);
+  Buf<double> wte(Vp * C, "wte"), wpe(maxT * C, "wpe"), out(B * T * C, "out");
+  Buf<double> dwte(Vp * C, "dwte"), dwpe(maxT * C, "dwpe"), dout(B * T * C, "dout");
+  fill_random(wte, 3);
+  fill_random(wpe, 4);
+  fill_random(dwte, 5);  // backward must add to what is there
+  fill_random(dwpe, 6);
+  const std::vector<double> R = random_vector(B * T * C, 7);
+  dout.assign(R);
+  const std::vector<double> dwte0 = dwte.values(), dwpe0 = dwpe.values();
+  const Exec exec;
+  encoder_backward<double>(exec, dwte.d, dwpe.d, dout.d, tokens.d, B, T, C);
+  auto loss = [&]() {
+    encoder_forward<double>(exec, out.d, tokens.d, wte.d, wpe.d, B, T, C);
+    return project(out, R);
+  };
+  const double n_red = B * T;  // a row of dwte sums at most B*T positions
+  check_gradient("encoder dwte", wte, accumulated(dwte, dwte0), n_red, loss);
+  check_gradient("encoder dwpe", wpe, accumulated(dwpe, dwpe0), n_red, loss);
+}
+
+// Sequential reference: positions in order, dwte[tok] += dout[p]; dwpe[t] += dout[b, t] over b.
+void sequential_backward(std::vector<double>& dwte, std::vector<double>& dwpe,
+                         const std::vector<double>& dout, const std::vector<int>& tokens, int b_,
+                         int t_, int c_) {
+  for (int p = 0; p < b_ * t_; ++p) {
+    for (int c = 0; c < c_; ++c) dwte[tokens[p] * c_ + c] += dout[p * c_ + c];
+  }
+  for (int i = 0; i < t_ * c_; ++i) {
+    double sum = dwpe[i];
+    for (int b = 0; b < b_; ++b) sum += dout[b * t_ * c_ + i];
+    dwpe[i] = sum;
+  }
+}
+
+template <class Real>
+void check_bitwise(unsigned seed) {
+  // Many repeats of few ids: the case where unordered atomics would change the result.
+  const int b_ = 4, t_ = 64, c_ = 24, vp = 16;
+  std::vector<int> ids(b_ * t_);
+  std::mt19937 gen(seed);
+  for (int& id : ids) id = static_cast<int>(gen() % 5) * 3;
+  const Buf<int> tokens = make_tokens(ids);
+  Buf<Real> dout(b_ * t_ * c_, "dout"), dwte(vp * c_, "dwte"), dwpe(t_ * c_, "dwpe");
+  fill_random(dout, seed + 1);
+  std::vector<std::vector<Real>> runs;
+  for (int run = 0; run < 3; ++run) {
+    fill_random(dwte, seed + 2);
+    fill_random(dwpe, seed + 3);
+    encoder_backward<Real>(Exec(), dwte.d, dwpe.d, dout.d, tokens.d, b_, t_, c_);
+    std::vector<Real> result = dwte.values();
+    const std::vector<Real> pe = dwpe.values();
+    result.insert(result.end(), pe.begin(), pe.end());
+    runs.push_back(result);
+  }
+  for (int run = 1; run < 3; ++run) {
+    EXPECT_EQ(0, std::memcmp(runs[0].data(), runs[run].data(), runs[0].size() * sizeof(Real)));
+  }
+  if (std::is_same<Real, double>::value) {
+    fill_random(dwte, seed + 2);
+    fill_random(dwpe, seed + 3);
+    std::vector<double> wte_ref(dwte.size()), wpe_ref(dwpe.size()), dout_ref(dout.size());
+    for (std::size_t i = 0; i < wte_ref.size(); ++i) wte_ref[i] = dwte[i];
+    for (std::size_t i = 0; i < wpe_ref.size(); ++i) wpe_ref[i] = dwpe[i];
+    for (std::size_t i = 0; i < dout_ref.size(); ++i) dout_ref[i] = dout[i];
+    sequential_backward(wte_ref, wpe_ref, dout_ref, ids, b_, t_, c_);
+    wte_ref.insert(wte_ref.end(), wpe_ref.begin(), wpe_ref.end());
+    for (std::size_t i = 0; i < wte_ref.size(); ++i) {
+      EXPECT_EQ(static_cast<double>(runs[0][i]), wte_ref[i]) << "element " << i;
+    }
+  }
+}
+
+TEST(Encoder, BackwardIsBitwiseReproducible) {
+  check_bitwise<float>(10);
+  check_bitwise<double>(20);
+}
+
+TEST(Encoder, ShortBuffersThrow) {
+  const Buf<int> tokens = make_tokens(kTokens);
+  Buf<double> wte(Vp * C), wpe(maxT * C), out(B * T * C - 1);
+  EXPECT_THROW(encoder_forward<double>(Exec(), out.d, tokens.d, wte.d, wpe.d, B, T, C),
+               std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace p2bw::kernels::test
