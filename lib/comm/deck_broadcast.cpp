@@ -5,8 +5,6 @@
 
 namespace p2bw::comm {
 
-namespace {
-
 void broadcast_string(std::string& text, int root, MPI_Comm comm) {
   long long size = static_cast<long long>(text.size());
   P2BW_MPI_CHECK(MPI_Bcast(&size, 1, MPI_LONG_LONG, root, comm));
@@ -14,8 +12,6 @@ void broadcast_string(std::string& text, int root, MPI_Comm comm) {
   if (size > 0)
     P2BW_MPI_CHECK(MPI_Bcast(text.data(), static_cast<int>(size), MPI_CHAR, root, comm));
 }
-
-}  // namespace
 
 config::Deck load_deck_collective(const std::string& path, config::LoadOptions options,
                                   MPI_Comm comm) {

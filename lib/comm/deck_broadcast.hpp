@@ -10,6 +10,9 @@
 
 namespace p2bw::comm {
 
+// Broadcasts a string from `root` to every rank of `comm`.
+void broadcast_string(std::string& text, int root, MPI_Comm comm);
+
 // Collective over `comm`. Throws UserError with the same message on every rank when the deck is
 // invalid. Checks d·w against the size of `comm` when options.world_size is 0 and check_world.
 config::Deck load_deck_collective(const std::string& path, config::LoadOptions options,

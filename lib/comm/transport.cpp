@@ -1,0 +1,133 @@
+// MPI transport with host staging and deadlines; see transport.hpp.
+#include "comm/transport.hpp"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <map>
+#include <thread>
+
+#include "core/error.hpp"
+
+namespace p2bw::comm {
+
+namespace {
+
+constexpr int kTagMicrobatches =
+    1 << 14;  // tags repeat after this many microbatches (far beyond d in flight)
+
+int tag_of(int microbatch, Direction direction) {
+  return (microbatch % kTagMicrobatches) * 2 + static_cast<int>(direction);
+}
+
+class MpiTransport : public Transport {
+ public:
+  MpiTransport(MPI_Comm world, double timeout_s, int stage)
+      : world_(world), timeout_s_(timeout_s), stage_(stage) {}
+
+  ~MpiTransport() override {
+    for (auto& [handle, op] : pending_) MPI_Cancel(&op.request);
+  }
+
+  int post_send(DeviceBuffer buffer, int peer, int microbatch, Direction direction) override {
+    Operation op{
+        buffer,          Kokkos::create_mirror_view(buffer), peer, microbatch, direction, true,
+        MPI_REQUEST_NULL};
+    Kokkos::deep_copy(op.staging, buffer);  // also orders the send after the kernels that wrote it
+    P2BW_MPI_CHECK(MPI_Isend(op.staging.data(), static_cast<int>(op.staging.extent(0)), MPI_FLOAT,
+                             peer, tag_of(microbatch, direction), world_, &op.request));
+    return add(std::move(op));
+  }
+
+  int post_receive(DeviceBuffer buffer, int peer, int microbatch, Direction direction) override {
+    Operation op{
+        buffer,          Kokkos::create_mirror_view(buffer), peer, microbatch, direction, false,
+        MPI_REQUEST_NULL};
+    P2BW_MPI_CHECK(MPI_Irecv(op.staging.data(), static_cast<int>(op.staging.extent(0)), MPI_FLOAT,
+                             peer, tag_of(microbatch, direction), world_, &op.request));
+    return add(std::move(op));
+  }
+
+  void wait(int handle, const std::string& what) override {
+    auto it = pending_.find(handle);
+    P2BW_ASSERT(it != pending_.end(), "waiting for an unknown transfer");
+    Operation& op = it->second;
+    // Test with a growing pause (50 us to 2 ms): no busy spinning, and a deadline.
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s_);
+    auto pause = std::chrono::microseconds(50);
+    for (int done = 0;;) {
+      P2BW_MPI_CHECK(MPI_Test(&op.request, &done, MPI_STATUS_IGNORE));
+      if (done) break;
+      if (std::chrono::steady_clock::now() > deadline)
+        throw RunError(fmt::format(
+            "stage {}: {}: no progress for {} s waiting to {} the {} of microbatch {} {} rank {} "
+            "(pipeline.timeout_s)",
+            stage_, what, timeout_s_, op.send ? "send" : "receive",
+            op.direction == Direction::activation ? "activation" : "gradient", op.microbatch,
+            op.send ? "to" : "from", op.peer));
+      std::this_thread::sleep_for(pause);
+      pause = std::min(pause * 2, std::chrono::microseconds(2000));
+    }
+    if (!op.send) Kokkos::deep_copy(op.buffer, op.staging);
+    pending_.erase(it);
+  }
+
+  bool test(int handle) override {
+    auto it = pending_.find(handle);
+    P2BW_ASSERT(it != pending_.end(), "testing an unknown transfer");
+    int done = 0;
+    P2BW_MPI_CHECK(MPI_Test(&it->second.request, &done, MPI_STATUS_IGNORE));
+    if (!done) return false;
+    if (!it->second.send) Kokkos::deep_copy(it->second.buffer, it->second.staging);
+    pending_.erase(it);
+    return true;
+  }
+
+  void wait_all(const std::string& what) override {
+    while (!pending_.empty()) wait(pending_.begin()->first, what);
+  }
+
+ private:
+  struct Operation {
+    DeviceBuffer buffer;
+    DeviceBuffer::HostMirror staging;  // the buffer itself on host builds
+    int peer, microbatch;
+    Direction direction;
+    bool send;
+    MPI_Request request;
+  };
+  int add(Operation op) {
+    pending_.emplace(next_, std::move(op));
+    return next_++;
+  }
+
+  MPI_Comm world_;
+  double timeout_s_;
+  int stage_;
+  std::map<int, Operation> pending_;
+  int next_ = 0;
+};
+
+}  // namespace
+
+void wait_with_deadline(MPI_Request& request, double timeout_s, int stage,
+                        const std::string& what) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  auto pause = std::chrono::microseconds(20);
+  for (int done = 0;;) {
+    P2BW_MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
+    if (done) return;
+    if (std::chrono::steady_clock::now() > deadline)
+      throw RunError(fmt::format("stage {}: {}: no progress for {} s (pipeline.timeout_s)", stage,
+                                 what, timeout_s));
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(2000));
+  }
+}
+
+std::unique_ptr<Transport> make_mpi_transport(MPI_Comm world, double timeout_s, int stage) {
+  return std::make_unique<MpiTransport>(world, timeout_s, stage);
+}
+
+}  // namespace p2bw::comm
