@@ -78,6 +78,16 @@ struct Workspace {
 
 }  // namespace
 
+std::int64_t stage_workspace_floats(const ModelShape& shape) {
+  const int B = static_cast<int>(shape.microbatch), T = static_cast<int>(shape.seq_len);
+  const int C = static_cast<int>(shape.hidden), NH = static_cast<int>(shape.heads);
+  const std::int64_t attention = std::max(kernels::attention_forward_workspace(B, T, C, NH),
+                                          kernels::attention_backward_workspace(B, T, C, NH));
+  return Workspace(shape.microbatch * shape.seq_len * shape.hidden,
+                   shape.microbatch * shape.seq_len, attention)
+      .end;
+}
+
 StageModel::StageModel(const config::ModelConfig& model, int microbatch_size, int first_part,
                        int end_part)
     : shape_(model, microbatch_size), first_part_(first_part), end_part_(end_part) {
@@ -98,11 +108,7 @@ StageModel::StageModel(const config::ModelConfig& model, int microbatch_size, in
     if (layout.kind == PartKind::head)
       cache_floats_ += HeadCache(n, r, r * shape_.padded_vocab).end;
   }
-  const int B = static_cast<int>(shape_.microbatch), T = static_cast<int>(shape_.seq_len);
-  const int C = static_cast<int>(shape_.hidden), NH = static_cast<int>(shape_.heads);
-  const std::int64_t attention = std::max(kernels::attention_forward_workspace(B, T, C, NH),
-                                          kernels::attention_backward_workspace(B, T, C, NH));
-  workspace_floats_ = Workspace(n, r, attention).end;
+  workspace_floats_ = stage_workspace_floats(shape_);
   workspace_ = FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::workspace"),
                          static_cast<size_t>(workspace_floats_));
 }

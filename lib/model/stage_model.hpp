@@ -29,6 +29,9 @@ struct Cache {
   int loss_positions = 0;  // targets with a loss, counted by forward
 };
 
+// Floats of the transient buffers a StageModel of this shape allocates once (any part range).
+std::int64_t stage_workspace_floats(const ModelShape& shape);
+
 class StageModel {
  public:
   // Parts [first_part, end_part) of model_parts(shape): 0 is the embedding, 1 + l block l,

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "model/model_shape.hpp"
+#include "model/stage_model.hpp"
 
 namespace p2bw::pipeline {
 
@@ -39,11 +40,15 @@ std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap
     mem.optimizer =
         mem.params * kFloat * (deck.train.optimizer.kind == config::OptimizerKind::adamw ? 2 : 1);
     // With recomputation only each microbatch's stage input is stashed; one microbatch's full
-    // activations exist while its backward re-runs the forward.
-    mem.activations = kFloat * (deck.pipeline.recompute ? mem.in_flight * input + stashed
-                                                        : mem.in_flight * stashed);
+    // activations (and, before the last stage, its unused output) exist while its backward
+    // re-runs the forward.
+    const std::int64_t rerun_output = range.has_head ? 0 : shape.block().input;
+    mem.activations =
+        kFloat * (deck.pipeline.recompute ? mem.in_flight * input + stashed + rerun_output
+                                          : mem.in_flight * stashed);
     const int boundaries = (s > 0) + (s + 1 < depth);
     mem.buffers = kFloat * 2 * boundaries * shape.block().input;  // activation and gradient
+    mem.workspace = kFloat * model::stage_workspace_floats(shape);
     result.push_back(mem);
   }
   return result;

@@ -20,7 +20,10 @@ struct StageMemory {
   std::int64_t optimizer = 0;    // bytes: AdamW 2 floats, SGD 1 float per parameter
   std::int64_t activations = 0;  // bytes stashed for backward
   std::int64_t buffers = 0;      // bytes: send and receive buffers of the stage boundaries
-  std::int64_t total() const { return weights + gradients + optimizer + activations + buffers; }
+  std::int64_t workspace = 0;    // bytes: transient buffers of forward and backward, once
+  std::int64_t total() const {
+    return weights + gradients + optimizer + activations + buffers + workspace;
+  }
 };
 
 // Most microbatches in flight on stage s: min(d - s, m) for flush and 2bw, m for gpipe.

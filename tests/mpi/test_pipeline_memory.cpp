@@ -1,0 +1,68 @@
+// Memory of the pipeline executor: what a rank allocates matches the prediction of `p2bw check`
+// within 5%, and the stashed activations never exceed the schedule's bound (min(d - s, m) for
+// flush and 2bw, m for gpipe; recomputation stashes inputs only).
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <fmt/format.h>
+
+#include <memory>
+
+#include "comm/process_grid.hpp"
+#include "data/token_file.hpp"
+#include "pipeline/memory.hpp"
+#include "pipeline/pipeline_trainer.hpp"
+
+namespace p2bw::pipeline {
+namespace {
+
+int world_size() {
+  int size = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  return size;
+}
+
+TEST(PipelineMemory, MeasuredMatchesPredicted) {
+  std::string text;
+  for (int i = 0; i < 50; ++i)
+    text += "All happy families are alike; each unhappy family is unhappy in its own way. ";
+  auto tokens = std::make_shared<data::Tokens>(data::tokenize_bytes(text));
+  const int d = world_size();
+  for (auto schedule :
+       {config::ScheduleKind::flush, config::ScheduleKind::gpipe, config::ScheduleKind::twobw}) {
+    for (bool recompute : {false, true}) {
+      config::Deck deck;
+      deck.model = {config::ModelKind::gpt, 4, 64, 4, 32, 256};
+      deck.pipeline.depth = d;
+      deck.pipeline.schedule = schedule;
+      deck.pipeline.microbatches = 2 * d;
+      deck.pipeline.recompute = recompute;
+      deck.pipeline.sync_warmup_steps = 0;
+      deck.train.microbatch_size = 2;
+      deck.train.steps = 3;
+      const comm::ProcessGrid grid(MPI_COMM_WORLD, d, 1);
+      PipelineTrainer trainer(deck, grid, tokens);
+      for (int s = 0; s < deck.train.steps; ++s) trainer.step();
+      const StageMemory predicted =
+          predict_memory(deck, trainer.stage_map())[static_cast<size_t>(grid.stage())];
+      const MemoryUse& measured = trainer.memory();
+      const std::string label = fmt::format("{} {} stage {} of {}", to_string(schedule),
+                                            recompute ? "recompute" : "stash", grid.stage(), d);
+      EXPECT_LE(trainer.peak_in_flight(),
+                max_in_flight(schedule, d, deck.pipeline.microbatches, grid.stage()))
+          << label;
+      EXPECT_EQ(measured.weights, predicted.weights) << label;
+      EXPECT_EQ(measured.gradients, predicted.gradients) << label;
+      EXPECT_EQ(measured.optimizer, predicted.optimizer) << label;
+      EXPECT_NEAR(double(measured.activations), double(predicted.activations),
+                  0.05 * predicted.activations)
+          << label;
+      EXPECT_NEAR(double(measured.total()), double(predicted.total()), 0.05 * predicted.total())
+          << label << ": buffers " << measured.buffers << " vs " << predicted.buffers
+          << ", workspace " << measured.workspace << " vs " << predicted.workspace;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace p2bw::pipeline
