@@ -10,6 +10,7 @@
 #include "command.hpp"
 #include "core/build_info.hpp"
 #include "core/error.hpp"
+#include "kernels/gemm.hpp"
 
 namespace {
 
@@ -24,12 +25,12 @@ int run_cli(int argc, char** argv, const p2bw::app::Context& context) {
 
   std::vector<p2bw::app::Command> commands = {
       p2bw::app::add_check(app), p2bw::app::add_prepare_data(app), p2bw::app::add_train(app),
-      p2bw::app::add_simulate(app)};
+      p2bw::app::add_simulate(app), p2bw::app::add_bench(app)};
   const std::pair<const char*, const char*> pending[] = {
       {"plan", "choose depth, width, microbatch size and count for a cluster"},
       {"profile", "measure per-part compute time and memory on this device"},
       {"inspect", "summarise a metrics, trace or checkpoint HDF5 file"},
-      {"bench", "time forward and backward per layer type on this device"}};
+  };
   for (const auto& [name, description] : pending)
     commands.push_back(p2bw::app::add_pending(app, name, description));
 
@@ -75,10 +76,12 @@ int main(int argc, char** argv) {
   } catch (const std::exception& error) {
     fmt::print(stderr, "error: rank {}: {}\n", context.rank, error.what());
     std::fflush(stderr);
+    p2bw::kernels::release_gemm_handles();
     Kokkos::finalize();
     MPI_Abort(context.world, p2bw::kExitInternal);
     return p2bw::kExitInternal;
   }
+  p2bw::kernels::release_gemm_handles();  // cuBLAS handles die before Kokkos
   Kokkos::finalize();
   MPI_Finalize();
   return code;
