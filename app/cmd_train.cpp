@@ -1,9 +1,13 @@
-// `p2bw train DECK`: trains the deck's model on d·w MPI ranks with the deck's schedule. Rank 0
-// prints the stage map, then a line every train.log_every steps: step, loss, learning rate,
-// gradient norm, tokens/s, elapsed time and the estimated time left.
+// `p2bw train DECK [--resume latest|PATH]`: trains the deck's model on d·w MPI ranks with the
+// deck's schedule. Rank 0 prints the stage map, then a line every train.log_every steps: step,
+// loss, learning rate, gradient norm, tokens/s, elapsed time and the estimated time left.
+// Checkpoints every checkpoint.every steps and at the end; SIGTERM or SIGUSR1 (SLURM's warning
+// before a time limit) makes every rank finish the current step, checkpoint and exit 0.
 #include <fmt/format.h>
 
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -14,11 +18,34 @@
 #include "core/error.hpp"
 #include "data/loader.hpp"
 #include "data/token_file.hpp"
+#include "io/checkpoint.hpp"
 #include "pipeline/pipeline_trainer.hpp"
 
 namespace p2bw::app {
 
 namespace {
+
+volatile std::sig_atomic_t stop_requested = 0;
+extern "C" void request_stop(int) {
+  stop_requested = 1;
+}
+
+// Runs `body` on every rank; a UserError on any rank becomes the same UserError on all of them
+// (the message of the lowest failing rank), so no rank goes on alone.
+template <class Body>
+void collectively(const Context& context, Body&& body) {
+  std::string message;
+  try {
+    body();
+  } catch (const UserError& error) {
+    message = error.what();
+  }
+  int failing = message.empty() ? context.size : context.rank, first = 0;
+  P2BW_MPI_CHECK(MPI_Allreduce(&failing, &first, 1, MPI_INT, MPI_MIN, context.world));
+  if (first == context.size) return;
+  comm::broadcast_string(message, first, context.world);
+  throw UserError(message);
+}
 
 std::string clock_time(double seconds) {
   const auto s = static_cast<long long>(seconds + 0.5);
@@ -54,14 +81,32 @@ std::shared_ptr<const data::Tokens> load_data(const Context& context, const conf
 }
 
 int run_train(const Context& context, const std::string& path,
-              const std::vector<std::string>& overrides) {
+              const std::vector<std::string>& overrides, const std::string& resume_from) {
   config::LoadOptions options;
   options.overrides = overrides;
   options.world_size = context.size;
   const config::Deck deck = comm::load_deck_collective(path, options, context.world);
   const comm::ProcessGrid grid(context.world, deck.pipeline.depth, deck.pipeline.width);
   const auto tokens = load_data(context, deck, grid.first_stage() || grid.last_stage());
-  pipeline::PipelineTrainer trainer(deck, grid, tokens);
+  const std::string checkpoints = (std::filesystem::path(deck.output.dir) / "checkpoints").string();
+  std::unique_ptr<io::CheckpointReader> checkpoint;
+  std::unique_ptr<pipeline::PipelineTrainer> trainer_owner;
+  collectively(context, [&] {
+    if (!resume_from.empty()) {
+      checkpoint = std::make_unique<io::CheckpointReader>(
+          io::resolve_checkpoint(checkpoints, resume_from), deck);
+      if (checkpoint->state().step >= deck.train.steps)
+        throw UserError(
+            fmt::format("--resume {}: the checkpoint is at step {}, the run has train.steps = {} "
+                        "(allowed: more steps)",
+                        resume_from, checkpoint->state().step, deck.train.steps));
+    }
+    trainer_owner =
+        std::make_unique<pipeline::PipelineTrainer>(deck, grid, tokens, checkpoint.get());
+  });
+  pipeline::PipelineTrainer& trainer = *trainer_owner;
+  std::signal(SIGTERM, request_stop);
+  std::signal(SIGUSR1, request_stop);
 
   if (context.root()) {
     std::filesystem::create_directories(deck.output.dir);
@@ -79,24 +124,43 @@ int run_train(const Context& context, const std::string& path,
                  stages[s].first_block, stages[s].first_block + stages[s].blocks - 1,
                  stages[s].has_head ? " + head" : "");
     fmt::print("outputs: {}\n", deck.output.dir);
+    if (checkpoint)
+      fmt::print("resumed after step {} from {}\n", checkpoint->state().step,
+                 io::resolve_checkpoint(checkpoints, resume_from));
     std::fflush(stdout);
   }
+  auto save = [&](const char* why) {
+    const std::string folder = trainer.save_checkpoint(checkpoints, deck.checkpoint.keep);
+    if (context.root())
+      fmt::print("checkpoint after step {} ({}): {}\n", trainer.steps_done(), why, folder);
+    std::fflush(stdout);
+  };
 
   using Clock = std::chrono::steady_clock;
   const auto start = Clock::now();
   auto window_start = start;
   std::int64_t window_tokens = 0;
-  for (std::int64_t s = 0; s < deck.train.steps; ++s) {
+  const std::int64_t first_step = trainer.steps_done();
+  while (trainer.steps_done() < deck.train.steps) {
     const pipeline::StepResult r = trainer.step();
     window_tokens += r.tokens;
-    if (!context.root() ||
-        (r.step % deck.train.log_every != 0 && r.step != deck.train.steps && r.step != 1))
+    int stop = stop_requested, any_stop = 0;
+    P2BW_MPI_CHECK(MPI_Allreduce(&stop, &any_stop, 1, MPI_INT, MPI_MAX, context.world));
+    if (any_stop && trainer.steps_done() < deck.train.steps) {
+      save("stop signal");
+      return 0;
+    }
+    if (deck.checkpoint.every > 0 && r.step % deck.checkpoint.every == 0 &&
+        r.step < deck.train.steps)
+      save("periodic");
+    if (!context.root() || (r.step % deck.train.log_every != 0 && r.step != deck.train.steps &&
+                            r.step != first_step + 1))
       continue;
     const auto now = Clock::now();
     const double elapsed = std::chrono::duration<double>(now - start).count();
     const double window = std::chrono::duration<double>(now - window_start).count();
-    const double eta =
-        elapsed / static_cast<double>(r.step) * static_cast<double>(deck.train.steps - r.step);
+    const double eta = elapsed / static_cast<double>(r.step - first_step) *
+                       static_cast<double>(deck.train.steps - r.step);
     fmt::print(
         "step {:>6}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.4f}{} | {:.0f} tok/s | elapsed {} "
         "| ETA {}\n",
@@ -108,6 +172,7 @@ int run_train(const Context& context, const std::string& path,
     window_start = now;
     window_tokens = 0;
   }
+  save("end of the run");
   return 0;
 }
 
@@ -117,13 +182,18 @@ Command add_train(CLI::App& app) {
   struct Options {
     std::string deck;
     std::vector<std::string> overrides;
+    std::string resume;
   };
   auto options = std::make_shared<Options>();
   CLI::App* cli = app.add_subcommand("train", "train a model from a deck on d·w MPI ranks");
   cli->add_option("deck", options->deck, "YAML input deck")->required()->type_name("DECK");
   add_set_option(*cli, options->overrides);
+  cli->add_option("--resume", options->resume,
+                  "continue from a checkpoint: latest (of output.dir) or a checkpoints/step_<N> "
+                  "folder; any layout")
+      ->type_name("latest|PATH");
   return {cli, [options](const Context& context) {
-            return run_train(context, options->deck, options->overrides);
+            return run_train(context, options->deck, options->overrides, options->resume);
           }};
 }
 

@@ -5,12 +5,18 @@
 #include <Kokkos_Core.hpp>
 
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "command.hpp"
 #include "core/build_info.hpp"
 #include "core/error.hpp"
 #include "kernels/gemm.hpp"
+
+#ifdef KOKKOS_ENABLE_CUDA
+#include <cuda_runtime.h>
+#endif
 
 namespace {
 
@@ -58,6 +64,23 @@ int run_cli(int argc, char** argv, const p2bw::app::Context& context) {
   return p2bw::kExitOk;
 }
 
+// With GPUs, local rank i of a node uses GPU i mod (GPUs on the node), unless the user chose a
+// device (KOKKOS_DEVICE_ID or --kokkos-device-id).
+void choose_device(MPI_Comm world) {
+#ifdef KOKKOS_ENABLE_CUDA
+  if (std::getenv("KOKKOS_DEVICE_ID")) return;
+  MPI_Comm node;
+  MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  int local_rank = 0, devices = 0;
+  MPI_Comm_rank(node, &local_rank);
+  MPI_Comm_free(&node);
+  if (cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0)
+    setenv("KOKKOS_DEVICE_ID", std::to_string(local_rank % devices).c_str(), 0);
+#else
+  (void)world;
+#endif
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -65,6 +88,7 @@ int main(int argc, char** argv) {
   p2bw::app::Context context;
   MPI_Comm_rank(context.world, &context.rank);
   MPI_Comm_size(context.world, &context.size);
+  choose_device(context.world);
   Kokkos::initialize(argc, argv);
   int code = p2bw::kExitOk;
   try {

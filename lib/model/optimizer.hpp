@@ -24,6 +24,7 @@ class Optimizer {
             double grad_scale);
 
   std::int64_t steps_taken() const { return steps_; }
+  void set_steps_taken(std::int64_t steps) { steps_ = steps; }  // when resuming
   // The state, for checkpoints: AdamW's m and v, or SGD's momentum in `first` (second empty).
   FloatView first() const { return first_; }
   FloatView second() const { return second_; }

@@ -60,13 +60,14 @@ std::int64_t bytes(const model::Cache& c) {
 }  // namespace
 
 PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGrid& grid,
-                                 std::shared_ptr<const data::Tokens> tokens)
+                                 std::shared_ptr<const data::Tokens> tokens,
+                                 const io::CheckpointReader* resume)
     : deck_(deck),
       grid_(grid),
       map_(make_stage_map(deck)),
       stream_(schedule_kind(deck.pipeline.schedule), deck.pipeline.depth,
               deck.pipeline.microbatches, static_cast<int>(deck.train.steps),
-              sync_warmup_batches(deck)) {
+              sync_warmup_batches(deck), resume ? static_cast<int>(resume->state().step) : 0) {
   if (!stream_.proof().ok())
     throw InternalError("the schedule fails the checker: " + stream_.proof().summary());
   const StageRange& range = map_.stages[static_cast<size_t>(grid.stage())];
@@ -90,20 +91,75 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
     weights_[1] =
         model::FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::weights_b"), n);
   grads_ = model::FloatView("p2bw::grads", n);
+  if (resume) restore(*resume);
   if (deck.pipeline.recompute) {
     scratch_ = model_->make_cache();
     if (!model_->has_head())
       scratch_out_ =
           model::FloatView("p2bw::recompute_out", static_cast<size_t>(model_->boundary_floats()));
   }
-  // A rank stalled on purpose, for the test that a stalled pipeline fails instead of hanging.
-  if (const char* stall = std::getenv("P2BW_TEST_STALL_RANK");
-      stall && std::atoi(stall) == grid.rank())
-    std::this_thread::sleep_for(std::chrono::duration<double>(3 * deck.pipeline.timeout_s + 5));
   account();
 }
 
 PipelineTrainer::~PipelineTrainer() = default;
+
+void PipelineTrainer::restore(const io::CheckpointReader& checkpoint) {
+  const io::RunState& state = checkpoint.state();
+  P2BW_ASSERT(state.step < deck_.train.steps, "the checkpoint is at or past the last step");
+  const auto kind = schedule_kind(deck_.pipeline.schedule);
+  const int warmup = sync_warmup_batches(deck_);
+  auto load = [&](const std::string& group, model::FloatView into) {
+    auto host = Kokkos::create_mirror_view(into);
+    for (const model::TensorInfo& tensor : model_->tensors())
+      checkpoint.read(group, tensor, host.data() + tensor.offset);
+    Kokkos::deep_copy(into, host);
+  };
+  held_[0] = held_[1] = -1;
+  const int newest = schedule::weight_buffer(kind, warmup, state.newest_version);
+  load("params", weights_[newest]);
+  held_[newest] = state.newest_version;
+  if (state.old_version >= 0 && weights_[1 - newest].data() && state.newest_version > warmup) {
+    load("params_old", weights_[1 - newest]);
+    held_[1 - newest] = state.old_version;
+  }
+  if (optimizer_->first().data()) load("optimizer/first", optimizer_->first());
+  if (optimizer_->second().data()) load("optimizer/second", optimizer_->second());
+  optimizer_->set_steps_taken(state.optimizer_steps);
+  steps_done_ = state.step;
+}
+
+std::string PipelineTrainer::save_checkpoint(const std::string& checkpoints, int keep) {
+  exec_.fence();
+  if (grid_.replica() == 0) {
+    auto host = [](const model::FloatView& view) {
+      std::vector<float> values(view.extent(0));
+      Kokkos::deep_copy(Kokkos::View<float*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
+                            values.data(), values.size()),
+                        view);
+      return values;
+    };
+    const int newest = held_[1] > held_[0] ? 1 : 0;
+    io::StageTensors data;
+    data.tensors = &model_->tensors();
+    data.newest = host(weights_[newest]);
+    if (held_[1 - newest] >= 0) data.old = host(weights_[1 - newest]);
+    if (optimizer_->first().data()) data.first = host(optimizer_->first());
+    if (optimizer_->second().data()) data.second = host(optimizer_->second());
+    io::write_stage_file(checkpoints, steps_done_, grid_.stage(), data);
+  }
+  P2BW_MPI_CHECK(MPI_Barrier(grid_.world()));
+  std::string folder;
+  if (grid_.rank() == 0) {
+    io::RunState state;
+    state.step = steps_done_;
+    state.optimizer_steps = optimizer_->steps_taken();
+    state.newest_version = std::max(held_[0], held_[1]);
+    state.old_version = std::min(held_[0], held_[1]);
+    folder = io::commit_checkpoint(checkpoints, steps_done_, deck_, state, grid_.depth(), keep);
+  }
+  P2BW_MPI_CHECK(MPI_Barrier(grid_.world()));
+  return folder;
+}
 
 model::FloatView PipelineTrainer::newest_weights() const {
   return held_[1] > held_[0] ? weights_[1] : weights_[0];
@@ -123,6 +179,11 @@ std::string PipelineTrainer::where(const schedule::Action& action) const {
 
 StepResult PipelineTrainer::step() {
   P2BW_ASSERT(steps_done_ < deck_.train.steps, "all steps are done");
+  // A rank stalled on purpose, for the test that a stalled pipeline fails instead of hanging.
+  if (const char* stall = std::getenv("P2BW_TEST_STALL_RANK");
+      stall && std::atoi(stall) == grid_.rank() && steps_done_ == 0)
+    std::this_thread::sleep_for(std::chrono::duration<double>(3 * deck_.pipeline.timeout_s + 5));
+
   for (const schedule::Action& action : stream_.batch(grid_.stage(), static_cast<int>(steps_done_)))
     run(action);
   ++steps_done_;

@@ -15,6 +15,7 @@
 #include "comm/transport.hpp"
 #include "config/deck.hpp"
 #include "data/loader.hpp"
+#include "io/checkpoint.hpp"
 #include "model/optimizer.hpp"
 #include "model/stage_model.hpp"
 #include "pipeline/partition.hpp"
@@ -35,14 +36,21 @@ struct MemoryUse {
 class PipelineTrainer {
  public:
   // `tokens` is needed on the first and the last stage (others may pass nullptr).
+  // With `resume`, the run continues after the checkpoint's step with its weights (both versions
+  // under 2bw) and optimizer state, whatever layout wrote it; the pipeline refills.
   PipelineTrainer(const config::Deck& deck, const comm::ProcessGrid& grid,
-                  std::shared_ptr<const data::Tokens> tokens);
+                  std::shared_ptr<const data::Tokens> tokens,
+                  const io::CheckpointReader* resume = nullptr);
   ~PipelineTrainer();
 
   // Runs the actions of the next batch; the result (loss, norm, lr) is the same on every rank.
   StepResult step();
 
   std::int64_t steps_done() const { return steps_done_; }
+
+  // Collective: writes a checkpoint of the steps done so far under `checkpoints` (replica 0 of
+  // every stage writes its tensors, rank 0 commits) and returns its folder on rank 0.
+  std::string save_checkpoint(const std::string& checkpoints, int keep);
   const StageMap& stage_map() const { return map_; }
   model::StageModel& model() { return *model_; }
   model::FloatView newest_weights() const;
@@ -68,6 +76,7 @@ class PipelineTrainer {
   void update(const schedule::Action& action);
   model::FloatView buffer_of(int version) const;
   void account();
+  void restore(const io::CheckpointReader& checkpoint);
   std::string where(const schedule::Action& action) const;
 
   config::Deck deck_;

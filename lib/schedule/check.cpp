@@ -2,6 +2,7 @@
 // structure), message matching per channel, and a deadlock-finding replay.
 #include "schedule/check.hpp"
 
+#include <array>
 #include <map>
 #include <set>
 #include <string>
@@ -43,7 +44,10 @@ class StageChecker {
         bound_(activation_bound(s.kind, s.stages, s.microbatches, stage)),
         mbs_(s.total_microbatches() + 1),
         allreduce_at_(s.batches, -1),
-        step_at_(s.batches, -1) {
+        step_at_(s.batches, -1),
+        held_(initial_buffers(s.kind, s.sync_warmup, s.first_batch)),
+        newest_(s.first_batch),
+        next_marker_(2 * s.first_batch) {
     const std::vector<Action>& list = s.actions[stage];
     for (size_t i = 0; i < list.size(); ++i) {
       if (is_compute(list[i].kind)) last_use_[list[i].version] = static_cast<int>(i);
@@ -110,14 +114,16 @@ class StageChecker {
   }
 
   bool mb_ok(int mb) {
-    if (mb >= 1 && mb <= sched_.total_microbatches()) return true;
-    report("microbatch " + num(mb) + " outside 1.." + num(sched_.total_microbatches()));
+    if (mb >= sched_.first_microbatch() && mb <= sched_.total_microbatches()) return true;
+    report("microbatch " + num(mb) + " outside " + num(sched_.first_microbatch()) + ".." +
+           num(sched_.total_microbatches()));
     return false;
   }
 
   bool batch_ok(int batch) {
-    if (batch >= 0 && batch < sched_.batches) return true;
-    report("batch " + num(batch) + " outside 0.." + num(sched_.batches - 1));
+    if (batch >= sched_.first_batch && batch < sched_.batches) return true;
+    report("batch " + num(batch) + " outside " + num(sched_.first_batch) + ".." +
+           num(sched_.batches - 1));
     return false;
   }
 
@@ -252,7 +258,7 @@ class StageChecker {
     if (open_batch_ != batch) {
       report("allreduce outside batch_begin/batch_end of batch " + num(batch));
     }
-    if (batch > 0 && step_at_[batch - 1] < 0) {
+    if (batch > sched_.first_batch && step_at_[batch - 1] < 0) {
       report("allreduce before the step of batch " + num(batch - 1));
     }
     if (const int mb = missing_backward(batch)) {
@@ -302,7 +308,8 @@ class StageChecker {
     check_alive();
   }
 
-  // Markers come as begin(0), end(0), begin(1), ...; code 2t is begin(t), 2t+1 is end(t).
+  // Markers come as begin(r), end(r), begin(r+1), ... from r = first_batch; code 2t is
+  // begin(t), 2t+1 is end(t).
   void marker(const Action& a) {
     if (!batch_ok(a.batch)) return;
     const bool begin = a.kind == ActionKind::batch_begin;
@@ -323,7 +330,7 @@ class StageChecker {
   void report_missing(const std::string& what, Pred missing) {
     std::string list;
     int count = 0;
-    for (int mb = 1; mb <= sched_.total_microbatches(); ++mb) {
+    for (int mb = sched_.first_microbatch(); mb <= sched_.total_microbatches(); ++mb) {
       if (!missing(mbs_[mb])) continue;
       if (++count <= 5) list += (count > 1 ? ", " : "") + num(mb);
     }
@@ -344,7 +351,7 @@ class StageChecker {
       report_missing("gradient never received",
                      [](const MicrobatchState& m) { return !m.grad_received; });
     }
-    for (int t = 0; t < sched_.batches; ++t) {
+    for (int t = sched_.first_batch; t < sched_.batches; ++t) {
       if (allreduce_at_[t] < 0) {
         out_.push_back({stage_, -1, "batch " + num(t) + " has no allreduce"});
       }
@@ -367,9 +374,9 @@ class StageChecker {
   std::map<int, int> in_flight_versions_;  // version -> in-flight microbatches using it
   std::map<int, int> last_use_;            // version -> index of the last compute using it
   int in_flight_ = 0;
-  int held_[2] = {0, -1};  // version in each buffer, -1 for empty
-  int newest_ = 0;
-  int next_marker_ = 0;
+  std::array<int, 2> held_;  // version in each buffer, -1 for empty; initial_buffers() at first
+  int newest_;               // newest version written (W(first_batch) at the start)
+  int next_marker_;
   int open_batch_ = -1;
   int index_ = -1;
   const Action* action_ = nullptr;
@@ -391,6 +398,9 @@ bool check_header(const Schedule& s, std::vector<Finding>& out) {
   }
   if (s.kind == ScheduleKind::two_bw && s.microbatches < s.stages) {
     return fail("2bw needs microbatches >= stages");
+  }
+  if (s.first_batch < 0 || s.first_batch >= s.batches) {
+    return fail("first_batch outside [0, batches)");
   }
   if (static_cast<int>(s.actions.size()) != s.stages) {
     return fail("has " + num(static_cast<int>(s.actions.size())) + " action lists for " +

@@ -18,21 +18,23 @@
 // deadlocks, and every blocked stage is reported with the action it waits in.
 //
 // What check() verifies (findings name stage and action index):
-// - header values, one action list per stage, microbatch and batch numbers in range;
+// - header values, one action list per stage, microbatch and batch numbers in range (a schedule
+//   covers batches first_batch .. batches-1 and microbatches first_batch*m+1 .. batches*m);
 // - messages: only to existing neighbours; each microbatch's activation/gradient sent once after
 //   its forward/backward and received once before it is used; every send has exactly one
 //   matching receive and vice versa; in-order matching delivers the right microbatch; no deadlock;
-// - compute: every microbatch 1..m*batches forwarded and backwarded exactly once per stage, each
-//   backward after its forward (Bw after Bi for split backwards), activations in flight within
-//   activation_bound();
-// - versions: forwards follow weight_version(); a backward uses its forward's version; every
-//   version used is held by a buffer; at most two versions alive under 2bw (alive = used by an
-//   in-flight microbatch, or the newest), one under flush and GPipe; a step writes W(newest+1),
+// - compute: every microbatch of the schedule forwarded and backwarded exactly once per stage,
+//   each backward after its forward (Bw after Bi for split backwards), activations in flight
+//   within activation_bound();
+// - versions: forwards follow weight_version() (the global rule, also after a resume); a backward
+//   uses its forward's version; the buffers start as initial_buffers(kind, K, first_batch) and
+//   every version used is held by a buffer; at most two versions alive under 2bw (alive = used by
+//   an in-flight microbatch, or the newest), one under flush and GPipe; a step writes W(newest+1),
 //   names correctly what it retires, and never overwrites a version an in-flight microbatch
 //   still needs; steps of flush batches (and all batches of flush/gpipe) only with nothing in
 //   flight; flush and GPipe write buffer 0 only;
 // - per batch exactly one allreduce after the batch's m-th backward, then one step, both inside
-//   batch_begin/batch_end markers that come in order.
+//   batch_begin/batch_end markers that come in order from batch_begin first_batch.
 #pragma once
 
 #include <string>

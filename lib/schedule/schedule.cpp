@@ -53,8 +53,11 @@ bool operator==(const Action& a, const Action& b) {
 }
 
 bool operator==(const Schedule& a, const Schedule& b) {
-  return std::tie(a.kind, a.stages, a.microbatches, a.batches, a.sync_warmup, a.actions) ==
-         std::tie(b.kind, b.stages, b.microbatches, b.batches, b.sync_warmup, b.actions);
+  const auto fields = [](const Schedule& s) {
+    return std::tie(s.kind, s.stages, s.microbatches, s.batches, s.sync_warmup, s.first_batch,
+                    s.actions);
+  };
+  return fields(a) == fields(b);
 }
 
 std::string to_string(ScheduleKind kind) {
@@ -110,6 +113,14 @@ int weight_buffer(ScheduleKind kind, int sync_warmup, int version) {
   return (version - sync_warmup) % 2;
 }
 
+std::array<int, 2> initial_buffers(ScheduleKind kind, int sync_warmup, int first_batch) {
+  if (kind != ScheduleKind::two_bw || first_batch <= sync_warmup) return {first_batch, -1};
+  std::array<int, 2> held{};
+  held[weight_buffer(kind, sync_warmup, first_batch)] = first_batch;
+  held[weight_buffer(kind, sync_warmup, first_batch - 1)] = first_batch - 1;
+  return held;
+}
+
 int activation_bound(ScheduleKind kind, int stages, int microbatches, int stage) {
   if (kind == ScheduleKind::gpipe) return microbatches;
   return std::min(stages - stage, microbatches);
@@ -140,8 +151,11 @@ namespace {
 class StageBuilder {
  public:
   StageBuilder(const Schedule& schedule, int stage, std::vector<Action>& out)
-      : sched_(schedule), stage_(stage), out_(out) {
-    out_.push_back(Action::marker(ActionKind::batch_begin, 0));
+      : sched_(schedule),
+        stage_(stage),
+        out_(out),
+        held_(initial_buffers(schedule.kind, schedule.sync_warmup, schedule.first_batch)) {
+    out_.push_back(Action::marker(ActionKind::batch_begin, schedule.first_batch));
   }
 
   // GPipe batch: all forwards, then all backwards in microbatch order (not GPipe's reverse
@@ -225,12 +239,13 @@ class StageBuilder {
   const Schedule& sched_;
   int stage_;
   std::vector<Action>& out_;
-  int held_[2] = {0, -1};  // version held by each buffer, -1 for none
+  std::array<int, 2> held_;  // version held by each buffer, -1 for none
 };
 
 }  // namespace
 
-Schedule generate(ScheduleKind kind, int stages, int microbatches, int batches, int sync_warmup) {
+Schedule generate(ScheduleKind kind, int stages, int microbatches, int batches, int sync_warmup,
+                  int first_batch) {
   if (stages < 1 || microbatches < 1 || batches < 1) {
     throw ScheduleError("schedule needs stages >= 1, microbatches >= 1 and batches >= 1 (got d=" +
                         std::to_string(stages) + ", m=" + std::to_string(microbatches) +
@@ -247,25 +262,32 @@ Schedule generate(ScheduleKind kind, int stages, int microbatches, int batches, 
     throw ScheduleError("2bw needs microbatches >= stages (got m=" + std::to_string(microbatches) +
                         ", d=" + std::to_string(stages) + ")");
   }
+  if (first_batch < 0 || first_batch >= batches) {
+    throw ScheduleError("first_batch must lie in [0, batches) (got " + std::to_string(first_batch) +
+                        ", batches=" + std::to_string(batches) + ")");
+  }
   Schedule schedule;
   schedule.kind = kind;
   schedule.stages = stages;
   schedule.microbatches = microbatches;
   schedule.batches = batches;
   schedule.sync_warmup = sync_warmup;
+  schedule.first_batch = first_batch;
   schedule.actions.resize(stages);
+  // First batch of the 2bw phase: its 1F1B loop starts with a warm-up (fills the pipeline).
+  const int two_bw_start = std::max(sync_warmup, first_batch);
   for (int s = 0; s < stages; ++s) {
     StageBuilder builder(schedule, s, schedule.actions[s]);
     const int flush_batches = kind == ScheduleKind::two_bw ? sync_warmup : batches;
-    for (int t = 0; t < flush_batches; ++t) {
+    for (int t = first_batch; t < flush_batches; ++t) {
       if (kind == ScheduleKind::gpipe) {
         builder.gpipe_batch(t);
       } else {
         builder.one_f_one_b(t * microbatches + 1, microbatches);
       }
     }
-    if (kind == ScheduleKind::two_bw && sync_warmup < batches) {
-      builder.one_f_one_b(sync_warmup * microbatches + 1, (batches - sync_warmup) * microbatches);
+    if (kind == ScheduleKind::two_bw && two_bw_start < batches) {
+      builder.one_f_one_b(two_bw_start * microbatches + 1, (batches - two_bw_start) * microbatches);
     }
   }
   return schedule;

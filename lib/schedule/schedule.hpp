@@ -14,8 +14,14 @@
 // - Physical buffers: flush and GPipe update buffer 0 in place. 2BW keeps W(v) in buffer
 //   (v - K) mod 2 for v >= K (buffer 0 for v <= K), so a step writes the buffer of the version it
 //   retires and never copies weights.
+// - Resuming (first_batch = r > 0): a run checkpointed after the step of batch r-1 restarts with
+//   a schedule of batches r .. batches-1 (microbatches r*m+1 .. batches*m). No activation survives
+//   the restart, so the pipeline refills at batch r, but numbering, versions and buffers are the
+//   uninterrupted run's: every microbatch keeps its global v(k), and the buffers start as
+//   initial_buffers() gives (2bw past its warm-up: W(r) and W(r-1), which batch r uses).
 #pragma once
 
+#include <array>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -47,7 +53,7 @@ enum class ActionKind {
   send_grad_recv_act,  // exchange with s-1: send gradient of mb, receive activation of recv_mb
   allreduce,           // data-parallel gradient all-reduce of the stage for `batch`
   step,                // optimizer step after `batch`: writes W(version) into `buffer`
-  batch_begin,         // marker: batch starts (batch 0 includes the warm-up)
+  batch_begin,         // marker: batch starts (the schedule's first batch includes the warm-up)
   batch_end,           // marker: batch ends (after its step)
 };
 
@@ -78,11 +84,13 @@ struct Schedule {
   ScheduleKind kind = ScheduleKind::flush;
   int stages = 1;        // d
   int microbatches = 1;  // m, per batch and pipeline
-  int batches = 1;
-  int sync_warmup = 0;  // K (2bw only): the first K batches run as flush batches
+  int batches = 1;       // of the whole run, including those before first_batch
+  int sync_warmup = 0;   // K (2bw only): the first K batches run as flush batches
+  int first_batch = 0;   // run batch the schedule starts at (> 0: resumed after a checkpoint)
   std::vector<std::vector<Action>> actions;  // actions[stage], in execution order
 
-  int total_microbatches() const { return microbatches * batches; }
+  int total_microbatches() const { return microbatches * batches; }  // last microbatch
+  int first_microbatch() const { return first_batch * microbatches + 1; }
 };
 
 bool operator==(const Schedule& a, const Schedule& b);
@@ -90,8 +98,9 @@ inline bool operator!=(const Schedule& a, const Schedule& b) {
   return !(a == b);
 }
 
-// Builds the schedule; throws ScheduleError for d < 1, m < 1, batches < 1, K outside
-// [0, batches], K > 0 for a kind other than 2bw, or m < d for 2bw.
+// Builds the schedule of batches first_batch .. batches-1; throws ScheduleError for d < 1, m < 1,
+// batches < 1, K outside [0, batches], K > 0 for a kind other than 2bw, m < d for 2bw, or
+// first_batch outside [0, batches).
 // - GPipe, per batch: `recv_act; F; send_act` for every microbatch, then `recv_grad; B;
 //   send_grad` in microbatch order (GPipe used reverse order; ours accumulates gradients in the
 //   same order as flush, so the two give bitwise-identical weights), allreduce, step.
@@ -104,8 +113,13 @@ inline bool operator!=(const Schedule& a, const Schedule& b) {
 // - Messages to a missing neighbour are left out (none at all for d = 1). A batch's allreduce,
 //   step and batch_end follow its m-th backward and that backward's gradient send; batch_begin
 //   of the next batch follows at once.
-Schedule generate(ScheduleKind kind, int stages, int microbatches, int batches,
-                  int sync_warmup = 0);
+// - Resuming at first_batch = r: flush and GPipe batches (and 2bw warm-up batches) look exactly as
+//   in the whole run. The 2bw phase runs its 1F1B loop from batch max(K, r), warm-up included, so
+//   for r <= K the schedule is the tail of the whole run's, and for r > K batch r refills the
+//   pipeline on W(r-1) (the whole run's version for it). Steps record buffers and retired
+//   versions from initial_buffers(kind, K, r).
+Schedule generate(ScheduleKind kind, int stages, int microbatches, int batches, int sync_warmup = 0,
+                  int first_batch = 0);
 
 std::string to_string(ScheduleKind kind);       // "gpipe", "flush", "2bw"
 ScheduleKind parse_kind(const std::string& s);  // throws ScheduleError
@@ -122,6 +136,11 @@ inline int batch_of(int microbatches, int mb) {
 int weight_version(ScheduleKind kind, int microbatches, int sync_warmup, int mb);
 // Physical buffer (0 or 1) holding weight version `version`.
 int weight_buffer(ScheduleKind kind, int sync_warmup, int version);
+// Versions held by buffers 0 and 1 (-1: empty) when a schedule starts at run batch first_batch,
+// i.e. as the uninterrupted run has them after the step of batch first_batch-1: W(first_batch)
+// in buffer 0 for flush, GPipe and 2bw while first_batch <= K; for 2bw with first_batch > K,
+// W(first_batch) and W(first_batch-1) in their weight_buffer().
+std::array<int, 2> initial_buffers(ScheduleKind kind, int sync_warmup, int first_batch);
 // Most activations stage `stage` may hold: min(d - s, m) for flush and 2bw, m for GPipe.
 int activation_bound(ScheduleKind kind, int stages, int microbatches, int stage);
 

@@ -100,7 +100,10 @@ Report simulate(const Schedule& schedule, const Costs& costs) {
   }
   report.timeline.makespan = report.makespan;
 
-  const int n = schedule.batches;
+  // Batches first .. last of the run (first > 0 for a resumed schedule); n of them.
+  const int first = schedule.first_batch;
+  const int last = schedule.batches - 1;
+  const int n = last - first + 1;
   for (int s = 0; s < d; ++s) {
     const std::vector<Event>& events = report.timeline.stages[s];
     StageReport r;
@@ -118,14 +121,14 @@ Report simulate(const Schedule& schedule, const Costs& costs) {
     r.bubble = report.makespan > 0 ? (r.wait + r.idle) / report.makespan : 0.0;
     r.steady_bubble = r.bubble;
     if (n >= 3) {
-      const std::vector<double> ends = step_ends(events, n);
-      r.steady_bubble = bubble_in_window(report.timeline, s, ends[0], ends[n - 2]);
+      const std::vector<double> ends = step_ends(events, schedule.batches);
+      r.steady_bubble = bubble_in_window(report.timeline, s, ends[first], ends[last - 1]);
     }
     report.stages.push_back(r);
   }
   if (n >= 3) {
-    const std::vector<double> ends = step_ends(report.timeline.stages[0], n);
-    report.steady_batch_time = (ends[n - 2] - ends[0]) / (n - 2);
+    const std::vector<double> ends = step_ends(report.timeline.stages[0], schedule.batches);
+    report.steady_batch_time = (ends[last - 1] - ends[first]) / (n - 2);
   } else {
     report.steady_batch_time = report.makespan / n;
   }
@@ -144,10 +147,18 @@ double bubble_in_window(const Timeline& timeline, int stage, double from, double
 
 std::string render_gantt(const Timeline& timeline, int columns, int batches_shown) {
   columns = std::max(columns, 1);
+  int first_batch = -1;  // of the timeline (> 0 for a resumed schedule)
+  for (const auto& events : timeline.stages) {
+    for (const Event& e : events) {
+      if (e.action.kind == ActionKind::step && (first_batch < 0 || e.action.batch < first_batch)) {
+        first_batch = e.action.batch;
+      }
+    }
+  }
   double horizon = 0;
   for (const auto& events : timeline.stages) {
     for (const Event& e : events) {
-      if (e.action.kind == ActionKind::step && e.action.batch == batches_shown - 1) {
+      if (e.action.kind == ActionKind::step && e.action.batch == first_batch + batches_shown - 1) {
         horizon = std::max(horizon, e.end);
       }
     }

@@ -19,10 +19,11 @@
 //   idle = time before the first action and after the last one;
 //   compute + update + wait + idle = makespan; bubble = (wait + idle) / makespan.
 //   peak_in_flight = most microbatches forwarded but not yet backwarded.
-// Steady state (needs batches >= 3; the first batch fills the pipeline, the last drains it)
-//   steady_batch_time = mean interval between the ends of stage 0's steps of batches 0 .. n-2,
-//   i.e. (end of step n-2 - end of step 0) / (n - 2); with fewer batches, makespan / batches.
-//   steady_bubble = a stage's bubble within [end of its step 0, end of its step n-2]; with
+// Steady state (needs n >= 3 batches in the schedule; the first fills the pipeline, the last
+// drains it). The schedule's batches are r .. r+n-1 (r = first_batch, 0 unless resumed):
+//   steady_batch_time = mean interval between the ends of stage 0's steps of batches r .. r+n-2,
+//   i.e. (end of step r+n-2 - end of step r) / (n - 2); with fewer batches, makespan / n.
+//   steady_bubble = a stage's bubble within [end of its step r, end of its step r+n-2]; with
 //   fewer batches, its overall bubble.
 #pragma once
 
@@ -83,9 +84,10 @@ Report simulate(const Schedule& schedule, const Costs& costs);
 // 1 - (compute + update time of `stage` within [from, to]) / (to - from).
 double bubble_in_window(const Timeline& timeline, int stage, double from, double to);
 
-// One row per stage over the time of the first `batches_shown` batches (up to the last step of
-// batch batches_shown-1 on any stage). F forward, B backward, b/w split backward halves,
-// A allreduce, S step, - waiting for a message, . idle.
+// One row per stage over the time of the timeline's first `batches_shown` batches (up to the last
+// step of batch r+batches_shown-1 on any stage, r = its lowest batch: first_batch if resumed).
+// F forward, B backward, b/w split backward halves, A allreduce, S step, - waiting for a
+// message, . idle.
 std::string render_gantt(const Timeline& timeline, int columns, int batches_shown = 2);
 
 // Table: per stage compute, update, wait, idle, bubble, steady bubble, peak in flight; then

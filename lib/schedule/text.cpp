@@ -135,7 +135,8 @@ std::string to_text(const Schedule& schedule) {
       << "stages " << schedule.stages << "\n"
       << "microbatches " << schedule.microbatches << "\n"
       << "batches " << schedule.batches << "\n"
-      << "sync_warmup " << schedule.sync_warmup << "\n";
+      << "sync_warmup " << schedule.sync_warmup << "\n"
+      << "first_batch " << schedule.first_batch << "\n";
   for (size_t s = 0; s < schedule.actions.size(); ++s) {
     out << "\nstage " << s << "\n";
     for (const Action& a : schedule.actions[s]) out << to_string(a) << "\n";
@@ -144,12 +145,16 @@ std::string to_text(const Schedule& schedule) {
 }
 
 Schedule from_text(const std::string& text) {
-  static const char* const kFields[] = {"kind", "stages", "microbatches", "batches", "sync_warmup"};
+  // Header fields; all but the last (first_batch, 0 when absent) are required.
+  static const char* const kFields[] = {"kind",    "stages",      "microbatches",
+                                        "batches", "sync_warmup", "first_batch"};
+  constexpr int kFieldCount = 6;
+  constexpr int kRequired = 5;
   Schedule schedule;
   bool have_version = false;
-  bool have_field[5] = {false, false, false, false, false};
-  int* const numbers[] = {nullptr, &schedule.stages, &schedule.microbatches, &schedule.batches,
-                          &schedule.sync_warmup};
+  bool have_field[kFieldCount] = {false, false, false, false, false, false};
+  int* const numbers[] = {nullptr,           &schedule.stages,      &schedule.microbatches,
+                          &schedule.batches, &schedule.sync_warmup, &schedule.first_batch};
   int stage = -1;
   int line_number = 0;
   std::istringstream in(text);
@@ -172,15 +177,16 @@ Schedule from_text(const std::string& text) {
     if (tok[0] == "stage") {
       if (tok.size() != 2) fail(line_number, "expected 'stage <index>'");
       if (stage < 0) {
-        for (int f = 0; f < 5; ++f) {
+        for (int f = 0; f < kRequired; ++f) {
           if (!have_field[f]) {
             fail(line_number, std::string("missing header field '") + kFields[f] + "'");
           }
         }
         if (schedule.stages < 1 || schedule.microbatches < 1 || schedule.batches < 1 ||
-            schedule.sync_warmup > schedule.batches) {
+            schedule.sync_warmup > schedule.batches || schedule.first_batch >= schedule.batches) {
           fail(line_number,
-               "header needs stages, microbatches, batches >= 1 and sync_warmup <= batches");
+               "header needs stages, microbatches, batches >= 1, sync_warmup <= batches and "
+               "first_batch < batches");
         }
         schedule.actions.resize(schedule.stages);
       }
@@ -201,8 +207,8 @@ Schedule from_text(const std::string& text) {
       continue;
     }
     int field = 0;
-    while (field < 5 && tok[0] != kFields[field]) ++field;
-    if (field == 5) fail(line_number, "unknown header field '" + tok[0] + "'");
+    while (field < kFieldCount && tok[0] != kFields[field]) ++field;
+    if (field == kFieldCount) fail(line_number, "unknown header field '" + tok[0] + "'");
     if (tok.size() != 2) fail(line_number, "expected '" + tok[0] + " <value>'");
     if (have_field[field]) fail(line_number, "header field '" + tok[0] + "' given twice");
     have_field[field] = true;

@@ -6,6 +6,7 @@
 //   microbatches 2               m per batch
 //   batches 3
 //   sync_warmup 0                K flush batches before 2bw
+//   first_batch 0                run batch the schedule starts at (optional when reading: 0)
 //
 //   stage 0                      then one action per line, in execution order
 //   batch_begin 0

@@ -59,5 +59,81 @@ r, _ = train(1, "inputs/gpt-tiny.yaml", "--set", "model.vocab=100", "--set", "da
 check("data that does not fit the model: one line, exit 2",
       r.returncode == 2 and r.stderr.count("\n") == 1 and "model.vocab = 100" in r.stderr, r.stderr)
 
+def processes_with(marker):
+    """PIDs of the p2bw processes whose command line contains `marker`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            if cmdline and cmdline[0].endswith(b"p2bw") and any(marker.encode() in part for part in cmdline):
+                pids.append(int(entry))
+    return pids
+
+
+def start(ranks, *args, env=None):
+    command = [MPIEXEC, "-n", str(ranks), *FLAGS, P2BW, "train", *args]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def read_until(process, pattern, limit=120):
+    """Lines of stdout up to the first that matches `pattern`."""
+    lines, deadline = [], time.monotonic() + limit
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if re.search(pattern, line):
+            break
+    return "".join(lines)
+
+
+# SIGUSR1 (SLURM's warning before a time limit): every rank finishes its step, checkpoints, exits 0;
+# resuming continues exactly as the uninterrupted run.
+import shutil
+import signal
+stop_dir = "/tmp/p2bw-cli-signal"
+shutil.rmtree(stop_dir, ignore_errors=True)
+common = ["inputs/gpt-tiny.yaml", "--set", "pipeline.depth=2", "--set", "train.lr_decay=constant", "--set", "train.log_every=1",
+          "--set", "checkpoint.every=0"]
+job = start(2, *common, "--set", "train.steps=100000", "--set", f"output.dir={stop_dir}")
+read_until(job, r"step +30/")
+for pid in processes_with(stop_dir):
+    os.kill(pid, signal.SIGUSR1)
+rest, errors = job.communicate(timeout=120)
+stopped = re.search(r"checkpoint after step (\d+) \(stop signal\)", rest)
+check("SIGUSR1 makes every rank checkpoint and exit 0", job.returncode == 0 and stopped, f"exit {job.returncode}: {rest[-500:]} {errors[-500:]}")
+if stopped:
+    n = int(stopped.group(1))
+    resumed, _ = train(2, *common, "--set", f"train.steps={n + 5}", "--set", f"output.dir={stop_dir}", "--resume", "latest")
+    whole, _ = train(2, *common, "--set", f"train.steps={n + 5}", "--set", "output.dir=/tmp/p2bw-cli-whole")
+    tail = lambda out: re.findall(r"step +(\d+)/\d+ \| loss ([0-9.]+)", out)[-5:]
+    check("the resumed run continues as the uninterrupted one", resumed.returncode == 0 and f"resumed after step {n}" in resumed.stdout
+          and tail(resumed.stdout) == tail(whole.stdout) and len(tail(whole.stdout)) == 5,
+          f"{tail(resumed.stdout)} vs {tail(whole.stdout)}; {resumed.stderr[-300:]}")
+
+# kill -9 of a rank while a checkpoint is being committed: the previous checkpoint still loads.
+kill_dir = "/tmp/p2bw-cli-kill"
+shutil.rmtree(kill_dir, ignore_errors=True)
+job = start(2, "inputs/gpt-tiny.yaml", "--set", "pipeline.depth=2", "--set", "checkpoint.every=2", "--set", "train.steps=6",
+            "--set", f"output.dir={kill_dir}", env={"P2BW_TEST_SLOW_CHECKPOINT": "4"})
+read_until(job, r"checkpoint after step 2")
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline and not os.path.exists(f"{kill_dir}/checkpoints/step_00000004.tmp/manifest.h5"):
+    time.sleep(0.1)
+for pid in processes_with(kill_dir):
+    os.kill(pid, signal.SIGKILL)
+job.communicate(timeout=60)
+latest = open(f"{kill_dir}/checkpoints/latest").read().strip() if os.path.exists(f"{kill_dir}/checkpoints/latest") else ""
+r, _ = train(2, "inputs/gpt-tiny.yaml", "--set", "pipeline.depth=2", "--set", "train.steps=6", "--set", f"output.dir={kill_dir}",
+             "--resume", "latest")
+check("kill -9 during a checkpoint write leaves the previous checkpoint loadable",
+      latest == "step_00000002" and r.returncode == 0 and "resumed after step 2" in r.stdout and "step      6/6" in r.stdout,
+      f"latest={latest!r}; exit {r.returncode}; {r.stdout[-400:]} {r.stderr[-400:]}")
+
 print(f"{sum(results)} passed, {len(results) - sum(results)} failed")
 sys.exit(0 if all(results) else 1)

@@ -1,0 +1,77 @@
+// Checkpoints: layer-indexed HDF5 files that any layout (d', w') can restart from.
+//
+// <output.dir>/checkpoints/
+//   step_<N>/manifest.h5   format "p2bw-checkpoint", format_version, deck, model dimensions, run
+//                          state (step, optimizer steps, weight versions), the stage files
+//   step_<N>/stage_<s>.h5  /params/<name> (the newest weights W(N)), /params_old/<name> (W(N-1),
+//                          2bw only), /optimizer/first/<name>, /optimizer/second/<name> (AdamW
+//                          moments or SGD momentum); every tensor under its global name (e.g.
+//                          blocks/7/attn/qkv/weight) with its FNV-1a checksum as an attribute
+//   latest                 text: the name of the newest complete checkpoint
+// Writing is atomic: everything goes to step_<N>.tmp/, is fsynced, renamed to step_<N>, and
+// `latest` is replaced last, so a run killed at any moment leaves the previous checkpoint whole.
+// The data loader needs no state beyond the step (it is a pure function of seed and sample
+// index), and p2bw has no other random state.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config/deck.hpp"
+#include "model/parameters.hpp"
+
+namespace p2bw::io {
+
+constexpr std::int64_t kCheckpointFormatVersion = 1;
+
+// What a run is, besides its tensors, after `step` completed steps.
+struct RunState {
+  std::int64_t step = 0;  // completed optimizer steps; the next batch is `step`
+  std::int64_t optimizer_steps =
+      0;                   // updates applied (skipped steps excluded): AdamW's bias correction
+  int newest_version = 0;  // W(newest) is /params
+  int old_version = -1;    // W(old) is /params_old, -1 without
+};
+
+// One stage's tensors, on the host.
+struct StageTensors {
+  const std::vector<model::TensorInfo>* tensors = nullptr;  // offsets into the flat vectors below
+  std::vector<float> newest, old, first, second;            // old, first, second may be empty
+};
+
+// Writes stage `stage`'s file into the temporary folder of checkpoint `step`.
+void write_stage_file(const std::string& run_checkpoints, std::int64_t step, int stage,
+                      const StageTensors& data);
+
+// Completes checkpoint `step` (called once, after every stage file is written): writes the
+// manifest, renames the folder into place, replaces `latest`, and removes the oldest checkpoints
+// beyond `keep`. Returns the checkpoint's folder.
+std::string commit_checkpoint(const std::string& run_checkpoints, std::int64_t step,
+                              const config::Deck& deck, const RunState& state, int stages,
+                              int keep);
+
+// The folder of `which`: "latest" (read from the pointer file) or a path to a checkpoint folder.
+std::string resolve_checkpoint(const std::string& run_checkpoints, const std::string& which);
+
+// A checkpoint opened for reading: validates the manifest against the deck's model on open and
+// each tensor's type, shape and checksum on read. Every problem is a UserError naming the file
+// and the tensor.
+class CheckpointReader {
+ public:
+  CheckpointReader(const std::string& folder, const config::Deck& deck);
+  ~CheckpointReader();
+  const RunState& state() const { return state_; }
+  // Reads tensor `tensor` of `group` ("params", "params_old", "optimizer/first", ...) into `out`.
+  void read(const std::string& group, const model::TensorInfo& tensor, float* out) const;
+  bool has(const std::string& group, const std::string& name) const;
+
+ private:
+  struct Files;
+  std::string folder_;
+  RunState state_;
+  std::unique_ptr<Files> files_;
+};
+
+}  // namespace p2bw::io

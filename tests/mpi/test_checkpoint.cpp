@@ -1,0 +1,294 @@
+// Checkpoints: K steps + resume equals the uninterrupted run bit for bit for every schedule;
+// resume under another layout (written with (d, w) = (2, 1), resumed with (1, 1), (4, 1), (2, 2));
+// corrupted, truncated and mismatched checkpoints are rejected with a clear message.
+#include <gtest/gtest.h>
+#include <hdf5.h>
+#include <mpi.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include <functional>
+#include <map>
+#include <memory>
+
+#include "comm/deck_broadcast.hpp"
+#include "comm/process_grid.hpp"
+#include "core/error.hpp"
+#include "data/token_file.hpp"
+#include "io/checkpoint.hpp"
+#include "io/hdf5_file.hpp"
+#include "pipeline/pipeline_trainer.hpp"
+#include "pipeline/single_rank_trainer.hpp"
+
+namespace p2bw::pipeline {
+namespace {
+
+namespace fs = std::filesystem;
+
+const char* kText =
+    "Call me Ishmael. Some years ago - never mind how long precisely - having little or no money "
+    "in my purse, "
+    "and nothing particular to interest me on shore, I thought I would sail about a little and see "
+    "the watery "
+    "part of the world. It is a way I have of driving off the spleen and regulating the "
+    "circulation.";
+
+std::shared_ptr<const data::Tokens> text() {
+  return std::make_shared<data::Tokens>(data::tokenize_bytes(kText));
+}
+
+int world_rank() {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  return rank;
+}
+int world_size() {
+  int size = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  return size;
+}
+
+// A folder every rank shares, named by rank 0.
+std::string shared_folder(const std::string& name) {
+  std::string path =
+      (fs::temp_directory_path() / (name + "_" + std::to_string(::getpid()))).string();
+  comm::broadcast_string(path, 0, MPI_COMM_WORLD);
+  if (world_rank() == 0) fs::remove_all(path);
+  MPI_Barrier(MPI_COMM_WORLD);
+  return path;
+}
+
+config::Deck deck(config::ScheduleKind schedule, int warmup, int d, int w, int m) {
+  config::Deck deck;
+  deck.model = {config::ModelKind::gpt, 4, 16, 2, 8, 256};
+  deck.pipeline.depth = d;
+  deck.pipeline.width = w;
+  deck.pipeline.schedule = schedule;
+  deck.pipeline.microbatches = m;
+  deck.pipeline.sync_warmup_steps = warmup;
+  deck.train.microbatch_size = 2;
+  deck.train.steps = 7;
+  deck.train.seed = 9;
+  deck.train.lr = 3e-3;
+  deck.train.lr_warmup_steps = 2;
+  deck.train.grad_clip = 0.5;
+  return deck;
+}
+
+// Runs `body` on the first d·w ranks with a grid of that layout.
+void with_layout(int d, int w, const std::function<void(const comm::ProcessGrid&)>& body) {
+  MPI_Comm sub;
+  MPI_Comm_split(MPI_COMM_WORLD, world_rank() < d * w ? 0 : MPI_UNDEFINED, world_rank(), &sub);
+  if (sub != MPI_COMM_NULL) {
+    {
+      const comm::ProcessGrid grid(sub, d, w);
+      body(grid);
+    }
+    MPI_Comm_free(&sub);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+std::vector<float> host(model::ConstFloatView view) {
+  auto mirror = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), view);
+  return std::vector<float>(mirror.data(), mirror.data() + mirror.extent(0));
+}
+
+// Per-step losses and this rank's final weights (by tensor name).
+struct Outcome {
+  std::vector<double> losses;
+  std::map<std::string, std::vector<float>> weights;
+};
+
+Outcome finish(PipelineTrainer& trainer, std::int64_t steps) {
+  Outcome out;
+  while (trainer.steps_done() < steps) out.losses.push_back(trainer.step().loss);
+  const auto w = host(trainer.newest_weights());
+  for (const model::TensorInfo& t : trainer.model().tensors())
+    out.weights[t.name] = std::vector<float>(w.begin() + t.offset, w.begin() + t.offset + t.count);
+  return out;
+}
+
+bool same_bits(double a, double b) {
+  return std::memcmp(&a, &b, sizeof a) == 0;
+}
+
+TEST(Checkpoint, ResumeEqualsTheUninterruptedRunBitForBit) {
+  const int d = world_size();
+  for (auto [schedule, warmup] :
+       std::vector<std::pair<config::ScheduleKind, int>>{{config::ScheduleKind::flush, 0},
+                                                         {config::ScheduleKind::gpipe, 0},
+                                                         {config::ScheduleKind::twobw, 0},
+                                                         {config::ScheduleKind::twobw, 2},
+                                                         {config::ScheduleKind::twobw, 4}}) {
+    const config::Deck dk = deck(schedule, warmup, d, 1, 2 * d);
+    const std::string folder = shared_folder("p2bw_ckpt_resume");
+    Outcome whole, resumed;
+    with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
+      PipelineTrainer trainer(dk, grid, text());
+      whole = finish(trainer, dk.train.steps);
+    });
+    with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
+      PipelineTrainer trainer(dk, grid, text());
+      finish(trainer, 3);
+      trainer.save_checkpoint(folder, 2);
+    });
+    with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
+      io::CheckpointReader checkpoint(io::resolve_checkpoint(folder, "latest"), dk);
+      EXPECT_EQ(checkpoint.state().step, 3);
+      PipelineTrainer trainer(dk, grid, text(), &checkpoint);
+      resumed = finish(trainer, dk.train.steps);
+    });
+    const std::string label =
+        std::string(to_string(schedule)) + " warm-up " + std::to_string(warmup);
+    ASSERT_EQ(resumed.losses.size(), 4u) << label;
+    for (size_t i = 0; i < 4; ++i)
+      EXPECT_TRUE(same_bits(resumed.losses[i], whole.losses[3 + i])) << label << " step " << 4 + i;
+    EXPECT_EQ(resumed.weights, whole.weights) << label;
+    if (world_rank() == 0) fs::remove_all(folder);
+  }
+}
+
+TEST(Checkpoint, ResumeUnderAnotherLayout) {
+  if (world_size() < 4)
+    GTEST_SKIP() << "needs 4 ranks for the layouts (2,1) -> (1,1), (4,1), (2,2); runs in "
+                    "test_checkpoint_np4";
+  for (auto schedule : {config::ScheduleKind::flush, config::ScheduleKind::twobw}) {
+    // The single-rank reference of the same global batch (b · 4 sequences per step).
+    const config::Deck reference_deck = deck(schedule, 0, 1, 1, 4);
+    SingleRankTrainer reference(reference_deck, text());
+    std::vector<double> want;
+    for (int s = 0; s < reference_deck.train.steps; ++s) want.push_back(reference.step().loss);
+    const auto reference_weights = host(reference.weights());
+
+    const std::string folder = shared_folder("p2bw_ckpt_layout");
+    with_layout(2, 1, [&](const comm::ProcessGrid& grid) {
+      PipelineTrainer trainer(deck(schedule, 0, 2, 1, 4), grid, text());
+      finish(trainer, 3);
+      trainer.save_checkpoint(folder, 1);
+    });
+    for (auto [d, w] : std::vector<std::pair<int, int>>{{1, 1}, {4, 1}, {2, 2}}) {
+      const config::Deck dk = deck(schedule, 0, d, w, 4 / w);
+      with_layout(d, w, [&](const comm::ProcessGrid& grid) {
+        io::CheckpointReader checkpoint(io::resolve_checkpoint(folder, "latest"), dk);
+        PipelineTrainer trainer(dk, grid, text(), &checkpoint);
+        const Outcome got = finish(trainer, dk.train.steps);
+        const std::string label =
+            fmt::format("{} resumed with d={} w={}", to_string(schedule), d, w);
+        for (size_t i = 0; i < got.losses.size(); ++i) {
+          if (w == 1)
+            EXPECT_TRUE(same_bits(got.losses[i], want[3 + i])) << label << " step " << 4 + i;
+          else
+            EXPECT_NEAR(got.losses[i], want[3 + i], 1e-5 * want[3 + i])
+                << label << " step " << 4 + i;
+        }
+        for (const model::TensorInfo& t : trainer.model().tensors()) {
+          const model::TensorInfo* ref = reference.model().find(t.name);
+          for (std::int64_t i = 0; i < t.count; ++i) {
+            const float a = got.weights.at(t.name)[static_cast<size_t>(i)],
+                        b = reference_weights[static_cast<size_t>(ref->offset + i)];
+            if (w == 1)
+              ASSERT_EQ(a, b) << label << " " << t.name << "[" << i << "]";
+            else
+              ASSERT_NEAR(a, b, 1e-5f * std::max(1.0f, std::abs(b)))
+                  << label << " " << t.name << "[" << i << "]";
+          }
+        }
+      });
+    }
+    if (world_rank() == 0) fs::remove_all(folder);
+  }
+}
+
+std::string error_of(const std::function<void()>& body) {
+  try {
+    body();
+  } catch (const UserError& error) {
+    return error.what();
+  }
+  return "(no error)";
+}
+
+TEST(Checkpoint, DamagedCheckpointsAreRejectedClearly) {
+  if (world_size() != 1) GTEST_SKIP() << "file damage is checked on one rank (test_checkpoint_np1)";
+  const config::Deck dk = deck(config::ScheduleKind::twobw, 0, 1, 1, 2);
+  const std::string folder = shared_folder("p2bw_ckpt_damage");
+  std::string saved;
+  with_layout(1, 1, [&](const comm::ProcessGrid& grid) {
+    PipelineTrainer trainer(dk, grid, text());
+    finish(trainer, 3);
+    saved = trainer.save_checkpoint(folder, 1);
+  });
+  const std::string stage_file = saved + "/stage_0.h5";
+  // Reads every tensor of the model as a resume would.
+  auto load_all = [&](const config::Deck& d) {
+    io::CheckpointReader checkpoint(saved, d);
+    model::StageModel model(d.model, d.train.microbatch_size, 0, d.model.layers + 2);
+    std::vector<float> values(static_cast<size_t>(model.num_params()));
+    for (const model::TensorInfo& t : model.tensors())
+      checkpoint.read("params", t, values.data() + t.offset);
+  };
+  ASSERT_NO_THROW(load_all(dk));
+
+  // A model of another size.
+  config::Deck bigger = dk;
+  bigger.model.hidden = 32;
+  EXPECT_NE(error_of([&] {
+              load_all(bigger);
+            }).find("model_hidden is 16 in the checkpoint but 32 in the deck"),
+            std::string::npos);
+
+  // Flipped bytes inside a tensor's data.
+  haddr_t offset = 0;
+  {
+    io::H5File file(stage_file, io::H5File::Mode::read);
+    io::Handle set(H5Dopen2(file.id(), "/params/blocks/1/mlp/fc/weight", H5P_DEFAULT));
+    offset = H5Dget_offset(set.get());
+  }
+  ASSERT_NE(offset, HADDR_UNDEF);
+  const fs::path pristine = fs::path(folder) / "pristine.h5";
+  fs::copy_file(stage_file, pristine);
+  {
+    std::fstream file(stage_file, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(static_cast<std::streamoff>(offset + 40));
+    const char garbage[4] = {'\x5a', '\x5a', '\x5a', '\x5a'};
+    file.write(garbage, 4);
+  }
+  const std::string flipped = error_of([&] { load_all(dk); });
+  EXPECT_NE(flipped.find(stage_file), std::string::npos) << flipped;
+  EXPECT_NE(flipped.find("tensor /params/blocks/1/mlp/fc/weight does not match its checksum"),
+            std::string::npos)
+      << flipped;
+
+  // A truncated file.
+  fs::copy_file(pristine, stage_file, fs::copy_options::overwrite_existing);
+  fs::resize_file(stage_file, fs::file_size(stage_file) / 2);
+  const std::string truncated = error_of([&] { load_all(dk); });
+  EXPECT_NE(truncated.find(stage_file), std::string::npos) << truncated;
+
+  // A tensor of the wrong dtype.
+  fs::copy_file(pristine, stage_file, fs::copy_options::overwrite_existing);
+  {
+    io::H5File file(stage_file, io::H5File::Mode::read_write);
+    H5Ldelete(file.id(), "/params/head/lnf/bias", H5P_DEFAULT);
+    file.write<double>("/params/head/lnf/bias", std::vector<double>(16, 0.0), {16});
+    file.set_attribute("/params/head/lnf/bias", "checksum", std::string("0"));
+  }
+  EXPECT_NE(error_of([&] { load_all(dk); }).find("tensor /params/head/lnf/bias is not float32"),
+            std::string::npos);
+
+  // A missing manifest (an interrupted write leaves only step_<N>.tmp).
+  EXPECT_NE(error_of([&] { io::CheckpointReader(folder + "/nowhere", dk); }).find("no such file"),
+            std::string::npos);
+  EXPECT_NE(
+      error_of([&] { io::resolve_checkpoint(folder + "/none", "latest"); }).find("does not exist"),
+      std::string::npos);
+  fs::remove_all(folder);
+}
+
+}  // namespace
+}  // namespace p2bw::pipeline
