@@ -51,14 +51,7 @@ void write_timeline(const std::string& path, const schedule::Schedule& sched,
   file.set_attribute("/", "schedule", schedule::to_text(sched));
   file.set_attribute("/", "makespan", report.makespan);
   file.set_attribute("/", "steady_batch_time", report.steady_batch_time);
-  std::string names;
-  for (int k = 0; k <= static_cast<int>(schedule::ActionKind::batch_end); ++k) {
-    schedule::Action action;
-    action.kind = static_cast<schedule::ActionKind>(k);
-    const std::string text = schedule::to_string(action);  // the text form's keyword comes first
-    names += (k ? "," : "") + text.substr(0, text.find(' '));
-  }
-  file.set_attribute("/", "action_names", names);
+  file.set_attribute("/", "action_names", schedule::action_kind_names());
   for (size_t s = 0; s < report.timeline.stages.size(); ++s) {
     std::vector<std::int32_t> action, microbatch, version;
     std::vector<double> start, end;

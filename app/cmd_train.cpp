@@ -15,11 +15,15 @@
 #include "comm/deck_broadcast.hpp"
 #include "comm/process_grid.hpp"
 #include "command.hpp"
+#include "core/build_info.hpp"
 #include "core/error.hpp"
 #include "data/loader.hpp"
 #include "data/token_file.hpp"
 #include "io/checkpoint.hpp"
+#include "io/metrics_file.hpp"
+#include "pipeline/memory.hpp"
 #include "pipeline/pipeline_trainer.hpp"
+#include "schedule/text.hpp"
 
 namespace p2bw::app {
 
@@ -46,6 +50,87 @@ void collectively(const Context& context, Body&& body) {
   comm::broadcast_string(message, first, context.world);
   throw UserError(message);
 }
+
+// Rank 0's metrics file: the header once, then a row per step with one row per stage.
+class Metrics {
+ public:
+  Metrics(const Context& context, const config::Deck& deck,
+          const pipeline::PipelineTrainer& trainer, bool resumed)
+      : context_(context), deck_(deck) {
+    if (!context.root()) return;
+    io::MetricsHeader header;
+    header.deck_yaml = config::to_yaml(deck);
+    header.p2bw_version = p2bw_version();
+    header.kokkos = kokkos_description();
+    header.start_time = io::utc_timestamp();
+    header.depth = deck.pipeline.depth;
+    header.width = deck.pipeline.width;
+    const auto& stages = trainer.stage_map().stages;
+    const auto predicted = pipeline::predict_memory(deck, trainer.stage_map());
+    for (size_t s = 0; s < stages.size(); ++s) {
+      header.stage_map += fmt::format(
+          "stage {}: {}blocks {}-{}{}\n", s, stages[s].has_embedding ? "embedding + " : "",
+          stages[s].first_block, stages[s].first_block + stages[s].blocks - 1,
+          stages[s].has_head ? " + head" : "");
+      const auto& p = predicted[s];
+      header.predicted.push_back(
+          {p.weights, p.gradients, p.optimizer, p.activations, p.buffers, p.workspace});
+    }
+    header.action_names = schedule::action_kind_names();
+    writer_ = std::make_unique<io::MetricsWriter>(
+        (std::filesystem::path(deck.output.dir) / "metrics.h5").string(), header,
+        trainer.steps_done() + 1, resumed);
+  }
+
+  // Collective: gathers every rank's timing (and trace) to rank 0, which appends the rows.
+  void record(const pipeline::StepResult& r, double tokens_per_s, double time_s,
+              pipeline::PipelineTrainer& trainer) {
+    const double mine[4] = {r.compute_s, r.wait_s, r.idle_s,
+                            static_cast<double>(r.peak_memory_bytes)};
+    std::vector<double> all(context_.root() ? 4 * static_cast<size_t>(context_.size) : 0);
+    P2BW_MPI_CHECK(MPI_Gather(mine, 4, MPI_DOUBLE, all.data(), 4, MPI_DOUBLE, 0, context_.world));
+    std::vector<double> events;
+    if (deck_.output.trace)
+      for (const auto& e : trainer.take_trace())
+        events.insert(events.end(),
+                      {double(e.kind), double(e.microbatch), double(e.version), e.start, e.end});
+    std::vector<int> counts(static_cast<size_t>(context_.size)), offsets(counts.size());
+    if (deck_.output.trace) {
+      const int count = static_cast<int>(events.size());
+      P2BW_MPI_CHECK(MPI_Gather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, context_.world));
+    }
+    std::vector<double> gathered;
+    if (deck_.output.trace) {
+      int total = 0;
+      for (size_t i = 0; i < counts.size(); ++i) offsets[i] = total, total += counts[i];
+      gathered.resize(context_.root() ? static_cast<size_t>(total) : 0);
+      P2BW_MPI_CHECK(MPI_Gatherv(events.data(), static_cast<int>(events.size()), MPI_DOUBLE,
+                                 gathered.data(), counts.data(), offsets.data(), MPI_DOUBLE, 0,
+                                 context_.world));
+    }
+    if (!context_.root()) return;
+    std::vector<io::StageRow> stages;
+    for (int s = 0; s < deck_.pipeline.depth; ++s) {
+      const double* row =
+          all.data() + 4 * static_cast<size_t>(s * deck_.pipeline.width);  // replica 0
+      stages.push_back({r.step, row[0], row[1], row[2], static_cast<std::int64_t>(row[3])});
+    }
+    writer_->append({r.step, r.loss, r.lr, r.grad_norm, tokens_per_s, time_s, r.skipped}, stages);
+    for (int rank = 0; deck_.output.trace && rank < context_.size; ++rank) {
+      std::vector<io::TraceEvent> trace;
+      for (int i = offsets[rank]; i + 4 < offsets[rank] + counts[rank]; i += 5)
+        trace.push_back(
+            {static_cast<std::int32_t>(gathered[i]), static_cast<std::int32_t>(gathered[i + 1]),
+             static_cast<std::int32_t>(gathered[i + 2]), gathered[i + 3], gathered[i + 4]});
+      writer_->append_trace(rank, trace);
+    }
+  }
+
+ private:
+  const Context& context_;
+  const config::Deck& deck_;
+  std::unique_ptr<io::MetricsWriter> writer_;
+};
 
 std::string clock_time(double seconds) {
   const auto s = static_cast<long long>(seconds + 0.5);
@@ -105,6 +190,7 @@ int run_train(const Context& context, const std::string& path,
         std::make_unique<pipeline::PipelineTrainer>(deck, grid, tokens, checkpoint.get());
   });
   pipeline::PipelineTrainer& trainer = *trainer_owner;
+  if (deck.output.trace) trainer.enable_trace();
   std::signal(SIGTERM, request_stop);
   std::signal(SIGUSR1, request_stop);
 
@@ -129,6 +215,7 @@ int run_train(const Context& context, const std::string& path,
                  io::resolve_checkpoint(checkpoints, resume_from));
     std::fflush(stdout);
   }
+  Metrics metrics(context, deck, trainer, checkpoint != nullptr);
   auto save = [&](const char* why) {
     const std::string folder = trainer.save_checkpoint(checkpoints, deck.checkpoint.keep);
     if (context.root())
@@ -142,8 +229,14 @@ int run_train(const Context& context, const std::string& path,
   std::int64_t window_tokens = 0;
   const std::int64_t first_step = trainer.steps_done();
   while (trainer.steps_done() < deck.train.steps) {
+    const auto step_start = Clock::now();
     const pipeline::StepResult r = trainer.step();
+    const auto step_end = Clock::now();
     window_tokens += r.tokens;
+    metrics.record(r,
+                   static_cast<double>(r.tokens) /
+                       std::chrono::duration<double>(step_end - step_start).count(),
+                   std::chrono::duration<double>(step_end - start).count(), trainer);
     int stop = stop_requested, any_stop = 0;
     P2BW_MPI_CHECK(MPI_Allreduce(&stop, &any_stop, 1, MPI_INT, MPI_MAX, context.world));
     if (any_stop && trainer.steps_done() < deck.train.steps) {

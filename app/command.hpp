@@ -31,6 +31,7 @@ Command add_prepare_data(CLI::App& app);
 Command add_train(CLI::App& app);
 Command add_simulate(CLI::App& app);
 Command add_bench(CLI::App& app);
+Command add_inspect(CLI::App& app);
 // A subcommand that this version does not have yet: it says so and exits with code 1.
 Command add_pending(CLI::App& app, const std::string& name, const std::string& description);
 

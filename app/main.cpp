@@ -30,12 +30,11 @@ int run_cli(int argc, char** argv, const p2bw::app::Context& context) {
                "print the version and the build's Kokkos, MPI, HDF5 and NCCL");
 
   std::vector<p2bw::app::Command> commands = {
-      p2bw::app::add_check(app), p2bw::app::add_prepare_data(app), p2bw::app::add_train(app),
-      p2bw::app::add_simulate(app), p2bw::app::add_bench(app)};
+      p2bw::app::add_check(app),    p2bw::app::add_prepare_data(app), p2bw::app::add_train(app),
+      p2bw::app::add_simulate(app), p2bw::app::add_bench(app),        p2bw::app::add_inspect(app)};
   const std::pair<const char*, const char*> pending[] = {
       {"plan", "choose depth, width, microbatch size and count for a cluster"},
       {"profile", "measure per-part compute time and memory on this device"},
-      {"inspect", "summarise a metrics, trace or checkpoint HDF5 file"},
   };
   for (const auto& [name, description] : pending)
     commands.push_back(p2bw::app::add_pending(app, name, description));

@@ -47,6 +47,14 @@ void allreduce_sum(Kokkos::View<T*, model::Memory> data, MPI_Datatype type, MPI_
   Kokkos::deep_copy(data, host);
 }
 
+// Adds the time `body` takes to `waited`.
+template <class Body>
+void timed(double& waited, Body&& body) {
+  const auto start = std::chrono::steady_clock::now();
+  body();
+  waited += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
 std::int64_t bytes(const model::FloatView& v) {
   return static_cast<std::int64_t>(v.extent(0)) * 4;
 }
@@ -184,14 +192,39 @@ StepResult PipelineTrainer::step() {
       stall && std::atoi(stall) == grid_.rank() && steps_done_ == 0)
     std::this_thread::sleep_for(std::chrono::duration<double>(3 * deck_.pipeline.timeout_s + 5));
 
-  for (const schedule::Action& action : stream_.batch(grid_.stage(), static_cast<int>(steps_done_)))
+  using Clock = std::chrono::steady_clock;
+  const auto seconds = [this](Clock::time_point t) {
+    return std::chrono::duration<double>(t - born_).count();
+  };
+  const auto step_start = Clock::now();
+  double compute = 0, waited_before = waited_;
+  for (const schedule::Action& action :
+       stream_.batch(grid_.stage(), static_cast<int>(steps_done_))) {
+    const double waiting = waited_;
+    const auto start = Clock::now();
     run(action);
+    using K = schedule::ActionKind;
+    const bool computes =
+        action.kind == K::forward || action.kind == K::backward || action.kind == K::step;
+    if (computes) exec_.fence();  // kernels are asynchronous on GPUs: time them to completion
+    const auto end = Clock::now();
+    if (computes)
+      compute += std::chrono::duration<double>(end - start).count() - (waited_ - waiting);
+    if (tracing_ && action.kind != K::batch_begin && action.kind != K::batch_end)
+      trace_.push_back({static_cast<int>(action.kind), action.mb > 0 ? action.mb : -1,
+                        action.version, seconds(start), seconds(end)});
+  }
   ++steps_done_;
   if (steps_done_ == deck_.train.steps) {
     transport_->wait_all("the end of the run");
     sending_.clear();
   }
   account();
+  result_.compute_s = compute;
+  result_.wait_s = waited_ - waited_before;
+  result_.idle_s = std::max(0.0, std::chrono::duration<double>(Clock::now() - step_start).count() -
+                                     compute - result_.wait_s);
+  result_.peak_memory_bytes = peak_.total();
   return result_;
 }
 
@@ -340,7 +373,8 @@ void PipelineTrainer::send_gradient(int mb) {
 void PipelineTrainer::forward(int mb, int version) {
   model::Cache& stash = stash_for(mb);
   if (auto it = act_in_handle_.find(mb); it != act_in_handle_.end()) {
-    transport_->wait(it->second, fmt::format("forward of microbatch {}", mb));
+    timed(waited_,
+          [&] { transport_->wait(it->second, fmt::format("forward of microbatch {}", mb)); });
     act_in_handle_.erase(it);
   }
   if (loader_) load_data(mb, stash);
@@ -359,7 +393,9 @@ void PipelineTrainer::forward(int mb, int version) {
 void PipelineTrainer::backward(int mb, int version) {
   model::FloatView dout;
   if (!model_->has_head()) {
-    transport_->wait(grad_in_handle_.at(mb), fmt::format("backward of microbatch {}", mb));
+    timed(waited_, [&] {
+      transport_->wait(grad_in_handle_.at(mb), fmt::format("backward of microbatch {}", mb));
+    });
     grad_in_handle_.erase(mb);
     dout = grad_in_.at(mb);
   }
@@ -388,7 +424,7 @@ void PipelineTrainer::backward(int mb, int version) {
 void PipelineTrainer::reduce_gradients(int batch) {
   const std::string what = fmt::format("gradient all-reduce of batch {}", batch);
   for (auto& [handle, buffer] : sending_) {
-    transport_->wait(handle, what);
+    timed(waited_, [&] { transport_->wait(handle, what); });
     free_boundaries_.push_back(buffer);
   }
   sending_.clear();
@@ -396,7 +432,9 @@ void PipelineTrainer::reduce_gradients(int batch) {
   const double timeout = deck_.pipeline.timeout_s;
   // Data parallelism: the replicas' gradients (each already scaled by 1/(m·w)) are summed.
   if (grid_.width() > 1)
-    allreduce_sum<float>(grads_, MPI_FLOAT, grid_.replicas(), timeout, grid_.stage(), what);
+    timed(waited_, [&] {
+      allreduce_sum<float>(grads_, MPI_FLOAT, grid_.replicas(), timeout, grid_.stage(), what);
+    });
   // Tied embedding: both copies get the sum of their gradients.
   const model::TensorInfo* wte = model_->find("embedding/wte");
   const model::TensorInfo* copy = model_->find("head/wte");
@@ -414,8 +452,10 @@ void PipelineTrainer::reduce_gradients(int batch) {
     const model::TensorInfo* mine = wte ? wte : copy;
     model::FloatView part =
         Kokkos::subview(grads_, std::make_pair(mine->offset, mine->offset + mine->count));
-    allreduce_sum<float>(part, MPI_FLOAT, grid_.tied(), timeout, grid_.stage(),
-                         "tied-embedding " + what);
+    timed(waited_, [&] {
+      allreduce_sum<float>(part, MPI_FLOAT, grid_.tied(), timeout, grid_.stage(),
+                           "tied-embedding " + what);
+    });
   }
   // Global gradient norm (each part's square sum from replica 0 of its stage, summed in part
   // order, as the single-rank reference does) and the batch loss from the last stage.
@@ -436,8 +476,10 @@ void PipelineTrainer::reduce_gradients(int batch) {
     host(parts) = grid_.width() > 1 ? loss / grid_.width() : loss;
   }
   Kokkos::deep_copy(totals, host);
-  allreduce_sum<double>(totals, MPI_DOUBLE, grid_.world(), timeout, grid_.stage(),
-                        "loss and gradient-norm " + what);
+  timed(waited_, [&] {
+    allreduce_sum<double>(totals, MPI_DOUBLE, grid_.world(), timeout, grid_.stage(),
+                          "loss and gradient-norm " + what);
+  });
   Kokkos::deep_copy(host, totals);
   double square = 0.0;
   for (int p = 0; p < parts; ++p) square += host(p);

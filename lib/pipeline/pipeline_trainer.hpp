@@ -6,6 +6,7 @@
 // copies; clipping and the non-finite check use the global gradient norm over all stages.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -23,6 +24,13 @@
 #include "schedule/stream.hpp"
 
 namespace p2bw::pipeline {
+
+// One executed action of the trace (output.trace): kind (schedule::ActionKind), microbatch and
+// version (-1 where none), start and end in seconds since the trainer was made.
+struct TraceEvent {
+  int kind = 0, microbatch = -1, version = -1;
+  double start = 0, end = 0;
+};
 
 // Bytes this rank has allocated, by category (the executor's own accounting of its Views).
 struct MemoryUse {
@@ -56,6 +64,10 @@ class PipelineTrainer {
   model::FloatView newest_weights() const;
   // High-water mark of this rank's allocations.
   const MemoryUse& memory() const { return peak_; }
+  // Record every executed action (kept until taken).
+  void enable_trace() { tracing_ = true; }
+  std::vector<TraceEvent> take_trace() { return std::move(trace_); }
+
   // Most microbatches whose activations were stashed at once.
   int peak_in_flight() const { return peak_in_flight_; }
 
@@ -107,6 +119,10 @@ class PipelineTrainer {
   StepResult result_;
   std::int64_t steps_done_ = 0;
   MemoryUse peak_;
+  double waited_ = 0;  // seconds spent waiting on transfers and collectives
+  bool tracing_ = false;
+  std::vector<TraceEvent> trace_;
+  std::chrono::steady_clock::time_point born_ = std::chrono::steady_clock::now();
   int peak_in_flight_ = 0;
 };
 

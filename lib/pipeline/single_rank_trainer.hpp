@@ -22,6 +22,10 @@ struct StepResult {
   double grad_norm = 0;  // before clipping
   bool skipped = false;  // non-finite gradients: no update
   std::int64_t tokens = 0;
+  // This rank's time in the step (pipeline executor): computing (forward, backward, optimizer),
+  // waiting (for messages and collectives) and the rest (idle), and its allocation high-water mark.
+  double compute_s = 0, wait_s = 0, idle_s = 0;
+  std::int64_t peak_memory_bytes = 0;
 };
 
 class SingleRankTrainer {

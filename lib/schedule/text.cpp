@@ -231,4 +231,15 @@ Schedule from_text(const std::string& text) {
   return schedule;
 }
 
+std::string action_kind_names() {
+  std::string names;
+  for (int k = 0; k <= static_cast<int>(ActionKind::batch_end); ++k) {
+    Action action;
+    action.kind = static_cast<ActionKind>(k);
+    const std::string text = to_string(action);
+    names += (k ? "," : "") + text.substr(0, text.find(' '));
+  }
+  return names;
+}
+
 }  // namespace p2bw::schedule

@@ -34,6 +34,10 @@ Schedule from_text(const std::string& text);
 
 // One action in the text form, e.g. "F 3 v0".
 std::string to_string(const Action& action);
+
+// The text form's keyword of every ActionKind, comma-separated in code order (for HDF5 traces
+// and timelines, which store kinds as integers).
+std::string action_kind_names();
 inline std::ostream& operator<<(std::ostream& out, const Action& action) {
   return out << to_string(action);
 }

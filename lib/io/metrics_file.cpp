@@ -1,0 +1,588 @@
+// Metrics file writer, reader and the summaries of `p2bw inspect`; see metrics_file.hpp.
+#include "io/metrics_file.hpp"
+
+#include <fmt/format.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <ctime>
+#include <filesystem>
+#include <limits>
+#include <sstream>
+
+#include "core/error.hpp"
+
+namespace p2bw::io {
+
+namespace {
+
+constexpr hsize_t kStepChunk = 1024;
+constexpr hsize_t kTraceChunk = 8192;
+constexpr std::int64_t kSimulationFormatVersion = 1;
+
+const std::vector<std::string> kStepSeries = {"step",         "loss",   "lr",     "grad_norm",
+                                              "tokens_per_s", "time_s", "skipped"};
+const std::vector<std::string> kStageSeries = {"step", "compute_s", "wait_s", "idle_s",
+                                               "peak_memory_bytes"};
+const std::vector<std::string> kTraceSeries = {"kind", "microbatch", "version", "start", "end"};
+const std::vector<std::string> kTimelineSeries = {"action", "microbatch", "version", "start",
+                                                  "end"};
+
+std::string stage_group(int stage) {
+  return fmt::format("/stages/{}", stage);
+}
+std::string rank_group(int rank) {
+  return fmt::format("/trace/rank_{}", rank);
+}
+
+std::string join(const std::vector<std::string>& items, const std::string& separator = ", ") {
+  std::string text;
+  for (size_t i = 0; i < items.size(); ++i) text += (i ? separator : "") + items[i];
+  return text;
+}
+
+// The non-negative number after `prefix` in `name` ("rank_3" -> 3), or -1.
+int number_after(const std::string& name, const std::string& prefix) {
+  if (name.compare(0, prefix.size(), prefix) != 0 || name.size() == prefix.size()) return -1;
+  int value = -1;
+  const char* last = name.data() + name.size();
+  const auto [end, err] = std::from_chars(name.data() + prefix.size(), last, value);
+  return err == std::errc() && end == last && value >= 0 ? value : -1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation shared by the readers.
+
+std::string format_of(const H5File& file, const std::string& allowed) {
+  if (!file.has_attribute("/", "format"))
+    throw UserError(fmt::format("{}: no format attribute, not a file written by p2bw (allowed: {})",
+                                file.path(), allowed));
+  return file.string_attribute("/", "format");
+}
+
+void require_version(const H5File& file, const std::string& format, std::int64_t supported) {
+  const std::int64_t version = file.int_attribute("/", "format_version");
+  if (version != supported)
+    throw UserError(fmt::format("{}: {} format_version {} is not supported (allowed: {})",
+                                file.path(), format, version, supported));
+}
+
+// Rows of the series `names` in `group`, which must all be 1-D and equally long.
+hsize_t common_length(const H5File& file, const std::string& group,
+                      const std::vector<std::string>& names) {
+  std::vector<hsize_t> lengths;
+  for (const std::string& name : names) lengths.push_back(file.length(group + "/" + name));
+  if (std::adjacent_find(lengths.begin(), lengths.end(), std::not_equal_to<>()) != lengths.end()) {
+    std::vector<std::string> parts;
+    for (size_t i = 0; i < names.size(); ++i)
+      parts.push_back(fmt::format("{} {}", names[i], lengths[i]));
+    throw UserError(fmt::format(
+        "{}: the datasets of {} have different lengths ({}) (allowed: one row per entry in "
+        "every dataset of the group)",
+        file.path(), group, join(parts)));
+  }
+  return lengths.empty() ? 0 : lengths.front();
+}
+
+// The numbered children `prefix<n>` of `group`, sorted by n; UserError for anything else.
+std::vector<int> numbered_children(const H5File& file, const std::string& group,
+                                   const std::string& prefix) {
+  std::vector<int> numbers;
+  for (const std::string& name : file.children(group)) {
+    const int n = number_after(name, prefix);
+    if (n < 0)
+      throw UserError(fmt::format("{}: unexpected {}/{} (allowed: {}/{}<number>)", file.path(),
+                                  group, name, group, prefix));
+    numbers.push_back(n);
+  }
+  std::sort(numbers.begin(), numbers.end());
+  return numbers;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Text helpers of the summaries.
+
+std::string bytes_text(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (std::abs(bytes) >= 1024 && u < 4) {
+    bytes /= 1024;
+    ++u;
+  }
+  return u == 0 ? fmt::format("{:.0f} B", bytes) : fmt::format("{:.2f} {}", bytes, units[u]);
+}
+
+std::string scalar_text(const YAML::Node& node) {
+  return node && node.IsScalar() ? node.Scalar() : std::string("?");
+}
+
+// "model: gpt, layers 4, hidden 32, ..." and "schedule 2bw, 4 microbatches of 2 sequences" from
+// the resolved deck; a deck that does not parse is said so rather than failing the summary.
+std::pair<std::string, std::string> deck_lines(const std::string& yaml) {
+  try {
+    const YAML::Node deck = YAML::Load(yaml);
+    std::string model = "model:";
+    const YAML::Node m = deck["model"];
+    if (m && m.IsMap()) {
+      std::vector<std::string> items;
+      if (m["kind"]) items.push_back(scalar_text(m["kind"]));
+      for (const auto& entry : m) {
+        const std::string key = entry.first.as<std::string>();
+        if (key != "kind" && entry.second.IsScalar())
+          items.push_back(key + " " + entry.second.Scalar());
+      }
+      model += " " + join(items);
+    } else {
+      model += " (none in the deck)";
+    }
+    const YAML::Node p = deck["pipeline"], t = deck["train"];
+    const std::string schedule = fmt::format(
+        "schedule {}, {} microbatches of {} sequences", p ? scalar_text(p["schedule"]) : "?",
+        p ? scalar_text(p["microbatches"]) : "?", t ? scalar_text(t["microbatch_size"]) : "?");
+    return {model, schedule};
+  } catch (const YAML::Exception&) {
+    return {"model: (the deck attribute is not valid YAML)", "schedule ?"};
+  }
+}
+
+std::string steps_list(const std::vector<std::int64_t>& steps, size_t shown = 10) {
+  std::vector<std::string> items;
+  for (size_t i = 0; i < steps.size() && i < shown; ++i) items.push_back(std::to_string(steps[i]));
+  if (steps.size() > shown) items.push_back(fmt::format("... {} more", steps.size() - shown));
+  return join(items);
+}
+
+double sum(const std::vector<double>& values) {
+  double total = 0;
+  for (double v : values) total += v;
+  return total;
+}
+
+bool is_compute_name(const std::string& name) {
+  return name == "F" || name == "B" || name == "Bi" || name == "Bw" ||
+         name.rfind("forward", 0) == 0 || name.rfind("backward", 0) == 0;
+}
+
+std::vector<bool> compute_codes(const std::string& action_names) {
+  std::vector<bool> codes;
+  std::stringstream in(action_names);
+  for (std::string name; std::getline(in, name, ',');) {
+    name.erase(0, name.find_first_not_of(" \t"));
+    name.erase(name.find_last_not_of(" \t") + 1);
+    codes.push_back(is_compute_name(name));
+  }
+  return codes;
+}
+
+// Busy time and span of a list of events (busy counts the compute codes only).
+std::pair<double, double> busy_and_span(const std::vector<std::int32_t>& kind,
+                                        const std::vector<double>& start,
+                                        const std::vector<double>& end,
+                                        const std::vector<bool>& compute) {
+  if (kind.empty()) return {0.0, 0.0};
+  double busy = 0, first = start.front(), last = end.front();
+  for (size_t i = 0; i < kind.size(); ++i) {
+    first = std::min(first, start[i]);
+    last = std::max(last, end[i]);
+    if (kind[i] >= 0 && static_cast<size_t>(kind[i]) < compute.size() && compute[kind[i]])
+      busy += end[i] - start[i];
+  }
+  return {busy, last - first};
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Writer.
+
+MetricsWriter::MetricsWriter(const std::string& path, const MetricsHeader& header,
+                             std::int64_t first_step, bool resume)
+    : reopened_(resume && std::filesystem::exists(path)),
+      file_(path, reopened_ ? H5File::Mode::read_write : H5File::Mode::create),
+      depth_(header.depth),
+      action_names_(header.action_names) {
+  P2BW_ASSERT(header.depth >= 1 && header.width >= 1, "metrics header: depth and width >= 1");
+  P2BW_ASSERT(header.predicted.size() == static_cast<size_t>(header.depth),
+              fmt::format("metrics header: {} memory predictions for {} stages",
+                          header.predicted.size(), header.depth));
+  P2BW_ASSERT(first_step >= 1, "metrics: steps are 1-based");
+  last_step_ = first_step - 1;
+  if (reopened_) {
+    const std::string format = format_of(file_, kMetricsFormat);
+    if (format != kMetricsFormat)
+      throw UserError(fmt::format("{}: format is '{}', cannot resume its metrics (allowed: {})",
+                                  path, format, kMetricsFormat));
+    require_version(file_, kMetricsFormat, kMetricsFormatVersion);
+    truncate_group("/steps", kStepSeries, first_step);
+    if (file_.exists("/stages"))
+      for (int s : numbered_children(file_, "/stages", ""))
+        truncate_group(stage_group(s), kStageSeries, first_step);
+    for (int s = 0; s < depth_; ++s)
+      if (!file_.exists(stage_group(s))) add_stage(s, header.predicted[s]);
+    if (file_.exists("/trace")) file_.remove("/trace");
+    std::vector<std::int64_t> resumed;
+    if (file_.has_attribute("/", "resumed_at_steps"))
+      resumed = file_.int_list_attribute("/", "resumed_at_steps");
+    resumed.push_back(first_step);
+    file_.set_attribute("/", "resumed_at_steps", resumed);
+    std::string log =
+        file_.has_attribute("/", "resume_log") ? file_.string_attribute("/", "resume_log") : "";
+    log += fmt::format("step {}: depth {}, width {}, p2bw {}, started {}\n", first_step,
+                       header.depth, header.width, header.p2bw_version, header.start_time);
+    file_.set_attribute("/", "resume_log", log);
+  } else {
+    file_.set_attribute("/", "format", std::string(kMetricsFormat));
+    file_.set_attribute("/", "format_version", kMetricsFormatVersion);
+    file_.set_attribute("/", "p2bw_version", header.p2bw_version);
+    file_.set_attribute("/", "deck", header.deck_yaml);
+    file_.set_attribute("/", "depth", std::int64_t{header.depth});
+    file_.set_attribute("/", "width", std::int64_t{header.width});
+    file_.set_attribute("/", "stage_map", header.stage_map);
+    file_.set_attribute("/", "kokkos", header.kokkos);
+    file_.set_attribute("/", "start_time", header.start_time);
+    file_.create_series<std::int64_t>("/steps/step", kStepChunk);
+    for (const char* name : {"loss", "lr", "grad_norm", "tokens_per_s", "time_s"})
+      file_.create_series<double>(std::string("/steps/") + name, kStepChunk);
+    file_.create_series<std::uint8_t>("/steps/skipped", kStepChunk);
+    for (int s = 0; s < depth_; ++s) add_stage(s, header.predicted[s]);
+  }
+  file_.flush();
+}
+
+void MetricsWriter::add_stage(int stage, const PredictedMemory& predicted) {
+  const std::string group = stage_group(stage);
+  file_.create_series<std::int64_t>(group + "/step", kStepChunk);
+  for (const char* name : {"compute_s", "wait_s", "idle_s"})
+    file_.create_series<double>(group + "/" + name, kStepChunk);
+  file_.create_series<std::int64_t>(group + "/peak_memory_bytes", kStepChunk);
+  file_.set_attribute(group, "predicted_memory_bytes", predicted.total());
+  file_.set_attribute(group, "predicted_weights_bytes", predicted.weights);
+  file_.set_attribute(group, "predicted_gradients_bytes", predicted.gradients);
+  file_.set_attribute(group, "predicted_optimizer_bytes", predicted.optimizer);
+  file_.set_attribute(group, "predicted_activations_bytes", predicted.activations);
+  file_.set_attribute(group, "predicted_buffers_bytes", predicted.buffers);
+  file_.set_attribute(group, "predicted_workspace_bytes", predicted.workspace);
+}
+
+// Keeps the leading rows with step < first_step (no more than the shortest series has: a run
+// killed inside an append may have left some series one row longer).
+void MetricsWriter::truncate_group(const std::string& group, const std::vector<std::string>& series,
+                                   std::int64_t first_step) {
+  hsize_t rows = std::numeric_limits<hsize_t>::max();
+  for (const std::string& name : series) rows = std::min(rows, file_.length(group + "/" + name));
+  const std::vector<std::int64_t> steps = file_.read<std::int64_t>(group + "/step");
+  hsize_t keep = 0;
+  while (keep < rows && steps[keep] < first_step) ++keep;
+  for (const std::string& name : series) file_.resize(group + "/" + name, keep);
+  if (group == "/steps" && keep > 0) last_step_ = std::max(last_step_, steps[keep - 1]);
+}
+
+void MetricsWriter::append(const StepRow& row, const std::vector<StageRow>& stages) {
+  P2BW_ASSERT(row.step > last_step_,
+              fmt::format("metrics: step {} appended after step {}", row.step, last_step_));
+  P2BW_ASSERT(stages.size() == static_cast<size_t>(depth_),
+              fmt::format("metrics: {} stage rows for {} stages", stages.size(), depth_));
+  file_.append<std::int64_t>("/steps/step", {row.step});
+  file_.append<double>("/steps/loss", {row.loss});
+  file_.append<double>("/steps/lr", {row.lr});
+  file_.append<double>("/steps/grad_norm", {row.grad_norm});
+  file_.append<double>("/steps/tokens_per_s", {row.tokens_per_s});
+  file_.append<double>("/steps/time_s", {row.time_s});
+  file_.append<std::uint8_t>("/steps/skipped", {static_cast<std::uint8_t>(row.skipped ? 1 : 0)});
+  for (int s = 0; s < depth_; ++s) {
+    const StageRow& stage = stages[s];
+    const std::string group = stage_group(s) + "/";
+    file_.append<std::int64_t>(group + "step", {stage.step});
+    file_.append<double>(group + "compute_s", {stage.compute_s});
+    file_.append<double>(group + "wait_s", {stage.wait_s});
+    file_.append<double>(group + "idle_s", {stage.idle_s});
+    file_.append<std::int64_t>(group + "peak_memory_bytes", {stage.peak_memory_bytes});
+  }
+  last_step_ = row.step;
+  file_.flush();
+}
+
+void MetricsWriter::append_trace(int rank, const std::vector<TraceEvent>& events) {
+  P2BW_ASSERT(rank >= 0, "metrics: trace of a negative rank");
+  const std::string group = rank_group(rank);
+  if (!file_.exists("/trace")) {
+    file_.create_group("/trace");
+    file_.set_attribute("/trace", "action_names", action_names_);
+  }
+  if (!file_.exists(group)) {
+    for (const char* name : {"kind", "microbatch", "version"})
+      file_.create_series<std::int32_t>(group + "/" + name, kTraceChunk);
+    for (const char* name : {"start", "end"})
+      file_.create_series<double>(group + "/" + name, kTraceChunk);
+  }
+  std::vector<std::int32_t> kind, microbatch, version;
+  std::vector<double> start, end;
+  for (const TraceEvent& e : events) {
+    kind.push_back(e.kind);
+    microbatch.push_back(e.microbatch);
+    version.push_back(e.version);
+    start.push_back(e.start);
+    end.push_back(e.end);
+  }
+  file_.append(group + "/kind", kind);
+  file_.append(group + "/microbatch", microbatch);
+  file_.append(group + "/version", version);
+  file_.append(group + "/start", start);
+  file_.append(group + "/end", end);
+  file_.flush();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reader.
+
+MetricsContents read_metrics(const std::string& path) {
+  const H5File file(path, H5File::Mode::read);
+  const std::string format = format_of(file, kMetricsFormat);
+  if (format != kMetricsFormat)
+    throw UserError(fmt::format("{}: format is '{}', not a metrics file (allowed: {})", path,
+                                format, kMetricsFormat));
+  require_version(file, kMetricsFormat, kMetricsFormatVersion);
+  MetricsContents c;
+  c.path = path;
+  c.format_version = kMetricsFormatVersion;
+  c.p2bw_version = file.string_attribute("/", "p2bw_version");
+  c.deck_yaml = file.string_attribute("/", "deck");
+  c.depth = file.int_attribute("/", "depth");
+  c.width = file.int_attribute("/", "width");
+  c.stage_map = file.string_attribute("/", "stage_map");
+  c.kokkos = file.string_attribute("/", "kokkos");
+  c.start_time = file.string_attribute("/", "start_time");
+  if (c.depth < 1 || c.width < 1)
+    throw UserError(
+        fmt::format("{}: depth {} and width {} (allowed: both >= 1)", path, c.depth, c.width));
+  if (file.has_attribute("/", "resumed_at_steps"))
+    c.resumed_at_steps = file.int_list_attribute("/", "resumed_at_steps");
+  if (file.has_attribute("/", "resume_log"))
+    c.resume_log = file.string_attribute("/", "resume_log");
+
+  common_length(file, "/steps", kStepSeries);
+  c.steps.step = file.read<std::int64_t>("/steps/step");
+  c.steps.loss = file.read<double>("/steps/loss");
+  c.steps.lr = file.read<double>("/steps/lr");
+  c.steps.grad_norm = file.read<double>("/steps/grad_norm");
+  c.steps.tokens_per_s = file.read<double>("/steps/tokens_per_s");
+  c.steps.time_s = file.read<double>("/steps/time_s");
+  c.steps.skipped = file.read<std::uint8_t>("/steps/skipped");
+
+  if (!file.exists("/stages"))
+    throw UserError(
+        fmt::format("{}: group /stages is missing (allowed: a file with /stages/0 .. "
+                    "/stages/{})",
+                    path, c.depth - 1));
+  const std::vector<int> stages = numbered_children(file, "/stages", "");
+  for (int s = 0; s < c.depth; ++s)
+    if (!std::binary_search(stages.begin(), stages.end(), s))
+      throw UserError(
+          fmt::format("{}: group /stages/{} is missing (allowed: a file with "
+                      "/stages/0 .. /stages/{} for depth {})",
+                      path, s, c.depth - 1, c.depth));
+  for (int s : stages) {
+    const std::string group = stage_group(s);
+    common_length(file, group, kStageSeries);
+    MetricsContents::Stage stage;
+    stage.index = s;
+    stage.step = file.read<std::int64_t>(group + "/step");
+    stage.compute_s = file.read<double>(group + "/compute_s");
+    stage.wait_s = file.read<double>(group + "/wait_s");
+    stage.idle_s = file.read<double>(group + "/idle_s");
+    stage.peak_memory_bytes = file.read<std::int64_t>(group + "/peak_memory_bytes");
+    stage.predicted_total = file.int_attribute(group, "predicted_memory_bytes");
+    stage.predicted.weights = file.int_attribute(group, "predicted_weights_bytes");
+    stage.predicted.gradients = file.int_attribute(group, "predicted_gradients_bytes");
+    stage.predicted.optimizer = file.int_attribute(group, "predicted_optimizer_bytes");
+    stage.predicted.activations = file.int_attribute(group, "predicted_activations_bytes");
+    stage.predicted.buffers = file.int_attribute(group, "predicted_buffers_bytes");
+    stage.predicted.workspace = file.int_attribute(group, "predicted_workspace_bytes");
+    c.stages.push_back(std::move(stage));
+  }
+
+  if (file.exists("/trace")) {
+    c.has_trace = true;
+    c.action_names = file.string_attribute("/trace", "action_names");
+    for (int r : numbered_children(file, "/trace", "rank_")) {
+      const std::string group = rank_group(r);
+      common_length(file, group, kTraceSeries);
+      MetricsContents::TraceRank rank;
+      rank.rank = r;
+      rank.kind = file.read<std::int32_t>(group + "/kind");
+      rank.microbatch = file.read<std::int32_t>(group + "/microbatch");
+      rank.version = file.read<std::int32_t>(group + "/version");
+      rank.start = file.read<double>(group + "/start");
+      rank.end = file.read<double>(group + "/end");
+      c.trace.push_back(std::move(rank));
+    }
+  }
+  return c;
+}
+
+double trace_bubble(const MetricsContents::TraceRank& rank, const std::string& action_names) {
+  const auto [busy, span] =
+      busy_and_span(rank.kind, rank.start, rank.end, compute_codes(action_names));
+  return span > 0 ? 1.0 - busy / span : 0.0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Summaries.
+
+std::string summarize_metrics(const std::string& path) {
+  const MetricsContents c = read_metrics(path);
+  std::string out;
+  auto line = [&out](const std::string& text) { out += text + "\n"; };
+
+  std::string resumed;
+  if (!c.resumed_at_steps.empty())
+    resumed = fmt::format(", resumed at step{} {}", c.resumed_at_steps.size() > 1 ? "s" : "",
+                          steps_list(c.resumed_at_steps));
+  line(fmt::format("{}: {} version {}, written by p2bw {}, started {}{}", path, kMetricsFormat,
+                   c.format_version, c.p2bw_version, c.start_time, resumed));
+  const auto [model, schedule] = deck_lines(c.deck_yaml);
+  line(model);
+  line(fmt::format("layout: depth {}, width {}, {}; {}", c.depth, c.width, schedule, c.kokkos));
+  if (!c.stage_map.empty()) {
+    line("stage map:");
+    std::stringstream in(c.stage_map);
+    for (std::string text; std::getline(in, text);) line("  " + text);
+  }
+
+  const auto& st = c.steps;
+  const size_t n = st.step.size();
+  std::vector<std::int64_t> skipped;
+  for (size_t i = 0; i < n; ++i)
+    if (st.skipped[i]) skipped.push_back(st.step[i]);
+  if (n == 0) {
+    line("steps: none recorded");
+  } else {
+    line(fmt::format("steps: {} recorded (steps {} to {}), {} skipped{}", n, st.step.front(),
+                     st.step.back(), skipped.size(),
+                     skipped.empty() ? "" : " (step " + steps_list(skipped) + ")"));
+    // Loss over the steps that were not skipped and are finite.
+    std::vector<size_t> good;
+    for (size_t i = 0; i < n; ++i)
+      if (!st.skipped[i] && std::isfinite(st.loss[i])) good.push_back(i);
+    if (good.empty()) {
+      line("loss: no finite loss recorded");
+    } else {
+      size_t best = good.front();
+      for (size_t i : good)
+        if (st.loss[i] < st.loss[best]) best = i;
+      line(fmt::format("loss: first {:.4f} (step {}), last {:.4f} (step {}), min {:.4f} (step {})",
+                       st.loss[good.front()], st.step[good.front()], st.loss[good.back()],
+                       st.step[good.back()], st.loss[best], st.step[best]));
+    }
+    double tokens = 0;
+    size_t counted = 0;
+    for (double t : st.tokens_per_s)
+      if (std::isfinite(t)) tokens += t, ++counted;
+    line(fmt::format("throughput: mean {:.1f} tokens/s; wall time {:.2f} s at step {}",
+                     counted ? tokens / counted : 0.0, st.time_s.back(), st.step.back()));
+  }
+
+  line("per stage, mean seconds per step (bubble = (wait + idle) / (compute + wait + idle)):");
+  line(fmt::format("{:>5} {:>6} {:>12} {:>12} {:>12} {:>8} {:>12} {:>12} {:>7}", "stage", "steps",
+                   "compute_s", "wait_s", "idle_s", "bubble", "peak", "predicted", "ratio"));
+  for (const auto& s : c.stages) {
+    const double rows = static_cast<double>(s.step.size());
+    const double compute = sum(s.compute_s), wait = sum(s.wait_s), idle = sum(s.idle_s);
+    const double total = compute + wait + idle;
+    const std::int64_t peak =
+        s.peak_memory_bytes.empty()
+            ? 0
+            : *std::max_element(s.peak_memory_bytes.begin(), s.peak_memory_bytes.end());
+    line(fmt::format("{:>5} {:>6} {:>12.6f} {:>12.6f} {:>12.6f} {:>8} {:>12} {:>12} {:>7}", s.index,
+                     s.step.size(), rows > 0 ? compute / rows : 0.0, rows > 0 ? wait / rows : 0.0,
+                     rows > 0 ? idle / rows : 0.0,
+                     total > 0 ? fmt::format("{:.4f}", (wait + idle) / total) : "-",
+                     s.peak_memory_bytes.empty() ? "-" : bytes_text(static_cast<double>(peak)),
+                     bytes_text(static_cast<double>(s.predicted_total)),
+                     s.predicted_total > 0 && !s.peak_memory_bytes.empty()
+                         ? fmt::format("{:.3f}", static_cast<double>(peak) / s.predicted_total)
+                         : "-"));
+  }
+
+  if (c.has_trace) {
+    line(fmt::format("trace: {} rank{} (bubble = 1 - forward/backward time / span)", c.trace.size(),
+                     c.trace.size() == 1 ? "" : "s"));
+    const std::vector<bool> compute = compute_codes(c.action_names);
+    for (const auto& r : c.trace) {
+      const auto [busy, span] = busy_and_span(r.kind, r.start, r.end, compute);
+      line(fmt::format("  rank {}: {} events, busy {:.6f} s of {:.6f} s, bubble {}", r.rank,
+                       r.kind.size(), busy, span,
+                       span > 0 ? fmt::format("{:.4f}", 1.0 - busy / span) : "-"));
+    }
+  }
+  return out;
+}
+
+std::string summarize_simulation(const std::string& path) {
+  const H5File file(path, H5File::Mode::read);
+  const std::string format = format_of(file, kSimulationFormat);
+  if (format != kSimulationFormat)
+    throw UserError(fmt::format("{}: format is '{}', not a simulation timeline (allowed: {})", path,
+                                format, kSimulationFormat));
+  require_version(file, kSimulationFormat, kSimulationFormatVersion);
+  const std::string deck = file.string_attribute("/", "deck");
+  const double makespan = file.double_attribute("/", "makespan");
+  const double steady = file.double_attribute("/", "steady_batch_time");
+  const std::vector<bool> compute = compute_codes(file.string_attribute("/", "action_names"));
+  if (!file.exists("/timeline"))
+    throw UserError(fmt::format(
+        "{}: group /timeline is missing (allowed: a file with /timeline/stage_<s>)", path));
+  const std::vector<int> stages = numbered_children(file, "/timeline", "stage_");
+
+  std::string out;
+  auto line = [&out](const std::string& text) { out += text + "\n"; };
+  line(fmt::format("{}: {} version {} (the timeline of p2bw simulate)", path, kSimulationFormat,
+                   kSimulationFormatVersion));
+  const auto [model, schedule] = deck_lines(deck);
+  line(model);
+  line(fmt::format("layout: depth {}, {}", stages.size(), schedule));
+  line(fmt::format("makespan {:.6g}, steady-state time per batch {:.6g} (cost units)", makespan,
+                   steady));
+  line(fmt::format("{:>5} {:>7} {:>12} {:>8}", "stage", "events", "busy", "bubble"));
+  double worst = 0;
+  for (int s : stages) {
+    const std::string group = fmt::format("/timeline/stage_{}", s);
+    const hsize_t events = common_length(file, group, kTimelineSeries);
+    const auto [busy, span] = busy_and_span(file.read<std::int32_t>(group + "/action"),
+                                            file.read<double>(group + "/start"),
+                                            file.read<double>(group + "/end"), compute);
+    (void)span;
+    const double bubble = file.double_attribute(group, "bubble");
+    worst = std::max(worst, bubble);
+    line(fmt::format("{:>5} {:>7} {:>12.6g} {:>8.4f}", s, events, busy, bubble));
+  }
+  line(fmt::format("bubble fraction: {:.4f} (largest over the stages)", worst));
+  return out;
+}
+
+std::string summarize_hdf5(const std::string& path) {
+  const std::string known =
+      fmt::format("{} (p2bw train), {} (p2bw simulate)", kMetricsFormat, kSimulationFormat);
+  std::string format;
+  {
+    const H5File file(path, H5File::Mode::read);
+    format = format_of(file, known);
+  }
+  if (format == kMetricsFormat) return summarize_metrics(path);
+  if (format == kSimulationFormat) return summarize_simulation(path);
+  throw UserError(fmt::format("{}: format '{}' is not one p2bw inspect knows (allowed: {})", path,
+                              format, known));
+}
+
+std::string utc_timestamp() {
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return text;
+}
+
+}  // namespace p2bw::io
