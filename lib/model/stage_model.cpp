@@ -132,6 +132,22 @@ std::vector<double> StageModel::grad_square_sums(const Exec& exec, ConstFloatVie
   return sums;
 }
 
+bool StageModel::sum_tied_gradients(const Exec& exec, FloatView grads) const {
+  const TensorInfo* wte = find("embedding/wte");
+  const TensorInfo* copy = find("head/wte");
+  if (!wte || !copy) return false;
+  auto a = Kokkos::subview(grads, std::make_pair(wte->offset, wte->offset + wte->count));
+  auto b = Kokkos::subview(grads, std::make_pair(copy->offset, copy->offset + copy->count));
+  Kokkos::parallel_for(
+      "p2bw::tied_sum", Kokkos::RangePolicy<Exec>(exec, 0, wte->count),
+      KOKKOS_LAMBDA(const std::int64_t i) {
+        const float sum = a(i) + b(i);
+        a(i) = sum;
+        b(i) = sum;
+      });
+  return true;
+}
+
 const TensorInfo* StageModel::find(const std::string& name) const {
   for (const TensorInfo& tensor : tensors_)
     if (tensor.name == name) return &tensor;

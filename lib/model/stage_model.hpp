@@ -55,6 +55,11 @@ class StageModel {
   // excluded (it is counted once, in the embedding). Deterministic.
   std::vector<double> grad_square_sums(const Exec& exec, ConstFloatView grads) const;
 
+  // When the stage holds both copies of the tied embedding (d = 1), gives both the sum of their
+  // gradients (a + b, as the two-rank all-reduce of a pipeline computes it). Returns false when
+  // it does not hold both.
+  bool sum_tied_gradients(const Exec& exec, FloatView grads) const;
+
   // The tensor with this global name, or nullptr.
   const TensorInfo* find(const std::string& name) const;
 

@@ -435,20 +435,11 @@ void PipelineTrainer::reduce_gradients(int batch) {
     timed(waited_, [&] {
       allreduce_sum<float>(grads_, MPI_FLOAT, grid_.replicas(), timeout, grid_.stage(), what);
     });
-  // Tied embedding: both copies get the sum of their gradients.
+  // Tied embedding: both copies get the sum of their gradients, locally (d = 1) or between the
+  // first and the last stage.
   const model::TensorInfo* wte = model_->find("embedding/wte");
   const model::TensorInfo* copy = model_->find("head/wte");
-  if (wte && copy) {
-    auto a = Kokkos::subview(grads_, std::make_pair(wte->offset, wte->offset + wte->count));
-    auto b = Kokkos::subview(grads_, std::make_pair(copy->offset, copy->offset + copy->count));
-    Kokkos::parallel_for(
-        "p2bw::tied_sum", Kokkos::RangePolicy<model::Exec>(exec_, 0, wte->count),
-        KOKKOS_LAMBDA(const std::int64_t i) {
-          const float sum = a(i) + b(i);
-          a(i) = sum;
-          b(i) = sum;
-        });
-  } else if (wte || copy) {
+  if (!model_->sum_tied_gradients(exec_, grads_) && (wte || copy)) {
     const model::TensorInfo* mine = wte ? wte : copy;
     model::FloatView part =
         Kokkos::subview(grads_, std::make_pair(mine->offset, mine->offset + mine->count));

@@ -47,19 +47,7 @@ StepResult SingleRankTrainer::step() {
   }
   result.loss /= microbatches;
 
-  // Tied embedding: both copies get the sum of their gradients (a + b, as the pipeline's
-  // two-rank all-reduce computes it).
-  const model::TensorInfo* wte = model_.find("embedding/wte");
-  const model::TensorInfo* copy = model_.find("head/wte");
-  auto g_wte = Kokkos::subview(grads_, std::make_pair(wte->offset, wte->offset + wte->count));
-  auto g_copy = Kokkos::subview(grads_, std::make_pair(copy->offset, copy->offset + copy->count));
-  Kokkos::parallel_for(
-      "p2bw::tied_sum", Kokkos::RangePolicy<model::Exec>(exec_, 0, wte->count),
-      KOKKOS_LAMBDA(const std::int64_t i) {
-        const float sum = g_wte(i) + g_copy(i);
-        g_wte(i) = sum;
-        g_copy(i) = sum;
-      });
+  model_.sum_tied_gradients(exec_, grads_);  // the tied embedding's two copies
 
   double square = 0.0;
   for (double part : model_.grad_square_sums(exec_, grads_)) square += part;

@@ -1,0 +1,154 @@
+// Reading and validating cluster files (see cluster.hpp).
+#include "planner/cluster.hpp"
+
+#include <fmt/format.h>
+#include <yaml-cpp/yaml.h>
+
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <set>
+#include <sstream>
+
+#include "core/error.hpp"
+
+namespace p2bw::planner {
+
+const std::vector<ClusterKey>& cluster_keys() {
+  static const std::vector<ClusterKey> keys = {
+      {"name", "any text", false, "a label for reports"},
+      {"nodes", "an integer >= 1", true, "machines in the cluster"},
+      {"devices_per_node", "an integer >= 1", true, "devices (= ranks) per machine"},
+      {"memory_per_device_gb", "a number > 0", true, "usable memory of one device in GB (1e9 B)"},
+      {"intra_node_bandwidth_gbps", "a number > 0", true,
+       "effective bandwidth between two devices of a node, GB/s"},
+      {"inter_node_bandwidth_gbps", "a number > 0", true,
+       "effective bandwidth between devices of different nodes, GB/s"},
+      {"intra_node_latency_us", "a number >= 0", true, "per-message latency inside a node, us"},
+      {"inter_node_latency_us", "a number >= 0", true, "per-message latency across nodes, us"},
+      {"flops_per_device", "a number > 0", true,
+       "sustained FLOP/s of one device on the model's kernels (analytic cost model)"},
+  };
+  return keys;
+}
+
+namespace {
+
+std::string allowed_keys() {
+  std::string text;
+  for (const ClusterKey& key : cluster_keys()) text += (text.empty() ? "" : " | ") + key.key;
+  return text;
+}
+
+[[noreturn]] void fail(const std::string& source, const YAML::Node& node, const std::string& key,
+                       const std::string& what, const std::string& allowed) {
+  const int line = node.IsDefined() ? node.Mark().line : -1;
+  const std::string where = line >= 0 ? fmt::format("{}:{}", source, line + 1) : source;
+  throw UserError(fmt::format("{}: {}: {} (allowed: {})", where, key, what, allowed));
+}
+
+std::string scalar_text(const std::string& source, const YAML::Node& node, const ClusterKey& key) {
+  if (!node.IsScalar()) fail(source, node, key.key, "expected a single value", key.allowed);
+  return node.Scalar();
+}
+
+long long read_integer(const std::string& source, const YAML::Node& node, const ClusterKey& key,
+                       long long lo) {
+  const std::string text = scalar_text(source, node, key);
+  size_t used = 0;
+  long long value = 0;
+  try {
+    value = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size())
+    fail(source, node, key.key, "expected an integer, got '" + text + "'", key.allowed);
+  if (value < lo || value > std::numeric_limits<int>::max())
+    fail(source, node, key.key, fmt::format("{} is out of range", value), key.allowed);
+  return value;
+}
+
+double read_number(const std::string& source, const YAML::Node& node, const ClusterKey& key,
+                   bool zero_allowed) {
+  const std::string text = scalar_text(source, node, key);
+  size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size())
+    fail(source, node, key.key, "expected a number, got '" + text + "'", key.allowed);
+  if (!std::isfinite(value) || value < 0 || (!zero_allowed && value == 0))
+    fail(source, node, key.key, text + " is out of range", key.allowed);
+  return value;
+}
+
+}  // namespace
+
+Cluster parse_cluster(const std::string& yaml_text, const std::string& source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::ParserException& error) {
+    throw UserError(fmt::format("{}:{}: invalid YAML: {} (allowed: a YAML mapping of cluster keys)",
+                                source, error.mark.line + 1, error.msg));
+  }
+  if (!root.IsMap())
+    throw UserError(fmt::format("{}: expected a mapping of cluster keys (allowed: {})", source,
+                                allowed_keys()));
+  std::set<std::string> known;
+  for (const ClusterKey& key : cluster_keys()) known.insert(key.key);
+  for (const auto& entry : root) {
+    const std::string name = entry.first.Scalar();
+    if (!known.count(name)) fail(source, entry.first, name, "unknown key", allowed_keys());
+  }
+  Cluster cluster;
+  cluster.source = source;
+  for (const ClusterKey& key : cluster_keys()) {
+    const YAML::Node node = root[key.key];
+    if (!node.IsDefined() || node.IsNull()) {
+      if (key.required) {
+        // Point at the mapping itself: the key has no line of its own.
+        throw UserError(fmt::format("{}: {}: is required but missing (allowed: {})", source,
+                                    key.key, key.allowed));
+      }
+      continue;
+    }
+    const std::string& k = key.key;
+    if (k == "name") cluster.name = scalar_text(source, node, key);
+    if (k == "nodes") cluster.nodes = static_cast<int>(read_integer(source, node, key, 1));
+    if (k == "devices_per_node")
+      cluster.devices_per_node = static_cast<int>(read_integer(source, node, key, 1));
+    if (k == "memory_per_device_gb")
+      cluster.memory_per_device_gb = read_number(source, node, key, false);
+    if (k == "intra_node_bandwidth_gbps")
+      cluster.intra_node_bandwidth_gbps = read_number(source, node, key, false);
+    if (k == "inter_node_bandwidth_gbps")
+      cluster.inter_node_bandwidth_gbps = read_number(source, node, key, false);
+    if (k == "intra_node_latency_us")
+      cluster.intra_node_latency_us = read_number(source, node, key, true);
+    if (k == "inter_node_latency_us")
+      cluster.inter_node_latency_us = read_number(source, node, key, true);
+    if (k == "flops_per_device") cluster.flops_per_device = read_number(source, node, key, false);
+  }
+  if (static_cast<long long>(cluster.nodes) * cluster.devices_per_node >
+      std::numeric_limits<int>::max() / 2)
+    fail(source, root["nodes"], "nodes", "nodes x devices_per_node is too large",
+         "at most 1e9 devices");
+  if (cluster.name.empty()) cluster.name = source;
+  return cluster;
+}
+
+Cluster load_cluster(const std::string& path) {
+  std::ifstream file(path);
+  if (!file)
+    throw UserError(path + ": cannot read the cluster file (allowed: a readable YAML file)");
+  std::stringstream text;
+  text << file.rdbuf();
+  return parse_cluster(text.str(), path);
+}
+
+}  // namespace p2bw::planner

@@ -1,0 +1,44 @@
+// The cluster file of `p2bw plan`: how many nodes and devices, device memory, link bandwidths and
+// latencies, and the sustained FLOP/s used by the analytic cost model. Read from YAML and
+// validated like the deck: every mistake is a one-line UserError "FILE:LINE: key: problem
+// (allowed: ...)".
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace p2bw::planner {
+
+struct Cluster {
+  std::string name;                        // free text, for reports
+  int nodes = 1;                           // machines
+  int devices_per_node = 1;                // ranks per node (one rank per device)
+  double memory_per_device_gb = 0;         // GB (1e9 bytes) usable by one rank
+  double intra_node_bandwidth_gbps = 0;    // GB/s (1e9 bytes per second) between ranks of a node
+  double inter_node_bandwidth_gbps = 0;    // GB/s between ranks of different nodes
+  double intra_node_latency_us = 0;        // microseconds per message inside a node
+  double inter_node_latency_us = 0;        // microseconds per message across nodes
+  double flops_per_device = 0;             // sustained FLOP/s of one device (analytic mode)
+  std::string source;                      // the file it was read from
+
+  int devices() const { return nodes * devices_per_node; }
+  double memory_bytes() const { return memory_per_device_gb * 1e9; }
+  // Node of a world rank: devices_per_node consecutive ranks per node, as mpiexec/srun place them.
+  int node_of(int rank) const { return rank / devices_per_node; }
+};
+
+// Parses cluster YAML text; `source` names it in messages. Throws UserError.
+Cluster parse_cluster(const std::string& yaml_text, const std::string& source);
+// Reads and parses a cluster file. Throws UserError (also for a missing file).
+Cluster load_cluster(const std::string& path);
+
+// The keys of a cluster file with their meaning, for docs and messages.
+struct ClusterKey {
+  std::string key;
+  std::string allowed;
+  bool required;
+  std::string help;
+};
+const std::vector<ClusterKey>& cluster_keys();
+
+}  // namespace p2bw::planner

@@ -1,0 +1,266 @@
+// Measuring, computing, writing and reading planner profiles (see profile.hpp).
+#include "planner/profile.hpp"
+
+#include <fmt/format.h>
+#include <Kokkos_Core.hpp>
+
+#include <algorithm>
+#include <chrono>
+
+#include "config/deck_io.hpp"
+#include "core/error.hpp"
+#include "io/hdf5_file.hpp"
+#include "kernels/gemm.hpp"
+#include "model/model_shape.hpp"
+#include "model/stage_model.hpp"
+
+namespace p2bw::planner {
+
+const MicrobatchProfile* Profile::find(int microbatch_size) const {
+  for (const MicrobatchProfile& entry : entries)
+    if (entry.microbatch_size == microbatch_size) return &entry;
+  return nullptr;
+}
+
+std::vector<int> Profile::microbatch_sizes() const {
+  std::vector<int> sizes;
+  for (const MicrobatchProfile& entry : entries) sizes.push_back(entry.microbatch_size);
+  return sizes;
+}
+
+namespace {
+
+constexpr std::int64_t kFloat = 4;
+
+// Sizes of a part from the shared accounting (ModelShape). The embedding's input is token ids
+// (int32, 4 bytes each like a float).
+void fill_sizes(PartProfile& part, const model::PartSize& size) {
+  part.weight_bytes = kFloat * size.params;
+  part.boundary_bytes = kFloat * size.input;
+  part.stash_bytes = kFloat * size.activations;
+}
+
+std::vector<int> sorted_unique(std::vector<int> sizes) {
+  std::sort(sizes.begin(), sizes.end());
+  sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
+  return sizes;
+}
+
+}  // namespace
+
+Profile analytic_profile(const config::ModelConfig& model, double flops_per_device,
+                         const std::vector<int>& microbatch_sizes) {
+  P2BW_ASSERT(flops_per_device > 0, "analytic profile needs flops_per_device > 0");
+  Profile profile;
+  profile.measured = false;
+  profile.model = model;
+  profile.source = "analytic";
+  for (int b : sorted_unique(microbatch_sizes)) {
+    const model::ModelShape shape(model, b);
+    MicrobatchProfile entry;
+    entry.microbatch_size = b;
+    auto fill = [&](PartProfile& part, const model::PartSize& size) {
+      fill_sizes(part, size);
+      part.forward_s = size.flops_forward / flops_per_device;
+      part.backward_s = 2 * part.forward_s;
+      part.backward_recompute_s = part.forward_s + part.backward_s;
+    };
+    fill(entry.embedding, shape.embedding());
+    fill(entry.block, shape.block());
+    fill(entry.head, shape.head());
+    profile.entries.push_back(entry);
+  }
+  return profile;
+}
+
+namespace {
+
+// Median times of parts [first, end) of the model for microbatch size b: forward, backward with
+// a stashed cache, and re-forward + backward (recomputation).
+void time_part(const config::Deck& deck, int b, int first, int end, int repeats,
+               PartProfile& part) {
+  model::StageModel model(deck.model, b, first, end);
+  model::FloatView params("params", static_cast<size_t>(model.num_params()));
+  model::FloatView grads("grads", static_cast<size_t>(model.num_params()));
+  model.init(params, deck.train.seed);
+  model::Cache cache = model.make_cache();
+  const auto n = static_cast<size_t>(model.boundary_floats());
+  model::FloatView out, dout, din("din", n);
+  if (!model.has_head()) {
+    out = model::FloatView("out", n);
+    dout = model::FloatView("dout", n);
+    Kokkos::deep_copy(dout, 0.01f);
+  }
+  if (model.has_embedding()) {
+    Kokkos::deep_copy(cache.tokens, 7);
+  } else {
+    Kokkos::deep_copy(model.input_slot(cache), 0.1f);
+  }
+  if (model.has_head()) Kokkos::deep_copy(cache.targets, 11);
+  model::Exec exec;
+  using Clock = std::chrono::steady_clock;
+  auto seconds = [](Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double>(b - a).count();
+  };
+  std::vector<double> forward, backward, recompute;
+  for (int r = 0; r <= repeats; ++r) {
+    const auto t0 = Clock::now();
+    model.forward(exec, params, cache, out);
+    exec.fence();
+    const auto t1 = Clock::now();
+    model.backward(exec, params, grads, cache, dout, din, 1.0);
+    exec.fence();
+    const auto t2 = Clock::now();
+    // Recomputation: the stage input is all that was kept; backward re-runs forward first.
+    model.forward(exec, params, cache, out);
+    model.backward(exec, params, grads, cache, dout, din, 1.0);
+    exec.fence();
+    const auto t3 = Clock::now();
+    if (r == 0) continue;  // warm-up
+    forward.push_back(seconds(t0, t1));
+    backward.push_back(seconds(t1, t2));
+    recompute.push_back(seconds(t2, t3));
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  part.forward_s = median(forward);
+  part.backward_s = median(backward);
+  part.backward_recompute_s = median(recompute);
+}
+
+}  // namespace
+
+Profile measure_profile(const config::Deck& deck, const std::vector<int>& microbatch_sizes,
+                        int repeats) {
+  kernels::set_tf32(deck.train.tf32);
+  Profile profile;
+  profile.measured = true;
+  profile.model = deck.model;
+  profile.source = "measured";
+  const int L = deck.model.layers;
+  for (int b : sorted_unique(microbatch_sizes)) {
+    const model::ModelShape shape(deck.model, b);
+    MicrobatchProfile entry;
+    entry.microbatch_size = b;
+    fill_sizes(entry.embedding, shape.embedding());
+    fill_sizes(entry.block, shape.block());
+    fill_sizes(entry.head, shape.head());
+    time_part(deck, b, 0, 1, repeats, entry.embedding);
+    time_part(deck, b, 1, 2, repeats, entry.block);
+    time_part(deck, b, L + 1, L + 2, repeats, entry.head);
+    profile.entries.push_back(entry);
+  }
+  return profile;
+}
+
+void write_profile(const std::string& path, const Profile& profile, const config::Deck& deck) {
+  io::H5File file(path, io::H5File::Mode::create);
+  file.set_attribute("/", "format", std::string("p2bw-profile"));
+  file.set_attribute("/", "format_version", kProfileFormatVersion);
+  file.set_attribute("/", "deck", config::to_yaml(deck));
+  file.set_attribute("/", "machine", profile.machine);
+  file.set_attribute("/", "measured", std::int64_t{profile.measured ? 1 : 0});
+  file.set_attribute("/", "model_kind", std::string(config::to_string(profile.model.kind)));
+  file.set_attribute("/", "hidden", std::int64_t{profile.model.hidden});
+  file.set_attribute("/", "heads", std::int64_t{profile.model.heads});
+  file.set_attribute("/", "seq_len", std::int64_t{profile.model.seq_len});
+  file.set_attribute("/", "vocab", std::int64_t{profile.model.vocab});
+  file.set_attribute("/", "layers", std::int64_t{profile.model.layers});
+  file.set_attribute("/", "parts", std::string("embedding,block,head"));
+  std::vector<std::int64_t> sizes;
+  for (const MicrobatchProfile& entry : profile.entries) {
+    sizes.push_back(entry.microbatch_size);
+    const std::string group = fmt::format("/microbatch_{}/", entry.microbatch_size);
+    const PartProfile* parts[3] = {&entry.embedding, &entry.block, &entry.head};
+    std::vector<double> forward, backward, recompute;
+    std::vector<std::int64_t> weights, boundary, stash;
+    for (const PartProfile* part : parts) {
+      forward.push_back(part->forward_s);
+      backward.push_back(part->backward_s);
+      recompute.push_back(part->backward_recompute_s);
+      weights.push_back(part->weight_bytes);
+      boundary.push_back(part->boundary_bytes);
+      stash.push_back(part->stash_bytes);
+    }
+    const std::vector<hsize_t> shape{3};
+    file.write(group + "forward_s", forward, shape);
+    file.write(group + "backward_s", backward, shape);
+    file.write(group + "backward_recompute_s", recompute, shape);
+    file.write(group + "weight_bytes", weights, shape);
+    file.write(group + "boundary_bytes", boundary, shape);
+    file.write(group + "stash_bytes", stash, shape);
+  }
+  file.set_attribute("/", "microbatch_sizes", sizes);
+}
+
+Profile read_profile(const std::string& path) {
+  io::H5File file(path, io::H5File::Mode::read);
+  const auto bad = [&](const std::string& what) {
+    return UserError(fmt::format("{}: {} (allowed: a profile.h5 written by p2bw profile, format "
+                                 "p2bw-profile version {})",
+                                 path, what, kProfileFormatVersion));
+  };
+  if (!file.has_attribute("/", "format") ||
+      file.string_attribute("/", "format") != "p2bw-profile")
+    throw bad("not a p2bw profile");
+  const std::int64_t version = file.int_attribute("/", "format_version");
+  if (version != kProfileFormatVersion)
+    throw bad(fmt::format("format_version {} is not supported", version));
+  Profile profile;
+  profile.source = path;
+  profile.measured = file.int_attribute("/", "measured") != 0;
+  profile.machine = file.string_attribute("/", "machine");
+  const std::string kind = file.string_attribute("/", "model_kind");
+  profile.model.kind = kind == "bert" ? config::ModelKind::bert : config::ModelKind::gpt;
+  profile.model.hidden = static_cast<int>(file.int_attribute("/", "hidden"));
+  profile.model.heads = static_cast<int>(file.int_attribute("/", "heads"));
+  profile.model.seq_len = static_cast<int>(file.int_attribute("/", "seq_len"));
+  profile.model.vocab = static_cast<int>(file.int_attribute("/", "vocab"));
+  profile.model.layers = static_cast<int>(file.int_attribute("/", "layers"));
+  for (std::int64_t b : file.int_list_attribute("/", "microbatch_sizes")) {
+    const std::string group = fmt::format("/microbatch_{}/", b);
+    MicrobatchProfile entry;
+    entry.microbatch_size = static_cast<int>(b);
+    const auto forward = file.read<double>(group + "forward_s");
+    const auto backward = file.read<double>(group + "backward_s");
+    const auto recompute = file.read<double>(group + "backward_recompute_s");
+    const auto weights = file.read<std::int64_t>(group + "weight_bytes");
+    const auto boundary = file.read<std::int64_t>(group + "boundary_bytes");
+    const auto stash = file.read<std::int64_t>(group + "stash_bytes");
+    if (forward.size() != 3 || backward.size() != 3 || recompute.size() != 3 ||
+        weights.size() != 3 || boundary.size() != 3 || stash.size() != 3)
+      throw bad(group + ": expected 3 parts per dataset");
+    PartProfile* parts[3] = {&entry.embedding, &entry.block, &entry.head};
+    for (int i = 0; i < 3; ++i) {
+      parts[i]->forward_s = forward[i];
+      parts[i]->backward_s = backward[i];
+      parts[i]->backward_recompute_s = recompute[i];
+      parts[i]->weight_bytes = weights[i];
+      parts[i]->boundary_bytes = boundary[i];
+      parts[i]->stash_bytes = stash[i];
+    }
+    profile.entries.push_back(entry);
+  }
+  std::sort(profile.entries.begin(), profile.entries.end(),
+            [](const MicrobatchProfile& a, const MicrobatchProfile& b) {
+              return a.microbatch_size < b.microbatch_size;
+            });
+  if (profile.entries.empty()) throw bad("holds no microbatch size");
+  return profile;
+}
+
+void check_profile_matches(const Profile& profile, const config::ModelConfig& model) {
+  const config::ModelConfig& p = profile.model;
+  if (p.kind != model.kind || p.hidden != model.hidden || p.heads != model.heads ||
+      p.seq_len != model.seq_len || p.vocab != model.vocab)
+    throw UserError(fmt::format(
+        "{}: the profile is of another model ({} hidden {} heads {} seq_len {} vocab {}; the deck "
+        "has {} hidden {} heads {} seq_len {} vocab {}) (allowed: a profile of the deck's model "
+        "shape; layers may differ)",
+        profile.source, config::to_string(p.kind), p.hidden, p.heads, p.seq_len, p.vocab,
+        config::to_string(model.kind), model.hidden, model.heads, model.seq_len, model.vocab));
+}
+
+}  // namespace p2bw::planner

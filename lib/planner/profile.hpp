@@ -1,0 +1,65 @@
+// Profile data for the planner: per model part (embedding, one transformer block, head) and per
+// microbatch size, the forward and backward time on one device and the bytes of weights,
+// boundary activations and stashed activations. Either measured on this machine's device
+// (`p2bw profile`, stored as profile.h5) or analytic (FLOPs from ModelShape / flops_per_device).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "config/deck.hpp"
+
+namespace p2bw::planner {
+
+// One part for one microbatch. Times in seconds, sizes in bytes.
+struct PartProfile {
+  double forward_s = 0;             // forward of one microbatch
+  double backward_s = 0;            // backward of one microbatch, activations stashed
+  double backward_recompute_s = 0;  // backward under recomputation: re-forward + backward
+  std::int64_t weight_bytes = 0;    // parameters · 4 (one copy)
+  std::int64_t boundary_bytes = 0;  // the part's input per microbatch (a stage boundary)
+  std::int64_t stash_bytes = 0;     // activations kept from forward for backward, input included
+};
+
+struct MicrobatchProfile {
+  int microbatch_size = 1;  // b
+  PartProfile embedding, block, head;
+};
+
+struct Profile {
+  bool measured = false;  // false: analytic
+  config::ModelConfig model;
+  std::vector<MicrobatchProfile> entries;  // ascending microbatch size
+  std::string machine;                     // build and machine description (measured)
+  std::string source;                      // file it came from, or "analytic"
+
+  const MicrobatchProfile* find(int microbatch_size) const;  // nullptr if absent
+  std::vector<int> microbatch_sizes() const;
+};
+
+constexpr std::int64_t kProfileFormatVersion = 1;
+
+// Closed-form profile: forward = flops_forward / flops_per_device, backward = 2 x forward,
+// backward under recomputation = forward + backward (so recomputing costs 4/3 of F + B).
+Profile analytic_profile(const config::ModelConfig& model, double flops_per_device,
+                         const std::vector<int>& microbatch_sizes);
+
+// Times each part on this process's Kokkos device: median of `repeats` runs after one warm-up.
+// Needs Kokkos initialised. `deck` gives the model, seed and TF32 setting.
+Profile measure_profile(const config::Deck& deck, const std::vector<int>& microbatch_sizes,
+                        int repeats);
+
+// profile.h5: attributes format "p2bw-profile", format_version, deck (YAML), machine, model keys,
+// microbatch_sizes; per size a group /microbatch_<b> with datasets over the parts
+// [embedding, block, head]: forward_s, backward_s, backward_recompute_s (float64), weight_bytes,
+// boundary_bytes, stash_bytes (int64).
+void write_profile(const std::string& path, const Profile& profile, const config::Deck& deck);
+// Throws UserError for a file that is not a p2bw profile or has another format version.
+Profile read_profile(const std::string& path);
+
+// UserError unless the profile was taken on the same model shape (kind, hidden, heads, seq_len,
+// vocab; layers may differ, the parts are per block).
+void check_profile_matches(const Profile& profile, const config::ModelConfig& model);
+
+}  // namespace p2bw::planner
