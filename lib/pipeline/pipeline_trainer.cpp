@@ -430,6 +430,8 @@ void PipelineTrainer::reduce_gradients(int batch) {
   sending_.clear();
   exec_.fence();
   const double timeout = deck_.pipeline.timeout_s;
+  if (batch + 1 == nonfinite_test_step() && grid_.rank() == 0)
+    Kokkos::deep_copy(Kokkos::subview(grads_, 0), NAN);
   // Data parallelism: the replicas' gradients (each already scaled by 1/(m·w)) are summed.
   if (grid_.width() > 1)
     timed(waited_, [&] {

@@ -2,10 +2,16 @@
 #include "pipeline/single_rank_trainer.hpp"
 
 #include <cmath>
+#include <cstdlib>
 
 #include "model/lr_schedule.hpp"
 
 namespace p2bw::pipeline {
+
+std::int64_t nonfinite_test_step() {
+  const char* step = std::getenv("P2BW_TEST_NONFINITE_STEP");
+  return step ? std::atoll(step) : -1;
+}
 
 SingleRankTrainer::SingleRankTrainer(const config::Deck& deck,
                                      std::shared_ptr<const data::Tokens> tokens)
@@ -46,6 +52,7 @@ StepResult SingleRankTrainer::step() {
                     1.0 / microbatches);
   }
   result.loss /= microbatches;
+  if (result.step == nonfinite_test_step()) Kokkos::deep_copy(Kokkos::subview(grads_, 0), NAN);
 
   model_.sum_tied_gradients(exec_, grads_);  // the tied embedding's two copies
 

@@ -28,6 +28,11 @@ struct StepResult {
   std::int64_t peak_memory_bytes = 0;
 };
 
+// Test hook: the 1-based step named by P2BW_TEST_NONFINITE_STEP gets a NaN gradient (on the
+// first parameter), so tests can check that a skipped step still rotates 2bw's versions; -1 when
+// unset. Both trainers honour it.
+std::int64_t nonfinite_test_step();
+
 class SingleRankTrainer {
  public:
   // Microbatches per step are pipeline.microbatches · pipeline.width: a single-rank run sees the

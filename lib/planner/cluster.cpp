@@ -28,6 +28,7 @@ const std::vector<ClusterKey>& cluster_keys() {
       {"inter_node_latency_us", "a number >= 0", true, "per-message latency across nodes, us"},
       {"flops_per_device", "a number > 0", true,
        "sustained FLOP/s of one device on the model's kernels (analytic cost model)"},
+      {"gpus", "true or false", false, "devices are GPUs (default true; false: CPU ranks)"},
   };
   return keys;
 }
@@ -133,6 +134,12 @@ Cluster parse_cluster(const std::string& yaml_text, const std::string& source) {
     if (k == "inter_node_latency_us")
       cluster.inter_node_latency_us = read_number(source, node, key, true);
     if (k == "flops_per_device") cluster.flops_per_device = read_number(source, node, key, false);
+    if (k == "gpus") {
+      const std::string text = scalar_text(source, node, key);
+      if (text != "true" && text != "false")
+        fail(source, node, key.key, "expected true or false, got '" + text + "'", key.allowed);
+      cluster.gpus = text == "true";
+    }
   }
   if (static_cast<long long>(cluster.nodes) * cluster.devices_per_node >
       std::numeric_limits<int>::max() / 2)

@@ -19,6 +19,7 @@ struct Cluster {
   double intra_node_latency_us = 0;        // microseconds per message inside a node
   double inter_node_latency_us = 0;        // microseconds per message across nodes
   double flops_per_device = 0;             // sustained FLOP/s of one device (analytic mode)
+  bool gpus = true;                        // devices are GPUs (jobscripts ask for them)
   std::string source;                      // the file it was read from
 
   int devices() const { return nodes * devices_per_node; }

@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 
@@ -150,6 +151,29 @@ TEST_P(PipelineExact, EveryScheduleAndLayoutMatchesTheSingleRankReference) {
     }
   }
   EXPECT_EQ(cases, static_cast<int>(layouts().size()) * 24);
+}
+
+TEST(PipelineExactSkip, ANonFiniteStepIsSkippedAndStillRotatesTheVersions) {
+  // Step 3 gets a NaN gradient on rank 0: every rank skips the update, 2bw still rotates its
+  // versions, and the run goes on exactly as the reference that skipped the same step.
+  setenv("P2BW_TEST_NONFINITE_STEP", "3", 1);
+  auto tokens = std::make_shared<data::Tokens>(data::tokenize_bytes(kText));
+  for (auto schedule : {config::ScheduleKind::twobw, config::ScheduleKind::flush}) {
+    const Case c{config::ModelKind::gpt, schedule, 0, false, world_size(), 1, 2 * world_size()};
+    EXPECT_EQ(run_case(c, tokens), "") << c.name();
+    config::Deck d = deck_for(c);
+    const comm::ProcessGrid grid(MPI_COMM_WORLD, c.depth, c.width);
+    PipelineTrainer trainer(d, grid, tokens);
+    for (int s = 1; s <= 4; ++s) {
+      const StepResult r = trainer.step();
+      EXPECT_EQ(r.skipped, s == 3) << c.name() << " step " << s;
+      if (s != 3) {
+        EXPECT_TRUE(std::isfinite(r.loss) && std::isfinite(r.grad_norm))
+            << c.name() << " step " << s;
+      }
+    }
+  }
+  unsetenv("P2BW_TEST_NONFINITE_STEP");
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, PipelineExact,
