@@ -2,7 +2,7 @@
 # Runs p2bw's SLURM jobscripts (jobscripts/cpu.sbatch) on a real single-node SLURM cluster made
 # from Debian's packages (munged, slurmctld, slurmd started here, no systemd, everything under a
 # temporary directory): a 2-rank training job, a resume job, and a job stopped with USR1 that
-# checkpoints and chains a dependent job which finishes the run.
+# checkpoints and chains a dependent job which finishes the run; gpu.sbatch's logic without GPUs.
 # Usage: tests/slurm/test_slurm.sh P2BW REPO_ROOT   Exit: 0 passed, 1 failed, 77 skipped.
 set -uo pipefail
 [ $# -eq 2 ] || { echo "usage: $0 P2BW REPO_ROOT" >&2; exit 2; }
@@ -15,7 +15,7 @@ skip() { echo "skipped: $*"; exit 77; }
 # --- the packages ----------------------------------------------------------------------------
 have_slurm() {
   for c in slurmctld slurmd munged sbatch h5dump; do
-    command -v "$c" >/dev/null 2>&1 || PATH=$PATH:/usr/sbin command -v "$c" >/dev/null 2>&1 || return 1
+    command -v "$c" >/dev/null 2>&1 || return 1
   done
 }
 export PATH=$PATH:/usr/sbin:/sbin
@@ -31,6 +31,7 @@ if ! have_slurm; then
     skip "slurmctld, slurmd, munged, sbatch or h5dump missing and not root with apt-get"
   fi
 fi
+[ "$(id -u)" = 0 ] || skip "slurmd and this cluster's SlurmUser=root need root"
 [ -x "$p2bw" ] || { echo "FAIL: no binary $p2bw"; exit 1; }
 
 # --- the cluster ------------------------------------------------------------------------------
@@ -40,10 +41,11 @@ pids=()
 cleanup() {
   local rc=$?
   if [ -n "${SLURM_CONF:-}" ] && [ -f "$SLURM_CONF" ]; then
-    scancel --full --quiet --user=root 2>/dev/null || true   # only this cluster's jobs: SLURM_CONF
+    scancel --full --quiet --user="$(id -un)" 2>/dev/null || true   # only this cluster's jobs: SLURM_CONF
     sleep 1
   fi
   local p
+  [ -n "${hold:-}" ] && kill "$hold" 2>/dev/null
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for _ in $(seq 50); do
     local alive=0
@@ -132,7 +134,8 @@ if [ $ready = 0 ]; then
   exit 1
 fi
 echo "cluster up after $(( $(date +%s) - t0 )) s (SLURM_CONF=$SLURM_CONF)"
-[ -n "${HOLD:-}" ] && sleep "$HOLD"   # debugging: keep the cluster up for HOLD seconds
+# debugging: HOLD=SECONDS keeps the cluster up that long (export SLURM_CONF from the line above)
+if [ -n "${HOLD:-}" ]; then sleep "$HOLD" & hold=$!; wait "$hold"; fi
 
 # --- helpers ----------------------------------------------------------------------------------
 passed=0 failed=0
@@ -203,6 +206,7 @@ id3=$(P2BW=$p2bw CHAIN=1 MAX_CHAIN=3 OUTPUT_DIR=$run3 CHAIN_SBATCH_ARGS="--outpu
 seen=0
 for _ in $(seq 150); do
   if grep -qE "^step +[0-9]+/$n3" "$tmp/job3.out" 2>/dev/null; then seen=1; break; fi
+  [ -n "$(squeue -h -j "$id3" 2>/dev/null)" ] || break   # ended without training
   sleep 0.2
 done
 check "job 3: training started" [ $seen = 1 ]
@@ -227,6 +231,18 @@ if [ -n "$id4" ]; then
   [ $failed = 0 ] || show "$tmp/chain-$id4.out"
 fi
 [ $failed = 0 ] || show "$tmp/job3.out"
+
+# --- 5: gpu.sbatch, run without GPUs (--gpus-per-node=0): the script's logic, not a GPU ---------
+t=$(date +%s)
+rc=0
+P2BW=$p2bw CHAIN=0 OUTPUT_DIR=$tmp/run5 SETS="pipeline.depth=2 train.steps=3" \
+  "${sb[@]}" --gpus-per-node=0 --wait --output="$tmp/job5.out" "$root/jobscripts/gpu.sbatch" \
+  "${tiny[@]}" >/dev/null || rc=$?
+echo "job 5 (gpu.sbatch without GPUs, 3 steps): exit $rc, $(( $(date +%s) - t )) s"
+check "job 5: gpu.sbatch exit code 0" [ "$rc" = 0 ]
+check "job 5: metrics.h5 has steps 1..3" steps_are "$tmp/run5/metrics.h5" 3
+check "job 5: checkpoints/latest is step_00000003" latest_is "$tmp/run5" 3
+[ "$rc" = 0 ] || show "$tmp/job5.out"
 
 echo "$passed passed, $failed failed ($(( $(date +%s) - t0 )) s)"
 [ $failed = 0 ]
