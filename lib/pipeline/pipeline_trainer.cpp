@@ -187,6 +187,15 @@ std::string PipelineTrainer::where(const schedule::Action& action) const {
 
 StepResult PipelineTrainer::step() {
   P2BW_ASSERT(steps_done_ < deck_.train.steps, "all steps are done");
+  if (!started_) {
+    // One time origin for every rank's trace (up to the barrier's exit skew).
+    MPI_Request request;
+    P2BW_MPI_CHECK(MPI_Ibarrier(grid_.world(), &request));
+    comm::wait_with_deadline(request, deck_.pipeline.timeout_s, grid_.stage(),
+                             "the start of the run");
+    born_ = std::chrono::steady_clock::now();
+    started_ = true;
+  }
   // A rank stalled on purpose, for the test that a stalled pipeline fails instead of hanging.
   if (const char* stall = std::getenv("P2BW_TEST_STALL_RANK");
       stall && std::atoi(stall) == grid_.rank() && steps_done_ == 0)
@@ -210,9 +219,11 @@ StepResult PipelineTrainer::step() {
     const auto end = Clock::now();
     if (computes)
       compute += std::chrono::duration<double>(end - start).count() - (waited_ - waiting);
+    // A compute event starts when its inputs have arrived: the wait inside it is not compute.
+    const double wait_inside = computes ? waited_ - waiting : 0.0;
     if (tracing_ && action.kind != K::batch_begin && action.kind != K::batch_end)
       trace_.push_back({static_cast<int>(action.kind), action.mb > 0 ? action.mb : -1,
-                        action.version, seconds(start), seconds(end)});
+                        action.version, seconds(start) + wait_inside, seconds(end)});
   }
   ++steps_done_;
   if (steps_done_ == deck_.train.steps) {

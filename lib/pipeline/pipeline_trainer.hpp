@@ -121,6 +121,7 @@ class PipelineTrainer {
   MemoryUse peak_;
   double waited_ = 0;  // seconds spent waiting on transfers and collectives
   bool tracing_ = false;
+  bool started_ = false;
   std::vector<TraceEvent> trace_;
   std::chrono::steady_clock::time_point born_ = std::chrono::steady_clock::now();
   int peak_in_flight_ = 0;
