@@ -135,14 +135,4 @@ Command add_check(CLI::App& app) {
           }};
 }
 
-Command add_pending(CLI::App& app, const std::string& name, const std::string& description) {
-  CLI::App* cli = app.add_subcommand(name, description + " (not in this version yet)");
-  cli->allow_extras();
-  return {cli, [name](const Context& context) {
-            if (context.root())
-              fmt::print(stderr, "error: p2bw {} is not implemented in this version yet\n", name);
-            return 1;
-          }};
-}
-
 }  // namespace p2bw::app

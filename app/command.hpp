@@ -32,8 +32,8 @@ Command add_train(CLI::App& app);
 Command add_simulate(CLI::App& app);
 Command add_bench(CLI::App& app);
 Command add_inspect(CLI::App& app);
-// A subcommand that this version does not have yet: it says so and exits with code 1.
-Command add_pending(CLI::App& app, const std::string& name, const std::string& description);
+Command add_plan(CLI::App& app);
+Command add_profile(CLI::App& app);
 
 // The repeatable --set key.path=value option shared by the commands that read a deck.
 void add_set_option(CLI::App& command, std::vector<std::string>& overrides);

@@ -31,13 +31,8 @@ int run_cli(int argc, char** argv, const p2bw::app::Context& context) {
 
   std::vector<p2bw::app::Command> commands = {
       p2bw::app::add_check(app),    p2bw::app::add_prepare_data(app), p2bw::app::add_train(app),
-      p2bw::app::add_simulate(app), p2bw::app::add_bench(app),        p2bw::app::add_inspect(app)};
-  const std::pair<const char*, const char*> pending[] = {
-      {"plan", "choose depth, width, microbatch size and count for a cluster"},
-      {"profile", "measure per-part compute time and memory on this device"},
-  };
-  for (const auto& [name, description] : pending)
-    commands.push_back(p2bw::app::add_pending(app, name, description));
+      p2bw::app::add_simulate(app), p2bw::app::add_bench(app),        p2bw::app::add_inspect(app),
+      p2bw::app::add_plan(app),     p2bw::app::add_profile(app)};
 
   try {
     app.parse(argc, argv);

@@ -10,17 +10,17 @@
 namespace p2bw::planner {
 
 struct Cluster {
-  std::string name;                        // free text, for reports
-  int nodes = 1;                           // machines
-  int devices_per_node = 1;                // ranks per node (one rank per device)
-  double memory_per_device_gb = 0;         // GB (1e9 bytes) usable by one rank
-  double intra_node_bandwidth_gbps = 0;    // GB/s (1e9 bytes per second) between ranks of a node
-  double inter_node_bandwidth_gbps = 0;    // GB/s between ranks of different nodes
-  double intra_node_latency_us = 0;        // microseconds per message inside a node
-  double inter_node_latency_us = 0;        // microseconds per message across nodes
-  double flops_per_device = 0;             // sustained FLOP/s of one device (analytic mode)
-  bool gpus = true;                        // devices are GPUs (jobscripts ask for them)
-  std::string source;                      // the file it was read from
+  std::string name;                      // free text, for reports
+  int nodes = 1;                         // machines
+  int devices_per_node = 1;              // ranks per node (one rank per device)
+  double memory_per_device_gb = 0;       // GB (1e9 bytes) usable by one rank
+  double intra_node_bandwidth_gbps = 0;  // GB/s (1e9 bytes per second) between ranks of a node
+  double inter_node_bandwidth_gbps = 0;  // GB/s between ranks of different nodes
+  double intra_node_latency_us = 0;      // microseconds per message inside a node
+  double inter_node_latency_us = 0;      // microseconds per message across nodes
+  double flops_per_device = 0;           // sustained FLOP/s of one device (analytic mode)
+  bool gpus = true;                      // devices are GPUs (jobscripts ask for them)
+  std::string source;                    // the file it was read from
 
   int devices() const { return nodes * devices_per_node; }
   double memory_bytes() const { return memory_per_device_gb * 1e9; }

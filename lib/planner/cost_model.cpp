@@ -16,8 +16,8 @@ Candidate candidate_of(const config::Deck& deck) {
   c.width = deck.pipeline.width;
   c.depth = deck.pipeline.depth;
   c.microbatch_size = deck.train.microbatch_size;
-  c.microbatches = deck.pipeline.microbatches > 0 ? deck.pipeline.microbatches
-                                                  : 2 * deck.pipeline.depth;
+  c.microbatches =
+      deck.pipeline.microbatches > 0 ? deck.pipeline.microbatches : 2 * deck.pipeline.depth;
   c.schedule = deck.pipeline.schedule;
   c.recompute = deck.pipeline.recompute;
   return c;
@@ -79,25 +79,27 @@ StageCosts stage_costs(const Candidate& candidate, const pipeline::StageMap& map
     costs.forward.push_back(forward);
     costs.backward.push_back(backward);
     const bool local = replicas_share_node(cluster, candidate.width, s);
-    costs.allreduce.push_back(ring_allreduce_time(weight_bytes, candidate.width,
-                                                  local ? intra_bw : inter_bw,
-                                                  local ? cluster.intra_node_latency_us
-                                                        : cluster.inter_node_latency_us));
+    costs.allreduce.push_back(
+        ring_allreduce_time(weight_bytes, candidate.width, local ? intra_bw : inter_bw,
+                            local ? cluster.intra_node_latency_us : cluster.inter_node_latency_us));
     if (s + 1 < d) {
       const bool cross = hop_crosses_nodes(cluster, candidate.width, s);
       // The boundary activation (B, T, C) forward, and its gradient of the same size backward.
-      costs.message.push_back(message_time(static_cast<double>(profile.block.boundary_bytes),
-                                           cross ? inter_bw : intra_bw,
-                                           cross ? cluster.inter_node_latency_us
-                                                 : cluster.intra_node_latency_us));
+      costs.message.push_back(message_time(
+          static_cast<double>(profile.block.boundary_bytes), cross ? inter_bw : intra_bw,
+          cross ? cluster.inter_node_latency_us : cluster.intra_node_latency_us));
     }
   }
   return costs;
 }
 
-double SimulationCache::batch_time(config::ScheduleKind schedule, int depth, int microbatches,
-                                   const StageCosts& costs) {
-  Key key{static_cast<int>(schedule), depth, microbatches, costs.forward, costs.backward,
+double SimulationCache::simulate(config::ScheduleKind schedule, int depth, int microbatches,
+                                 const StageCosts& costs) {
+  Key key{static_cast<int>(schedule),
+          depth,
+          microbatches,
+          costs.forward,
+          costs.backward,
           costs.message};
   const auto found = times_.find(key);
   if (found != times_.end()) return found->second;
@@ -119,6 +121,23 @@ double SimulationCache::batch_time(config::ScheduleKind schedule, int depth, int
   const double time = two_bw ? report.steady_batch_time : report.makespan / batches;
   times_.emplace(std::move(key), time);
   return time;
+}
+
+double SimulationCache::batch_time(config::ScheduleKind schedule, int depth, int microbatches,
+                                   const StageCosts& costs) {
+  const int d = depth, m = microbatches;
+  if (schedule == config::ScheduleKind::twobw) {
+    // Never flushed: the steady state repeats one period per microbatch whatever m is, so a
+    // batch takes m periods; the period is measured with m = d.
+    if (m == d) return simulate(schedule, d, d, costs);
+    return simulate(schedule, d, d, costs) / d * m;
+  }
+  // Flush and GPipe: fill, a periodic middle, drain. Past 3d microbatches the makespan grows by
+  // one period per microbatch; extrapolate from m = 2d and 3d.
+  if (m <= 3 * d) return simulate(schedule, d, m, costs);
+  const double t2 = simulate(schedule, d, 2 * d, costs);
+  const double t3 = simulate(schedule, d, 3 * d, costs);
+  return t3 + (t3 - t2) / d * (m - 3 * d);
 }
 
 const char* describe(Rejection reason) {
@@ -146,7 +165,8 @@ Prediction evaluate(const config::Deck& deck, const Cluster& cluster, const Prof
   Prediction p;
   p.candidate = candidate_of(deck);
   const Candidate& c = p.candidate;
-  p.memory_limit_bytes = static_cast<std::int64_t>(options.memory_headroom * cluster.memory_bytes());
+  p.memory_limit_bytes =
+      static_cast<std::int64_t>(options.memory_headroom * cluster.memory_bytes());
   if (std::int64_t{c.width} * c.depth > cluster.devices()) {
     p.rejection = Rejection::too_many_devices;
     return p;
@@ -185,7 +205,8 @@ Prediction evaluate(const config::Deck& deck, const Cluster& cluster, const Prof
     for (int j = 0; j < c.width && !cross; ++j)
       cross = cluster.node_of(j) != cluster.node_of((c.depth - 1) * c.width + j);
     costs.tied_allreduce = ring_allreduce_time(
-        tied_bytes, 2, cross ? cluster.inter_node_bandwidth_gbps : cluster.intra_node_bandwidth_gbps,
+        tied_bytes, 2,
+        cross ? cluster.inter_node_bandwidth_gbps : cluster.intra_node_bandwidth_gbps,
         cross ? cluster.inter_node_latency_us : cluster.intra_node_latency_us);
   }
   SimulationCache local;

@@ -25,9 +25,7 @@ struct Candidate {
   int microbatches = 1;     // m: per batch per pipeline
   config::ScheduleKind schedule = config::ScheduleKind::twobw;
   bool recompute = false;
-  std::int64_t global_batch() const {
-    return std::int64_t{microbatch_size} * microbatches * width;
-  }
+  std::int64_t global_batch() const { return std::int64_t{microbatch_size} * microbatches * width; }
 };
 
 // The deck's own configuration, and the deck with a candidate's values put in (pipeline.depth,
@@ -61,16 +59,22 @@ StageCosts stage_costs(const Candidate& candidate, const pipeline::StageMap& map
 
 // Simulated time of one batch without the all-reduce: steady-state time per batch for 2bw (4
 // batches simulated; the first fills the pipeline), makespan of one batch for flush and gpipe.
-// Results are cached per (schedule, d, m, costs) since many candidates share them.
+// To stay fast for large m: 2bw's steady state is periodic per microbatch, so T(m) = m · T(d)/d;
+// flush and gpipe are simulated directly up to m = 3d and extrapolated linearly beyond from
+// m = 2d and 3d (fill + periodic middle + drain). Simulations are cached per
+// (schedule, d, m, costs) since many candidates share them.
 class SimulationCache {
  public:
   double batch_time(config::ScheduleKind schedule, int depth, int microbatches,
                     const StageCosts& costs);
+  // One simulation as it is (no extrapolation), cached.
+  double simulate(config::ScheduleKind schedule, int depth, int microbatches,
+                  const StageCosts& costs);
   std::int64_t simulations() const { return simulations_; }
 
  private:
-  using Key = std::tuple<int, int, int, std::vector<double>, std::vector<double>,
-                         std::vector<double>>;
+  using Key =
+      std::tuple<int, int, int, std::vector<double>, std::vector<double>, std::vector<double>>;
   std::map<Key, double> times_;
   std::int64_t simulations_ = 0;
 };
@@ -91,7 +95,7 @@ struct Prediction {
   Candidate candidate;
   Rejection rejection = Rejection::none;
   bool fits() const { return rejection == Rejection::none; }
-  double pipeline_time_s = 0;  // simulated compute + messages + bubbles of one batch
+  double pipeline_time_s = 0;   // simulated compute + messages + bubbles of one batch
   double allreduce_time_s = 0;  // slowest stage's data-parallel + tied all-reduce, per batch
   double batch_time_s = 0;      // pipeline_time_s + allreduce_time_s (all-reduce not overlapped)
   double samples_per_s = 0;     // b·m·w / batch_time_s

@@ -198,12 +198,12 @@ void write_profile(const std::string& path, const Profile& profile, const config
 Profile read_profile(const std::string& path) {
   io::H5File file(path, io::H5File::Mode::read);
   const auto bad = [&](const std::string& what) {
-    return UserError(fmt::format("{}: {} (allowed: a profile.h5 written by p2bw profile, format "
-                                 "p2bw-profile version {})",
-                                 path, what, kProfileFormatVersion));
+    return UserError(
+        fmt::format("{}: {} (allowed: a profile.h5 written by p2bw profile, format "
+                    "p2bw-profile version {})",
+                    path, what, kProfileFormatVersion));
   };
-  if (!file.has_attribute("/", "format") ||
-      file.string_attribute("/", "format") != "p2bw-profile")
+  if (!file.has_attribute("/", "format") || file.string_attribute("/", "format") != "p2bw-profile")
     throw bad("not a p2bw profile");
   const std::int64_t version = file.int_attribute("/", "format_version");
   if (version != kProfileFormatVersion)

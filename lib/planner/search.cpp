@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 
 #include "config/deck_io.hpp"
@@ -45,13 +46,14 @@ SearchResult search(const config::Deck& deck, const Cluster& cluster, const Prof
   evaluate_options.memory_headroom = options.memory_headroom;
   SimulationCache cache;
   const std::vector<int> sizes = profile.microbatch_sizes();
-  const std::int64_t per_wd =
-      static_cast<std::int64_t>(options.schedules.size()) * 2 * static_cast<std::int64_t>(sizes.size());
+  const std::int64_t per_wd = static_cast<std::int64_t>(options.schedules.size()) * 2 *
+                              static_cast<std::int64_t>(sizes.size());
   for (int d = 1; d <= devices; ++d) {
     const std::vector<int> widths = widths_for(d, devices);
     if (d > layers) {
       // Counted, not evaluated: every (w, schedule, recompute, b) of this depth.
-      result.rejections[Rejection::depth_gt_layers] += per_wd * static_cast<std::int64_t>(widths.size());
+      result.rejections[Rejection::depth_gt_layers] +=
+          per_wd * static_cast<std::int64_t>(widths.size());
       result.candidates += per_wd * static_cast<std::int64_t>(widths.size());
       continue;
     }
@@ -65,7 +67,7 @@ SearchResult search(const config::Deck& deck, const Cluster& cluster, const Prof
             if (counts.empty()) {
               ++result.candidates;
               ++result.rejections[m_bound < 1 ? Rejection::global_batch
-                                               : Rejection::microbatches_lt_depth];
+                                              : Rejection::microbatches_lt_depth];
               continue;
             }
             for (int m : counts) {
@@ -88,12 +90,14 @@ SearchResult search(const config::Deck& deck, const Cluster& cluster, const Prof
   };
   std::stable_sort(result.fitting.begin(), result.fitting.end(),
                    [&](const Prediction& a, const Prediction& b) {
-                     if (a.samples_per_s != b.samples_per_s) return a.samples_per_s > b.samples_per_s;
+                     // Throughputs equal up to rounding tie: the smaller memory wins.
+                     const double scale = std::max(a.samples_per_s, b.samples_per_s);
+                     if (std::abs(a.samples_per_s - b.samples_per_s) > 1e-9 * scale)
+                       return a.samples_per_s > b.samples_per_s;
                      return peak(a) < peak(b);
                    });
   result.simulations = cache.simulations();
-  result.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;
 }
 
@@ -124,9 +128,11 @@ std::string jobscript(const Cluster& cluster, const Candidate& candidate,
   text += fmt::format("deck='{}'\n", deck_path);
   text += fmt::format("checkpoints='{}/checkpoints'\n", output_dir);
   text += "# Resume only when an earlier run left a checkpoint; a first run starts fresh.\n";
-  text += "resume=()\n";
-  text += "if [ -e \"$checkpoints/latest\" ]; then resume=(--resume latest); fi\n";
-  text += "srun --mpi=pmi2 p2bw train \"$deck\" \"${resume[@]}\"\n";
+  text += "if [ -e \"$checkpoints/latest\" ]; then\n";
+  text += "  srun --mpi=pmi2 p2bw train \"$deck\" --resume latest\n";
+  text += "else\n";
+  text += "  srun --mpi=pmi2 p2bw train \"$deck\"\n";
+  text += "fi\n";
   return text;
 }
 

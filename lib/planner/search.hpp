@@ -25,12 +25,12 @@ struct SearchOptions {
 };
 
 struct SearchResult {
-  std::vector<Prediction> fitting;                 // best first (samples/s, then less memory)
-  std::map<Rejection, std::int64_t> rejections;    // count by reason
-  std::int64_t candidates = 0;                     // configurations considered
-  std::int64_t simulations = 0;                    // schedule simulations actually run
-  double seconds = 0;                              // wall time of the search
-  std::int64_t global_batch_max = 0;               // the bound used
+  std::vector<Prediction> fitting;               // best first (samples/s, then less memory)
+  std::map<Rejection, std::int64_t> rejections;  // count by reason
+  std::int64_t candidates = 0;                   // configurations considered
+  std::int64_t simulations = 0;                  // schedule simulations actually run
+  double seconds = 0;                            // wall time of the search
+  std::int64_t global_batch_max = 0;             // the bound used
 };
 
 // Widths tried for depth d on n devices: powers of two up to n/d and n/d itself.

@@ -59,5 +59,27 @@ with tempfile.TemporaryDirectory() as tmp:
             "--batches", "6", "-o", f"{tmp}/sim2.h5")
     check("simulate: 2bw steady state has no bubble", r.returncode == 0 and "steady state 0.0000" in r.stdout, r.stdout + r.stderr)
 
+import json
+with tempfile.TemporaryDirectory() as tmp:
+    r = run("profile", "inputs/gpt-tiny.yaml", "--microbatch-sizes", "1,2", "-o", f"{tmp}/profile.h5")
+    check("profile writes profile.h5", r.returncode == 0 and os.path.getsize(f"{tmp}/profile.h5") > 0, r.stdout + r.stderr)
+    r = run("plan", "inputs/gpt-tiny.yaml", "--cluster", "inputs/clusters/cpu.yaml", "--profile", f"{tmp}/profile.h5",
+            "--format", "json", "--write-deck", f"{tmp}/planned.yaml")
+    try:
+        ranking = json.loads(r.stdout)
+    except ValueError:
+        ranking = []
+    keys = {"w", "d", "b", "m", "schedule", "recompute", "samples_per_s", "tokens_per_s", "peak_memory_bytes", "fits"}
+    check("plan --format json: a ranked list with the documented keys", r.returncode == 0 and ranking and
+          all(keys <= set(item) for item in ranking) and
+          all(a["samples_per_s"] >= b["samples_per_s"] * (1 - 1e-9) for a, b in zip(ranking, ranking[1:]) if a["fits"] and b["fits"]),
+          r.stdout[:300] + r.stderr)
+    r2 = run("check", f"{tmp}/planned.yaml")
+    best = ranking[0] if ranking else {}
+    check("the planned deck is valid and holds the best configuration", r2.returncode == 0 and
+          f"depth: {best.get('d')}" in r2.stdout and f"microbatches: {best.get('m')}" in r2.stdout, r2.stdout[:400] + r2.stderr)
+    r = run("plan", "inputs/gpt-tiny.yaml", "--cluster", "inputs/clusters/nothing.yaml")
+    check("plan with a missing cluster file: one line, exit 2", r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr)
+
 print(f"{sum(results)} passed, {len(results) - sum(results)} failed")
 sys.exit(0 if all(results) else 1)

@@ -1,0 +1,85 @@
+// `p2bw profile DECK [--microbatch-sizes 1,2,4] [-o profile.h5]`: times forward and backward (with
+// and without recomputation) of the embedding, one block and the head on this device for each
+// microbatch size, and writes them with the parts' byte sizes to profile.h5 for `p2bw plan`.
+// Rank 0 measures; other ranks only read the deck.
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <memory>
+
+#include "comm/deck_broadcast.hpp"
+#include "command.hpp"
+#include "core/build_info.hpp"
+#include "core/error.hpp"
+#include "planner/profile.hpp"
+
+namespace p2bw::app {
+
+namespace {
+
+struct ProfileOptions {
+  std::string deck;
+  std::vector<std::string> overrides;
+  std::vector<int> microbatch_sizes{1, 2, 4};
+  int repeats = 5;
+  std::string output;  // default <output.dir>/profile.h5
+};
+
+int run_profile(const Context& context, const ProfileOptions& options) {
+  config::LoadOptions load;
+  load.overrides = options.overrides;
+  load.require_data = false;  // profiling runs on synthetic tokens
+  const config::Deck deck = comm::load_deck_collective(options.deck, load, context.world);
+  if (!context.root()) return 0;
+  for (int b : options.microbatch_sizes)
+    if (b < 1)
+      throw UserError(
+          fmt::format("--microbatch-sizes: {} is out of range (allowed: integers >= 1)", b));
+  planner::Profile profile =
+      planner::measure_profile(deck, options.microbatch_sizes, options.repeats);
+  profile.machine = build_description();
+  const std::string output = options.output.empty()
+                                 ? (std::filesystem::path(deck.output.dir) / "profile.h5").string()
+                                 : options.output;
+  const auto parent = std::filesystem::absolute(output).parent_path();
+  std::filesystem::create_directories(parent);
+  planner::write_profile(output, profile, deck);
+
+  fmt::print("p2bw profile {}: {} hidden {} heads {} T = {}, median of {} runs\n", options.deck,
+             config::to_string(deck.model.kind), deck.model.hidden, deck.model.heads,
+             deck.model.seq_len, options.repeats);
+  fmt::print("{:>4} {:<10} {:>11} {:>11} {:>14} {:>12} {:>12} {:>12}\n", "b", "part", "forward ms",
+             "backward ms", "bwd+refwd ms", "weights B", "boundary B", "stash B");
+  for (const planner::MicrobatchProfile& entry : profile.entries) {
+    const std::pair<const char*, const planner::PartProfile*> parts[] = {
+        {"embedding", &entry.embedding}, {"block", &entry.block}, {"head", &entry.head}};
+    for (const auto& [name, part] : parts)
+      fmt::print("{:>4} {:<10} {:>11.3f} {:>11.3f} {:>14.3f} {:>12} {:>12} {:>12}\n",
+                 entry.microbatch_size, name, 1e3 * part->forward_s, 1e3 * part->backward_s,
+                 1e3 * part->backward_recompute_s, part->weight_bytes, part->boundary_bytes,
+                 part->stash_bytes);
+  }
+  fmt::print("profile: {}\n", output);
+  return 0;
+}
+
+}  // namespace
+
+Command add_profile(CLI::App& app) {
+  auto options = std::make_shared<ProfileOptions>();
+  CLI::App* cli = app.add_subcommand(
+      "profile", "measure per-part compute time and memory on this device (for p2bw plan)");
+  cli->add_option("deck", options->deck, "YAML input deck")->required()->type_name("DECK");
+  add_set_option(*cli, options->overrides);
+  cli->add_option("--microbatch-sizes", options->microbatch_sizes,
+                  "microbatch sizes to measure, comma separated")
+      ->delimiter(',')
+      ->capture_default_str();
+  cli->add_option("--repeats", options->repeats, "timed runs per measurement (median kept)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  cli->add_option("-o,--output", options->output, "profile file (default <output.dir>/profile.h5)");
+  return {cli, [options](const Context& context) { return run_profile(context, *options); }};
+}
+
+}  // namespace p2bw::app

@@ -1,0 +1,382 @@
+// Tests of the planner (lib/planner): cluster-file validation, the cost model's numbers on small
+// hand-computed cases, the search's invariants, its speed on 1024 devices, and its outputs.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "config/deck_io.hpp"
+#include "core/error.hpp"
+#include "model/model_shape.hpp"
+#include "pipeline/memory.hpp"
+#include "planner/cluster.hpp"
+#include "planner/cost_model.hpp"
+#include "planner/profile.hpp"
+#include "planner/search.hpp"
+
+namespace p2bw::planner {
+namespace {
+
+const char* kDeck = R"(model:
+  kind: gpt
+  layers: 4
+  hidden: 128
+  heads: 4
+  seq_len: 64
+  vocab: 256
+pipeline:
+  depth: 2
+  width: 1
+  schedule: 2bw
+  microbatches: 4
+train:
+  microbatch_size: 4
+  steps: 10
+data:
+  path: none.tok
+  format: tokens
+output:
+  dir: /tmp/p2bw-planner-test
+)";
+
+// GPT-355M-like: 24 layers, hidden 1024, T = 512 (pipedream-2bw.md).
+const char* kDeck355m = R"(model:
+  kind: gpt
+  layers: 24
+  hidden: 1024
+  heads: 16
+  seq_len: 512
+  vocab: 50257
+pipeline:
+  depth: 1
+  width: 1
+  schedule: 2bw
+  microbatches: 8
+train:
+  microbatch_size: 8
+  steps: 10
+data:
+  path: none.tok
+  format: tokens
+)";
+
+config::Deck deck_from(const char* text) {
+  config::LoadOptions options;
+  options.require_data = false;
+  return config::parse_deck(text, "test.yaml", ".", options);
+}
+
+Cluster cluster_of(int nodes, int per_node, double memory_gb, double intra = 100, double inter = 10,
+                   double flops = 1e12) {
+  Cluster c;
+  c.name = "test";
+  c.nodes = nodes;
+  c.devices_per_node = per_node;
+  c.memory_per_device_gb = memory_gb;
+  c.intra_node_bandwidth_gbps = intra;
+  c.inter_node_bandwidth_gbps = inter;
+  c.flops_per_device = flops;
+  return c;
+}
+
+const char* kCluster = R"(name: test
+nodes: 2
+devices_per_node: 4
+memory_per_device_gb: 16
+intra_node_bandwidth_gbps: 150
+inter_node_bandwidth_gbps: 3.125
+intra_node_latency_us: 5
+inter_node_latency_us: 20
+flops_per_device: 14e12
+)";
+
+std::string error_of(const std::string& text) {
+  try {
+    parse_cluster(text, "c.yaml");
+  } catch (const UserError& error) {
+    return error.what();
+  }
+  return "";
+}
+
+TEST(Cluster, ParsesAllKeys) {
+  const Cluster c = parse_cluster(kCluster, "c.yaml");
+  EXPECT_EQ(c.name, "test");
+  EXPECT_EQ(c.devices(), 8);
+  EXPECT_DOUBLE_EQ(c.memory_bytes(), 16e9);
+  EXPECT_DOUBLE_EQ(c.inter_node_bandwidth_gbps, 3.125);
+  EXPECT_DOUBLE_EQ(c.inter_node_latency_us, 20);
+  EXPECT_DOUBLE_EQ(c.flops_per_device, 14e12);
+  EXPECT_TRUE(c.gpus);
+  EXPECT_EQ(c.node_of(3), 0);
+  EXPECT_EQ(c.node_of(4), 1);
+}
+
+TEST(Cluster, ErrorsAreOneLineWithFileLineKeyAndAllowed) {
+  const std::string unknown = error_of(std::string(kCluster) + "bogus: 3\n");
+  EXPECT_EQ(unknown.rfind("c.yaml:10: bogus: unknown key (allowed: name | nodes |", 0), 0u)
+      << unknown;
+  std::string text = kCluster;
+  text.replace(text.find("nodes: 2"), 8, "nodes: 0");
+  EXPECT_EQ(error_of(text), "c.yaml:2: nodes: 0 is out of range (allowed: an integer >= 1)");
+  text = kCluster;
+  text.replace(text.find("memory_per_device_gb: 16"), 24, "memory_per_device_gb: lots");
+  EXPECT_EQ(
+      error_of(text),
+      "c.yaml:4: memory_per_device_gb: expected a number, got 'lots' (allowed: a number > 0)");
+  text = kCluster;
+  text.erase(text.find("flops_per_device"));
+  EXPECT_EQ(error_of(text),
+            "c.yaml: flops_per_device: is required but missing (allowed: a number > 0)");
+  for (const std::string& message :
+       {unknown, error_of("nodes: [1, 2]\n"), error_of("- 1\n"), error_of("nodes: {\n")}) {
+    EXPECT_FALSE(message.empty());
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+    EXPECT_NE(message.find("(allowed: "), std::string::npos) << message;
+  }
+}
+
+TEST(CostModel, MessageAndRingAllReduceFormulas) {
+  // 1 GB over 10 GB/s with 5 us latency.
+  EXPECT_DOUBLE_EQ(message_time(1e9, 10, 5), 5e-6 + 0.1);
+  // Ring over 4 replicas: 2·3/4 · 1 GB / 10 GB/s + 2·3 latencies.
+  EXPECT_DOUBLE_EQ(ring_allreduce_time(1e9, 4, 10, 5), 1.5 * 0.1 + 6 * 5e-6);
+  EXPECT_DOUBLE_EQ(ring_allreduce_time(1e9, 1, 10, 5), 0.0);
+}
+
+TEST(CostModel, LinkChoiceFollowsRankPlacement) {
+  const Cluster c = cluster_of(2, 4, 16);
+  // w = 2, d = 4: stage s on ranks {2s, 2s+1}; node 0 = ranks 0..3, node 1 = 4..7.
+  EXPECT_FALSE(hop_crosses_nodes(c, 2, 0));  // ranks 0,1 -> 2,3
+  EXPECT_TRUE(hop_crosses_nodes(c, 2, 1));   // ranks 2,3 -> 4,5
+  EXPECT_FALSE(hop_crosses_nodes(c, 2, 2));  // ranks 4,5 -> 6,7
+  EXPECT_TRUE(replicas_share_node(c, 2, 1));
+  EXPECT_TRUE(replicas_share_node(c, 4, 1));   // ranks 4..7
+  EXPECT_FALSE(replicas_share_node(c, 8, 0));  // ranks 0..7 span both nodes
+  // w = 3: stage 1 on ranks 3,4,5 spans nodes.
+  EXPECT_FALSE(replicas_share_node(c, 3, 1));
+
+  // The message cost uses the link of the hop: intra for 0->1 and 2->3, inter for 1->2.
+  const config::Deck deck =
+      apply(deck_from(kDeck), Candidate{2, 4, 4, 4, config::ScheduleKind::flush, false});
+  const Profile profile = analytic_profile(deck.model, 1e12, {4});
+  const StageCosts costs =
+      stage_costs(candidate_of(deck), pipeline::make_stage_map(deck), profile.entries[0], c);
+  const double bytes = 4.0 * 4 * 64 * 128;
+  ASSERT_EQ(costs.message.size(), 3u);
+  EXPECT_DOUBLE_EQ(costs.message[0], message_time(bytes, 100, 0));
+  EXPECT_DOUBLE_EQ(costs.message[1], message_time(bytes, 10, 0));
+  EXPECT_DOUBLE_EQ(costs.message[2], message_time(bytes, 100, 0));
+}
+
+TEST(CostModel, FlushBatchTimeByHand) {
+  SimulationCache cache;
+  const double F = 1, B = 2;
+  for (int m : {2, 4, 8}) {
+    StageCosts costs{{F, F}, {B, B}, {0.0}, {0, 0}, 0};
+    // 1F1B with no message time: (m + d - 1)(F + B).
+    EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::flush, 2, m, costs), (m + 1) * (F + B));
+    EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::gpipe, 2, m, costs), (m + 1) * (F + B));
+  }
+  // One microbatch through d = 2 with message time c: F, c, F, B, c, B.
+  const double c = 0.25;
+  StageCosts costs{{F, F}, {B, B}, {c}, {0, 0}, 0};
+  EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::flush, 2, 1, costs), 2 * (F + B) + 2 * c);
+  // More microbatches: at least the message-free time plus one forward and one backward message.
+  EXPECT_GE(cache.batch_time(config::ScheduleKind::flush, 2, 4, costs), 5 * (F + B) + 2 * c);
+  // 2bw in steady state has no bubble: m (F + B) per batch without messages.
+  StageCosts free{{F, F}, {B, B}, {0.0}, {0, 0}, 0};
+  EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::twobw, 2, 4, free), 4 * (F + B));
+  // Cached: the same key is not simulated again.
+  const auto before = cache.simulations();
+  cache.batch_time(config::ScheduleKind::twobw, 2, 4, free);
+  EXPECT_EQ(cache.simulations(), before);
+}
+
+TEST(CostModel, ExtrapolationMatchesFullSimulation) {
+  // Uneven stages and messages: the extrapolated batch time equals the direct simulation.
+  SimulationCache cache;
+  const StageCosts costs{{1.0, 1.3, 0.9, 1.6}, {2.1, 2.5, 1.7, 3.4}, {0.05, 0.4, 0.1}, {}, 0};
+  for (auto kind :
+       {config::ScheduleKind::twobw, config::ScheduleKind::flush, config::ScheduleKind::gpipe}) {
+    for (int m : {4, 8, 13, 16, 40}) {
+      const double direct = cache.simulate(kind, 4, m, costs);
+      EXPECT_NEAR(cache.batch_time(kind, 4, m, costs), direct, 1e-9 * direct)
+          << config::to_string(kind) << " m = " << m;
+    }
+  }
+}
+
+TEST(CostModel, EvaluateDataParallelByHand) {
+  // d = 1, w = 2 flush on one node: batch = m (F + B) + ring all-reduce of all weights.
+  const Cluster c = cluster_of(1, 2, 16, 10, 1, 1e12);
+  const config::Deck deck =
+      apply(deck_from(kDeck), Candidate{2, 1, 4, 3, config::ScheduleKind::flush, false});
+  const Profile profile = analytic_profile(deck.model, c.flops_per_device, {4});
+  const model::ModelShape shape(deck.model, 4);
+  const double F = (shape.embedding().flops_forward + 4 * shape.block().flops_forward +
+                    shape.head().flops_forward) /
+                   1e12;
+  const double weights =
+      4.0 * (shape.embedding().params + 4 * shape.block().params + shape.head().params);
+  const Prediction p = evaluate(deck, c, profile);
+  ASSERT_TRUE(p.fits());
+  EXPECT_NEAR(p.pipeline_time_s, 3 * 3 * F, 1e-12);
+  EXPECT_NEAR(p.allreduce_time_s, ring_allreduce_time(weights, 2, 10, 0), 1e-12);
+  EXPECT_NEAR(p.batch_time_s, 9 * F + weights / 10e9, 1e-12);
+  EXPECT_NEAR(p.samples_per_s, 4 * 3 * 2 / p.batch_time_s, 1e-6);
+  EXPECT_NEAR(p.tokens_per_s, 64 * p.samples_per_s, 1e-3);
+
+  // Recomputation costs 4/3 of F + B in the analytic profile.
+  const Prediction r =
+      evaluate(apply(deck, Candidate{2, 1, 4, 3, config::ScheduleKind::flush, true}), c, profile);
+  EXPECT_NEAR(r.pipeline_time_s / p.pipeline_time_s, 4.0 / 3.0, 1e-9);
+}
+
+TEST(CostModel, EvaluateRejectsInvalidConfigurations) {
+  const Cluster c = cluster_of(1, 2, 16);
+  const config::Deck base = deck_from(kDeck);
+  const Profile profile = analytic_profile(base.model, 1e12, {4});
+  EXPECT_EQ(
+      evaluate(apply(base, {2, 2, 4, 4, config::ScheduleKind::flush, false}), c, profile).rejection,
+      Rejection::too_many_devices);
+  EXPECT_EQ(
+      evaluate(apply(base, {1, 2, 2, 4, config::ScheduleKind::flush, false}), c, profile).rejection,
+      Rejection::microbatch_not_profiled);
+  config::Deck twobw = apply(base, {1, 2, 4, 4, config::ScheduleKind::twobw, false});
+  twobw.pipeline.microbatches = 1;
+  EXPECT_EQ(evaluate(twobw, c, profile).rejection, Rejection::microbatches_lt_depth);
+  const Cluster tiny = cluster_of(1, 2, 0.001);
+  EXPECT_EQ(evaluate(base, tiny, profile).rejection, Rejection::memory);
+}
+
+// Every fitting configuration obeys the constraints it was checked against.
+void check_invariants(const config::Deck& deck, const Cluster& cluster, const SearchResult& r,
+                      double headroom) {
+  for (const Prediction& p : r.fitting) {
+    const Candidate& c = p.candidate;
+    EXPECT_LE(std::int64_t{c.width} * c.depth, cluster.devices());
+    EXPECT_LE(c.depth, deck.model.layers);
+    EXPECT_LE(c.global_batch(), r.global_batch_max);
+    if (c.schedule == config::ScheduleKind::twobw) {
+      EXPECT_GE(c.microbatches, c.depth);
+    }
+    const config::Deck run = apply(deck, c);
+    const auto memory = pipeline::predict_memory(run, pipeline::make_stage_map(run));
+    ASSERT_EQ(memory.size(), p.peak_memory_bytes.size());
+    for (size_t s = 0; s < memory.size(); ++s) {
+      EXPECT_EQ(memory[s].total(), p.peak_memory_bytes[s]);
+      EXPECT_LE(memory[s].total(), headroom * cluster.memory_bytes());
+    }
+    EXPECT_GT(p.samples_per_s, 0);
+  }
+  for (size_t i = 1; i < r.fitting.size(); ++i)
+    EXPECT_GE(r.fitting[i - 1].samples_per_s, r.fitting[i].samples_per_s);
+}
+
+TEST(Search, InvariantsAndMoreMemoryNeverHurts) {
+  const config::Deck deck = deck_from(kDeck355m);
+  SearchOptions options;
+  options.global_batch_max = 512;
+  double previous = 0;
+  for (double memory_gb : {2.0, 4.0, 8.0, 16.0, 32.0, 80.0}) {
+    const Cluster cluster = cluster_of(1, 8, memory_gb, 150, 3.125, 14e12);
+    const Profile profile =
+        analytic_profile(deck.model, cluster.flops_per_device, {1, 2, 4, 8, 16});
+    const SearchResult r = search(deck, cluster, profile, options);
+    check_invariants(deck, cluster, r, options.memory_headroom);
+    const double best = r.fitting.empty() ? 0 : r.fitting.front().samples_per_s;
+    EXPECT_GE(best, previous) << memory_gb << " GB";
+    previous = best;
+  }
+  EXPECT_GT(previous, 0);
+}
+
+TEST(Search, RejectionReasonsAreCounted) {
+  const config::Deck deck = deck_from(kDeck);                        // 4 layers, B = 16
+  const Cluster cluster = cluster_of(2, 4, 0.05, 150, 3.125, 1e12);  // 8 devices, 50 MB each
+  const Profile profile = analytic_profile(deck.model, 1e12, {1, 2, 4, 8, 16, 32});
+  const SearchResult r = search(deck, cluster, profile);
+  EXPECT_EQ(r.global_batch_max, 16);
+  EXPECT_GT(r.rejections.at(Rejection::depth_gt_layers), 0);
+  EXPECT_GT(r.rejections.at(Rejection::global_batch), 0);
+  EXPECT_GT(r.rejections.at(Rejection::memory), 0);
+  std::int64_t total = static_cast<std::int64_t>(r.fitting.size());
+  for (const auto& [reason, count] : r.rejections) total += count;
+  EXPECT_EQ(total, r.candidates);
+  check_invariants(deck, cluster, r, 0.9);
+}
+
+TEST(Search, ThousandDevicesInSeconds) {
+  const config::Deck deck = deck_from(kDeck355m);
+  const Cluster cluster = cluster_of(128, 8, 16, 150, 3.125, 14e12);
+  const Profile profile =
+      analytic_profile(deck.model, cluster.flops_per_device, {1, 2, 4, 8, 16, 32, 64});
+  SearchOptions options;
+  options.global_batch_max = 2048;
+  const auto start = std::chrono::steady_clock::now();
+  const SearchResult r = search(deck, cluster, profile, options);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("search on 1024 devices: %lld configurations, %lld simulations, %.2f s\n",
+              static_cast<long long>(r.candidates), static_cast<long long>(r.simulations), seconds);
+  EXPECT_LT(seconds, 20.0);
+  ASSERT_FALSE(r.fitting.empty());
+  check_invariants(deck, cluster, r, options.memory_headroom);
+}
+
+TEST(Outputs, WrittenDeckReparsesWithTheChoice) {
+  const config::Deck deck = deck_from(kDeck);
+  const Candidate choice{2, 2, 2, 8, config::ScheduleKind::flush, true};
+  const std::string yaml = plan_deck_yaml(deck, choice);
+  config::LoadOptions options;
+  options.require_data = false;
+  const config::Deck again = config::parse_deck(yaml, "plan.yaml", ".", options);
+  EXPECT_EQ(again.pipeline.width, 2);
+  EXPECT_EQ(again.pipeline.depth, 2);
+  EXPECT_EQ(again.train.microbatch_size, 2);
+  EXPECT_EQ(again.pipeline.microbatches, 8);
+  EXPECT_EQ(again.pipeline.schedule, config::ScheduleKind::flush);
+  EXPECT_TRUE(again.pipeline.recompute);
+  EXPECT_EQ(again.model.layers, deck.model.layers);
+
+  const std::string script =
+      jobscript(cluster_of(2, 4, 16), choice, "/x/plan.yaml", "/x/runs/demo", "plan");
+  EXPECT_NE(script.find("#SBATCH --nodes=1\n"), std::string::npos) << script;
+  EXPECT_NE(script.find("#SBATCH --ntasks-per-node=4\n"), std::string::npos);
+  EXPECT_NE(script.find("#SBATCH --gpus-per-node=4\n"), std::string::npos);
+  EXPECT_NE(script.find("#SBATCH --signal=USR1@120\n"), std::string::npos);
+  EXPECT_NE(script.find("srun --mpi=pmi2 p2bw train"), std::string::npos);
+  EXPECT_NE(script.find("/x/runs/demo/checkpoints"), std::string::npos);
+}
+
+TEST(Profile, WriteReadRoundTrip) {
+  const config::Deck deck = deck_from(kDeck);
+  Profile profile = analytic_profile(deck.model, 3e10, {1, 4, 2});
+  profile.machine = "test machine";
+  const std::string path =
+      (std::filesystem::temp_directory_path() / "p2bw_test_profile.h5").string();
+  write_profile(path, profile, deck);
+  const Profile back = read_profile(path);
+  std::remove(path.c_str());
+  ASSERT_EQ(back.microbatch_sizes(), (std::vector<int>{1, 2, 4}));
+  EXPECT_EQ(back.machine, "test machine");
+  EXPECT_FALSE(back.measured);
+  for (int b : {1, 2, 4}) {
+    const MicrobatchProfile& x = *profile.find(b);
+    const MicrobatchProfile& y = *back.find(b);
+    EXPECT_DOUBLE_EQ(x.block.forward_s, y.block.forward_s);
+    EXPECT_DOUBLE_EQ(x.head.backward_recompute_s, y.head.backward_recompute_s);
+    EXPECT_EQ(x.block.stash_bytes, y.block.stash_bytes);
+    EXPECT_EQ(x.embedding.weight_bytes, y.embedding.weight_bytes);
+  }
+  check_profile_matches(back, deck.model);
+  config::ModelConfig other = deck.model;
+  other.hidden = 256;
+  EXPECT_THROW(check_profile_matches(back, other), UserError);
+}
+
+}  // namespace
+}  // namespace p2bw::planner
