@@ -143,8 +143,8 @@ def make(path, out, formats=("png", "svg"), dpi=100, steps=None, stem="timeline"
                f": forward (blue) and backward (orange) work per microbatch, hatched grey "
                f"communication, dark optimizer step, pink idle gaps. The title gives the "
                f"{what} bubble 1 - busy/span per lane."
-               + (" Each rank's clock has its own origin, so boxes of different ranks are "
-                  "aligned only approximately." if tl["source"] == "trace" else ""))
+               + (" The ranks' clocks share an origin taken at a barrier when training starts; a "
+                  "forward or backward box starts when its input has arrived." if tl["source"] == "trace" else ""))
     return "\n".join(lines) + "\n", [(files, caption)]
 
 
