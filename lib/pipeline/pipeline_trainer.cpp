@@ -434,9 +434,9 @@ void PipelineTrainer::backward(int mb, int version) {
 
 void PipelineTrainer::reduce_gradients(int batch) {
   const std::string what = fmt::format("gradient all-reduce of batch {}", batch);
-  for (auto& [handle, buffer] : sending_) {
-    timed(waited_, [&] { transport_->wait(handle, what); });
-    free_boundaries_.push_back(buffer);
+  for (const auto& send : sending_) {  // (handle, buffer); no structured binding: C++17 lambdas
+    timed(waited_, [&] { transport_->wait(send.first, what); });
+    free_boundaries_.push_back(send.second);
   }
   sending_.clear();
   exec_.fence();
