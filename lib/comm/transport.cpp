@@ -52,10 +52,10 @@ class MpiTransport : public Transport {
     auto it = pending_.find(handle);
     P2BW_ASSERT(it != pending_.end(), "waiting for an unknown transfer");
     Operation& op = it->second;
-    // Test with a growing pause (50 us to 2 ms): no busy spinning, and a deadline.
+    // Test with a growing pause (10 us to 200 us): no busy spinning, and a deadline.
     const auto deadline =
         std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s_);
-    auto pause = std::chrono::microseconds(50);
+    auto pause = std::chrono::microseconds(10);
     for (int done = 0;;) {
       P2BW_MPI_CHECK(MPI_Test(&op.request, &done, MPI_STATUS_IGNORE));
       if (done) break;
@@ -67,7 +67,7 @@ class MpiTransport : public Transport {
             op.direction == Direction::activation ? "activation" : "gradient", op.microbatch,
             op.send ? "to" : "from", op.peer));
       std::this_thread::sleep_for(pause);
-      pause = std::min(pause * 2, std::chrono::microseconds(2000));
+      pause = std::min(pause * 2, std::chrono::microseconds(200));
     }
     if (!op.send) Kokkos::deep_copy(op.buffer, op.staging);
     pending_.erase(it);
@@ -122,7 +122,7 @@ void wait_with_deadline(MPI_Request& request, double timeout_s, int stage,
       throw RunError(fmt::format("stage {}: {}: no progress for {} s (pipeline.timeout_s)", stage,
                                  what, timeout_s));
     std::this_thread::sleep_for(pause);
-    pause = std::min(pause * 2, std::chrono::microseconds(2000));
+    pause = std::min(pause * 2, std::chrono::microseconds(200));
   }
 }
 
