@@ -16,6 +16,7 @@
 #include "data/loader.hpp"
 #include "kernels/gemm.hpp"
 #include "model/stage_model.hpp"
+#include "planner/profile.hpp"
 
 namespace p2bw::app {
 
@@ -26,49 +27,6 @@ std::string cpu_model() {
   for (std::string line; std::getline(cpuinfo, line);)
     if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
   return "unknown CPU";
-}
-
-struct Timing {
-  double forward = 0, backward = 0;  // median seconds per microbatch
-};
-
-// Median forward and backward time of parts [first, end) over `repeats` runs after one warm-up.
-Timing time_parts(const config::Deck& deck, int first, int end, int repeats) {
-  model::StageModel model(deck.model, deck.train.microbatch_size, first, end);
-  model::FloatView params("params", static_cast<size_t>(model.num_params()));
-  model::FloatView grads("grads", static_cast<size_t>(model.num_params()));
-  model.init(params, deck.train.seed);
-  model::Cache cache = model.make_cache();
-  const auto n = static_cast<size_t>(model.boundary_floats());
-  model::FloatView out, dout, din("din", n);
-  if (!model.has_head()) {
-    out = model::FloatView("out", n);
-    dout = model::FloatView("dout", n);
-  }
-  if (!model.has_embedding()) Kokkos::deep_copy(model.input_slot(cache), 0.1f);
-  if (model.has_embedding()) Kokkos::deep_copy(cache.tokens, 7);
-  if (model.has_head()) Kokkos::deep_copy(cache.targets, 11);
-  if (dout.data()) Kokkos::deep_copy(dout, 0.01f);
-  model::Exec exec;
-  std::vector<double> forward, backward;
-  using Clock = std::chrono::steady_clock;
-  for (int r = 0; r <= repeats; ++r) {
-    const auto t0 = Clock::now();
-    model.forward(exec, params, cache, out);
-    exec.fence();
-    const auto t1 = Clock::now();
-    model.backward(exec, params, grads, cache, dout, din, 1.0);
-    exec.fence();
-    const auto t2 = Clock::now();
-    if (r == 0) continue;  // warm-up
-    forward.push_back(std::chrono::duration<double>(t1 - t0).count());
-    backward.push_back(std::chrono::duration<double>(t2 - t1).count());
-  }
-  auto median = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-  };
-  return {median(forward), median(backward)};
 }
 
 int run_bench(const Context& context, const std::string& path,
@@ -94,15 +52,17 @@ int run_bench(const Context& context, const std::string& path,
   fmt::print("{:<12} {:>14} {:>14} {:>14} {:>14}\n", "part", "forward ms", "backward ms",
              "total ms", "tokens/s");
   const double tokens = static_cast<double>(b) * T;
-  auto row = [&](const char* name, const Timing& t) {
-    const double total = t.forward + t.backward;
-    fmt::print("{:<12} {:>14.3f} {:>14.3f} {:>14.3f} {:>14.0f}\n", name, 1e3 * t.forward,
-               1e3 * t.backward, 1e3 * total, tokens / total);
+  auto row = [&](const char* name, int first, int end) {
+    planner::PartProfile t;
+    planner::time_parts(deck, b, first, end, repeats, t);
+    const double total = t.forward_s + t.backward_s;
+    fmt::print("{:<12} {:>14.3f} {:>14.3f} {:>14.3f} {:>14.0f}\n", name, 1e3 * t.forward_s,
+               1e3 * t.backward_s, 1e3 * total, tokens / total);
   };
-  row("embedding", time_parts(deck, 0, 1, repeats));
-  row("block", time_parts(deck, 1, 2, repeats));
-  row("head+loss", time_parts(deck, L + 1, L + 2, repeats));
-  row("model", time_parts(deck, 0, L + 2, repeats));
+  row("embedding", 0, 1);
+  row("block", 1, 2);
+  row("head+loss", L + 1, L + 2);
+  row("model", 0, L + 2);
   return 0;
 }
 

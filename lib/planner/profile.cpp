@@ -73,12 +73,8 @@ Profile analytic_profile(const config::ModelConfig& model, double flops_per_devi
   return profile;
 }
 
-namespace {
-
-// Median times of parts [first, end) of the model for microbatch size b: forward, backward with
-// a stashed cache, and re-forward + backward (recomputation).
-void time_part(const config::Deck& deck, int b, int first, int end, int repeats,
-               PartProfile& part) {
+void time_parts(const config::Deck& deck, int b, int first, int end, int repeats,
+                PartProfile& part) {
   model::StageModel model(deck.model, b, first, end);
   model::FloatView params("params", static_cast<size_t>(model.num_params()));
   model::FloatView grads("grads", static_cast<size_t>(model.num_params()));
@@ -130,8 +126,6 @@ void time_part(const config::Deck& deck, int b, int first, int end, int repeats,
   part.backward_recompute_s = median(recompute);
 }
 
-}  // namespace
-
 Profile measure_profile(const config::Deck& deck, const std::vector<int>& microbatch_sizes,
                         int repeats) {
   kernels::set_tf32(deck.train.tf32);
@@ -147,9 +141,9 @@ Profile measure_profile(const config::Deck& deck, const std::vector<int>& microb
     fill_sizes(entry.embedding, shape.embedding());
     fill_sizes(entry.block, shape.block());
     fill_sizes(entry.head, shape.head());
-    time_part(deck, b, 0, 1, repeats, entry.embedding);
-    time_part(deck, b, 1, 2, repeats, entry.block);
-    time_part(deck, b, L + 1, L + 2, repeats, entry.head);
+    time_parts(deck, b, 0, 1, repeats, entry.embedding);
+    time_parts(deck, b, 1, 2, repeats, entry.block);
+    time_parts(deck, b, L + 1, L + 2, repeats, entry.head);
     profile.entries.push_back(entry);
   }
   return profile;

@@ -47,6 +47,13 @@ Profile analytic_profile(const config::ModelConfig& model, double flops_per_devi
 
 // Times each part on this process's Kokkos device: median of `repeats` runs after one warm-up.
 // Needs Kokkos initialised. `deck` gives the model, seed and TF32 setting.
+// Median times on this device of parts [first, end) of the model (0 = embedding, 1 + l = block l,
+// layers + 1 = head) for microbatch size b over `repeats` runs after one warm-up: forward,
+// backward with a stashed cache, and re-forward + backward (recomputation). Used by
+// `p2bw profile` and `p2bw bench`.
+void time_parts(const config::Deck& deck, int b, int first, int end, int repeats,
+                PartProfile& part);
+
 Profile measure_profile(const config::Deck& deck, const std::vector<int>& microbatch_sizes,
                         int repeats);
 
