@@ -21,11 +21,15 @@
 #include "data/token_file.hpp"
 #include "io/checkpoint.hpp"
 #include "io/hdf5_file.hpp"
+#include "mpi_world.hpp"
 #include "pipeline/pipeline_trainer.hpp"
 #include "pipeline/single_rank_trainer.hpp"
 
 namespace p2bw::pipeline {
 namespace {
+
+using p2bw::testing::world_rank;
+using p2bw::testing::world_size;
 
 namespace fs = std::filesystem;
 
@@ -39,17 +43,6 @@ const char* kText =
 
 std::shared_ptr<const data::Tokens> text() {
   return std::make_shared<data::Tokens>(data::tokenize_bytes(kText));
-}
-
-int world_rank() {
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  return rank;
-}
-int world_size() {
-  int size = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
-  return size;
 }
 
 // A folder every rank shares, named by rank 0.

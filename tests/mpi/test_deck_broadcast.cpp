@@ -9,20 +9,13 @@
 
 #include "comm/deck_broadcast.hpp"
 #include "core/error.hpp"
+#include "mpi_world.hpp"
 
 namespace p2bw::comm {
 namespace {
 
-int world_rank() {
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  return rank;
-}
-int world_size() {
-  int size = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
-  return size;
-}
+using p2bw::testing::world_rank;
+using p2bw::testing::world_size;
 
 // A deck written by rank 0 into a folder every rank can read.
 std::string write_deck(const std::string& name, const std::string& pipeline) {

@@ -17,12 +17,16 @@
 
 #include "comm/process_grid.hpp"
 #include "data/token_file.hpp"
+#include "mpi_world.hpp"
 #include "pipeline/memory.hpp"
 #include "pipeline/pipeline_trainer.hpp"
 #include "pipeline/single_rank_trainer.hpp"
 
 namespace p2bw::pipeline {
 namespace {
+
+using p2bw::testing::world_rank;
+using p2bw::testing::world_size;
 
 const char* kText =
     "The sea was calm that night, and the stars hung low over the water. Somewhere below deck a "
@@ -32,12 +36,6 @@ const char* kText =
     "biscuits. The captain stood at the rail, watching the dark line of the coast slide past, and "
     "thought "
     "about the letter in his pocket that he had not yet had the courage to open.";
-
-int world_size() {
-  int size = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
-  return size;
-}
 
 std::vector<float> host(model::ConstFloatView view) {
   auto mirror = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), view);

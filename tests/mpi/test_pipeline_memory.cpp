@@ -10,17 +10,15 @@
 
 #include "comm/process_grid.hpp"
 #include "data/token_file.hpp"
+#include "mpi_world.hpp"
 #include "pipeline/memory.hpp"
 #include "pipeline/pipeline_trainer.hpp"
 
 namespace p2bw::pipeline {
 namespace {
 
-int world_size() {
-  int size = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
-  return size;
-}
+using p2bw::testing::world_rank;
+using p2bw::testing::world_size;
 
 TEST(PipelineMemory, MeasuredMatchesPredicted) {
   std::string text;
