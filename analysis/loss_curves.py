@@ -84,11 +84,7 @@ def main():
                    help="x axis: optimizer steps or tokens seen (default: steps)")
     p.add_argument("--labels", nargs="+", help="one legend label per run")
     a = p.parse_args()
-    text, figs = make(a.runs, a.out, ph.parse_formats(a.formats), a.dpi, a.x, a.labels)
-    print(text, end="")
-    for files, _ in figs:
-        print("wrote " + ", ".join(files))
-    return 0
+    return ph.print_result(*make(a.runs, a.out, ph.parse_formats(a.formats), a.dpi, a.x, a.labels))
 
 
 if __name__ == "__main__":

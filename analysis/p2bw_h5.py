@@ -332,6 +332,14 @@ def parse_formats(text):
     return formats
 
 
+def print_result(text, figs):
+    """Prints a script's summary and the files it wrote; returns the exit code 0."""
+    print(text, end="")
+    for files, _ in figs:
+        print("wrote " + ", ".join(files))
+    return 0
+
+
 def add_common_args(parser):
     parser.add_argument("--out", required=True, help="output directory for the figures")
     parser.add_argument("--formats", default="png,svg",

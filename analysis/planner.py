@@ -108,11 +108,7 @@ def main():
     ph.add_common_args(p)
     p.add_argument("--top", type=int, default=20, help="show the best N (default: 20)")
     a = p.parse_args()
-    text, figs = make(a.plan, a.out, ph.parse_formats(a.formats), a.dpi, a.top)
-    print(text, end="")
-    for files, _ in figs:
-        print("wrote " + ", ".join(files))
-    return 0
+    return ph.print_result(*make(a.plan, a.out, ph.parse_formats(a.formats), a.dpi, a.top))
 
 
 if __name__ == "__main__":

@@ -105,11 +105,7 @@ def main():
     ph.add_common_args(p)
     p.add_argument("--labels", nargs="+", help="one label per run")
     a = p.parse_args()
-    text, figs = make(a.runs, a.out, ph.parse_formats(a.formats), a.dpi, a.labels)
-    print(text, end="")
-    for files, _ in figs:
-        print("wrote " + ", ".join(files))
-    return 0
+    return ph.print_result(*make(a.runs, a.out, ph.parse_formats(a.formats), a.dpi, a.labels))
 
 
 if __name__ == "__main__":

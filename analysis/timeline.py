@@ -158,11 +158,7 @@ def main():
                                                   "inclusive)")
     a = p.parse_args()
     steps = parse_steps(a.steps) if a.steps else None
-    text, figs = make(a.run, a.out, ph.parse_formats(a.formats), a.dpi, steps)
-    print(text, end="")
-    for files, _ in figs:
-        print("wrote " + ", ".join(files))
-    return 0
+    return ph.print_result(*make(a.run, a.out, ph.parse_formats(a.formats), a.dpi, steps))
 
 
 if __name__ == "__main__":
