@@ -14,6 +14,7 @@
 
 #include "config/deck_io.hpp"
 #include "core/error.hpp"
+#include "core/hash.hpp"
 #include "io/hdf5_file.hpp"
 
 namespace p2bw::io {
@@ -27,11 +28,7 @@ std::string step_name(std::int64_t step) {
 }
 
 std::uint64_t checksum(const float* data, std::int64_t count) {
-  std::uint64_t hash = 14695981039346656037ULL;  // FNV-1a over the bytes
-  const auto* bytes = reinterpret_cast<const unsigned char*>(data);
-  for (std::int64_t i = 0; i < count * static_cast<std::int64_t>(sizeof(float)); ++i)
-    hash = (hash ^ bytes[i]) * 1099511628211ULL;
-  return hash;
+  return fnv1a64(data, static_cast<std::size_t>(count) * sizeof(float));
 }
 
 void fsync_path(const fs::path& path) {

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/hash.hpp"
 #include "data/loader.hpp"
 
 namespace p2bw::model {
@@ -24,13 +25,6 @@ class LayoutBuilder {
  private:
   PartLayout& part_;
 };
-
-// FNV-1a: a tensor's random stream from its name, the same on every platform.
-std::uint64_t name_hash(const std::string& name) {
-  std::uint64_t hash = 14695981039346656037ULL;
-  for (unsigned char c : name) hash = (hash ^ c) * 1099511628211ULL;
-  return hash;
-}
 
 bool ends_with(const std::string& text, const std::string& suffix) {
   return text.size() >= suffix.size() &&
@@ -89,7 +83,7 @@ void init_tensor(const TensorInfo& tensor, const ModelShape& shape, std::uint64_
     stddev = 0.02 / std::sqrt(2.0 * static_cast<double>(shape.layers));
   // The tied copy draws exactly the embedding's values.
   const std::string stream_name = tensor.tied_copy ? "embedding/wte" : name;
-  const std::uint64_t stream = name_hash(stream_name);
+  const std::uint64_t stream = fnv1a64(stream_name.data(), stream_name.size());
   std::int64_t real_rows = tensor.shape[0];
   if (tensor.tied_copy || name == "embedding/wte") real_rows = shape.vocab;  // padded rows stay 0
   const std::int64_t columns = tensor.count / tensor.shape[0];
