@@ -143,23 +143,13 @@ std::string clock_time(double seconds) {
 std::shared_ptr<const data::Tokens> load_data(const Context& context, const config::Deck& deck,
                                               bool needed) {
   std::shared_ptr<const data::Tokens> tokens;
-  int ok = 1;
-  std::string problem;
-  if (context.root()) {
-    try {
-      auto loaded =
-          std::make_shared<data::Tokens>(data::load_tokens(deck.data.path, deck.data.format));
-      data::Loader check(loaded, deck);
-      tokens = loaded;
-    } catch (const UserError& error) {
-      ok = 0;
-      problem = error.what();
-    }
-  }
-  std::string message = problem;
-  comm::broadcast_string(message, 0, context.world);
-  P2BW_MPI_CHECK(MPI_Bcast(&ok, 1, MPI_INT, 0, context.world));
-  if (!ok) throw UserError(message);
+  collectively(context, [&] {
+    if (!context.root()) return;
+    auto loaded =
+        std::make_shared<data::Tokens>(data::load_tokens(deck.data.path, deck.data.format));
+    data::Loader check(loaded, deck);
+    tokens = loaded;
+  });
   if (needed && !tokens)
     tokens = std::make_shared<data::Tokens>(data::load_tokens(deck.data.path, deck.data.format));
   return needed ? tokens : nullptr;
