@@ -60,8 +60,8 @@ nlohmann::json to_json(const planner::Prediction& p) {
   row["samples_per_s"] = p.samples_per_s;
   row["tokens_per_s"] = p.tokens_per_s;
   row["batch_time_s"] = p.batch_time_s;
-  row["pipeline_time_s"] = p.pipeline_time_s;
   row["allreduce_time_s"] = p.allreduce_time_s;
+  row["step_time_s"] = p.step_time_s;
   row["peak_memory_bytes"] = p.peak_memory_bytes;
   row["memory_limit_bytes"] = p.memory_limit_bytes;
   row["fits"] = p.fits();
@@ -139,9 +139,11 @@ int run_plan(const Context& context, const PlanOptions& options) {
     print_row(0, p);
     fmt::print("per stage peak memory (bytes):");
     for (std::int64_t bytes : p.peak_memory_bytes) fmt::print(" {}", bytes);
-    fmt::print("\npipeline time per batch {:.6f} s + all-reduce {:.6f} s = {:.6f} s; {}\n",
-               p.pipeline_time_s, p.allreduce_time_s, p.batch_time_s,
-               p.fits() ? "fits" : std::string("rejected: ") + planner::describe(p.rejection));
+    fmt::print(
+        "\ntime per batch {:.6f} s (simulated; slowest stage's all-reduce {:.6f} s, step {:.6f} "
+        "s); {}\n",
+        p.batch_time_s, p.allreduce_time_s, p.step_time_s,
+        p.fits() ? "fits" : std::string("rejected: ") + planner::describe(p.rejection));
     return 0;
   }
 

@@ -1,8 +1,11 @@
 // `p2bw profile DECK [--microbatch-sizes 1,2,4] [-o profile.h5]`: times forward and backward (with
 // and without recomputation) of the embedding, one block and the head on this device for each
 // microbatch size, and writes them with the parts' byte sizes to profile.h5 for `p2bw plan`.
-// Rank 0 measures; other ranks only read the deck.
+// Every rank measures at the same time (a full node loads its memory bus as a run does); rank 0
+// writes the slowest rank's times.
 #include <fmt/format.h>
+
+#include <mpi.h>
 
 #include <filesystem>
 #include <memory>
@@ -25,18 +28,35 @@ struct ProfileOptions {
   std::string output;  // default <output.dir>/profile.h5
 };
 
+// Every time of the profile replaced by its maximum over the ranks of `comm` (collective).
+void take_slowest(planner::Profile& profile, MPI_Comm comm) {
+  std::vector<double*> times;
+  for (planner::MicrobatchProfile& entry : profile.entries)
+    for (planner::PartProfile* part : {&entry.embedding, &entry.block, &entry.head})
+      for (double* t :
+           {&part->forward_s, &part->backward_s, &part->backward_recompute_s, &part->step_s})
+        times.push_back(t);
+  std::vector<double> values;
+  for (const double* t : times) values.push_back(*t);
+  P2BW_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, values.data(), static_cast<int>(values.size()),
+                               MPI_DOUBLE, MPI_MAX, comm));
+  for (size_t i = 0; i < times.size(); ++i) *times[i] = values[i];
+  P2BW_MPI_CHECK(MPI_Comm_size(comm, &profile.ranks));
+}
+
 int run_profile(const Context& context, const ProfileOptions& options) {
   config::LoadOptions load;
   load.overrides = options.overrides;
   load.require_data = false;  // profiling runs on synthetic tokens
   const config::Deck deck = comm::load_deck_collective(options.deck, load, context.world);
-  if (!context.root()) return 0;
-  for (int b : options.microbatch_sizes)
+  for (int b : options.microbatch_sizes)  // the same check on every rank: all throw or none
     if (b < 1)
       throw UserError(
           fmt::format("--microbatch-sizes: {} is out of range (allowed: integers >= 1)", b));
   planner::Profile profile =
       planner::measure_profile(deck, options.microbatch_sizes, options.repeats);
+  take_slowest(profile, context.world);
+  if (!context.root()) return 0;
   profile.machine = build_description();
   const std::string output = options.output.empty()
                                  ? (std::filesystem::path(deck.output.dir) / "profile.h5").string()
@@ -45,19 +65,21 @@ int run_profile(const Context& context, const ProfileOptions& options) {
   std::filesystem::create_directories(parent);
   planner::write_profile(output, profile, deck);
 
-  fmt::print("p2bw profile {}: {} hidden {} heads {} T = {}, median of {} runs\n", options.deck,
-             config::to_string(deck.model.kind), deck.model.hidden, deck.model.heads,
-             deck.model.seq_len, options.repeats);
-  fmt::print("{:>4} {:<10} {:>11} {:>11} {:>14} {:>12} {:>12} {:>12}\n", "b", "part", "forward ms",
-             "backward ms", "bwd+refwd ms", "weights B", "boundary B", "stash B");
+  fmt::print(
+      "p2bw profile {}: {} hidden {} heads {} T = {}, median of {} runs, slowest of {} ranks\n",
+      options.deck, config::to_string(deck.model.kind), deck.model.hidden, deck.model.heads,
+      deck.model.seq_len, options.repeats, profile.ranks);
+  fmt::print("{:>4} {:<10} {:>11} {:>11} {:>14} {:>9} {:>12} {:>12} {:>12}\n", "b", "part",
+             "forward ms", "backward ms", "bwd+refwd ms", "step ms", "weights B", "boundary B",
+             "stash B");
   for (const planner::MicrobatchProfile& entry : profile.entries) {
     const std::pair<const char*, const planner::PartProfile*> parts[] = {
         {"embedding", &entry.embedding}, {"block", &entry.block}, {"head", &entry.head}};
     for (const auto& [name, part] : parts)
-      fmt::print("{:>4} {:<10} {:>11.3f} {:>11.3f} {:>14.3f} {:>12} {:>12} {:>12}\n",
+      fmt::print("{:>4} {:<10} {:>11.3f} {:>11.3f} {:>14.3f} {:>9.3f} {:>12} {:>12} {:>12}\n",
                  entry.microbatch_size, name, 1e3 * part->forward_s, 1e3 * part->backward_s,
-                 1e3 * part->backward_recompute_s, part->weight_bytes, part->boundary_bytes,
-                 part->stash_bytes);
+                 1e3 * part->backward_recompute_s, 1e3 * part->step_s, part->weight_bytes,
+                 part->boundary_bytes, part->stash_bytes);
   }
   fmt::print("profile: {}\n", output);
   return 0;

@@ -26,6 +26,7 @@ struct Options {
   std::string deck;
   std::vector<std::string> overrides;
   double forward = 1.0, backward = 2.0, message = 0.0, allreduce = 0.0, step = 0.0;
+  bool global_sync = false;
   int batches = 4;
   int columns = 100;
   std::string output;        // HDF5 timeline; default <output.dir>/simulation.h5
@@ -93,17 +94,19 @@ int run_simulate(const Context& context, const Options& options) {
   if (!options.schedule_out.empty()) {
     std::ofstream(options.schedule_out) << schedule::to_text(sched);
   }
-  const schedule::Report report = schedule::simulate(
-      sched, schedule::Costs::uniform(options.forward, options.backward, options.message,
-                                      options.allreduce, options.step));
+  schedule::Costs costs = schedule::Costs::uniform(
+      options.forward, options.backward, options.message, options.allreduce, options.step);
+  costs.global_sync = options.global_sync;
+  const schedule::Report report = schedule::simulate(sched, costs);
 
   fmt::print("p2bw simulate {}: schedule {}, d = {}, m = {}, {} batches{}; checker: ok\n",
              options.deck, config::to_string(deck.pipeline.schedule), deck.pipeline.depth,
              deck.pipeline.microbatches, options.batches,
              warmup > 0 ? fmt::format(" (first {} with flush semantics)", warmup) : "");
   fmt::print(
-      "costs per microbatch: forward {}, backward {}, message {}, all-reduce {}, step {}\n\n",
-      options.forward, options.backward, options.message, options.allreduce, options.step);
+      "costs per microbatch: forward {}, backward {}, message {}, all-reduce {}{}, step {}\n\n",
+      options.forward, options.backward, options.message, options.allreduce,
+      options.global_sync ? " (synchronising all stages)" : "", options.step);
   fmt::print("{}\n", schedule::format_report(report));
   // Bubble of one batch: flush and gpipe pay it every batch; 2bw only in the first and last.
   double bubble = 0, steady = 0;
@@ -150,6 +153,8 @@ Command add_simulate(CLI::App& app) {
   cli->add_option("--cost-step", options->step, "optimizer step time per batch")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  cli->add_flag("--global-sync", options->global_sync,
+                "each batch's all-reduce synchronises all stages, as p2bw train runs it");
   cli->add_option("--batches", options->batches, "batches (optimizer steps) to simulate")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);

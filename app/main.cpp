@@ -4,9 +4,11 @@
 #include <mpi.h>
 #include <Kokkos_Core.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "command.hpp"
@@ -94,6 +96,9 @@ int main(int argc, char** argv) {
   } catch (const std::exception& error) {
     fmt::print(stderr, "error: rank {}: {}\n", context.rank, error.what());
     std::fflush(stderr);
+    // mpiexec forwards a rank's stderr asynchronously; MPI_Abort kills the job at once and could
+    // drop the message. A moment's pause lets the one line that explains the failure through.
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
     p2bw::kernels::release_gemm_handles();
     Kokkos::finalize();
     MPI_Abort(context.world, p2bw::kExitInternal);

@@ -43,8 +43,8 @@ class RunError : public std::runtime_error {
 
 std::unique_ptr<Transport> make_mpi_transport(MPI_Comm world, double timeout_s, int stage);
 
-// Waits for a non-blocking MPI operation (e.g. a collective) with a deadline: polls with a
-// growing pause instead of spinning, throws RunError("stage S: WHAT: no progress ...") when late.
+// Waits for a non-blocking MPI operation (e.g. a collective) with a deadline: tests it in a loop
+// that yields the core between tests, throws RunError("stage S: WHAT: no progress ...") when late.
 void wait_with_deadline(MPI_Request& request, double timeout_s, int stage, const std::string& what);
 
 }  // namespace p2bw::comm

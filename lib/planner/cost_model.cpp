@@ -68,6 +68,7 @@ StageCosts stage_costs(const Candidate& candidate, const pipeline::StageMap& map
     double backward = range.blocks * (candidate.recompute ? profile.block.backward_recompute_s
                                                           : profile.block.backward_s);
     double weight_bytes = static_cast<double>(range.blocks) * profile.block.weight_bytes;
+    double step = range.blocks * profile.block.step_s;
     const PartProfile* ends[2] = {range.has_embedding ? &profile.embedding : nullptr,
                                   range.has_head ? &profile.head : nullptr};
     for (const PartProfile* part : ends) {
@@ -75,9 +76,11 @@ StageCosts stage_costs(const Candidate& candidate, const pipeline::StageMap& map
       forward += part->forward_s;
       backward += candidate.recompute ? part->backward_recompute_s : part->backward_s;
       weight_bytes += static_cast<double>(part->weight_bytes);
+      step += part->step_s;
     }
     costs.forward.push_back(forward);
     costs.backward.push_back(backward);
+    costs.step.push_back(step);
     const bool local = replicas_share_node(cluster, candidate.width, s);
     costs.allreduce.push_back(
         ring_allreduce_time(weight_bytes, candidate.width, local ? intra_bw : inter_bw,
@@ -100,7 +103,10 @@ double SimulationCache::simulate(config::ScheduleKind schedule, int depth, int m
           microbatches,
           costs.forward,
           costs.backward,
-          costs.message};
+          costs.message,
+          costs.allreduce,
+          costs.step,
+          costs.tied_allreduce};
   const auto found = times_.find(key);
   if (found != times_.end()) return found->second;
   const bool two_bw = schedule == config::ScheduleKind::twobw;
@@ -114,8 +120,13 @@ double SimulationCache::simulate(config::ScheduleKind schedule, int depth, int m
   sim_costs.forward = costs.forward;
   sim_costs.backward = costs.backward;
   sim_costs.message = costs.message.empty() ? std::vector<double>{0.0} : costs.message;
-  sim_costs.allreduce = {0.0};
-  sim_costs.step = {0.0};
+  sim_costs.allreduce = costs.allreduce.empty() ? std::vector<double>(depth, 0.0) : costs.allreduce;
+  if (depth > 1) {  // the tied embedding's copies live on the first and the last stage
+    sim_costs.allreduce.front() += costs.tied_allreduce;
+    sim_costs.allreduce.back() += costs.tied_allreduce;
+  }
+  sim_costs.step = costs.step.empty() ? std::vector<double>{0.0} : costs.step;
+  sim_costs.global_sync = true;
   const schedule::Report report = schedule::simulate(sched, sim_costs);
   ++simulations_;
   const double time = two_bw ? report.steady_batch_time : report.makespan / batches;
@@ -126,14 +137,9 @@ double SimulationCache::simulate(config::ScheduleKind schedule, int depth, int m
 double SimulationCache::batch_time(config::ScheduleKind schedule, int depth, int microbatches,
                                    const StageCosts& costs) {
   const int d = depth, m = microbatches;
-  if (schedule == config::ScheduleKind::twobw) {
-    // Never flushed: the steady state repeats one period per microbatch whatever m is, so a
-    // batch takes m periods; the period is measured with m = d.
-    if (m == d) return simulate(schedule, d, d, costs);
-    return simulate(schedule, d, d, costs) / d * m;
-  }
-  // Flush and GPipe: fill, a periodic middle, drain. Past 3d microbatches the makespan grows by
-  // one period per microbatch; extrapolate from m = 2d and 3d.
+  // Flush and GPipe: fill, a periodic middle, drain; 2bw: a periodic steady state plus the
+  // per-batch synchronisation. Past 3d microbatches a batch grows by one period per
+  // microbatch; extrapolate from m = 2d and 3d.
   if (m <= 3 * d) return simulate(schedule, d, m, costs);
   const double t2 = simulate(schedule, d, 2 * d, costs);
   const double t3 = simulate(schedule, d, 3 * d, costs);
@@ -211,10 +217,10 @@ Prediction evaluate(const config::Deck& deck, const Cluster& cluster, const Prof
   }
   SimulationCache local;
   SimulationCache& sims = cache ? *cache : local;
-  p.pipeline_time_s = sims.batch_time(c.schedule, c.depth, c.microbatches, costs);
+  p.batch_time_s = sims.batch_time(c.schedule, c.depth, c.microbatches, costs);
   p.allreduce_time_s =
       *std::max_element(costs.allreduce.begin(), costs.allreduce.end()) + costs.tied_allreduce;
-  p.batch_time_s = p.pipeline_time_s + p.allreduce_time_s;
+  p.step_time_s = *std::max_element(costs.step.begin(), costs.step.end());
   p.samples_per_s = static_cast<double>(c.global_batch()) / p.batch_time_s;
   p.tokens_per_s = p.samples_per_s * deck.model.seq_len;
   return p;

@@ -51,18 +51,22 @@ struct StageCosts {
   std::vector<double> backward;   // d: backward (with the re-forward under recomputation)
   std::vector<double> message;    // d-1: one activation (or gradient) message over link s<->s+1
   std::vector<double> allreduce;  // d: data-parallel all-reduce of stage s's gradients, per batch
+  std::vector<double> step;       // d: gradient norm, optimizer step and zeroing, per batch
   double tied_allreduce = 0;      // per batch: tied embedding gradient, first <-> last stage
 };
 
 StageCosts stage_costs(const Candidate& candidate, const pipeline::StageMap& map,
                        const MicrobatchProfile& profile, const Cluster& cluster);
 
-// Simulated time of one batch without the all-reduce: steady-state time per batch for 2bw (4
-// batches simulated; the first fills the pipeline), makespan of one batch for flush and gpipe.
-// To stay fast for large m: 2bw's steady state is periodic per microbatch, so T(m) = m · T(d)/d;
-// flush and gpipe are simulated directly up to m = 3d and extrapolated linearly beyond from
-// m = 2d and 3d (fill + periodic middle + drain). Simulations are cached per
-// (schedule, d, m, costs) since many candidates share them.
+// Simulated time of one batch as p2bw's executor runs it: every stage's forwards, backwards and
+// messages, then after its last backward of the batch the all-reduce (data-parallel, plus the
+// tied embedding on the first and last stage), which is a collective over all stages (the loss
+// and gradient-norm all-reduce), then the optimizer step. 2bw: steady-state time per batch (4
+// batches simulated; the first fills the pipeline); flush and gpipe: makespan of one batch.
+// To stay fast for large m, each schedule is simulated directly up to m = 3d and extrapolated
+// linearly beyond from m = 2d and 3d (fill + periodic middle + drain; for 2bw the per-batch
+// synchronisation is a constant). Simulations are cached per (schedule, d, m, costs) since many
+// candidates share them.
 class SimulationCache {
  public:
   double batch_time(config::ScheduleKind schedule, int depth, int microbatches,
@@ -73,8 +77,8 @@ class SimulationCache {
   std::int64_t simulations() const { return simulations_; }
 
  private:
-  using Key =
-      std::tuple<int, int, int, std::vector<double>, std::vector<double>, std::vector<double>>;
+  using Key = std::tuple<int, int, int, std::vector<double>, std::vector<double>,
+                         std::vector<double>, std::vector<double>, std::vector<double>, double>;
   std::map<Key, double> times_;
   std::int64_t simulations_ = 0;
 };
@@ -95,9 +99,9 @@ struct Prediction {
   Candidate candidate;
   Rejection rejection = Rejection::none;
   bool fits() const { return rejection == Rejection::none; }
-  double pipeline_time_s = 0;   // simulated compute + messages + bubbles of one batch
+  double batch_time_s = 0;      // simulated (SimulationCache::batch_time), everything included
   double allreduce_time_s = 0;  // slowest stage's data-parallel + tied all-reduce, per batch
-  double batch_time_s = 0;      // pipeline_time_s + allreduce_time_s (all-reduce not overlapped)
+  double step_time_s = 0;       // slowest stage's optimizer step (norm, update, zeroing)
   double samples_per_s = 0;     // b·m·w / batch_time_s
   double tokens_per_s = 0;      // samples_per_s · seq_len
   std::vector<std::int64_t> peak_memory_bytes;  // predicted, per stage

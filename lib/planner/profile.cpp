@@ -12,6 +12,7 @@
 #include "io/hdf5_file.hpp"
 #include "kernels/gemm.hpp"
 #include "model/model_shape.hpp"
+#include "model/optimizer.hpp"
 #include "model/stage_model.hpp"
 
 namespace p2bw::planner {
@@ -98,7 +99,8 @@ void time_parts(const config::Deck& deck, int b, int first, int end, int repeats
   auto seconds = [](Clock::time_point a, Clock::time_point b) {
     return std::chrono::duration<double>(b - a).count();
   };
-  std::vector<double> forward, backward, recompute;
+  model::Optimizer optimizer(deck.train, model.tensors(), model.num_params());
+  std::vector<double> forward, backward, recompute, step;
   for (int r = 0; r <= repeats; ++r) {
     const auto t0 = Clock::now();
     model.forward(exec, params, cache, out);
@@ -112,10 +114,20 @@ void time_parts(const config::Deck& deck, int b, int first, int end, int repeats
     model.backward(exec, params, grads, cache, dout, din, 1.0);
     exec.fence();
     const auto t3 = Clock::now();
+    // The per-batch update as the executor runs it: norm, step into the same buffer, zeroing.
+    Kokkos::deep_copy(grads, 1e-3f);
+    exec.fence();
+    const auto t4 = Clock::now();
+    const std::vector<double> sums = model.grad_square_sums(exec, grads);
+    optimizer.step(exec, params, params, grads, 1e-4, sums.empty() ? 1.0 : 0.5);
+    Kokkos::deep_copy(exec, grads, 0.0f);
+    exec.fence();
+    const auto t5 = Clock::now();
     if (r == 0) continue;  // warm-up
     forward.push_back(seconds(t0, t1));
     backward.push_back(seconds(t1, t2));
     recompute.push_back(seconds(t2, t3));
+    step.push_back(seconds(t4, t5));
   }
   auto median = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
@@ -124,6 +136,7 @@ void time_parts(const config::Deck& deck, int b, int first, int end, int repeats
   part.forward_s = median(forward);
   part.backward_s = median(backward);
   part.backward_recompute_s = median(recompute);
+  part.step_s = median(step);
 }
 
 Profile measure_profile(const config::Deck& deck, const std::vector<int>& microbatch_sizes,
@@ -142,7 +155,11 @@ Profile measure_profile(const config::Deck& deck, const std::vector<int>& microb
     fill_sizes(entry.block, shape.block());
     fill_sizes(entry.head, shape.head());
     time_parts(deck, b, 0, 1, repeats, entry.embedding);
-    time_parts(deck, b, 1, 2, repeats, entry.block);
+    const int chain = std::min(L, kChainBlocks);
+    time_parts(deck, b, 1, 1 + chain, repeats, entry.block);
+    for (double* t : {&entry.block.forward_s, &entry.block.backward_s,
+                      &entry.block.backward_recompute_s, &entry.block.step_s})
+      *t /= chain;
     time_parts(deck, b, L + 1, L + 2, repeats, entry.head);
     profile.entries.push_back(entry);
   }
@@ -156,6 +173,7 @@ void write_profile(const std::string& path, const Profile& profile, const config
   file.set_attribute("/", "deck", config::to_yaml(deck));
   file.set_attribute("/", "machine", profile.machine);
   file.set_attribute("/", "measured", std::int64_t{profile.measured ? 1 : 0});
+  file.set_attribute("/", "ranks", std::int64_t{profile.ranks});
   file.set_attribute("/", "model_kind", std::string(config::to_string(profile.model.kind)));
   file.set_attribute("/", "hidden", std::int64_t{profile.model.hidden});
   file.set_attribute("/", "heads", std::int64_t{profile.model.heads});
@@ -168,12 +186,13 @@ void write_profile(const std::string& path, const Profile& profile, const config
     sizes.push_back(entry.microbatch_size);
     const std::string group = fmt::format("/microbatch_{}/", entry.microbatch_size);
     const PartProfile* parts[3] = {&entry.embedding, &entry.block, &entry.head};
-    std::vector<double> forward, backward, recompute;
+    std::vector<double> forward, backward, recompute, step;
     std::vector<std::int64_t> weights, boundary, stash;
     for (const PartProfile* part : parts) {
       forward.push_back(part->forward_s);
       backward.push_back(part->backward_s);
       recompute.push_back(part->backward_recompute_s);
+      step.push_back(part->step_s);
       weights.push_back(part->weight_bytes);
       boundary.push_back(part->boundary_bytes);
       stash.push_back(part->stash_bytes);
@@ -182,6 +201,7 @@ void write_profile(const std::string& path, const Profile& profile, const config
     file.write(group + "forward_s", forward, shape);
     file.write(group + "backward_s", backward, shape);
     file.write(group + "backward_recompute_s", recompute, shape);
+    file.write(group + "step_s", step, shape);
     file.write(group + "weight_bytes", weights, shape);
     file.write(group + "boundary_bytes", boundary, shape);
     file.write(group + "stash_bytes", stash, shape);
@@ -206,6 +226,7 @@ Profile read_profile(const std::string& path) {
   profile.source = path;
   profile.measured = file.int_attribute("/", "measured") != 0;
   profile.machine = file.string_attribute("/", "machine");
+  profile.ranks = static_cast<int>(file.int_attribute("/", "ranks"));
   const std::string kind = file.string_attribute("/", "model_kind");
   profile.model.kind = kind == "bert" ? config::ModelKind::bert : config::ModelKind::gpt;
   profile.model.hidden = static_cast<int>(file.int_attribute("/", "hidden"));
@@ -220,10 +241,11 @@ Profile read_profile(const std::string& path) {
     const auto forward = file.read<double>(group + "forward_s");
     const auto backward = file.read<double>(group + "backward_s");
     const auto recompute = file.read<double>(group + "backward_recompute_s");
+    const auto step = file.read<double>(group + "step_s");
     const auto weights = file.read<std::int64_t>(group + "weight_bytes");
     const auto boundary = file.read<std::int64_t>(group + "boundary_bytes");
     const auto stash = file.read<std::int64_t>(group + "stash_bytes");
-    if (forward.size() != 3 || backward.size() != 3 || recompute.size() != 3 ||
+    if (forward.size() != 3 || backward.size() != 3 || recompute.size() != 3 || step.size() != 3 ||
         weights.size() != 3 || boundary.size() != 3 || stash.size() != 3)
       throw bad(group + ": expected 3 parts per dataset");
     PartProfile* parts[3] = {&entry.embedding, &entry.block, &entry.head};
@@ -231,6 +253,7 @@ Profile read_profile(const std::string& path) {
       parts[i]->forward_s = forward[i];
       parts[i]->backward_s = backward[i];
       parts[i]->backward_recompute_s = recompute[i];
+      parts[i]->step_s = step[i];
       parts[i]->weight_bytes = weights[i];
       parts[i]->boundary_bytes = boundary[i];
       parts[i]->stash_bytes = stash[i];

@@ -17,6 +17,7 @@ struct PartProfile {
   double forward_s = 0;             // forward of one microbatch
   double backward_s = 0;            // backward of one microbatch, activations stashed
   double backward_recompute_s = 0;  // backward under recomputation: re-forward + backward
+  double step_s = 0;  // per batch: gradient norm, optimizer step and gradient zeroing of the part
   std::int64_t weight_bytes = 0;    // parameters · 4 (one copy)
   std::int64_t boundary_bytes = 0;  // the part's input per microbatch (a stage boundary)
   std::int64_t stash_bytes = 0;     // activations kept from forward for backward, input included
@@ -33,34 +34,41 @@ struct Profile {
   std::vector<MicrobatchProfile> entries;  // ascending microbatch size
   std::string machine;                     // build and machine description (measured)
   std::string source;                      // file it came from, or "analytic"
+  int ranks = 1;                           // processes that measured at the same time
 
   const MicrobatchProfile* find(int microbatch_size) const;  // nullptr if absent
   std::vector<int> microbatch_sizes() const;
 };
 
-constexpr std::int64_t kProfileFormatVersion = 1;
+constexpr std::int64_t kProfileFormatVersion = 2;  // 2: step_s, ranks, chained blocks
 
 // Closed-form profile: forward = flops_forward / flops_per_device, backward = 2 x forward,
 // backward under recomputation = forward + backward (so recomputing costs 4/3 of F + B).
 Profile analytic_profile(const config::ModelConfig& model, double flops_per_device,
                          const std::vector<int>& microbatch_sizes);
 
-// Times each part on this process's Kokkos device: median of `repeats` runs after one warm-up.
-// Needs Kokkos initialised. `deck` gives the model, seed and TF32 setting.
 // Median times on this device of parts [first, end) of the model (0 = embedding, 1 + l = block l,
 // layers + 1 = head) for microbatch size b over `repeats` runs after one warm-up: forward,
-// backward with a stashed cache, and re-forward + backward (recomputation). Used by
-// `p2bw profile` and `p2bw bench`.
+// backward with a stashed cache, re-forward + backward (recomputation), and the per-batch update
+// as the executor does it (gradient square sums, optimizer step, gradient zeroing). Needs Kokkos
+// initialised; `deck` gives the model, seed, optimizer and TF32 setting. Used by `p2bw profile`
+// and `p2bw bench`.
 void time_parts(const config::Deck& deck, int b, int first, int end, int repeats,
                 PartProfile& part);
 
+// Blocks are timed as a chain of min(layers, kChainBlocks) blocks and divided by the count: a
+// stage runs blocks back to back, whose stashes and weights do not all stay in a CPU's caches
+// the way one block timed alone does. Run under MPI with as many ranks per node as training
+// will use, every rank measures at once (ranks that share a node's memory bus or power slow each
+// other down as in the run) and the profile keeps the slowest rank's times.
+constexpr int kChainBlocks = 4;
 Profile measure_profile(const config::Deck& deck, const std::vector<int>& microbatch_sizes,
                         int repeats);
 
-// profile.h5: attributes format "p2bw-profile", format_version, deck (YAML), machine, model keys,
-// microbatch_sizes; per size a group /microbatch_<b> with datasets over the parts
-// [embedding, block, head]: forward_s, backward_s, backward_recompute_s (float64), weight_bytes,
-// boundary_bytes, stash_bytes (int64).
+// profile.h5: attributes format "p2bw-profile", format_version, deck (YAML), machine, ranks
+// (processes that measured at once), model keys, microbatch_sizes; per size a group
+// /microbatch_<b> with datasets over the parts [embedding, block, head]: forward_s, backward_s,
+// backward_recompute_s, step_s (float64), weight_bytes, boundary_bytes, stash_bytes (int64).
 void write_profile(const std::string& path, const Profile& profile, const config::Deck& deck);
 // Throws UserError for a file that is not a p2bw profile or has another format version.
 Profile read_profile(const std::string& path);

@@ -3,6 +3,7 @@
 #include "schedule/replay.hpp"
 
 #include <algorithm>
+#include <map>
 #include <sstream>
 #include <string>
 
@@ -60,13 +61,24 @@ struct StageState {
   Ops ops;              // its halves
   bool done[2] = {false, false};
   double end[2] = {0, 0};
+  bool arrived = false;  // global sync: waiting at the allreduce at pc since `clock`
+};
+
+// Global sync: how many stages reached a batch's allreduce, and when the last one did.
+struct Barrier {
+  int arrived = 0;
+  double latest = 0;
 };
 
 class Replayer {
  public:
   Replayer(const Schedule& s, const std::function<double(int, const Action&)>& duration,
-           const std::function<double(int)>& link_time)
-      : sched_(s), duration_(duration), link_time_(link_time), state_(s.stages) {
+           const std::function<double(int)>& link_time, bool global_sync)
+      : sched_(s),
+        duration_(duration),
+        link_time_(link_time),
+        global_sync_(global_sync),
+        state_(s.stages) {
     result_.events.resize(s.stages);
   }
 
@@ -90,6 +102,24 @@ class Replayer {
     while (st.pc < list.size()) {
       const Action& a = list[st.pc];
       if (a.kind == ActionKind::batch_begin || a.kind == ActionKind::batch_end) {
+        ++st.pc;
+        moved = true;
+        continue;
+      }
+      if (global_sync_ && a.kind == ActionKind::allreduce) {
+        Barrier& barrier = barriers_[a.batch];
+        if (!st.arrived) {
+          st.arrived = true;
+          ++barrier.arrived;
+          barrier.latest = std::max(barrier.latest, st.clock);
+          moved = true;
+        }
+        if (barrier.arrived < sched_.stages) break;
+        Event e{a, static_cast<int>(st.pc), st.clock, barrier.latest + duration_(s, a)};
+        e.ready = barrier.latest;
+        result_.events[s].push_back(e);
+        st.clock = e.end;
+        st.arrived = false;
         ++st.pc;
         moved = true;
         continue;
@@ -186,7 +216,9 @@ class Replayer {
   const Schedule& sched_;
   const std::function<double(int, const Action&)>& duration_;
   const std::function<double(int)>& link_time_;
+  const bool global_sync_;
   std::vector<StageState> state_;
+  std::map<int, Barrier> barriers_;  // by batch
   ReplayResult result_;
 };
 
@@ -194,8 +226,8 @@ class Replayer {
 
 ReplayResult replay(const Schedule& schedule,
                     const std::function<double(int, const Action&)>& duration,
-                    const std::function<double(int)>& link_time) {
-  return Replayer(schedule, duration, link_time).run();
+                    const std::function<double(int)>& link_time, bool global_sync) {
+  return Replayer(schedule, duration, link_time, global_sync).run();
 }
 
 }  // namespace p2bw::schedule::detail

@@ -90,8 +90,11 @@ Report simulate(const Schedule& schedule, const Costs& costs) {
         return 0.0;
     }
   };
-  detail::ReplayResult replayed =
-      detail::replay(schedule, duration, [&message](int link) { return message[link]; });
+  detail::ReplayResult replayed = detail::replay(
+      schedule, duration, [&message](int link) { return message[link]; }, costs.global_sync);
+  if (!replayed.blocked.empty())
+    throw ScheduleError("the schedule deadlocks when its all-reduces synchronise all stages: " +
+                        replayed.blocked.front().message);
 
   Report report;
   report.timeline.stages = std::move(replayed.events);
@@ -112,7 +115,10 @@ Report simulate(const Schedule& schedule, const Costs& costs) {
       const ActionKind kind = e.action.kind;
       const double length = e.end - e.start;
       if (is_compute(kind)) r.compute += length;
-      if (is_update(kind)) r.update += length;
+      if (is_update(kind)) {
+        r.update += e.end - work_start(e);
+        r.wait += work_start(e) - e.start;  // at a global sync
+      }
       if (is_communication(kind)) r.wait += length;
       if (kind == ActionKind::forward) r.peak_in_flight = std::max(r.peak_in_flight, ++in_flight);
       if (kind == ActionKind::backward || kind == ActionKind::backward_weight) --in_flight;
@@ -140,7 +146,7 @@ double bubble_in_window(const Timeline& timeline, int stage, double from, double
   double working = 0;
   for (const Event& e : timeline.stages.at(stage)) {
     if (!is_compute(e.action.kind) && !is_update(e.action.kind)) continue;
-    working += std::max(0.0, std::min(e.end, to) - std::max(e.start, from));
+    working += std::max(0.0, std::min(e.end, to) - std::max(work_start(e), from));
   }
   return 1.0 - working / (to - from);
 }
@@ -178,7 +184,8 @@ std::string render_gantt(const Timeline& timeline, int columns, int batches_show
   for (size_t s = 0; s < timeline.stages.size(); ++s) {
     std::string row(columns, '.');
     for (const Event& e : timeline.stages[s]) {
-      std::fill(row.begin() + column(e.start), row.begin() + column(e.end),
+      std::fill(row.begin() + column(e.start), row.begin() + column(work_start(e)), '-');
+      std::fill(row.begin() + column(work_start(e)), row.begin() + column(e.end),
                 gantt_char(e.action.kind));
     }
     char label[32];

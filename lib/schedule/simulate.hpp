@@ -13,9 +13,13 @@
 //   compute starts at (the later of the two posts) + message time.
 //   (Conservative for a non-blocking executor, which may start a transfer before the receive
 //   is reached; with zero message time both agree.)
+// - Costs::global_sync makes each batch's allreduce a collective over all stages, as p2bw's
+//   executor runs it (the loss and gradient-norm all-reduce over every rank): a stage waits
+//   there until the last stage arrives (Event::ready), then takes its allreduce cost.
 // Accounting per stage over [0, makespan]
 //   compute = forward and backward time; update = allreduce and step time;
-//   wait = time inside communication actions (blocked on a neighbour or a transfer);
+//   wait = time inside communication actions (blocked on a neighbour or a transfer) and at a
+//   global sync;
 //   idle = time before the first action and after the last one;
 //   compute + update + wait + idle = makespan; bubble = (wait + idle) / makespan.
 //   peak_in_flight = most microbatches forwarded but not yet backwarded.
@@ -42,10 +46,11 @@ struct Costs {
   std::vector<double> message{0.0};
   std::vector<double> allreduce{0.0};
   std::vector<double> step{0.0};
+  bool global_sync = false;  // allreduce is one collective over all stages (see above)
 
   static Costs uniform(double forward, double backward, double message = 0, double allreduce = 0,
                        double step = 0) {
-    return Costs{{forward}, {backward}, {message}, {allreduce}, {step}};
+    return Costs{{forward}, {backward}, {message}, {allreduce}, {step}, false};
   }
 };
 
@@ -54,7 +59,13 @@ struct Event {
   int index = 0;  // position in the stage's action list
   double start = 0;
   double end = 0;
+  double ready = 0;  // global sync: when the allreduce's work began ([start, ready) is waiting)
 };
+
+// When the event's own work begins: `ready` for a synchronised allreduce, otherwise its start.
+inline double work_start(const Event& e) {
+  return e.ready > e.start ? e.ready : e.start;
+}
 
 struct Timeline {
   std::vector<std::vector<Event>> stages;  // per stage, in execution order

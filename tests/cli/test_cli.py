@@ -58,11 +58,16 @@ with tempfile.TemporaryDirectory() as tmp:
     r = run("simulate", "inputs/gpt-tiny.yaml", "--set", "pipeline.depth=4", "--set", "pipeline.microbatches=8",
             "--batches", "6", "-o", f"{tmp}/sim2.h5")
     check("simulate: 2bw steady state has no bubble", r.returncode == 0 and "steady state 0.0000" in r.stdout, r.stdout + r.stderr)
+    r = run("simulate", "inputs/gpt-tiny.yaml", "--set", "pipeline.depth=2", "--set", "pipeline.microbatches=4",
+            "--set", "pipeline.sync_warmup_steps=0", "--batches", "6", "--global-sync", "-o", f"{tmp}/sim3.h5")
+    check("simulate --global-sync: 2bw d=2 m=4 pays one backward per batch (14 instead of 12)",
+          r.returncode == 0 and "steady-state time per batch 14.000" in r.stdout, r.stdout + r.stderr)
 
 import json
 with tempfile.TemporaryDirectory() as tmp:
     r = run("profile", "inputs/gpt-tiny.yaml", "--microbatch-sizes", "1,2", "-o", f"{tmp}/profile.h5")
-    check("profile writes profile.h5", r.returncode == 0 and os.path.getsize(f"{tmp}/profile.h5") > 0, r.stdout + r.stderr)
+    check("profile writes profile.h5 with step times", r.returncode == 0 and os.path.getsize(f"{tmp}/profile.h5") > 0
+          and "step ms" in r.stdout and "slowest of 1 ranks" in r.stdout, r.stdout + r.stderr)
     r = run("plan", "inputs/gpt-tiny.yaml", "--cluster", "inputs/clusters/cpu.yaml", "--profile", f"{tmp}/profile.h5",
             "--format", "json", "--write-deck", f"{tmp}/planned.yaml")
     try:

@@ -50,6 +50,13 @@ check("a stalled rank makes the run fail with the timeout message, not hang",
       r.returncode != 0 and seconds < 60 and re.search(r"stage 0: .*no progress for 2 s .*rank 1", r.stderr),
       f"exit {r.returncode} after {seconds:.0f} s; stderr: {r.stderr[-600:]}")
 
+profiled = f"{out}/profile-2-ranks.h5"
+r = subprocess.run([MPIEXEC, "-n", "2", *FLAGS, P2BW, "profile", "inputs/gpt-tiny.yaml", "--microbatch-sizes", "1",
+                    "--repeats", "2", "-o", profiled], cwd=ROOT, capture_output=True, text=True, timeout=120)
+check("mpiexec -n 2 p2bw profile: both ranks measure at once, the slowest is kept",
+      r.returncode == 0 and "slowest of 2 ranks" in r.stdout and os.path.getsize(profiled) > 0 and
+      r.stdout.count("profile:") == 1, r.stdout[-800:] + r.stderr[-800:])
+
 r, _ = train(3, "inputs/gpt-tiny.yaml", "--set", "pipeline.depth=2")
 check("train with the wrong number of ranks: one line, exit 2",
       r.returncode == 2 and r.stderr.count("\n") == 1 and "but the run has 3 MPI ranks" in r.stderr, r.stderr)

@@ -9,6 +9,7 @@
 
 #include "config/deck_io.hpp"
 #include "core/error.hpp"
+#include "io/hdf5_file.hpp"
 #include "model/model_shape.hpp"
 #include "pipeline/memory.hpp"
 #include "planner/cluster.hpp"
@@ -175,20 +176,33 @@ TEST(CostModel, FlushBatchTimeByHand) {
   SimulationCache cache;
   const double F = 1, B = 2;
   for (int m : {2, 4, 8}) {
-    StageCosts costs{{F, F}, {B, B}, {0.0}, {0, 0}, 0};
+    StageCosts costs{{F, F}, {B, B}, {0.0}, {0, 0}, {}, 0};
     // 1F1B with no message time: (m + d - 1)(F + B).
     EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::flush, 2, m, costs), (m + 1) * (F + B));
     EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::gpipe, 2, m, costs), (m + 1) * (F + B));
   }
   // One microbatch through d = 2 with message time c: F, c, F, B, c, B.
   const double c = 0.25;
-  StageCosts costs{{F, F}, {B, B}, {c}, {0, 0}, 0};
+  StageCosts costs{{F, F}, {B, B}, {c}, {0, 0}, {}, 0};
   EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::flush, 2, 1, costs), 2 * (F + B) + 2 * c);
   // More microbatches: at least the message-free time plus one forward and one backward message.
   EXPECT_GE(cache.batch_time(config::ScheduleKind::flush, 2, 4, costs), 5 * (F + B) + 2 * c);
-  // 2bw in steady state has no bubble: m (F + B) per batch without messages.
-  StageCosts free{{F, F}, {B, B}, {0.0}, {0, 0}, 0};
-  EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::twobw, 2, 4, free), 4 * (F + B));
+  // 2bw's pipeline has no bubble in steady state, but p2bw's executor synchronises all stages
+  // at each batch's all-reduce (loss and gradient norm): stage 1 finishes the batch's last
+  // backward one backward before stage 0 and waits for it, so a batch takes m (F + B) + B.
+  StageCosts free{{F, F}, {B, B}, {0.0}, {0, 0}, {}, 0};
+  EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::twobw, 2, 4, free), 4 * (F + B) + B);
+  // All-reduce a and step σ on both stages follow the sync: + a + σ per batch, for 2bw as for
+  // flush (which pays them after its drain, before the next batch's first forward).
+  const double a = 0.5, sigma = 0.125;
+  StageCosts update{{F, F}, {B, B}, {0.0}, {a, a}, {sigma, sigma}, 0};
+  EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::twobw, 2, 4, update),
+                   4 * (F + B) + B + a + sigma);
+  EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::flush, 2, 4, update),
+                   5 * (F + B) + a + sigma);
+  // The tied embedding's all-reduce adds to the first and the last stage's all-reduce.
+  StageCosts tied{{F, F}, {B, B}, {0.0}, {0, 0}, {}, a};
+  EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::flush, 2, 4, tied), 5 * (F + B) + a);
   // Cached: the same key is not simulated again.
   const auto before = cache.simulations();
   cache.batch_time(config::ScheduleKind::twobw, 2, 4, free);
@@ -198,10 +212,11 @@ TEST(CostModel, FlushBatchTimeByHand) {
 TEST(CostModel, ExtrapolationMatchesFullSimulation) {
   // Uneven stages and messages: the extrapolated batch time equals the direct simulation.
   SimulationCache cache;
-  const StageCosts costs{{1.0, 1.3, 0.9, 1.6}, {2.1, 2.5, 1.7, 3.4}, {0.05, 0.4, 0.1}, {}, 0};
+  const StageCosts costs{{1.0, 1.3, 0.9, 1.6}, {2.1, 2.5, 1.7, 3.4},   {0.05, 0.4, 0.1},
+                         {0.2, 0.1, 0.3, 0.1}, {0.05, 0.15, 0.1, 0.2}, 0.25};
   for (auto kind :
        {config::ScheduleKind::twobw, config::ScheduleKind::flush, config::ScheduleKind::gpipe}) {
-    for (int m : {4, 8, 13, 16, 40}) {
+    for (int m : {4, 8, 13, 16, 17, 40, 101}) {
       const double direct = cache.simulate(kind, 4, m, costs);
       EXPECT_NEAR(cache.batch_time(kind, 4, m, costs), direct, 1e-9 * direct)
           << config::to_string(kind) << " m = " << m;
@@ -223,7 +238,6 @@ TEST(CostModel, EvaluateDataParallelByHand) {
       4.0 * (shape.embedding().params + 4 * shape.block().params + shape.head().params);
   const Prediction p = evaluate(deck, c, profile);
   ASSERT_TRUE(p.fits());
-  EXPECT_NEAR(p.pipeline_time_s, 3 * 3 * F, 1e-12);
   EXPECT_NEAR(p.allreduce_time_s, ring_allreduce_time(weights, 2, 10, 0), 1e-12);
   EXPECT_NEAR(p.batch_time_s, 9 * F + weights / 10e9, 1e-12);
   EXPECT_NEAR(p.samples_per_s, 4 * 3 * 2 / p.batch_time_s, 1e-6);
@@ -232,7 +246,8 @@ TEST(CostModel, EvaluateDataParallelByHand) {
   // Recomputation costs 4/3 of F + B in the analytic profile.
   const Prediction r =
       evaluate(apply(deck, Candidate{2, 1, 4, 3, config::ScheduleKind::flush, true}), c, profile);
-  EXPECT_NEAR(r.pipeline_time_s / p.pipeline_time_s, 4.0 / 3.0, 1e-9);
+  EXPECT_NEAR((r.batch_time_s - r.allreduce_time_s) / (p.batch_time_s - p.allreduce_time_s),
+              4.0 / 3.0, 1e-9);
 }
 
 TEST(CostModel, EvaluateRejectsInvalidConfigurations) {
@@ -357,6 +372,8 @@ TEST(Profile, WriteReadRoundTrip) {
   const config::Deck deck = deck_from(kDeck);
   Profile profile = analytic_profile(deck.model, 3e10, {1, 4, 2});
   profile.machine = "test machine";
+  profile.ranks = 2;
+  profile.entries[1].block.step_s = 0.125;
   const std::string path =
       (std::filesystem::temp_directory_path() / "p2bw_test_profile.h5").string();
   write_profile(path, profile, deck);
@@ -364,7 +381,9 @@ TEST(Profile, WriteReadRoundTrip) {
   std::remove(path.c_str());
   ASSERT_EQ(back.microbatch_sizes(), (std::vector<int>{1, 2, 4}));
   EXPECT_EQ(back.machine, "test machine");
+  EXPECT_EQ(back.ranks, 2);
   EXPECT_FALSE(back.measured);
+  EXPECT_EQ(back.find(2)->block.step_s, 0.125);
   for (int b : {1, 2, 4}) {
     const MicrobatchProfile& x = *profile.find(b);
     const MicrobatchProfile& y = *back.find(b);
@@ -377,6 +396,36 @@ TEST(Profile, WriteReadRoundTrip) {
   config::ModelConfig other = deck.model;
   other.hidden = 256;
   EXPECT_THROW(check_profile_matches(back, other), UserError);
+
+  // A profile of another format version (version 1 had no step times) is refused by name.
+  write_profile(path, profile, deck);
+  io::H5File(path, io::H5File::Mode::read_write)
+      .set_attribute("/", "format_version", std::int64_t{1});
+  try {
+    read_profile(path);
+    ADD_FAILURE() << "a version 1 profile was accepted";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("format_version 1 is not supported"), std::string::npos)
+        << e.what();
+  }
+  std::remove(path.c_str());
+}
+
+TEST(CostModel, StepTimeComesFromTheProfile) {
+  // A measured step per part adds to its stage once per batch, after the synchronised
+  // all-reduce: d = 1 flush, m = 3: 3 (F + B) + step.
+  const Cluster c = cluster_of(1, 1, 16, 10, 1, 1e12);
+  const config::Deck deck =
+      apply(deck_from(kDeck), Candidate{1, 1, 4, 3, config::ScheduleKind::flush, false});
+  Profile profile = analytic_profile(deck.model, c.flops_per_device, {4});
+  const double before = evaluate(deck, c, profile).batch_time_s;
+  MicrobatchProfile& e = profile.entries[0];
+  e.embedding.step_s = 0.01;
+  e.block.step_s = 0.02;
+  e.head.step_s = 0.03;
+  const Prediction p = evaluate(deck, c, profile);
+  EXPECT_NEAR(p.step_time_s, 0.01 + 4 * 0.02 + 0.03, 1e-15);
+  EXPECT_NEAR(p.batch_time_s, before + p.step_time_s, 1e-12);
 }
 
 }  // namespace

@@ -107,6 +107,33 @@ TEST(Simulate, TimelinesAreConsistent) {
   expect_consistent(generate(ScheduleKind::two_bw, 4, 5, 4, 2), uneven);
 }
 
+TEST(Simulate, GlobalSyncMakesStagesWaitForTheLastBackward) {
+  // 2bw, d = 2, m = 4, forward 1, backward 2: with the all-reduce as a collective over all
+  // stages (p2bw's executor), stage 1 reaches it one backward before stage 0 and waits; stage
+  // 0 then waits for stage 1's next backward. A batch takes m (F + B) + B = 14 instead of 12.
+  Costs sync = kUnit;
+  sync.global_sync = true;
+  const Schedule schedule = generate(ScheduleKind::two_bw, 2, 4, 6);
+  EXPECT_EQ(simulate(schedule, kUnit).steady_batch_time, 12.0);
+  const Report r = simulate(schedule, sync);
+  EXPECT_EQ(r.steady_batch_time, 14.0);
+  for (int s = 0; s < 2; ++s) EXPECT_GT(r.stages[s].steady_bubble, 0.0) << "stage " << s;
+  expect_consistent(schedule, sync);
+  // Flush already waits at the batch boundary: the sync costs it nothing.
+  const Schedule flush = generate(ScheduleKind::flush, 4, 8, 3);
+  Costs flush_sync = Costs::uniform(1.0, 2.0, 0.25, 0.5, 0.125);
+  const double free = simulate(flush, flush_sync).makespan;
+  flush_sync.global_sync = true;
+  EXPECT_EQ(simulate(flush, flush_sync).makespan, free);
+  // The Gantt chart shows the wait before the all-reduce's own work ('-' then 'A').
+  Costs shown = Costs::uniform(1.0, 2.0, 0.0, 1.0);
+  shown.global_sync = true;
+  const std::string gantt =
+      render_gantt(simulate(generate(ScheduleKind::flush, 2, 1, 1), shown).timeline, 14, 1);
+  EXPECT_NE(gantt.find("stage  0 |FF------BBBBAA|\nstage  1 |--FFBBBB----AA|"), std::string::npos)
+      << gantt;
+}
+
 TEST(Simulate, MessageTimeIsPaidOncePerHopInGpipeFill) {
   // One batch, one microbatch: a pure chain F0 -> F1 -> F2, then B2 -> B1 -> B0.
   const Report r = simulate(generate(ScheduleKind::gpipe, 3, 1, 1), Costs::uniform(1, 2, 0.5));
