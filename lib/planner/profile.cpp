@@ -41,6 +41,22 @@ void fill_sizes(PartProfile& part, const model::PartSize& size) {
   part.stash_bytes = kFloat * size.activations;
 }
 
+// Deterministic inputs that vary like real ones: a constant input would make every LayerNorm
+// output zero and the timing unlike a run's.
+void fill_varied(model::FloatView v, float scale) {
+  Kokkos::parallel_for(
+      "p2bw::profile_fill", Kokkos::RangePolicy<model::Exec>(0, v.extent(0)),
+      KOKKOS_LAMBDA(const int i) {
+        v(i) = scale * static_cast<float>(((i * 7919) % 2001) - 1000) / 1000.0f;
+      });
+}
+
+void fill_varied(model::IntView v, int vocab) {
+  Kokkos::parallel_for(
+      "p2bw::profile_tokens", Kokkos::RangePolicy<model::Exec>(0, v.extent(0)),
+      KOKKOS_LAMBDA(const int i) { v(i) = (i * 7919 + 13) % vocab; });
+}
+
 std::vector<int> sorted_unique(std::vector<int> sizes) {
   std::sort(sizes.begin(), sizes.end());
   sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
@@ -86,14 +102,14 @@ void time_parts(const config::Deck& deck, int b, int first, int end, int repeats
   if (!model.has_head()) {
     out = model::FloatView("out", n);
     dout = model::FloatView("dout", n);
-    Kokkos::deep_copy(dout, 0.01f);
+    fill_varied(dout, 0.01f);
   }
   if (model.has_embedding()) {
-    Kokkos::deep_copy(cache.tokens, 7);
+    fill_varied(cache.tokens, deck.model.vocab);
   } else {
-    Kokkos::deep_copy(model.input_slot(cache), 0.1f);
+    fill_varied(model.input_slot(cache), 1.0f);
   }
-  if (model.has_head()) Kokkos::deep_copy(cache.targets, 11);
+  if (model.has_head()) fill_varied(cache.targets, deck.model.vocab);
   model::Exec exec;
   using Clock = std::chrono::steady_clock;
   auto seconds = [](Clock::time_point a, Clock::time_point b) {

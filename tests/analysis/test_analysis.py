@@ -123,7 +123,7 @@ def tests(p2bw, mpiexec, flags, tmp):
     dirs = [runs["2bw"], runs["flush"]]
 
     for name in ("p2bw_h5.py", "loss_curves.py", "throughput.py", "timeline.py", "memory.py",
-                 "report.py", "planner.py"):
+                 "report.py", "planner.py", "planner_validation.py"):
         r = script(name, "--help")
         check(f"{name} --help", r.returncode == 0 and "usage" in r.stdout, r.stderr[-300:])
 
@@ -260,6 +260,25 @@ def tests(p2bw, mpiexec, flags, tmp):
     for what, path in (("a JSON list missing keys", bad_plan), ("a text file", __file__)):
         r = script("planner.py", path, "--out", out)
         check(f"planner.py on {what}: exit 2, one line on stderr",
+              r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-300:])
+
+    # planner_validation.py: a prediction against the 2bw run, checked by an independent reading
+    times = files["2bw"]["steps/time_s"][:]
+    measured = float(np.median(np.diff(times)[2:]))
+    peak = max(int(files["2bw"][f"stages/{s}/peak_memory_bytes"][:].max()) for s in ("0", "1"))
+    predicted = os.path.join(tmp, "prediction.json")
+    with open(predicted, "w") as f:
+        json.dump([{"w": 1, "d": 2, "b": 2, "m": 4, "schedule": "2bw", "recompute": False,
+                    "batch_time_s": 1.1 * measured, "peak_memory_bytes": [peak, peak // 2]}], f)
+    r = script("planner_validation.py", "--pair", predicted, runs["2bw"], "--skip", "2")
+    check("planner_validation.py: +10.0% time, +0.0% memory, both within target",
+          r.returncode == 0 and "| d2 w1 b2 m4 2bw | " in r.stdout and "| +10.0% |" in r.stdout
+          and "| +0.0% |" in r.stdout and "time within 15%: 1 of 1" in r.stdout
+          and "memory within 5%: 1 of 1" in r.stdout, r.stdout + r.stderr[-300:])
+    for what, args in (("a JSON list missing keys", ["--pair", bad_plan, runs["2bw"]]),
+                       ("too few steps", ["--pair", predicted, runs["2bw"], "--skip", "7"])):
+        r = script("planner_validation.py", *args)
+        check(f"planner_validation.py on {what}: exit 2, one line on stderr",
               r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-300:])
 
     # malformed inputs
