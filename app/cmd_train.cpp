@@ -115,7 +115,9 @@ class Metrics {
           all.data() + 4 * static_cast<size_t>(s * deck_.pipeline.width);  // replica 0
       stages.push_back({r.step, row[0], row[1], row[2], static_cast<std::int64_t>(row[3])});
     }
-    writer_->append({r.step, r.loss, r.lr, r.grad_norm, tokens_per_s, time_s, r.skipped}, stages);
+    writer_->append({r.step, r.loss, r.lr, r.grad_norm, tokens_per_s,
+                     writer_->elapsed_before() + time_s, r.skipped},
+                    stages);
     for (int rank = 0; deck_.output.trace && rank < context_.size; ++rank) {
       std::vector<io::TraceEvent> trace;
       for (int i = offsets[rank]; i + 4 < offsets[rank] + counts[rank]; i += 5)

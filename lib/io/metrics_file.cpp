@@ -276,7 +276,10 @@ void MetricsWriter::truncate_group(const std::string& group, const std::vector<s
   hsize_t keep = 0;
   while (keep < rows && steps[keep] < first_step) ++keep;
   for (const std::string& name : series) file_.resize(group + "/" + name, keep);
-  if (group == "/steps" && keep > 0) last_step_ = std::max(last_step_, steps[keep - 1]);
+  if (group == "/steps" && keep > 0) {
+    last_step_ = std::max(last_step_, steps[keep - 1]);
+    elapsed_before_ = file_.read<double>("/steps/time_s")[keep - 1];
+  }
 }
 
 void MetricsWriter::append(const StepRow& row, const std::vector<StageRow>& stages) {

@@ -54,7 +54,7 @@ struct MetricsHeader {
 struct StepRow {
   std::int64_t step = 0;  // 1-based optimizer step
   double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0;
-  double time_s = 0;     // wall clock since the start of the run
+  double time_s = 0;     // wall clock of the run: since its start, continued across resumes
   bool skipped = false;  // a non-finite step whose update was skipped
 };
 
@@ -92,6 +92,9 @@ class MetricsWriter {
   void append_trace(int rank, const std::vector<TraceEvent>& events);
 
   const std::string& path() const { return file_.path(); }
+  // time_s of the last row kept on resume (0 for a new file): a resumed run adds its own
+  // elapsed time to it, so /steps/time_s keeps growing across resumes.
+  double elapsed_before() const { return elapsed_before_; }
 
  private:
   void add_stage(int stage, const PredictedMemory& predicted);
@@ -103,6 +106,7 @@ class MetricsWriter {
   int depth_;
   std::string action_names_;
   std::int64_t last_step_ = 0;
+  double elapsed_before_ = 0;
 };
 
 // Everything in a metrics file, validated (read_metrics throws UserError "FILE: what is wrong

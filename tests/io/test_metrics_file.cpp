@@ -148,6 +148,7 @@ TEST_F(MetricsFile, ResumeTruncatesRecomputedSteps) {
   const std::string file = path("metrics.h5");
   {
     MetricsWriter writer(file, header(), 1, false);
+    EXPECT_EQ(writer.elapsed_before(), 0.0);
     for (int k = 1; k <= 5; ++k) writer.append(step_row(k, 10.0 - k), stage_rows(k));
     writer.append_trace(0, {{0, 1, 0, 0.0, 1.0}});
   }
@@ -156,6 +157,7 @@ TEST_F(MetricsFile, ResumeTruncatesRecomputedSteps) {
     MetricsHeader h = header();
     h.start_time = "2025-02-01T08:00:00Z";
     MetricsWriter writer(file, h, 4, true);
+    EXPECT_EQ(writer.elapsed_before(), 6.0);  // time_s of step 3: the resumed run adds to it
     for (int k = 4; k <= 6; ++k) writer.append(step_row(k, 100.0 + k), stage_rows(k));
   }
   EXPECT_EQ(read<std::int64_t>(file, "/steps/step"), (std::vector<std::int64_t>{1, 2, 3, 4, 5, 6}));
@@ -174,6 +176,7 @@ TEST_F(MetricsFile, ResumeTruncatesRecomputedSteps) {
   // A second resume, from step 2 and on 3 stages: rows >= 2 go, stage 2 is added.
   {
     MetricsWriter writer(file, header(3), 2, true);
+    EXPECT_EQ(writer.elapsed_before(), 2.0);
     writer.append(step_row(2, 50.0), stage_rows(2, 3));
   }
   const MetricsContents c = read_metrics(file);
