@@ -7,10 +7,14 @@
 
 #include <mpi.h>
 
+#include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <memory>
+#include <vector>
 
 #include "comm/deck_broadcast.hpp"
+#include "comm/transport.hpp"
 #include "command.hpp"
 #include "core/build_info.hpp"
 #include "core/error.hpp"
@@ -44,6 +48,50 @@ void take_slowest(planner::Profile& profile, MPI_Comm comm) {
   P2BW_MPI_CHECK(MPI_Comm_size(comm, &profile.ranks));
 }
 
+// Median one-way time of `floats` floats between ranks 0 and 1 over `repeats` round trips, sent
+// as the executor's transport sends (non-blocking, polled); other ranks only take part in the
+// barriers. Collective.
+double one_way_s(const Context& context, int floats, int repeats) {
+  std::vector<float> buffer(static_cast<size_t>(floats), 1.0f);
+  std::vector<double> trips;
+  const int rank = context.rank;
+  const auto wait = [](MPI_Request& request) {
+    comm::wait_with_deadline(request, 60.0, 0, "the link measurement");
+  };
+  for (int r = 0; r <= repeats; ++r) {
+    P2BW_MPI_CHECK(MPI_Barrier(context.world));
+    const auto start = std::chrono::steady_clock::now();
+    MPI_Request request;
+    if (rank == 0) {
+      P2BW_MPI_CHECK(MPI_Isend(buffer.data(), floats, MPI_FLOAT, 1, 7, context.world, &request));
+      wait(request);
+      P2BW_MPI_CHECK(MPI_Irecv(buffer.data(), floats, MPI_FLOAT, 1, 7, context.world, &request));
+      wait(request);
+    } else if (rank == 1) {
+      P2BW_MPI_CHECK(MPI_Irecv(buffer.data(), floats, MPI_FLOAT, 0, 7, context.world, &request));
+      wait(request);
+      P2BW_MPI_CHECK(MPI_Isend(buffer.data(), floats, MPI_FLOAT, 0, 7, context.world, &request));
+      wait(request);
+    }
+    const double trip =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (r > 0) trips.push_back(trip);  // the first round trip sets up the connection
+  }
+  std::sort(trips.begin(), trips.end());
+  return trips[trips.size() / 2] / 2;
+}
+
+// Latency (a 4-byte message) and bandwidth (a 16 MiB message, net of the latency) between ranks
+// 0 and 1, into the profile (rank 0's numbers; every rank calls it).
+void measure_link(const Context& context, planner::Profile& profile) {
+  if (context.size < 2) return;
+  const double latency = one_way_s(context, 1, 200);
+  constexpr int kLarge = 4 << 20;  // floats: 16 MiB
+  const double large = one_way_s(context, kLarge, 10);
+  profile.link_latency_us = 1e6 * latency;
+  profile.link_bandwidth_gbps = 4.0 * kLarge / std::max(large - latency, 1e-9) / 1e9;
+}
+
 int run_profile(const Context& context, const ProfileOptions& options) {
   config::LoadOptions load;
   load.overrides = options.overrides;
@@ -56,6 +104,7 @@ int run_profile(const Context& context, const ProfileOptions& options) {
   planner::Profile profile =
       planner::measure_profile(deck, options.microbatch_sizes, options.repeats);
   take_slowest(profile, context.world);
+  measure_link(context, profile);
   if (!context.root()) return 0;
   profile.machine = build_description();
   const std::string output = options.output.empty()
@@ -81,6 +130,12 @@ int run_profile(const Context& context, const ProfileOptions& options) {
                  1e3 * part->backward_recompute_s, 1e3 * part->step_s, part->weight_bytes,
                  part->boundary_bytes, part->stash_bytes);
   }
+  if (profile.link_bandwidth_gbps > 0)
+    fmt::print(
+        "link rank 0 <-> rank 1 (MPI between host buffers): latency {:.1f} us, bandwidth {:.2f} "
+        "GB/s "
+        "(the cluster file's intra_node_* keys when the two ranks share a node)\n",
+        profile.link_latency_us, profile.link_bandwidth_gbps);
   fmt::print("profile: {}\n", output);
   return 0;
 }

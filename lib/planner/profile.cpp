@@ -190,6 +190,8 @@ void write_profile(const std::string& path, const Profile& profile, const config
   file.set_attribute("/", "machine", profile.machine);
   file.set_attribute("/", "measured", std::int64_t{profile.measured ? 1 : 0});
   file.set_attribute("/", "ranks", std::int64_t{profile.ranks});
+  file.set_attribute("/", "link_latency_us", profile.link_latency_us);
+  file.set_attribute("/", "link_bandwidth_gbps", profile.link_bandwidth_gbps);
   file.set_attribute("/", "model_kind", std::string(config::to_string(profile.model.kind)));
   file.set_attribute("/", "hidden", std::int64_t{profile.model.hidden});
   file.set_attribute("/", "heads", std::int64_t{profile.model.heads});
@@ -243,6 +245,8 @@ Profile read_profile(const std::string& path) {
   profile.measured = file.int_attribute("/", "measured") != 0;
   profile.machine = file.string_attribute("/", "machine");
   profile.ranks = static_cast<int>(file.int_attribute("/", "ranks"));
+  profile.link_latency_us = file.double_attribute("/", "link_latency_us");
+  profile.link_bandwidth_gbps = file.double_attribute("/", "link_bandwidth_gbps");
   const std::string kind = file.string_attribute("/", "model_kind");
   profile.model.kind = kind == "bert" ? config::ModelKind::bert : config::ModelKind::gpt;
   profile.model.hidden = static_cast<int>(file.int_attribute("/", "hidden"));

@@ -35,6 +35,10 @@ struct Profile {
   std::string machine;                     // build and machine description (measured)
   std::string source;                      // file it came from, or "analytic"
   int ranks = 1;                           // processes that measured at the same time
+  // Messages between ranks 0 and 1 as the executor sends them (measured with >= 2 ranks, else
+  // 0): one-way latency and large-message bandwidth, for the cluster file's link keys.
+  double link_latency_us = 0;
+  double link_bandwidth_gbps = 0;
 
   const MicrobatchProfile* find(int microbatch_size) const;  // nullptr if absent
   std::vector<int> microbatch_sizes() const;
@@ -66,7 +70,8 @@ Profile measure_profile(const config::Deck& deck, const std::vector<int>& microb
                         int repeats);
 
 // profile.h5: attributes format "p2bw-profile", format_version, deck (YAML), machine, ranks
-// (processes that measured at once), model keys, microbatch_sizes; per size a group
+// (processes that measured at once), link_latency_us, link_bandwidth_gbps, model keys,
+// microbatch_sizes; per size a group
 // /microbatch_<b> with datasets over the parts [embedding, block, head]: forward_s, backward_s,
 // backward_recompute_s, step_s (float64), weight_bytes, boundary_bytes, stash_bytes (int64).
 void write_profile(const std::string& path, const Profile& profile, const config::Deck& deck);

@@ -55,7 +55,9 @@ r = subprocess.run([MPIEXEC, "-n", "2", *FLAGS, P2BW, "profile", "inputs/gpt-tin
                     "--repeats", "2", "-o", profiled], cwd=ROOT, capture_output=True, text=True, timeout=120)
 check("mpiexec -n 2 p2bw profile: both ranks measure at once, the slowest is kept",
       r.returncode == 0 and "slowest of 2 ranks" in r.stdout and os.path.getsize(profiled) > 0 and
-      r.stdout.count("profile:") == 1, r.stdout[-800:] + r.stderr[-800:])
+      r.stdout.count("profile:") == 1 and re.search(r"link rank 0 <-> rank 1 .*: latency [0-9.]+ us, "
+                                                   r"bandwidth [0-9.]+ GB/s", r.stdout),
+      r.stdout[-800:] + r.stderr[-800:])
 
 r, _ = train(3, "inputs/gpt-tiny.yaml", "--set", "pipeline.depth=2")
 check("train with the wrong number of ranks: one line, exit 2",

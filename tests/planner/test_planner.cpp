@@ -373,6 +373,8 @@ TEST(Profile, WriteReadRoundTrip) {
   Profile profile = analytic_profile(deck.model, 3e10, {1, 4, 2});
   profile.machine = "test machine";
   profile.ranks = 2;
+  profile.link_latency_us = 1.5;
+  profile.link_bandwidth_gbps = 2.25;
   profile.entries[1].block.step_s = 0.125;
   const std::string path =
       (std::filesystem::temp_directory_path() / "p2bw_test_profile.h5").string();
@@ -382,6 +384,8 @@ TEST(Profile, WriteReadRoundTrip) {
   ASSERT_EQ(back.microbatch_sizes(), (std::vector<int>{1, 2, 4}));
   EXPECT_EQ(back.machine, "test machine");
   EXPECT_EQ(back.ranks, 2);
+  EXPECT_EQ(back.link_latency_us, 1.5);
+  EXPECT_EQ(back.link_bandwidth_gbps, 2.25);
   EXPECT_FALSE(back.measured);
   EXPECT_EQ(back.find(2)->block.step_s, 0.125);
   for (int b : {1, 2, 4}) {
