@@ -4,6 +4,7 @@
 // writes the best one as a ready deck and SLURM jobscript. --evaluate predicts the deck's own
 // configuration instead. Runs on rank 0 only and needs no MPI communication.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -41,12 +42,6 @@ struct PlanOptions {
 
 constexpr int kAnalyticLargestMicrobatch = 64;
 
-std::int64_t peak_of(const planner::Prediction& p) {
-  return p.peak_memory_bytes.empty()
-             ? 0
-             : *std::max_element(p.peak_memory_bytes.begin(), p.peak_memory_bytes.end());
-}
-
 nlohmann::json to_json(const planner::Prediction& p) {
   const planner::Candidate& c = p.candidate;
   nlohmann::json row;
@@ -70,19 +65,22 @@ nlohmann::json to_json(const planner::Prediction& p) {
 }
 
 void print_row_header() {
-  fmt::print("{:>4} {:>5} {:>4} {:>4} {:>5} {:<6} {:<9} {:>8} {:>12} {:>14} {:>11} {:>11} {:>12}\n",
+  fmt::print("{:>4} {:>5} {:>4} {:>4} {:>5} {:<6} {:<9} {:>8} {:>12} {:>14} {:>11} {:>11}  {}\n",
              "rank", "w", "d", "b", "m", "sched", "recompute", "B", "samples/s", "tokens/s",
-             "batch ms", "allred ms", "peak mem GB");
+             "batch ms", "allred ms", "peak memory per stage, GB");
 }
 
 void print_row(int rank, const planner::Prediction& p) {
   const planner::Candidate& c = p.candidate;
+  std::string stages;
+  for (std::int64_t bytes : p.peak_memory_bytes)
+    stages += fmt::format("{}{:.4g}", stages.empty() ? "" : " ", bytes / 1e9);
   fmt::print(
-      "{:>4} {:>5} {:>4} {:>4} {:>5} {:<6} {:<9} {:>8} {:>12.2f} {:>14.0f} {:>11.3f} "
-      "{:>11.3f} {:>12.3f}\n",
+      "{:>4} {:>5} {:>4} {:>4} {:>5} {:<6} {:<9} {:>8} {:>12.2f} {:>14.0f} {:>11.3f} {:>11.3f}  "
+      "{}\n",
       rank, c.width, c.depth, c.microbatch_size, c.microbatches, config::to_string(c.schedule),
       c.recompute ? "yes" : "no", c.global_batch(), p.samples_per_s, p.tokens_per_s,
-      1e3 * p.batch_time_s, 1e3 * p.allreduce_time_s, peak_of(p) / 1e9);
+      1e3 * p.batch_time_s, 1e3 * p.allreduce_time_s, stages);
 }
 
 void write_text(const std::string& path, const std::string& text) {
@@ -100,12 +98,24 @@ int run_plan(const Context& context, const PlanOptions& options) {
   const config::Deck deck = comm::load_deck_collective(options.deck, load, context.world);
   if (!context.root()) return 0;
   planner::Cluster cluster = planner::load_cluster(options.cluster);
-  if (options.nodes > 0) cluster.nodes = options.nodes;
+  if (options.nodes > 0) {
+    cluster.nodes = options.nodes;
+    planner::check_devices(cluster, "--nodes");
+  }
   if (options.format != "table" && options.format != "json")
     throw UserError(
         fmt::format("--format {}: not a choice (allowed: table | json)", options.format));
   if (!options.write_jobscript.empty() && options.write_deck.empty())
     throw UserError("--write-jobscript: needs --write-deck for the deck it runs (allowed: both)");
+  if (options.evaluate && !options.write_deck.empty())
+    throw UserError(
+        "--write-deck: writes the search's best configuration; --evaluate predicts the deck as it "
+        "is (allowed: one of them)");
+  if (options.profile.empty() && !(cluster.flops_per_device > 0))
+    throw UserError(fmt::format(
+        "{}: flops_per_device: is required without --profile (allowed: a number > 0 in the "
+        "cluster file, or --profile profile.h5 from p2bw profile)",
+        options.cluster));
 
   planner::Profile profile;
   if (options.profile.empty()) {
@@ -116,7 +126,7 @@ int run_plan(const Context& context, const PlanOptions& options) {
     profile = planner::analytic_profile(deck.model, cluster.flops_per_device, sizes);
   } else {
     profile = planner::read_profile(options.profile);
-    planner::check_profile_matches(profile, deck.model);
+    planner::check_profile_matches(profile, deck);
   }
   const bool json = options.format == "json";
   const std::string mode = profile.measured ? "measured profile " + options.profile
@@ -128,6 +138,10 @@ int run_plan(const Context& context, const PlanOptions& options) {
     evaluate_options.memory_headroom = options.memory_headroom;
     evaluate_options.time_rejected = true;
     const planner::Prediction p = planner::evaluate(deck, cluster, profile, evaluate_options);
+    if (p.rejection == planner::Rejection::microbatch_not_profiled)
+      throw UserError(fmt::format(
+          "{}: train.microbatch_size = {} is not in the profile (allowed: {})", options.profile,
+          deck.train.microbatch_size, fmt::join(profile.microbatch_sizes(), ", ")));
     if (json) {
       fmt::print("{}\n", nlohmann::json::array({to_json(p)}).dump(2));
       return 0;

@@ -5,6 +5,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <set>
@@ -26,8 +27,9 @@ const std::vector<ClusterKey>& cluster_keys() {
        "effective bandwidth between devices of different nodes, GB/s"},
       {"intra_node_latency_us", "a number >= 0", true, "per-message latency inside a node, us"},
       {"inter_node_latency_us", "a number >= 0", true, "per-message latency across nodes, us"},
-      {"flops_per_device", "a number > 0", true,
-       "sustained FLOP/s of one device on the model's kernels (analytic cost model)"},
+      {"flops_per_device", "a number > 0", false,
+       "sustained FLOP/s of one device on the model's kernels (needed by the analytic cost "
+       "model, i.e. p2bw plan without --profile)"},
       {"gpus", "true or false", false, "devices are GPUs (default true; false: CPU ranks)"},
   };
   return keys;
@@ -100,11 +102,13 @@ Cluster parse_cluster(const std::string& yaml_text, const std::string& source) {
   if (!root.IsMap())
     throw UserError(fmt::format("{}: expected a mapping of cluster keys (allowed: {})", source,
                                 allowed_keys()));
-  std::set<std::string> known;
+  std::set<std::string> known, seen;
   for (const ClusterKey& key : cluster_keys()) known.insert(key.key);
   for (const auto& entry : root) {
     const std::string name = entry.first.Scalar();
     if (!known.count(name)) fail(source, entry.first, name, "unknown key", allowed_keys());
+    if (!seen.insert(name).second)
+      fail(source, entry.first, name, "is given twice", "each key once");
   }
   Cluster cluster;
   cluster.source = source;
@@ -141,17 +145,21 @@ Cluster parse_cluster(const std::string& yaml_text, const std::string& source) {
       cluster.gpus = text == "true";
     }
   }
-  if (static_cast<long long>(cluster.nodes) * cluster.devices_per_node >
-      std::numeric_limits<int>::max() / 2)
-    fail(source, root["nodes"], "nodes", "nodes x devices_per_node is too large",
-         "at most 1e9 devices");
+  check_devices(cluster, fmt::format("{}:{}: nodes", source, root["nodes"].Mark().line + 1));
   if (cluster.name.empty()) cluster.name = source;
   return cluster;
 }
 
+void check_devices(const Cluster& cluster, const std::string& where) {
+  if (static_cast<long long>(cluster.nodes) * cluster.devices_per_node > kMaxDevices)
+    throw UserError(
+        fmt::format("{}: {} nodes x {} devices_per_node is too many devices (allowed: at most {})",
+                    where, cluster.nodes, cluster.devices_per_node, kMaxDevices));
+}
+
 Cluster load_cluster(const std::string& path) {
   std::ifstream file(path);
-  if (!file)
+  if (!file || std::filesystem::is_directory(path))
     throw UserError(path + ": cannot read the cluster file (allowed: a readable YAML file)");
   std::stringstream text;
   text << file.rdbuf();

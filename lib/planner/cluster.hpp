@@ -18,9 +18,9 @@ struct Cluster {
   double inter_node_bandwidth_gbps = 0;  // GB/s between ranks of different nodes
   double intra_node_latency_us = 0;      // microseconds per message inside a node
   double inter_node_latency_us = 0;      // microseconds per message across nodes
-  double flops_per_device = 0;           // sustained FLOP/s of one device (analytic mode)
-  bool gpus = true;                      // devices are GPUs (jobscripts ask for them)
-  std::string source;                    // the file it was read from
+  double flops_per_device = 0;  // sustained FLOP/s of one device (analytic mode); 0: not given
+  bool gpus = true;             // devices are GPUs (jobscripts ask for them)
+  std::string source;           // the file it was read from
 
   int devices() const { return nodes * devices_per_node; }
   double memory_bytes() const { return memory_per_device_gb * 1e9; }
@@ -32,6 +32,11 @@ struct Cluster {
 Cluster parse_cluster(const std::string& yaml_text, const std::string& source);
 // Reads and parses a cluster file. Throws UserError (also for a missing file).
 Cluster load_cluster(const std::string& path);
+
+// UserError "WHERE: N nodes x D devices_per_node is too many devices ..." beyond kMaxDevices
+// (also after --nodes overrides the file's count).
+constexpr long long kMaxDevices = 1 << 20;
+void check_devices(const Cluster& cluster, const std::string& where);
 
 // The keys of a cluster file with their meaning, for docs and messages.
 struct ClusterKey {

@@ -147,7 +147,8 @@ void time_parts(const config::Deck& deck, int b, int first, int end, int repeats
   }
   auto median = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
+    const size_t n = v.size();
+    return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
   };
   part.forward_s = median(forward);
   part.backward_s = median(backward);
@@ -162,6 +163,8 @@ Profile measure_profile(const config::Deck& deck, const std::vector<int>& microb
   profile.measured = true;
   profile.model = deck.model;
   profile.source = "measured";
+  profile.optimizer = deck.train.optimizer.kind;
+  profile.tf32 = deck.train.tf32;
   const int L = deck.model.layers;
   for (int b : sorted_unique(microbatch_sizes)) {
     const model::ModelShape shape(deck.model, b);
@@ -192,6 +195,8 @@ void write_profile(const std::string& path, const Profile& profile, const config
   file.set_attribute("/", "ranks", std::int64_t{profile.ranks});
   file.set_attribute("/", "link_latency_us", profile.link_latency_us);
   file.set_attribute("/", "link_bandwidth_gbps", profile.link_bandwidth_gbps);
+  file.set_attribute("/", "optimizer", std::string(config::to_string(profile.optimizer)));
+  file.set_attribute("/", "tf32", std::int64_t{profile.tf32 ? 1 : 0});
   file.set_attribute("/", "model_kind", std::string(config::to_string(profile.model.kind)));
   file.set_attribute("/", "hidden", std::int64_t{profile.model.hidden});
   file.set_attribute("/", "heads", std::int64_t{profile.model.heads});
@@ -247,6 +252,10 @@ Profile read_profile(const std::string& path) {
   profile.ranks = static_cast<int>(file.int_attribute("/", "ranks"));
   profile.link_latency_us = file.double_attribute("/", "link_latency_us");
   profile.link_bandwidth_gbps = file.double_attribute("/", "link_bandwidth_gbps");
+  profile.optimizer = file.string_attribute("/", "optimizer") == "sgd"
+                          ? config::OptimizerKind::sgd
+                          : config::OptimizerKind::adamw;
+  profile.tf32 = file.int_attribute("/", "tf32") != 0;
   const std::string kind = file.string_attribute("/", "model_kind");
   profile.model.kind = kind == "bert" ? config::ModelKind::bert : config::ModelKind::gpt;
   profile.model.hidden = static_cast<int>(file.int_attribute("/", "hidden"));
@@ -288,8 +297,9 @@ Profile read_profile(const std::string& path) {
   return profile;
 }
 
-void check_profile_matches(const Profile& profile, const config::ModelConfig& model) {
+void check_profile_matches(const Profile& profile, const config::Deck& deck) {
   const config::ModelConfig& p = profile.model;
+  const config::ModelConfig& model = deck.model;
   if (p.kind != model.kind || p.hidden != model.hidden || p.heads != model.heads ||
       p.seq_len != model.seq_len || p.vocab != model.vocab)
     throw UserError(fmt::format(
@@ -298,6 +308,14 @@ void check_profile_matches(const Profile& profile, const config::ModelConfig& mo
         "shape; layers may differ)",
         profile.source, config::to_string(p.kind), p.hidden, p.heads, p.seq_len, p.vocab,
         config::to_string(model.kind), model.hidden, model.heads, model.seq_len, model.vocab));
+  if (profile.measured &&
+      (profile.optimizer != deck.train.optimizer.kind || profile.tf32 != deck.train.tf32))
+    throw UserError(fmt::format(
+        "{}: the profile was measured with optimizer {} and tf32 {}; the deck has optimizer {} "
+        "and tf32 {} (allowed: a profile taken with the deck's train.optimizer.kind and "
+        "train.tf32)",
+        profile.source, config::to_string(profile.optimizer), profile.tf32,
+        config::to_string(deck.train.optimizer.kind), deck.train.tf32));
 }
 
 }  // namespace p2bw::planner

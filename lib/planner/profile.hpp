@@ -39,12 +39,16 @@ struct Profile {
   // 0): one-way latency and large-message bandwidth, for the cluster file's link keys.
   double link_latency_us = 0;
   double link_bandwidth_gbps = 0;
+  // What else the times depend on: the step's optimizer and TF32 GEMMs (measured profiles).
+  config::OptimizerKind optimizer = config::OptimizerKind::adamw;
+  bool tf32 = false;
 
   const MicrobatchProfile* find(int microbatch_size) const;  // nullptr if absent
   std::vector<int> microbatch_sizes() const;
 };
 
-constexpr std::int64_t kProfileFormatVersion = 2;  // 2: step_s, ranks, chained blocks
+// 2: step_s, ranks, chained blocks; 3: link_latency_us, link_bandwidth_gbps, optimizer, tf32
+constexpr std::int64_t kProfileFormatVersion = 3;
 
 // Closed-form profile: forward = flops_forward / flops_per_device, backward = 2 x forward,
 // backward under recomputation = forward + backward (so recomputing costs 4/3 of F + B).
@@ -70,8 +74,8 @@ Profile measure_profile(const config::Deck& deck, const std::vector<int>& microb
                         int repeats);
 
 // profile.h5: attributes format "p2bw-profile", format_version, deck (YAML), machine, ranks
-// (processes that measured at once), link_latency_us, link_bandwidth_gbps, model keys,
-// microbatch_sizes; per size a group
+// (processes that measured at once), link_latency_us, link_bandwidth_gbps, optimizer, tf32,
+// model keys, microbatch_sizes; per size a group
 // /microbatch_<b> with datasets over the parts [embedding, block, head]: forward_s, backward_s,
 // backward_recompute_s, step_s (float64), weight_bytes, boundary_bytes, stash_bytes (int64).
 void write_profile(const std::string& path, const Profile& profile, const config::Deck& deck);
@@ -79,7 +83,8 @@ void write_profile(const std::string& path, const Profile& profile, const config
 Profile read_profile(const std::string& path);
 
 // UserError unless the profile was taken on the same model shape (kind, hidden, heads, seq_len,
-// vocab; layers may differ, the parts are per block).
-void check_profile_matches(const Profile& profile, const config::ModelConfig& model);
+// vocab; layers may differ, the parts are per block) and, when measured, with the deck's
+// optimizer and TF32 setting (they change the step and GEMM times).
+void check_profile_matches(const Profile& profile, const config::Deck& deck);
 
 }  // namespace p2bw::planner

@@ -9,6 +9,8 @@
 
 #include "config/deck_io.hpp"
 #include "core/error.hpp"
+#include "pipeline/memory.hpp"
+#include "pipeline/partition.hpp"
 
 namespace p2bw::planner {
 
@@ -33,6 +35,46 @@ std::vector<int> microbatch_counts(config::ScheduleKind schedule, int depth, std
   return counts;
 }
 
+namespace {
+
+// Whether a candidate's worst stage fits the memory limit (predict_memory only, no timing).
+bool fits_memory(const config::Deck& deck, const Candidate& candidate, std::int64_t limit) {
+  const config::Deck run = apply(deck, candidate);
+  for (const pipeline::StageMemory& stage :
+       pipeline::predict_memory(run, pipeline::make_stage_map(run)))
+    if (stage.total() > limit) return false;
+  return true;
+}
+
+// GPipe keeps all m microbatches' activations: its memory grows with m, so the grid's larger
+// counts may all fail while a count between them fits. Adds the largest m in [counts.front(),
+// counts.back()] that fits (bisection; memory is monotone in m) when the grid lacks it.
+void add_largest_fitting(const config::Deck& deck, Candidate candidate, std::int64_t limit,
+                         std::vector<int>& counts) {
+  candidate.microbatches = counts.back();
+  if (fits_memory(deck, candidate, limit)) return;
+  int lo = counts.front(), hi = counts.back();  // lo fits (checked below), hi does not
+  candidate.microbatches = lo;
+  if (!fits_memory(deck, candidate, limit)) return;
+  while (hi - lo > 1) {
+    candidate.microbatches = lo + (hi - lo) / 2;
+    (fits_memory(deck, candidate, limit) ? lo : hi) = candidate.microbatches;
+  }
+  if (std::find(counts.begin(), counts.end(), lo) == counts.end()) {
+    counts.push_back(lo);
+    std::sort(counts.begin(), counts.end());
+  }
+}
+
+// 'text' for a POSIX shell, single quotes inside written as '\''.
+std::string shell_quote(const std::string& text) {
+  std::string quoted = "'";
+  for (char c : text) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return quoted + "'";
+}
+
+}  // namespace
+
 SearchResult search(const config::Deck& deck, const Cluster& cluster, const Profile& profile,
                     const SearchOptions& options) {
   const auto start = std::chrono::steady_clock::now();
@@ -46,24 +88,24 @@ SearchResult search(const config::Deck& deck, const Cluster& cluster, const Prof
   evaluate_options.memory_headroom = options.memory_headroom;
   SimulationCache cache;
   const std::vector<int> sizes = profile.microbatch_sizes();
-  const std::int64_t per_wd = static_cast<std::int64_t>(options.schedules.size()) * 2 *
-                              static_cast<std::int64_t>(sizes.size());
-  for (int d = 1; d <= devices; ++d) {
+  const auto limit = static_cast<std::int64_t>(options.memory_headroom * cluster.memory_bytes());
+  // Depths beyond the layer count are counted once each, not evaluated.
+  if (devices > layers) {
+    result.rejections[Rejection::depth_gt_layers] += devices - layers;
+    result.candidates += devices - layers;
+  }
+  for (int d = 1; d <= std::min(devices, layers); ++d) {
     const std::vector<int> widths = widths_for(d, devices);
-    if (d > layers) {
-      // Counted, not evaluated: every (w, schedule, recompute, b) of this depth.
-      result.rejections[Rejection::depth_gt_layers] +=
-          per_wd * static_cast<std::int64_t>(widths.size());
-      result.candidates += per_wd * static_cast<std::int64_t>(widths.size());
-      continue;
-    }
     for (int w : widths) {
       for (config::ScheduleKind kind : options.schedules) {
         for (bool recompute : {false, true}) {
           for (int b : sizes) {
             const std::int64_t m_bound = bound / (std::int64_t{b} * w);
-            const std::vector<int> counts =
+            std::vector<int> counts =
                 microbatch_counts(kind, d, m_bound, options.max_microbatch_counts);
+            if (kind == config::ScheduleKind::gpipe && !counts.empty())
+              add_largest_fitting(deck, Candidate{w, d, b, counts.back(), kind, recompute}, limit,
+                                  counts);
             if (counts.empty()) {
               ++result.candidates;
               ++result.rejections[m_bound < 1 ? Rejection::global_batch
@@ -120,13 +162,15 @@ std::string jobscript(const Cluster& cluster, const Candidate& candidate,
                       candidate.recompute ? ", recompute" : "");
   text += fmt::format("#SBATCH --job-name={}\n", job_name);
   text += fmt::format("#SBATCH --nodes={}\n", nodes);
+  // --ntasks as well: when w·d is not a multiple of the node size, the last node runs fewer.
+  text += fmt::format("#SBATCH --ntasks={}\n", ranks);
   text += fmt::format("#SBATCH --ntasks-per-node={}\n", per_node);
   if (gpus) text += fmt::format("#SBATCH --gpus-per-node={}\n", per_node);
   text += "#SBATCH --signal=USR1@120\n";
   text += "#SBATCH --output=%x-%j.out\n\n";
   text += "set -euo pipefail\n";
-  text += fmt::format("deck='{}'\n", deck_path);
-  text += fmt::format("checkpoints='{}/checkpoints'\n", output_dir);
+  text += fmt::format("deck={}\n", shell_quote(deck_path));
+  text += fmt::format("checkpoints={}\n", shell_quote(output_dir + "/checkpoints"));
   text += "# Resume only when an earlier run left a checkpoint; a first run starts fresh.\n";
   text += "if [ -e \"$checkpoints/latest\" ]; then\n";
   text += "  srun --mpi=pmi2 p2bw train \"$deck\" --resume latest\n";

@@ -107,16 +107,18 @@ class Replayer {
         continue;
       }
       if (global_sync_ && a.kind == ActionKind::allreduce) {
+        // The stage's own reductions first, then the collective over all stages: everyone
+        // leaves when the last stage has finished its part.
         Barrier& barrier = barriers_[a.batch];
         if (!st.arrived) {
           st.arrived = true;
           ++barrier.arrived;
-          barrier.latest = std::max(barrier.latest, st.clock);
+          barrier.latest = std::max(barrier.latest, st.clock + duration_(s, a));
           moved = true;
         }
         if (barrier.arrived < sched_.stages) break;
-        Event e{a, static_cast<int>(st.pc), st.clock, barrier.latest + duration_(s, a)};
-        e.ready = barrier.latest;
+        Event e{a, static_cast<int>(st.pc), st.clock, barrier.latest};
+        e.wait = barrier.latest - (st.clock + duration_(s, a));
         result_.events[s].push_back(e);
         st.clock = e.end;
         st.arrived = false;

@@ -37,9 +37,9 @@ struct ReplayResult {
 
 // Local actions take duration(stage, action). A message on link l is matched when both sides
 // have posted; the send half completes then, the receive half link_time(l) later. With
-// `global_sync`, the allreduce of a batch is also a collective over all stages: each stage's
-// starts its work when the last stage has arrived (Event::ready) and a stage that never gets
-// there leaves the others blocked. Requires every op's peer to exist.
+// `global_sync`, the allreduce of a batch is also a collective over all stages: each stage does
+// its own part, then waits (Event::wait) until the last stage has done its part; a stage that
+// never gets there leaves the others blocked. Requires every op's peer to exist.
 ReplayResult replay(const Schedule& schedule,
                     const std::function<double(int, const Action&)>& duration,
                     const std::function<double(int)>& link_time, bool global_sync = false);

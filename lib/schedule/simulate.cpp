@@ -116,8 +116,8 @@ Report simulate(const Schedule& schedule, const Costs& costs) {
       const double length = e.end - e.start;
       if (is_compute(kind)) r.compute += length;
       if (is_update(kind)) {
-        r.update += e.end - work_start(e);
-        r.wait += work_start(e) - e.start;  // at a global sync
+        r.update += work_end(e) - e.start;
+        r.wait += e.wait;  // at a global sync
       }
       if (is_communication(kind)) r.wait += length;
       if (kind == ActionKind::forward) r.peak_in_flight = std::max(r.peak_in_flight, ++in_flight);
@@ -146,7 +146,7 @@ double bubble_in_window(const Timeline& timeline, int stage, double from, double
   double working = 0;
   for (const Event& e : timeline.stages.at(stage)) {
     if (!is_compute(e.action.kind) && !is_update(e.action.kind)) continue;
-    working += std::max(0.0, std::min(e.end, to) - std::max(work_start(e), from));
+    working += std::max(0.0, std::min(work_end(e), to) - std::max(e.start, from));
   }
   return 1.0 - working / (to - from);
 }
@@ -184,9 +184,9 @@ std::string render_gantt(const Timeline& timeline, int columns, int batches_show
   for (size_t s = 0; s < timeline.stages.size(); ++s) {
     std::string row(columns, '.');
     for (const Event& e : timeline.stages[s]) {
-      std::fill(row.begin() + column(e.start), row.begin() + column(work_start(e)), '-');
-      std::fill(row.begin() + column(work_start(e)), row.begin() + column(e.end),
+      std::fill(row.begin() + column(e.start), row.begin() + column(work_end(e)),
                 gantt_char(e.action.kind));
+      std::fill(row.begin() + column(work_end(e)), row.begin() + column(e.end), '-');
     }
     char label[32];
     std::snprintf(label, sizeof label, "stage %2zu |", s);

@@ -14,8 +14,9 @@
 //   (Conservative for a non-blocking executor, which may start a transfer before the receive
 //   is reached; with zero message time both agree.)
 // - Costs::global_sync makes each batch's allreduce a collective over all stages, as p2bw's
-//   executor runs it (the loss and gradient-norm all-reduce over every rank): a stage waits
-//   there until the last stage arrives (Event::ready), then takes its allreduce cost.
+//   executor runs it: a stage takes its allreduce cost (its data-parallel and tied reductions),
+//   then waits in the loss and gradient-norm all-reduce over every rank until the last stage
+//   has taken its cost (Event::wait); all stages leave together.
 // Accounting per stage over [0, makespan]
 //   compute = forward and backward time; update = allreduce and step time;
 //   wait = time inside communication actions (blocked on a neighbour or a transfer) and at a
@@ -59,12 +60,12 @@ struct Event {
   int index = 0;  // position in the stage's action list
   double start = 0;
   double end = 0;
-  double ready = 0;  // global sync: when the allreduce's work began ([start, ready) is waiting)
+  double wait = 0;  // global sync: the allreduce's final part [end - wait, end) is waiting
 };
 
-// When the event's own work begins: `ready` for a synchronised allreduce, otherwise its start.
-inline double work_start(const Event& e) {
-  return e.ready > e.start ? e.ready : e.start;
+// When the event's own work ends: before the wait of a synchronised allreduce, else its end.
+inline double work_end(const Event& e) {
+  return e.end - e.wait;
 }
 
 struct Timeline {

@@ -85,6 +85,29 @@ with tempfile.TemporaryDirectory() as tmp:
           f"depth: {best.get('d')}" in r2.stdout and f"microbatches: {best.get('m')}" in r2.stdout, r2.stdout[:400] + r2.stderr)
     r = run("plan", "inputs/gpt-tiny.yaml", "--cluster", "inputs/clusters/nothing.yaml")
     check("plan with a missing cluster file: one line, exit 2", r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr)
+    cpu = (ROOT / "inputs" / "clusters" / "cpu.yaml").read_text()
+    (pathlib.Path(tmp) / "twice.yaml").write_text(cpu + "nodes: 3\n")
+    (pathlib.Path(tmp) / "noflops.yaml").write_text("\n".join(l for l in cpu.splitlines() if not l.startswith("flops")))
+    user_errors = [
+        ("a key given twice in the cluster file", ["--cluster", f"{tmp}/twice.yaml"], "nodes: is given twice"),
+        ("--nodes beyond the device limit", ["--cluster", "inputs/clusters/cpu.yaml", "--nodes", "2147483647"],
+         "too many devices"),
+        ("analytic mode without flops_per_device", ["--cluster", f"{tmp}/noflops.yaml"],
+         "flops_per_device: is required without --profile"),
+        ("a profile of another model", ["--cluster", "inputs/clusters/cpu.yaml", "--profile", f"{tmp}/profile.h5",
+                                        "--set", "model.hidden=64"], "the profile is of another model"),
+        ("--evaluate with a microbatch size the profile lacks",
+         ["--cluster", "inputs/clusters/cpu.yaml", "--profile", f"{tmp}/profile.h5", "--evaluate",
+          "--set", "train.microbatch_size=4"], "train.microbatch_size = 4 is not in the profile"),
+        ("--evaluate with --write-deck", ["--cluster", "inputs/clusters/cpu.yaml", "--evaluate",
+                                          "--write-deck", f"{tmp}/x.yaml"], "(allowed: one of them)"),
+    ]
+    for what, args, message in user_errors:
+        r = run("plan", "inputs/gpt-tiny.yaml", *args)
+        check(f"plan with {what}: one line, exit 2", r.returncode == 2 and r.stderr.count("\n") == 1
+              and message in r.stderr, f"exit {r.returncode}: {r.stderr}")
+    r = run("plan", "inputs/gpt-tiny.yaml", "--cluster", f"{tmp}/noflops.yaml", "--profile", f"{tmp}/profile.h5")
+    check("plan with a profile needs no flops_per_device", r.returncode == 0, r.stderr)
 
 print(f"{sum(results)} passed, {len(results) - sum(results)} failed")
 sys.exit(0 if all(results) else 1)

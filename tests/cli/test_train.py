@@ -59,6 +59,34 @@ check("mpiexec -n 2 p2bw profile: both ranks measure at once, the slowest is kep
                                                    r"bandwidth [0-9.]+ GB/s", r.stdout),
       r.stdout[-800:] + r.stderr[-800:])
 
+# A configuration the planner reports as fitting really fits when run: a cluster whose memory
+# rejects most configurations, the planned deck trained as written, every stage's measured peak
+# under the limit the planner used.
+plan_dir = f"{out}/plan"
+os.makedirs(plan_dir, exist_ok=True)
+cluster = (ROOT / "inputs" / "clusters" / "cpu.yaml").read_text().replace("memory_per_device_gb: 10",
+                                                                          "memory_per_device_gb: 0.0013")
+pathlib.Path(f"{plan_dir}/tight.yaml").write_text(cluster)
+r = subprocess.run([P2BW, "plan", "inputs/gpt-tiny.yaml", "--cluster", f"{plan_dir}/tight.yaml", "--global-batch-max", "32",
+                    "--write-deck", f"{plan_dir}/plan.yaml", "--set", f"output.dir={plan_dir}/run"],
+                   cwd=ROOT, capture_output=True, text=True, timeout=120)
+row = re.search(r"^ +1 +(\d+) +(\d+) .*", r.stdout, re.M)
+rejected = re.search(r"(\d+)  does not fit device memory", r.stdout)
+planned = r.returncode == 0 and row and rejected and int(rejected.group(1)) > 0
+check("plan on a cluster whose memory binds: a best configuration, others rejected for memory", planned,
+      r.stdout[-800:] + r.stderr)
+if planned:
+    ranks = int(row.group(1)) * int(row.group(2))
+    t, _ = train(ranks, f"{plan_dir}/plan.yaml", "--set", "train.steps=3")
+    inspect = subprocess.run([P2BW, "inspect", f"{plan_dir}/run/metrics.h5"], capture_output=True, text=True)
+    units = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+    peaks = [(float(x) - 0.005) * units[u] for x, u in  # inspect prints 2 decimals
+             re.findall(r"^ +\d+ +3 +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +([0-9.]+) (B|KiB|MiB|GiB)", inspect.stdout, re.M)]
+    limit = 0.9 * 0.0013e9
+    check("the planned deck runs as written and every stage's measured peak is under the planner's limit",
+          t.returncode == 0 and len(peaks) == int(row.group(2)) and all(p <= limit for p in peaks),
+          f"peaks {peaks} B, limit {limit} B; {t.stderr[-400:]} {inspect.stdout[-600:]}")
+
 r, _ = train(3, "inputs/gpt-tiny.yaml", "--set", "pipeline.depth=2")
 check("train with the wrong number of ranks: one line, exit 2",
       r.returncode == 2 and r.stderr.count("\n") == 1 and "but the run has 3 MPI ranks" in r.stderr, r.stderr)

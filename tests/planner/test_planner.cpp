@@ -128,9 +128,21 @@ TEST(Cluster, ErrorsAreOneLineWithFileLineKeyAndAllowed) {
       error_of(text),
       "c.yaml:4: memory_per_device_gb: expected a number, got 'lots' (allowed: a number > 0)");
   text = kCluster;
-  text.erase(text.find("flops_per_device"));
+  text.erase(
+      text.find("intra_node_latency_us"),
+      text.find('\n', text.find("intra_node_latency_us")) + 1 - text.find("intra_node_latency_us"));
   EXPECT_EQ(error_of(text),
-            "c.yaml: flops_per_device: is required but missing (allowed: a number > 0)");
+            "c.yaml: intra_node_latency_us: is required but missing (allowed: a number >= 0)");
+  // flops_per_device is only needed by the analytic mode (p2bw plan checks it without --profile).
+  text = kCluster;
+  text.erase(text.find("flops_per_device"));
+  EXPECT_EQ(error_of(text), "");
+  EXPECT_EQ(error_of(std::string(kCluster) + "nodes: 3\n"),
+            "c.yaml:10: nodes: is given twice (allowed: each key once)");
+  EXPECT_EQ(error_of("nodes: 2000000\ndevices_per_node: 8\n" +
+                     std::string(kCluster).substr(std::string(kCluster).find("memory"))),
+            "c.yaml:1: nodes: 2000000 nodes x 8 devices_per_node is too many devices (allowed: at "
+            "most 1048576)");
   for (const std::string& message :
        {unknown, error_of("nodes: [1, 2]\n"), error_of("- 1\n"), error_of("nodes: {\n")}) {
     EXPECT_FALSE(message.empty());
@@ -316,13 +328,40 @@ TEST(Search, RejectionReasonsAreCounted) {
   const Profile profile = analytic_profile(deck.model, 1e12, {1, 2, 4, 8, 16, 32});
   const SearchResult r = search(deck, cluster, profile);
   EXPECT_EQ(r.global_batch_max, 16);
-  EXPECT_GT(r.rejections.at(Rejection::depth_gt_layers), 0);
+  EXPECT_EQ(r.rejections.at(Rejection::depth_gt_layers), 8 - 4);  // d = 5 .. 8, once each
   EXPECT_GT(r.rejections.at(Rejection::global_batch), 0);
   EXPECT_GT(r.rejections.at(Rejection::memory), 0);
   std::int64_t total = static_cast<std::int64_t>(r.fitting.size());
   for (const auto& [reason, count] : r.rejections) total += count;
   EXPECT_EQ(total, r.candidates);
   check_invariants(deck, cluster, r, 0.9);
+}
+
+TEST(Search, GpipeTriesTheLargestMicrobatchCountThatFits) {
+  // GPipe's memory grows with m: between the grid's counts that fit and those that do not, the
+  // search adds the largest m that fits, and it really is the largest.
+  const config::Deck deck = deck_from(kDeck355m);
+  const Cluster cluster = cluster_of(1, 8, 16, 150, 3.125, 14e12);
+  const Profile profile = analytic_profile(deck.model, cluster.flops_per_device, {1});
+  SearchOptions options;
+  options.global_batch_max = 2048;
+  options.schedules = {config::ScheduleKind::gpipe};
+  const SearchResult r = search(deck, cluster, profile, options);
+  const auto limit = static_cast<std::int64_t>(0.9 * cluster.memory_bytes());
+  bool found = false;
+  for (const Prediction& p : r.fitting) {
+    const Candidate& c = p.candidate;
+    if (c.width != 1 || c.depth != 8 || c.recompute) continue;
+    Candidate next = c;
+    next.microbatches = c.microbatches + 1;
+    const Prediction more = evaluate(apply(deck, next), cluster, profile);
+    if (more.rejection == Rejection::memory) {
+      found = true;  // c is the largest fitting m for (w = 1, d = 8, b = 1, no recompute)
+      EXPECT_GT(c.microbatches, 8);
+      EXPECT_LE(*std::max_element(p.peak_memory_bytes.begin(), p.peak_memory_bytes.end()), limit);
+    }
+  }
+  EXPECT_TRUE(found) << "no fitting m whose m + 1 does not fit";
 }
 
 TEST(Search, ThousandDevicesInSeconds) {
@@ -366,6 +405,13 @@ TEST(Outputs, WrittenDeckReparsesWithTheChoice) {
   EXPECT_NE(script.find("#SBATCH --signal=USR1@120\n"), std::string::npos);
   EXPECT_NE(script.find("srun --mpi=pmi2 p2bw train"), std::string::npos);
   EXPECT_NE(script.find("/x/runs/demo/checkpoints"), std::string::npos);
+  EXPECT_NE(script.find("#SBATCH --ntasks=4\n"), std::string::npos);
+  // w·d not a multiple of the node size: 30 ranks on nodes of 8 -> 4 nodes, exactly 30 tasks.
+  const std::string partial =
+      jobscript(cluster_of(4, 8, 16), Candidate{10, 3, 1, 6, config::ScheduleKind::flush, false},
+                "/x/it's here.yaml", "/x/runs", "plan");
+  EXPECT_NE(partial.find("#SBATCH --nodes=4\n#SBATCH --ntasks=30\n"), std::string::npos) << partial;
+  EXPECT_NE(partial.find("deck='/x/it'\\''s here.yaml'\n"), std::string::npos) << partial;
 }
 
 TEST(Profile, WriteReadRoundTrip) {
@@ -396,12 +442,23 @@ TEST(Profile, WriteReadRoundTrip) {
     EXPECT_EQ(x.block.stash_bytes, y.block.stash_bytes);
     EXPECT_EQ(x.embedding.weight_bytes, y.embedding.weight_bytes);
   }
-  check_profile_matches(back, deck.model);
-  config::ModelConfig other = deck.model;
-  other.hidden = 256;
+  check_profile_matches(back, deck);
+  config::Deck other = deck;
+  other.model.hidden = 256;
   EXPECT_THROW(check_profile_matches(back, other), UserError);
+  // A measured profile must come from the deck's optimizer and TF32 setting.
+  Profile measured = back;
+  measured.measured = true;
+  check_profile_matches(measured, deck);
+  other = deck;
+  other.train.optimizer.kind = config::OptimizerKind::sgd;
+  EXPECT_THROW(check_profile_matches(measured, other), UserError);
+  other = deck;
+  other.train.tf32 = !deck.train.tf32;
+  EXPECT_THROW(check_profile_matches(measured, other), UserError);
 
   // A profile of another format version (version 1 had no step times) is refused by name.
+  EXPECT_EQ(kProfileFormatVersion, 3);
   write_profile(path, profile, deck);
   io::H5File(path, io::H5File::Mode::read_write)
       .set_attribute("/", "format_version", std::int64_t{1});

@@ -119,18 +119,23 @@ TEST(Simulate, GlobalSyncMakesStagesWaitForTheLastBackward) {
   EXPECT_EQ(r.steady_batch_time, 14.0);
   for (int s = 0; s < 2; ++s) EXPECT_GT(r.stages[s].steady_bubble, 0.0) << "stage " << s;
   expect_consistent(schedule, sync);
+  // Unequal all-reduces overlap the other stage's work: flush, d = 2, m = 1, all-reduce 0 on
+  // stage 0 and 3 on stage 1. Stage 1 reduces 4..7 while stage 0 runs its backward 4..6; both
+  // leave the collective at 7 (not 6 + 3).
+  Costs unequal{{1.0}, {2.0}, {0.0}, {0.0, 3.0}, {0.0}, true};
+  EXPECT_EQ(simulate(generate(ScheduleKind::flush, 2, 1, 1), unequal).makespan, 7.0);
   // Flush already waits at the batch boundary: the sync costs it nothing.
   const Schedule flush = generate(ScheduleKind::flush, 4, 8, 3);
   Costs flush_sync = Costs::uniform(1.0, 2.0, 0.25, 0.5, 0.125);
   const double free = simulate(flush, flush_sync).makespan;
   flush_sync.global_sync = true;
   EXPECT_EQ(simulate(flush, flush_sync).makespan, free);
-  // The Gantt chart shows the wait before the all-reduce's own work ('-' then 'A').
+  // The Gantt chart shows each stage's all-reduce work, then its wait for the others.
   Costs shown = Costs::uniform(1.0, 2.0, 0.0, 1.0);
   shown.global_sync = true;
   const std::string gantt =
       render_gantt(simulate(generate(ScheduleKind::flush, 2, 1, 1), shown).timeline, 14, 1);
-  EXPECT_NE(gantt.find("stage  0 |FF------BBBBAA|\nstage  1 |--FFBBBB----AA|"), std::string::npos)
+  EXPECT_NE(gantt.find("stage  0 |FF------BBBBAA|\nstage  1 |--FFBBBBAA----|"), std::string::npos)
       << gantt;
 }
 
