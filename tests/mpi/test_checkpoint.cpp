@@ -164,7 +164,8 @@ TEST(Checkpoint, ResumeUnderAnotherLayout) {
       finish(trainer, 3);
       trainer.save_checkpoint(folder, 1);
     });
-    for (auto [d, w] : std::vector<std::pair<int, int>>{{1, 1}, {4, 1}, {2, 2}}) {
+    for (const auto& layout : std::vector<std::pair<int, int>>{{1, 1}, {4, 1}, {2, 2}}) {
+      const int d = layout.first, w = layout.second;  // lambdas capture no structured bindings
       const config::Deck dk = deck(schedule, 0, d, w, 4 / w);
       with_layout(d, w, [&](const comm::ProcessGrid& grid) {
         io::CheckpointReader checkpoint(io::resolve_checkpoint(folder, "latest"), dk);
