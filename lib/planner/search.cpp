@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 
@@ -160,7 +161,10 @@ std::string jobscript(const Cluster& cluster, const Candidate& candidate,
                       cluster.name, candidate.width, candidate.depth, candidate.microbatch_size,
                       candidate.microbatches, config::to_string(candidate.schedule),
                       candidate.recompute ? ", recompute" : "");
-  text += fmt::format("#SBATCH --job-name={}\n", job_name);
+  std::string name = job_name.empty() ? std::string("p2bw") : job_name;
+  for (char& c : name)  // #SBATCH lines are not shell-parsed: keep the name one plain word
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') c = '_';
+  text += fmt::format("#SBATCH --job-name={}\n", name);
   text += fmt::format("#SBATCH --nodes={}\n", nodes);
   // --ntasks as well: when w·d is not a multiple of the node size, the last node runs fewer.
   text += fmt::format("#SBATCH --ntasks={}\n", ranks);

@@ -409,9 +409,10 @@ TEST(Outputs, WrittenDeckReparsesWithTheChoice) {
   // w·d not a multiple of the node size: 30 ranks on nodes of 8 -> 4 nodes, exactly 30 tasks.
   const std::string partial =
       jobscript(cluster_of(4, 8, 16), Candidate{10, 3, 1, 6, config::ScheduleKind::flush, false},
-                "/x/it's here.yaml", "/x/runs", "plan");
+                "/x/it's here.yaml", "/x/runs", "it's here");
   EXPECT_NE(partial.find("#SBATCH --nodes=4\n#SBATCH --ntasks=30\n"), std::string::npos) << partial;
   EXPECT_NE(partial.find("deck='/x/it'\\''s here.yaml'\n"), std::string::npos) << partial;
+  EXPECT_NE(partial.find("#SBATCH --job-name=it_s_here\n"), std::string::npos) << partial;
 }
 
 TEST(Profile, WriteReadRoundTrip) {
