@@ -179,11 +179,14 @@ int run_plan(const Context& context, const PlanOptions& options) {
         result.candidates, result.simulations, result.seconds);
     print_row_header();
     for (int i = 0; i < shown; ++i) print_row(i + 1, result.fitting[i]);
+  }
+  {  // The rejection counts: after the table, or as status lines on stderr with JSON.
+    std::FILE* out = json ? stderr : stdout;
     std::int64_t rejected = 0;
     for (const auto& [reason, count] : result.rejections) rejected += count;
-    fmt::print("\n{} fit, {} rejected:\n", result.fitting.size(), rejected);
+    fmt::print(out, "{}{} fit, {} rejected:\n", json ? "" : "\n", result.fitting.size(), rejected);
     for (const auto& [reason, count] : result.rejections)
-      fmt::print("  {:>10}  {}\n", count, planner::describe(reason));
+      fmt::print(out, "  {:>10}  {}\n", count, planner::describe(reason));
   }
   if (result.fitting.empty()) {
     throw UserError(fmt::format(
