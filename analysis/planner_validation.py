@@ -3,8 +3,8 @@
 
 Each --pair PREDICTION.json RUN names what `p2bw plan DECK --evaluate --format json` predicted for
 a configuration and the output directory (or metrics.h5) of `p2bw train` with the same
-configuration. Measured time per step = median of the differences of /steps/time_s after the
-first --skip steps (the median keeps a VM's occasional stall out); measured memory = the largest
+configuration. Measured time per step = median duration of the steps after the first --skip
+(from the differences of /steps/time_s; the median keeps a VM's occasional stall out); measured memory = the largest
 /stages/<s>/peak_memory_bytes over steps and stages. Prints a Markdown table with the relative
 errors (predicted - measured) / measured and a summary against the targets (time 15%, memory 5%).
 """
@@ -33,11 +33,20 @@ def read_prediction(path):
     if not isinstance(ranking, list) or not ranking or not isinstance(ranking[0], dict):
         raise ph.AnalysisError(f"{path}: expected the JSON list of p2bw plan --format json")
     p = ranking[0]
+    allowed = "(allowed: the output of p2bw plan --evaluate --format json)"
     missing = [k for k in ("w", "d", "b", "m", "schedule", "recompute", "batch_time_s",
                            "peak_memory_bytes") if k not in p]
     if missing:
-        raise ph.AnalysisError(f"{path}: missing keys {', '.join(missing)} "
-                               "(allowed: the output of p2bw plan --evaluate --format json)")
+        raise ph.AnalysisError(f"{path}: missing keys {', '.join(missing)} {allowed}")
+    time, peaks = p["batch_time_s"], p["peak_memory_bytes"]
+    if not isinstance(time, (int, float)) or isinstance(time, bool) or not time > 0:
+        raise ph.AnalysisError(f"{path}: batch_time_s is {time!r}, not a time > 0 "
+                               f"({p.get('rejection', 'no prediction')}) {allowed}")
+    if (not isinstance(peaks, list) or not peaks or
+            not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
+                    for x in peaks)):
+        raise ph.AnalysisError(f"{path}: peak_memory_bytes is {peaks!r}, not a list of sizes > 0 "
+                               f"{allowed}")
     return p
 
 
@@ -47,8 +56,12 @@ def measure(run, skip):
     if len(times) < skip + 3:
         raise ph.AnalysisError(f"{m['path']}: {len(times)} steps; needs at least {skip + 3} "
                                f"(--skip {skip})")
-    seconds = float(np.median(np.diff(times)[skip:]))
+    # time_s[k] is when step k+1 ended, so diff[k] is the duration of step k+2: the steps after
+    # the first `skip` start at diff[skip - 1].
+    seconds = float(np.median(np.diff(times)[max(skip - 1, 0):]))
     peak = max(int(s["peak_memory_bytes"].max()) for s in m["stages"])
+    if not seconds > 0 or not peak > 0:
+        raise ph.AnalysisError(f"{m['path']}: no positive step time or peak memory to compare")
     return seconds, peak
 
 

@@ -180,7 +180,9 @@ int run_plan(const Context& context, const PlanOptions& options) {
     print_row_header();
     for (int i = 0; i < shown; ++i) print_row(i + 1, result.fitting[i]);
   }
-  {  // The rejection counts: after the table, or as status lines on stderr with JSON.
+  if (!json || !result.fitting.empty()) {
+    // The rejection counts: after the table, or as status lines on stderr with JSON (not before
+    // the one-line error when nothing fits).
     std::FILE* out = json ? stderr : stdout;
     std::int64_t rejected = 0;
     for (const auto& [reason, count] : result.rejections) rejected += count;

@@ -78,7 +78,8 @@ double one_way_s(const Context& context, int floats, int repeats) {
     if (r > 0) trips.push_back(trip);  // the first round trip sets up the connection
   }
   std::sort(trips.begin(), trips.end());
-  return trips[trips.size() / 2] / 2;
+  const size_t n = trips.size();
+  return (n % 2 == 1 ? trips[n / 2] : (trips[n / 2 - 1] + trips[n / 2]) / 2) / 2;
 }
 
 // Latency (a 4-byte message) and bandwidth (a 16 MiB message, net of the latency) between ranks

@@ -61,7 +61,7 @@ void write_timeline(const std::string& path, const schedule::Schedule& sched,
       microbatch.push_back(e.action.mb);
       version.push_back(e.action.version);
       start.push_back(e.start);
-      end.push_back(e.end);
+      end.push_back(schedule::work_end(e));  // a synchronised all-reduce's wait is a gap
     }
     const std::string group = fmt::format("/timeline/stage_{}/", s);
     const std::vector<hsize_t> shape{action.size()};

@@ -4,8 +4,10 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <cstdint>
 #include <map>
 #include <thread>
+#include <vector>
 
 #include "core/error.hpp"
 
@@ -27,7 +29,8 @@ int tag_of(int microbatch, Direction direction) {
 // tests so that ranks sharing cores still get to compute.
 bool poll(MPI_Request& request, double timeout_s) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
-  for (int done = 0, tests = 0;; ++tests) {
+  int done = 0;
+  for (std::uint64_t tests = 0;; ++tests) {
     P2BW_MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
     if (done) return true;
     if (tests % 64 == 0 && std::chrono::steady_clock::now() > deadline) return false;
@@ -41,7 +44,15 @@ class MpiTransport : public Transport {
       : world_(world), timeout_s_(timeout_s), stage_(stage) {}
 
   ~MpiTransport() override {
-    for (auto& [handle, op] : pending_) MPI_Cancel(&op.request);
+    if (pending_.empty()) return;
+    // Only on an error path (a run ends with wait_all): cancel what is in flight and keep its
+    // staging buffers alive on purpose, since a transfer already matched may still write into
+    // them until MPI_Abort ends the process.
+    auto* kept = new std::vector<Operation>();
+    for (auto& [handle, op] : pending_) {
+      MPI_Cancel(&op.request);
+      kept->push_back(op);
+    }
   }
 
   int post_send(DeviceBuffer buffer, int peer, int microbatch, Direction direction) override {

@@ -218,8 +218,12 @@ Prediction evaluate(const config::Deck& deck, const Cluster& cluster, const Prof
   SimulationCache local;
   SimulationCache& sims = cache ? *cache : local;
   p.batch_time_s = sims.batch_time(c.schedule, c.depth, c.microbatches, costs);
-  p.allreduce_time_s =
-      *std::max_element(costs.allreduce.begin(), costs.allreduce.end()) + costs.tied_allreduce;
+  p.allreduce_time_s = 0;  // the tied embedding's part only on the first and the last stage
+  for (int s = 0; s < c.depth; ++s)
+    p.allreduce_time_s =
+        std::max(p.allreduce_time_s,
+                 costs.allreduce[static_cast<size_t>(s)] +
+                     (c.depth > 1 && (s == 0 || s == c.depth - 1) ? costs.tied_allreduce : 0.0));
   p.step_time_s = *std::max_element(costs.step.begin(), costs.step.end());
   p.samples_per_s = static_cast<double>(c.global_batch()) / p.batch_time_s;
   p.tokens_per_s = p.samples_per_s * deck.model.seq_len;

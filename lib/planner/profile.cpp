@@ -47,14 +47,17 @@ void fill_varied(model::FloatView v, float scale) {
   Kokkos::parallel_for(
       "p2bw::profile_fill", Kokkos::RangePolicy<model::Exec>(0, v.extent(0)),
       KOKKOS_LAMBDA(const int i) {
-        v(i) = scale * static_cast<float>(((i * 7919) % 2001) - 1000) / 1000.0f;
+        v(i) =
+            scale * static_cast<float>((i % 2001) * 7919 % 2001 - 1000) / 1000.0f;  // no overflow
       });
 }
 
 void fill_varied(model::IntView v, int vocab) {
   Kokkos::parallel_for(
       "p2bw::profile_tokens", Kokkos::RangePolicy<model::Exec>(0, v.extent(0)),
-      KOKKOS_LAMBDA(const int i) { v(i) = (i * 7919 + 13) % vocab; });
+      KOKKOS_LAMBDA(const int i) {
+        v(i) = static_cast<int>((std::int64_t{i} * 7919 + 13) % vocab);
+      });
 }
 
 std::vector<int> sorted_unique(std::vector<int> sizes) {
@@ -252,9 +255,11 @@ Profile read_profile(const std::string& path) {
   profile.ranks = static_cast<int>(file.int_attribute("/", "ranks"));
   profile.link_latency_us = file.double_attribute("/", "link_latency_us");
   profile.link_bandwidth_gbps = file.double_attribute("/", "link_bandwidth_gbps");
-  profile.optimizer = file.string_attribute("/", "optimizer") == "sgd"
-                          ? config::OptimizerKind::sgd
-                          : config::OptimizerKind::adamw;
+  const std::string optimizer = file.string_attribute("/", "optimizer");
+  if (optimizer != "adamw" && optimizer != "sgd")
+    throw bad(fmt::format("optimizer '{}' is not adamw or sgd", optimizer));
+  profile.optimizer =
+      optimizer == "sgd" ? config::OptimizerKind::sgd : config::OptimizerKind::adamw;
   profile.tf32 = file.int_attribute("/", "tf32") != 0;
   const std::string kind = file.string_attribute("/", "model_kind");
   profile.model.kind = kind == "bert" ? config::ModelKind::bert : config::ModelKind::gpt;

@@ -264,7 +264,7 @@ def tests(p2bw, mpiexec, flags, tmp):
 
     # planner_validation.py: a prediction against the 2bw run, checked by an independent reading
     times = files["2bw"]["steps/time_s"][:]
-    measured = float(np.median(np.diff(times)[2:]))
+    measured = float(np.median(np.diff(times)[1:]))  # the steps after the first 2
     peak = max(int(files["2bw"][f"stages/{s}/peak_memory_bytes"][:].max()) for s in ("0", "1"))
     predicted = os.path.join(tmp, "prediction.json")
     with open(predicted, "w") as f:
@@ -275,7 +275,13 @@ def tests(p2bw, mpiexec, flags, tmp):
           r.returncode == 0 and "| d2 w1 b2 m4 2bw | " in r.stdout and "| +10.0% |" in r.stdout
           and "| +0.0% |" in r.stdout and "time within 15%: 1 of 1" in r.stdout
           and "memory within 5%: 1 of 1" in r.stdout, r.stdout + r.stderr[-300:])
+    rejected = os.path.join(tmp, "rejected.json")  # what plan --evaluate prints for w·d > N
+    with open(rejected, "w") as f:
+        json.dump([{"w": 64, "d": 2, "b": 2, "m": 4, "schedule": "2bw", "recompute": False,
+                    "batch_time_s": 0, "peak_memory_bytes": [], "fits": False,
+                    "rejection": "w*d > devices"}], f)
     for what, args in (("a JSON list missing keys", ["--pair", bad_plan, runs["2bw"]]),
+                       ("a rejected prediction", ["--pair", rejected, runs["2bw"]]),
                        ("too few steps", ["--pair", predicted, runs["2bw"], "--skip", "7"])):
         r = script("planner_validation.py", *args)
         check(f"planner_validation.py on {what}: exit 2, one line on stderr",
