@@ -2,7 +2,8 @@
 # Runs p2bw's SLURM jobscripts (jobscripts/cpu.sbatch) on a real single-node SLURM cluster made
 # from Debian's packages (munged, slurmctld, slurmd started here, no systemd, everything under a
 # temporary directory): a 2-rank training job, a resume job, and a job stopped with USR1 that
-# checkpoints and chains a dependent job which finishes the run; gpu.sbatch's logic without GPUs.
+# checkpoints and chains a dependent job which finishes the run; gpu.sbatch's logic without GPUs;
+# and the jobscript `p2bw plan --write-jobscript` writes, submitted as written.
 # Usage: tests/slurm/test_slurm.sh P2BW REPO_ROOT   Exit: 0 passed, 1 failed, 77 skipped.
 set -uo pipefail
 [ $# -eq 2 ] || { echo "usage: $0 P2BW REPO_ROOT" >&2; exit 2; }
@@ -243,6 +244,32 @@ check "job 5: gpu.sbatch exit code 0" [ "$rc" = 0 ]
 check "job 5: metrics.h5 has steps 1..3" steps_are "$tmp/run5/metrics.h5" 3
 check "job 5: checkpoints/latest is step_00000003" latest_is "$tmp/run5" 3
 [ "$rc" = 0 ] || show "$tmp/job5.out"
+
+# --- 6: the jobscript p2bw plan writes, submitted as written ------------------------------------
+t=$(date +%s)
+cat >"$tmp/node.yaml" <<'EOF6'
+name: test-node
+nodes: 1
+devices_per_node: 2
+memory_per_device_gb: 1
+intra_node_bandwidth_gbps: 2
+inter_node_bandwidth_gbps: 1
+intra_node_latency_us: 1
+inter_node_latency_us: 50
+flops_per_device: 2.0e10
+gpus: false
+EOF6
+rc=0
+(cd "$root" && "$p2bw" plan "${tiny[@]}" --cluster "$tmp/node.yaml" --global-batch-max 16 \
+  --set train.steps=3 --set output.dir="$tmp/run6" --write-deck "$tmp/plan6.yaml" \
+  --write-jobscript "$tmp/plan6.sbatch" >"$tmp/plan6.out" 2>&1) || rc=$?
+check "job 6: p2bw plan wrote a deck and a jobscript" test "$rc" = 0 -a -s "$tmp/plan6.sbatch"
+rc=0
+PATH=$(dirname "$p2bw"):$PATH sbatch --wait --output="$tmp/job6.out" "$tmp/plan6.sbatch" >/dev/null || rc=$?
+echo "job 6 (the planner's jobscript, 3 steps): exit $rc, $(( $(date +%s) - t )) s"
+check "job 6: the planner's jobscript runs as written, exit code 0" [ "$rc" = 0 ]
+check "job 6: metrics.h5 has steps 1..3" steps_are "$tmp/run6/metrics.h5" 3
+[ "$rc" = 0 ] || { show "$tmp/plan6.out"; show "$tmp/plan6.sbatch"; show "$tmp/job6.out"; }
 
 echo "$passed passed, $failed failed ($(( $(date +%s) - t0 )) s)"
 [ $failed = 0 ]
