@@ -77,8 +77,7 @@ Command add_bench(CLI::App& app) {
   auto options = std::make_shared<Options>();
   CLI::App* cli = app.add_subcommand(
       "bench", "time forward and backward per part type and the whole model on this device");
-  cli->add_option("deck", options->deck, "YAML input deck")->required()->type_name("DECK");
-  add_set_option(*cli, options->overrides);
+  add_deck_options(*cli, options->deck, options->overrides);
   cli->add_option("--repeats", options->repeats, "timed runs per measurement (median reported)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1000));

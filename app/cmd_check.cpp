@@ -101,6 +101,11 @@ void add_set_option(CLI::App& command, std::vector<std::string>& overrides) {
       ->allow_extra_args(false);
 }
 
+void add_deck_options(CLI::App& command, std::string& deck, std::vector<std::string>& overrides) {
+  command.add_option("deck", deck, "YAML input deck")->required()->type_name("DECK");
+  add_set_option(command, overrides);
+}
+
 Command add_check(CLI::App& app) {
   struct Options {
     std::string deck;

@@ -219,8 +219,7 @@ Command add_plan(CLI::App& app) {
   auto options = std::make_shared<PlanOptions>();
   CLI::App* cli =
       app.add_subcommand("plan", "choose depth, width, microbatch size and count for a cluster");
-  cli->add_option("deck", options->deck, "YAML input deck")->required()->type_name("DECK");
-  add_set_option(*cli, options->overrides);
+  add_deck_options(*cli, options->deck, options->overrides);
   cli->add_option("--cluster", options->cluster, "cluster file (YAML)")
       ->required()
       ->type_name("CLUSTER.yaml");

@@ -147,8 +147,7 @@ Command add_profile(CLI::App& app) {
   auto options = std::make_shared<ProfileOptions>();
   CLI::App* cli = app.add_subcommand(
       "profile", "measure per-part compute time and memory on this device (for p2bw plan)");
-  cli->add_option("deck", options->deck, "YAML input deck")->required()->type_name("DECK");
-  add_set_option(*cli, options->overrides);
+  add_deck_options(*cli, options->deck, options->overrides);
   cli->add_option("--microbatch-sizes", options->microbatch_sizes,
                   "microbatch sizes to measure, comma separated")
       ->delimiter(',')

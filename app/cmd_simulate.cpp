@@ -135,8 +135,7 @@ Command add_simulate(CLI::App& app) {
   auto options = std::make_shared<Options>();
   CLI::App* cli = app.add_subcommand(
       "simulate", "replay a deck's schedule with per-action costs; report bubbles");
-  cli->add_option("deck", options->deck, "YAML input deck")->required()->type_name("DECK");
-  add_set_option(*cli, options->overrides);
+  add_deck_options(*cli, options->deck, options->overrides);
   cli->add_option("--cost-forward", options->forward, "forward time of one microbatch on a stage")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);

@@ -271,8 +271,7 @@ Command add_train(CLI::App& app) {
   };
   auto options = std::make_shared<Options>();
   CLI::App* cli = app.add_subcommand("train", "train a model from a deck on d·w MPI ranks");
-  cli->add_option("deck", options->deck, "YAML input deck")->required()->type_name("DECK");
-  add_set_option(*cli, options->overrides);
+  add_deck_options(*cli, options->deck, options->overrides);
   cli->add_option("--resume", options->resume,
                   "continue from a checkpoint: latest (of output.dir) or a checkpoints/step_<N> "
                   "folder; any layout")

@@ -37,5 +37,7 @@ Command add_profile(CLI::App& app);
 
 // The repeatable --set key.path=value option shared by the commands that read a deck.
 void add_set_option(CLI::App& command, std::vector<std::string>& overrides);
+// The required DECK positional and --set, for the commands that run on a deck.
+void add_deck_options(CLI::App& command, std::string& deck, std::vector<std::string>& overrides);
 
 }  // namespace p2bw::app
