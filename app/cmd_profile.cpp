@@ -11,6 +11,7 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "comm/deck_broadcast.hpp"
@@ -77,9 +78,7 @@ double one_way_s(const Context& context, int floats, int repeats) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (r > 0) trips.push_back(trip);  // the first round trip sets up the connection
   }
-  std::sort(trips.begin(), trips.end());
-  const size_t n = trips.size();
-  return (n % 2 == 1 ? trips[n / 2] : (trips[n / 2 - 1] + trips[n / 2]) / 2) / 2;
+  return planner::median(std::move(trips)) / 2;
 }
 
 // Latency (a 4-byte message) and bandwidth (a 16 MiB message, net of the latency) between ranks
@@ -134,8 +133,7 @@ int run_profile(const Context& context, const ProfileOptions& options) {
   if (profile.link_bandwidth_gbps > 0)
     fmt::print(
         "link rank 0 <-> rank 1 (MPI between host buffers): latency {:.1f} us, bandwidth {:.2f} "
-        "GB/s "
-        "(the cluster file's intra_node_* keys when the two ranks share a node)\n",
+        "GB/s (the cluster file's intra_node_* keys when the two ranks share a node)\n",
         profile.link_latency_us, profile.link_bandwidth_gbps);
   fmt::print("profile: {}\n", output);
   return 0;

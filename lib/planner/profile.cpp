@@ -93,6 +93,13 @@ Profile analytic_profile(const config::ModelConfig& model, double flops_per_devi
   return profile;
 }
 
+double median(std::vector<double> times) {
+  P2BW_ASSERT(!times.empty(), "median of no timings");
+  std::sort(times.begin(), times.end());
+  const size_t n = times.size();
+  return n % 2 == 1 ? times[n / 2] : (times[n / 2 - 1] + times[n / 2]) / 2;
+}
+
 void time_parts(const config::Deck& deck, int b, int first, int end, int repeats,
                 PartProfile& part) {
   model::StageModel model(deck.model, b, first, end);
@@ -148,11 +155,6 @@ void time_parts(const config::Deck& deck, int b, int first, int end, int repeats
     recompute.push_back(seconds(t2, t3));
     step.push_back(seconds(t4, t5));
   }
-  auto median = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    const size_t n = v.size();
-    return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-  };
   part.forward_s = median(forward);
   part.backward_s = median(backward);
   part.backward_recompute_s = median(recompute);

@@ -64,6 +64,9 @@ Profile analytic_profile(const config::ModelConfig& model, double flops_per_devi
 void time_parts(const config::Deck& deck, int b, int first, int end, int repeats,
                 PartProfile& part);
 
+// Median of timings (the mean of the middle two for an even count); `times` must not be empty.
+double median(std::vector<double> times);
+
 // Blocks are timed as a chain of min(layers, kChainBlocks) blocks and divided by the count: a
 // stage runs blocks back to back, whose stashes and weights do not all stay in a CPU's caches
 // the way one block timed alone does. Run under MPI with as many ranks per node as training
