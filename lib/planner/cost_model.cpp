@@ -96,6 +96,28 @@ StageCosts stage_costs(const Candidate& candidate, const pipeline::StageMap& map
   return costs;
 }
 
+std::vector<double> stage_allreduce(const StageCosts& costs) {
+  const size_t d = costs.forward.size();
+  std::vector<double> times =
+      costs.allreduce.empty() ? std::vector<double>(d, 0.0) : costs.allreduce;
+  if (d > 1) {
+    times.front() += costs.tied_allreduce;
+    times.back() += costs.tied_allreduce;
+  }
+  return times;
+}
+
+std::int64_t memory_limit(const Cluster& cluster, double headroom) {
+  return static_cast<std::int64_t>(headroom * cluster.memory_bytes());
+}
+
+std::vector<std::int64_t> stage_peaks(const config::Deck& run, const pipeline::StageMap& map) {
+  std::vector<std::int64_t> peaks;
+  for (const pipeline::StageMemory& stage : pipeline::predict_memory(run, map))
+    peaks.push_back(stage.total());
+  return peaks;
+}
+
 double SimulationCache::simulate(config::ScheduleKind schedule, int depth, int microbatches,
                                  const StageCosts& costs) {
   Key key{static_cast<int>(schedule),
@@ -120,11 +142,7 @@ double SimulationCache::simulate(config::ScheduleKind schedule, int depth, int m
   sim_costs.forward = costs.forward;
   sim_costs.backward = costs.backward;
   sim_costs.message = costs.message.empty() ? std::vector<double>{0.0} : costs.message;
-  sim_costs.allreduce = costs.allreduce.empty() ? std::vector<double>(depth, 0.0) : costs.allreduce;
-  if (depth > 1) {  // the tied embedding's copies live on the first and the last stage
-    sim_costs.allreduce.front() += costs.tied_allreduce;
-    sim_costs.allreduce.back() += costs.tied_allreduce;
-  }
+  sim_costs.allreduce = stage_allreduce(costs);
   sim_costs.step = costs.step.empty() ? std::vector<double>{0.0} : costs.step;
   sim_costs.global_sync = true;
   const schedule::Report report = schedule::simulate(sched, sim_costs);
@@ -171,8 +189,7 @@ Prediction evaluate(const config::Deck& deck, const Cluster& cluster, const Prof
   Prediction p;
   p.candidate = candidate_of(deck);
   const Candidate& c = p.candidate;
-  p.memory_limit_bytes =
-      static_cast<std::int64_t>(options.memory_headroom * cluster.memory_bytes());
+  p.memory_limit_bytes = memory_limit(cluster, options.memory_headroom);
   if (std::int64_t{c.width} * c.depth > cluster.devices()) {
     p.rejection = Rejection::too_many_devices;
     return p;
@@ -193,8 +210,7 @@ Prediction evaluate(const config::Deck& deck, const Cluster& cluster, const Prof
   config::Deck run = deck;
   run.pipeline.microbatches = c.microbatches;
   const pipeline::StageMap map = pipeline::make_stage_map(run);
-  for (const pipeline::StageMemory& stage : pipeline::predict_memory(run, map))
-    p.peak_memory_bytes.push_back(stage.total());
+  p.peak_memory_bytes = stage_peaks(run, map);
   const std::int64_t peak =
       *std::max_element(p.peak_memory_bytes.begin(), p.peak_memory_bytes.end());
   if (peak > p.memory_limit_bytes) {
@@ -218,12 +234,8 @@ Prediction evaluate(const config::Deck& deck, const Cluster& cluster, const Prof
   SimulationCache local;
   SimulationCache& sims = cache ? *cache : local;
   p.batch_time_s = sims.batch_time(c.schedule, c.depth, c.microbatches, costs);
-  p.allreduce_time_s = 0;  // the tied embedding's part only on the first and the last stage
-  for (int s = 0; s < c.depth; ++s)
-    p.allreduce_time_s =
-        std::max(p.allreduce_time_s,
-                 costs.allreduce[static_cast<size_t>(s)] +
-                     (c.depth > 1 && (s == 0 || s == c.depth - 1) ? costs.tied_allreduce : 0.0));
+  const std::vector<double> allreduce = stage_allreduce(costs);
+  p.allreduce_time_s = *std::max_element(allreduce.begin(), allreduce.end());
   p.step_time_s = *std::max_element(costs.step.begin(), costs.step.end());
   p.samples_per_s = static_cast<double>(c.global_batch()) / p.batch_time_s;
   p.tokens_per_s = p.samples_per_s * deck.model.seq_len;

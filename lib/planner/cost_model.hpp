@@ -57,6 +57,14 @@ struct StageCosts {
 
 StageCosts stage_costs(const Candidate& candidate, const pipeline::StageMap& map,
                        const MicrobatchProfile& profile, const Cluster& cluster);
+// Per stage all-reduce time per batch: the data-parallel part, plus the tied embedding's on the
+// first and the last stage (d > 1), where its two copies live.
+std::vector<double> stage_allreduce(const StageCosts& costs);
+
+// Memory a configuration may use per device: headroom x memory_per_device, in bytes.
+std::int64_t memory_limit(const Cluster& cluster, double headroom);
+// Predicted peak bytes of every stage of `run` (pipeline::predict_memory over `map`).
+std::vector<std::int64_t> stage_peaks(const config::Deck& run, const pipeline::StageMap& map);
 
 // Simulated time of one batch as p2bw's executor runs it: every stage's forwards, backwards and
 // messages, then after its last backward of the batch the all-reduce (data-parallel, plus the

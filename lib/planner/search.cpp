@@ -10,7 +10,6 @@
 
 #include "config/deck_io.hpp"
 #include "core/error.hpp"
-#include "pipeline/memory.hpp"
 #include "pipeline/partition.hpp"
 
 namespace p2bw::planner {
@@ -41,10 +40,8 @@ namespace {
 // Whether a candidate's worst stage fits the memory limit (predict_memory only, no timing).
 bool fits_memory(const config::Deck& deck, const Candidate& candidate, std::int64_t limit) {
   const config::Deck run = apply(deck, candidate);
-  for (const pipeline::StageMemory& stage :
-       pipeline::predict_memory(run, pipeline::make_stage_map(run)))
-    if (stage.total() > limit) return false;
-  return true;
+  const std::vector<std::int64_t> peaks = stage_peaks(run, pipeline::make_stage_map(run));
+  return *std::max_element(peaks.begin(), peaks.end()) <= limit;
 }
 
 // GPipe keeps all m microbatches' activations: its memory grows with m, so the grid's larger
@@ -89,7 +86,7 @@ SearchResult search(const config::Deck& deck, const Cluster& cluster, const Prof
   evaluate_options.memory_headroom = options.memory_headroom;
   SimulationCache cache;
   const std::vector<int> sizes = profile.microbatch_sizes();
-  const auto limit = static_cast<std::int64_t>(options.memory_headroom * cluster.memory_bytes());
+  const std::int64_t limit = memory_limit(cluster, options.memory_headroom);
   // Depths beyond the layer count are counted once each, not evaluated.
   if (devices > layers) {
     result.rejections[Rejection::depth_gt_layers] += devices - layers;
