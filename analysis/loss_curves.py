@@ -77,12 +77,9 @@ def make(paths, out, formats=("png", "svg"), dpi=100, x="steps", labels=None):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_METRICS",
-                   help="run directory (with metrics.h5) or metrics.h5 file")
-    ph.add_common_args(p)
+    ph.add_run_args(p, labels_help="one legend label per run")
     p.add_argument("--x", choices=("steps", "tokens"), default="steps",
                    help="x axis: optimizer steps or tokens seen (default: steps)")
-    p.add_argument("--labels", nargs="+", help="one legend label per run")
     a = p.parse_args()
     return ph.print_result(*make(a.runs, a.out, ph.parse_formats(a.formats), a.dpi, a.x, a.labels))
 

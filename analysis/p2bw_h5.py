@@ -347,6 +347,14 @@ def add_common_args(parser):
     parser.add_argument("--dpi", type=int, default=100, help="PNG resolution (default: 100)")
 
 
+def add_run_args(parser, labels_help="one label per run"):
+    """The RUN... positional, the common options and --labels of the scripts that compare runs."""
+    parser.add_argument("runs", nargs="+", metavar="RUN",
+                        help="run directory (with metrics.h5) or metrics.h5 file")
+    add_common_args(parser)
+    parser.add_argument("--labels", nargs="+", help=labels_help)
+
+
 def pyplot():
     import matplotlib
     matplotlib.use("Agg")

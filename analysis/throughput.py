@@ -100,10 +100,7 @@ def make(paths, out, formats=("png", "svg"), dpi=100, labels=None):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", metavar="RUN",
-                   help="run directory (with metrics.h5) or metrics.h5 file")
-    ph.add_common_args(p)
-    p.add_argument("--labels", nargs="+", help="one label per run")
+    ph.add_run_args(p)
     a = p.parse_args()
     return ph.print_result(*make(a.runs, a.out, ph.parse_formats(a.formats), a.dpi, a.labels))
 
