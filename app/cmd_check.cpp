@@ -29,7 +29,7 @@ std::string semantics(const config::Deck& deck) {
   constexpr const char* vanilla = "W(t+1) = W(t) - lr·∇f(W(t))";
   constexpr const char* delayed = "W(t+1) = W(t) - lr·∇f(W(t-1))";
   const auto& pipe = deck.pipeline;
-  if (pipe.schedule != config::ScheduleKind::twobw)
+  if (pipe.schedule != config::ScheduleKind::two_bw)
     return fmt::format("{}: every step {} (vanilla minibatch semantics)\n",
                        to_string(pipe.schedule), vanilla);
   const std::int64_t warm = std::min<std::int64_t>(pipe.sync_warmup_steps, deck.train.steps);

@@ -10,6 +10,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 
 #include "comm/deck_broadcast.hpp"
@@ -82,43 +83,41 @@ class Metrics {
         trainer.steps_done() + 1, resumed);
   }
 
-  // Collective: gathers every rank's timing (and trace) to rank 0, which appends the rows.
-  void record(const pipeline::StepResult& r, double tokens_per_s, double time_s,
-              pipeline::PipelineTrainer& trainer) {
-    const double mine[4] = {r.compute_s, r.wait_s, r.idle_s,
-                            static_cast<double>(r.peak_memory_bytes)};
-    std::vector<double> all(context_.root() ? 4 * static_cast<size_t>(context_.size) : 0);
-    P2BW_MPI_CHECK(MPI_Gather(mine, 4, MPI_DOUBLE, all.data(), 4, MPI_DOUBLE, 0, context_.world));
+  // Rank 0 appends a step's row once its stage rows (every stage's timing, which the executor
+  // reduces with the next step) are known too, so rows go out in step order.
+  void add(const pipeline::StepResult& r, double tokens_per_s, double time_s) {
+    if (!writer_) return;
+    steps_[r.step] = {r.step,      r.loss,       r.lr,
+                      r.grad_norm, tokens_per_s, writer_->elapsed_before() + time_s,
+                      r.skipped};
+    write_ready();
+  }
+  void add(std::vector<std::vector<io::StageRow>> stage_rows) {
+    if (!writer_) return;
+    for (auto& rows : stage_rows) {
+      const std::int64_t step = rows.at(0).step;
+      stages_[step] = std::move(rows);
+    }
+    write_ready();
+  }
+
+  // Collective (at checkpoints and at the end): gathers every rank's trace to rank 0.
+  void write_trace(pipeline::PipelineTrainer& trainer) {
+    if (!deck_.output.trace) return;
     std::vector<double> events;
-    if (deck_.output.trace)
-      for (const auto& e : trainer.take_trace())
-        events.insert(events.end(),
-                      {double(e.kind), double(e.microbatch), double(e.version), e.start, e.end});
+    for (const auto& e : trainer.take_trace())
+      events.insert(events.end(),
+                    {double(e.kind), double(e.microbatch), double(e.version), e.start, e.end});
     std::vector<int> counts(static_cast<size_t>(context_.size)), offsets(counts.size());
-    if (deck_.output.trace) {
-      const int count = static_cast<int>(events.size());
-      P2BW_MPI_CHECK(MPI_Gather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, context_.world));
-    }
-    std::vector<double> gathered;
-    if (deck_.output.trace) {
-      int total = 0;
-      for (size_t i = 0; i < counts.size(); ++i) offsets[i] = total, total += counts[i];
-      gathered.resize(context_.root() ? static_cast<size_t>(total) : 0);
-      P2BW_MPI_CHECK(MPI_Gatherv(events.data(), static_cast<int>(events.size()), MPI_DOUBLE,
-                                 gathered.data(), counts.data(), offsets.data(), MPI_DOUBLE, 0,
-                                 context_.world));
-    }
+    const int count = static_cast<int>(events.size());
+    P2BW_MPI_CHECK(MPI_Gather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, context_.world));
+    int total = 0;
+    for (size_t i = 0; i < counts.size(); ++i) offsets[i] = total, total += counts[i];
+    std::vector<double> gathered(context_.root() ? static_cast<size_t>(total) : 0);
+    P2BW_MPI_CHECK(MPI_Gatherv(events.data(), count, MPI_DOUBLE, gathered.data(), counts.data(),
+                               offsets.data(), MPI_DOUBLE, 0, context_.world));
     if (!context_.root()) return;
-    std::vector<io::StageRow> stages;
-    for (int s = 0; s < deck_.pipeline.depth; ++s) {
-      const double* row =
-          all.data() + 4 * static_cast<size_t>(s * deck_.pipeline.width);  // replica 0
-      stages.push_back({r.step, row[0], row[1], row[2], static_cast<std::int64_t>(row[3])});
-    }
-    writer_->append({r.step, r.loss, r.lr, r.grad_norm, tokens_per_s,
-                     writer_->elapsed_before() + time_s, r.skipped},
-                    stages);
-    for (int rank = 0; deck_.output.trace && rank < context_.size; ++rank) {
+    for (int rank = 0; rank < context_.size; ++rank) {
       std::vector<io::TraceEvent> trace;
       for (int i = offsets[rank]; i + 4 < offsets[rank] + counts[rank]; i += 5)
         trace.push_back(
@@ -129,9 +128,19 @@ class Metrics {
   }
 
  private:
+  void write_ready() {
+    while (!steps_.empty() && !stages_.empty() && steps_.begin()->first == stages_.begin()->first) {
+      writer_->append(steps_.begin()->second, stages_.begin()->second);
+      steps_.erase(steps_.begin());
+      stages_.erase(stages_.begin());
+    }
+  }
+
   const Context& context_;
   const config::Deck& deck_;
   std::unique_ptr<io::MetricsWriter> writer_;
+  std::map<std::int64_t, io::StepRow> steps_;                 // waiting for their stage rows
+  std::map<std::int64_t, std::vector<io::StageRow>> stages_;  // waiting for their step row
 };
 
 std::string clock_time(double seconds) {
@@ -220,44 +229,62 @@ int run_train(const Context& context, const std::string& path,
   auto window_start = start;
   std::int64_t window_tokens = 0;
   const std::int64_t first_step = trainer.steps_done();
+  std::map<std::int64_t, std::pair<double, double>> step_times;  // step -> tokens/s, time
+  // Results arrive in step order, the same on every rank, under 2bw one step after their batch
+  // ran (the update is deferred): log and record them; true when some rank asked to stop.
+  auto take = [&](const std::vector<pipeline::StepResult>& results) {
+    bool stop = false;
+    for (const pipeline::StepResult& r : results) {
+      stop = stop || r.stop;
+      const auto times = step_times.at(r.step);
+      step_times.erase(r.step);
+      metrics.add(r, times.first, times.second);
+      window_tokens += r.tokens;
+      if (!context.root() || (r.step % deck.train.log_every != 0 && r.step != deck.train.steps &&
+                              r.step != first_step + 1))
+        continue;
+      const auto now = Clock::now();
+      const double elapsed = std::chrono::duration<double>(now - start).count();
+      const double window = std::chrono::duration<double>(now - window_start).count();
+      const double eta = elapsed / static_cast<double>(r.step - first_step) *
+                         static_cast<double>(deck.train.steps - r.step);
+      fmt::print(
+          "step {:>6}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.4f}{} | {:.0f} tok/s | elapsed "
+          "{} | ETA {}\n",
+          r.step, deck.train.steps, r.loss, r.lr, r.grad_norm,
+          r.skipped ? " (skipped: non-finite)" : "",
+          window > 0 ? static_cast<double>(window_tokens) / window : 0.0, clock_time(elapsed),
+          clock_time(eta));
+      std::fflush(stdout);
+      window_start = now;
+      window_tokens = 0;
+    }
+    metrics.add(trainer.take_stage_rows());
+    return stop;
+  };
+  auto synchronize_and_save = [&](const char* why) {
+    take(trainer.synchronize());
+    metrics.write_trace(trainer);
+    save(why);
+  };
   while (trainer.steps_done() < deck.train.steps) {
     const auto step_start = Clock::now();
-    const pipeline::StepResult r = trainer.step();
+    const auto results = trainer.step(stop_requested != 0);
     const auto step_end = Clock::now();
-    window_tokens += r.tokens;
-    metrics.record(r,
-                   static_cast<double>(r.tokens) /
-                       std::chrono::duration<double>(step_end - step_start).count(),
-                   std::chrono::duration<double>(step_end - start).count(), trainer);
-    int stop = stop_requested, any_stop = 0;
-    P2BW_MPI_CHECK(MPI_Allreduce(&stop, &any_stop, 1, MPI_INT, MPI_MAX, context.world));
-    if (any_stop && trainer.steps_done() < deck.train.steps) {
-      save("stop signal");
+    step_times[trainer.steps_done()] = {
+        static_cast<double>(config::global_batch(deck) * deck.model.seq_len) /
+            std::chrono::duration<double>(step_end - step_start).count(),
+        std::chrono::duration<double>(step_end - start).count()};
+    const bool stop = take(results);
+    if (stop && trainer.steps_done() < deck.train.steps) {
+      synchronize_and_save("stop signal");
       return 0;
     }
-    if (deck.checkpoint.every > 0 && r.step % deck.checkpoint.every == 0 &&
-        r.step < deck.train.steps)
-      save("periodic");
-    if (!context.root() || (r.step % deck.train.log_every != 0 && r.step != deck.train.steps &&
-                            r.step != first_step + 1))
-      continue;
-    const auto now = Clock::now();
-    const double elapsed = std::chrono::duration<double>(now - start).count();
-    const double window = std::chrono::duration<double>(now - window_start).count();
-    const double eta = elapsed / static_cast<double>(r.step - first_step) *
-                       static_cast<double>(deck.train.steps - r.step);
-    fmt::print(
-        "step {:>6}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.4f}{} | {:.0f} tok/s | elapsed {} "
-        "| ETA {}\n",
-        r.step, deck.train.steps, r.loss, r.lr, r.grad_norm,
-        r.skipped ? " (skipped: non-finite)" : "",
-        window > 0 ? static_cast<double>(window_tokens) / window : 0.0, clock_time(elapsed),
-        clock_time(eta));
-    std::fflush(stdout);
-    window_start = now;
-    window_tokens = 0;
+    if (deck.checkpoint.every > 0 && trainer.steps_done() % deck.checkpoint.every == 0 &&
+        trainer.steps_done() < deck.train.steps)
+      synchronize_and_save("periodic");
   }
-  save("end of the run");
+  synchronize_and_save("end of the run");
   return 0;
 }
 

@@ -55,23 +55,28 @@ class MpiTransport : public Transport {
     }
   }
 
-  int post_send(DeviceBuffer buffer, int peer, int microbatch, Direction direction) override {
-    Operation op{
-        buffer,          Kokkos::create_mirror_view(buffer), peer, microbatch, direction, true,
-        MPI_REQUEST_NULL};
-    Kokkos::deep_copy(op.staging, buffer);  // also orders the send after the kernels that wrote it
+  int post_send(const Message& message) override {
+    Operation op{message, Kokkos::create_mirror_view(message.buffer), true, MPI_REQUEST_NULL};
+    // Also orders the send after the kernels that wrote the buffer.
+    Kokkos::deep_copy(op.staging, message.buffer);
     P2BW_MPI_CHECK(MPI_Isend(op.staging.data(), static_cast<int>(op.staging.extent(0)), MPI_FLOAT,
-                             peer, tag_of(microbatch, direction), world_, &op.request));
+                             message.peer, tag_of(message.microbatch, message.direction), world_,
+                             &op.request));
     return add(std::move(op));
   }
 
-  int post_receive(DeviceBuffer buffer, int peer, int microbatch, Direction direction) override {
-    Operation op{
-        buffer,          Kokkos::create_mirror_view(buffer), peer, microbatch, direction, false,
-        MPI_REQUEST_NULL};
+  int post_receive(const Message& message) override {
+    Operation op{message, Kokkos::create_mirror_view(message.buffer), false, MPI_REQUEST_NULL};
     P2BW_MPI_CHECK(MPI_Irecv(op.staging.data(), static_cast<int>(op.staging.extent(0)), MPI_FLOAT,
-                             peer, tag_of(microbatch, direction), world_, &op.request));
+                             message.peer, tag_of(message.microbatch, message.direction), world_,
+                             &op.request));
     return add(std::move(op));
+  }
+
+  // MPI needs no grouping: both halves are non-blocking and matched by tag.
+  std::pair<int, int> post_exchange(const Message& send, const Message& receive) override {
+    const int sent = post_send(send);
+    return {sent, post_receive(receive)};
   }
 
   void wait(int handle, const std::string& what) override {
@@ -83,9 +88,9 @@ class MpiTransport : public Transport {
           "stage {}: {}: no progress for {} s waiting to {} the {} of microbatch {} {} rank {} "
           "(pipeline.timeout_s)",
           stage_, what, timeout_s_, op.send ? "send" : "receive",
-          op.direction == Direction::activation ? "activation" : "gradient", op.microbatch,
-          op.send ? "to" : "from", op.peer));
-    if (!op.send) Kokkos::deep_copy(op.buffer, op.staging);
+          op.message.direction == Direction::activation ? "activation" : "gradient",
+          op.message.microbatch, op.send ? "to" : "from", op.message.peer));
+    if (!op.send) Kokkos::deep_copy(op.message.buffer, op.staging);
     pending_.erase(it);
   }
 
@@ -95,7 +100,7 @@ class MpiTransport : public Transport {
     int done = 0;
     P2BW_MPI_CHECK(MPI_Test(&it->second.request, &done, MPI_STATUS_IGNORE));
     if (!done) return false;
-    if (!it->second.send) Kokkos::deep_copy(it->second.buffer, it->second.staging);
+    if (!it->second.send) Kokkos::deep_copy(it->second.message.buffer, it->second.staging);
     pending_.erase(it);
     return true;
   }
@@ -106,10 +111,8 @@ class MpiTransport : public Transport {
 
  private:
   struct Operation {
-    DeviceBuffer buffer;
-    DeviceBuffer::HostMirror staging;  // the buffer itself on host builds
-    int peer, microbatch;
-    Direction direction;
+    Message message;
+    FloatView::HostMirror staging;  // the buffer itself on host builds
     bool send;
     MPI_Request request;
   };

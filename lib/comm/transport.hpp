@@ -2,30 +2,41 @@
 // are identified by (microbatch, direction) in the MPI tag, never by arrival order alone; sends
 // and receives are non-blocking and waited for with a deadline, so a run that cannot progress
 // fails with a message naming the stage, the action and the peer instead of hanging. Buffers in
-// device memory are staged through host memory (the MPI need not be CUDA-aware). An NCCL
-// transport (grouped send/recv on the compute stream) implements the same interface.
+// device memory are staged through host memory (the MPI need not be CUDA-aware). MPI is the only
+// implementation so far; collectives live beside it in collectives.hpp.
 #pragma once
 
 #include <mpi.h>
 
-#include <Kokkos_Core.hpp>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "core/device.hpp"
 
 namespace p2bw::comm {
 
-using DeviceBuffer = Kokkos::View<float*, Kokkos::DefaultExecutionSpace::memory_space>;
-
 enum class Direction { activation = 0, gradient = 1 };
+
+// One half of a transfer: a buffer, the world rank of the peer, and the message's identity.
+struct Message {
+  FloatView buffer;
+  int peer = 0;
+  int microbatch = 0;
+  Direction direction = Direction::activation;
+};
 
 class Transport {
  public:
   virtual ~Transport() = default;
-  // Starts sending `buffer` (its contents as of now) to world rank `peer`.
-  virtual int post_send(DeviceBuffer buffer, int peer, int microbatch, Direction direction) = 0;
-  // Starts receiving into `buffer` from world rank `peer`.
-  virtual int post_receive(DeviceBuffer buffer, int peer, int microbatch, Direction direction) = 0;
+  // Starts sending the message's buffer (its contents as of now) to its peer.
+  virtual int post_send(const Message& message) = 0;
+  // Starts receiving into the message's buffer from its peer.
+  virtual int post_receive(const Message& message) = 0;
+  // The schedule's combined actions (send to a neighbour and receive from the same neighbour) as
+  // one grouped call; returns the handles of the send and of the receive.
+  virtual std::pair<int, int> post_exchange(const Message& send, const Message& receive) = 0;
   // Waits for a posted operation; throws a RunError naming `what` after the deadline.
   virtual void wait(int handle, const std::string& what) = 0;
   // Waits for every posted operation.

@@ -6,10 +6,13 @@
 #include <string>
 #include <vector>
 
+#include "schedule/kind.hpp"
+
 namespace p2bw::config {
 
+using schedule::ScheduleKind;  // one enum: gpipe, flush, two_bw
+using schedule::to_string;
 enum class ModelKind { gpt, bert };
-enum class ScheduleKind { gpipe, flush, twobw };
 enum class OptimizerKind { adamw, sgd };
 enum class LrDecay { cosine, linear, constant };
 enum class DataFormat { text, tokens, llmc };
@@ -26,7 +29,7 @@ struct ModelConfig {
 struct PipelineConfig {
   int depth = 1;  // d: stages
   int width = 1;  // w: data-parallel replicas of every stage
-  ScheduleKind schedule = ScheduleKind::twobw;
+  ScheduleKind schedule = ScheduleKind::two_bw;
   int microbatches = 0;          // m per batch per pipeline; 0 in the struct = 2·d
   bool recompute = false;        // stash stage inputs only, re-run forward in backward
   std::vector<int> partition;    // blocks per stage; empty = balanced automatically
@@ -85,7 +88,6 @@ struct Deck {
 
 // Names used in decks and messages.
 const char* to_string(ModelKind kind);
-const char* to_string(ScheduleKind kind);
 const char* to_string(OptimizerKind kind);
 const char* to_string(LrDecay decay);
 const char* to_string(DataFormat format);

@@ -25,17 +25,6 @@ namespace p2bw::config {
 const char* to_string(ModelKind kind) {
   return kind == ModelKind::gpt ? "gpt" : "bert";
 }
-const char* to_string(ScheduleKind kind) {
-  switch (kind) {
-    case ScheduleKind::gpipe:
-      return "gpipe";
-    case ScheduleKind::flush:
-      return "flush";
-    case ScheduleKind::twobw:
-      return "2bw";
-  }
-  return "?";
-}
 const char* to_string(OptimizerKind kind) {
   return kind == OptimizerKind::adamw ? "adamw" : "sgd";
 }
@@ -322,7 +311,7 @@ const std::vector<Spec>& specs() {
           "w: data-parallel replicas of every stage; the run needs d·w MPI ranks"),
       choice_key(
           "pipeline.schedule", +[](Deck& d) -> ScheduleKind& { return d.pipeline.schedule; },
-          {ScheduleKind::gpipe, ScheduleKind::flush, ScheduleKind::twobw},
+          {ScheduleKind::gpipe, ScheduleKind::flush, ScheduleKind::two_bw},
           "gpipe | flush (1F1B, vanilla semantics) | 2bw (1F1B without flushes, two weight "
           "versions)"),
       integer_key(
@@ -584,9 +573,9 @@ void validate(Deck& deck, const Origins& origins, const LoadOptions& options) {
   if (!given(origins, "pipeline.microbatches")) pipe.microbatches = 2 * pipe.depth;
   // Only 2bw has a warm-up; a value given for another schedule stays inert, so that switching
   // schedules is a one-key change.
-  if (!given(origins, "pipeline.sync_warmup_steps") && pipe.schedule != ScheduleKind::twobw)
+  if (!given(origins, "pipeline.sync_warmup_steps") && pipe.schedule != ScheduleKind::two_bw)
     pipe.sync_warmup_steps = 0;
-  if (pipe.schedule == ScheduleKind::twobw && pipe.microbatches < pipe.depth)
+  if (pipe.schedule == ScheduleKind::two_bw && pipe.microbatches < pipe.depth)
     fail(origins.locate({"pipeline.microbatches", "pipeline.depth", "pipeline.schedule"}),
          "pipeline.microbatches",
          fmt::format("2bw needs m >= d, got m = {} < d = {}", pipe.microbatches, pipe.depth),

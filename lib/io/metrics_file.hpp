@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "core/memory_bytes.hpp"
 #include "io/hdf5_file.hpp"
 
 namespace p2bw::io {
@@ -31,13 +32,7 @@ inline constexpr std::int64_t kMetricsFormatVersion = 1;
 inline constexpr const char* kSimulationFormat = "p2bw-simulation";  // p2bw simulate's timeline
 
 // Predicted bytes per rank of one stage, by category (pipeline::StageMemory's byte counts).
-struct PredictedMemory {
-  std::int64_t weights = 0, gradients = 0, optimizer = 0, activations = 0, buffers = 0,
-               workspace = 0;
-  std::int64_t total() const {
-    return weights + gradients + optimizer + activations + buffers + workspace;
-  }
-};
+using PredictedMemory = MemoryBytes;
 
 // What a run writes once, at the start (root attributes, stage attributes, trace names).
 struct MetricsHeader {

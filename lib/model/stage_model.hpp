@@ -4,22 +4,21 @@
 // or stage it runs on.
 #pragma once
 
-#include <Kokkos_Core.hpp>
-
 #include <cstdint>
 #include <vector>
 
 #include "config/deck.hpp"
+#include "core/device.hpp"
 #include "model/model_shape.hpp"
 #include "model/parameters.hpp"
 
 namespace p2bw::model {
 
-using Exec = Kokkos::DefaultExecutionSpace;
-using Memory = Exec::memory_space;
-using FloatView = Kokkos::View<float*, Memory>;  // flat
-using IntView = Kokkos::View<int*, Memory>;      // flat
-using ConstFloatView = Kokkos::View<const float*, Memory>;
+using p2bw::ConstFloatView;
+using p2bw::Exec;
+using p2bw::FloatView;
+using p2bw::IntView;
+using p2bw::Memory;
 
 // What one microbatch keeps from forward for backward.
 struct Cache {

@@ -5,13 +5,9 @@
 
 #include "model/model_shape.hpp"
 #include "model/stage_model.hpp"
+#include "schedule/schedule.hpp"
 
 namespace p2bw::pipeline {
-
-int max_in_flight(config::ScheduleKind schedule, int depth, int microbatches, int stage) {
-  if (schedule == config::ScheduleKind::gpipe) return microbatches;
-  return std::min(depth - stage, microbatches);
-}
 
 std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap& map) {
   constexpr std::int64_t kFloat = 4;
@@ -33,8 +29,9 @@ std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap
       mem.params += shape.head().params;
       stashed += shape.head().activations;
     }
-    mem.versions = deck.pipeline.schedule == config::ScheduleKind::twobw ? 2 : 1;
-    mem.in_flight = max_in_flight(deck.pipeline.schedule, depth, deck.pipeline.microbatches, s);
+    mem.versions = deck.pipeline.schedule == config::ScheduleKind::two_bw ? 2 : 1;
+    mem.in_flight =
+        schedule::activation_bound(deck.pipeline.schedule, depth, deck.pipeline.microbatches, s);
     mem.weights = mem.params * kFloat * mem.versions;
     mem.gradients = mem.params * kFloat;
     mem.optimizer =

@@ -3,56 +3,29 @@
 
 #include <fmt/format.h>
 
-#include <chrono>
 #include <cmath>
-#include <cstdlib>
-#include <thread>
 
 #include "core/error.hpp"
 #include "model/lr_schedule.hpp"
+#include "pipeline/stage_checkpoint.hpp"
+#include "pipeline/test_hooks.hpp"
 #include "schedule/text.hpp"
 
 namespace p2bw::pipeline {
 
 namespace {
 
-schedule::ScheduleKind schedule_kind(config::ScheduleKind kind) {
-  switch (kind) {
-    case config::ScheduleKind::gpipe:
-      return schedule::ScheduleKind::gpipe;
-    case config::ScheduleKind::flush:
-      return schedule::ScheduleKind::flush;
-    case config::ScheduleKind::twobw:
-      return schedule::ScheduleKind::two_bw;
-  }
-  return schedule::ScheduleKind::flush;
-}
-
 int sync_warmup_batches(const config::Deck& deck) {
-  if (deck.pipeline.schedule != config::ScheduleKind::twobw) return 0;
+  if (deck.pipeline.schedule != config::ScheduleKind::two_bw) return 0;
   return static_cast<int>(
       std::min<std::int64_t>(deck.pipeline.sync_warmup_steps, deck.train.steps));
 }
 
-// All-reduce (sum) of a device buffer, staged through the host when MPI cannot read device memory.
-template <class T>
-void allreduce_sum(Kokkos::View<T*, model::Memory> data, MPI_Datatype type, MPI_Comm comm,
-                   double timeout_s, int stage, const std::string& what) {
-  auto host = Kokkos::create_mirror_view(data);
-  Kokkos::deep_copy(host, data);
-  MPI_Request request;
-  P2BW_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, host.data(), static_cast<int>(host.extent(0)), type,
-                                MPI_SUM, comm, &request));
-  comm::wait_with_deadline(request, timeout_s, stage, what);
-  Kokkos::deep_copy(data, host);
-}
-
-// Adds the time `body` takes to `waited`.
-template <class Body>
-void timed(double& waited, Body&& body) {
-  const auto start = std::chrono::steady_clock::now();
-  body();
-  waited += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+// Weight and gradient buffers of a stage: 3 when the run has a 2bw phase (two versions), else 2.
+int buffers_needed(const config::Deck& deck) {
+  const bool two_versions = deck.pipeline.schedule == config::ScheduleKind::two_bw &&
+                            sync_warmup_batches(deck) < deck.train.steps;
+  return two_versions ? 3 : 2;
 }
 
 std::int64_t bytes(const model::FloatView& v) {
@@ -65,6 +38,19 @@ std::int64_t bytes(const model::Cache& c) {
          4;
 }
 
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Adds the time `body` takes to `total`.
+template <class Body>
+void timed(double& total, Body&& body) {
+  const auto start = Clock::now();
+  body();
+  total += since(start);
+}
+
 }  // namespace
 
 PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGrid& grid,
@@ -73,9 +59,10 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
     : deck_(deck),
       grid_(grid),
       map_(make_stage_map(deck)),
-      stream_(schedule_kind(deck.pipeline.schedule), deck.pipeline.depth,
-              deck.pipeline.microbatches, static_cast<int>(deck.train.steps),
-              sync_warmup_batches(deck), resume ? static_cast<int>(resume->state().step) : 0) {
+      stream_(deck.pipeline.schedule, deck.pipeline.depth, deck.pipeline.microbatches,
+              static_cast<int>(deck.train.steps), sync_warmup_batches(deck),
+              resume ? static_cast<int>(resume->state().step) : 0),
+      versions_(0, 2) {
   if (!stream_.proof().ok())
     throw InternalError("the schedule fails the checker: " + stream_.proof().summary());
   const StageRange& range = map_.stages[static_cast<size_t>(grid.stage())];
@@ -86,20 +73,25 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
   optimizer_ =
       std::make_unique<model::Optimizer>(deck.train, model_->tensors(), model_->num_params());
   transport_ = comm::make_mpi_transport(grid.world(), deck.pipeline.timeout_s, grid.stage());
+  collectives_ = comm::make_mpi_collectives(grid, deck.pipeline.timeout_s);
+  reduction_ = std::make_unique<StepReduction>(deck_, grid_, *collectives_, *model_, first_part);
   if (range.has_embedding || range.has_head) {
     P2BW_ASSERT(tokens != nullptr, "the first and the last stage need the data");
     loader_ = std::make_unique<data::Loader>(std::move(tokens), deck);
   }
-  const auto n = static_cast<size_t>(model_->num_params());
-  weights_[0] = model::FloatView("p2bw::weights_a", n);
-  model_->init(weights_[0], deck.train.seed);
-  const bool two_versions = deck.pipeline.schedule == config::ScheduleKind::twobw &&
-                            sync_warmup_batches(deck) < deck.train.steps;
-  if (two_versions)
-    weights_[1] =
-        model::FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::weights_b"), n);
-  grads_ = model::FloatView("p2bw::grads", n);
-  if (resume) restore(*resume);
+  versions_ = WeightVersions(model_->num_params(), buffers_needed(deck));
+  if (resume) {
+    steps_done_ = timed_through_ = resume->state().step;
+    const int first_mb = static_cast<int>(steps_done_) * deck.pipeline.microbatches + 1;
+    restore_stage(*resume,
+                  schedule::weight_version(deck.pipeline.schedule, deck.pipeline.microbatches,
+                                           sync_warmup_batches(deck), first_mb),
+                  *model_, versions_, *optimizer_);
+  } else {
+    model_->init(versions_.add(0), deck.train.seed);
+  }
+  versions_.make_gradients(exec_);
+  timing_totals_ = DoubleView("p2bw::timing_totals", static_cast<size_t>(4 * grid.depth()));
   if (deck.pipeline.recompute) {
     scratch_ = model_->make_cache();
     if (!model_->has_head())
@@ -111,132 +103,100 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
 
 PipelineTrainer::~PipelineTrainer() = default;
 
-void PipelineTrainer::restore(const io::CheckpointReader& checkpoint) {
-  const io::RunState& state = checkpoint.state();
-  P2BW_ASSERT(state.step < deck_.train.steps, "the checkpoint is at or past the last step");
-  const auto kind = schedule_kind(deck_.pipeline.schedule);
-  const int warmup = sync_warmup_batches(deck_);
-  auto load = [&](const std::string& group, model::FloatView into) {
-    auto host = Kokkos::create_mirror_view(into);
-    for (const model::TensorInfo& tensor : model_->tensors())
-      checkpoint.read(group, tensor, host.data() + tensor.offset);
-    Kokkos::deep_copy(into, host);
-  };
-  held_[0] = held_[1] = -1;
-  const int newest = schedule::weight_buffer(kind, warmup, state.newest_version);
-  load("params", weights_[newest]);
-  held_[newest] = state.newest_version;
-  if (state.old_version >= 0 && weights_[1 - newest].data() && state.newest_version > warmup) {
-    load("params_old", weights_[1 - newest]);
-    held_[1 - newest] = state.old_version;
-  }
-  if (optimizer_->first().data()) load("optimizer/first", optimizer_->first());
-  if (optimizer_->second().data()) load("optimizer/second", optimizer_->second());
-  optimizer_->set_steps_taken(state.optimizer_steps);
-  steps_done_ = state.step;
-}
-
-std::string PipelineTrainer::save_checkpoint(const std::string& checkpoints, int keep) {
-  exec_.fence();
-  if (grid_.replica() == 0) {
-    auto host = [](const model::FloatView& view) {
-      std::vector<float> values(view.extent(0));
-      Kokkos::deep_copy(Kokkos::View<float*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
-                            values.data(), values.size()),
-                        view);
-      return values;
-    };
-    const int newest = held_[1] > held_[0] ? 1 : 0;
-    io::StageTensors data;
-    data.tensors = &model_->tensors();
-    data.newest = host(weights_[newest]);
-    if (held_[1 - newest] >= 0) data.old = host(weights_[1 - newest]);
-    if (optimizer_->first().data()) data.first = host(optimizer_->first());
-    if (optimizer_->second().data()) data.second = host(optimizer_->second());
-    io::write_stage_file(checkpoints, steps_done_, grid_.stage(), data);
-  }
-  P2BW_MPI_CHECK(MPI_Barrier(grid_.world()));
-  std::string folder;
-  if (grid_.rank() == 0) {
-    io::RunState state;
-    state.step = steps_done_;
-    state.optimizer_steps = optimizer_->steps_taken();
-    state.newest_version = std::max(held_[0], held_[1]);
-    state.old_version = std::min(held_[0], held_[1]);
-    folder = io::commit_checkpoint(checkpoints, steps_done_, deck_, state, grid_.depth(), keep);
-  }
-  P2BW_MPI_CHECK(MPI_Barrier(grid_.world()));
-  return folder;
-}
-
-model::FloatView PipelineTrainer::newest_weights() const {
-  return held_[1] > held_[0] ? weights_[1] : weights_[0];
-}
-
-model::FloatView PipelineTrainer::buffer_of(int version) const {
-  for (int b = 0; b < 2; ++b)
-    if (held_[b] == version) return weights_[b];
-  throw InternalError(
-      fmt::format("stage {}: no weight buffer holds version {} (buffers hold {} and {})",
-                  grid_.stage(), version, held_[0], held_[1]));
+double PipelineTrainer::now() const {
+  return std::chrono::duration<double>(Clock::now() - born_).count();
 }
 
 std::string PipelineTrainer::where(const schedule::Action& action) const {
   return fmt::format("action '{}' of batch {}", schedule::to_string(action), steps_done_);
 }
 
-StepResult PipelineTrainer::step() {
+void PipelineTrainer::trace_event(schedule::ActionKind kind, int mb, int version, double start,
+                                  double end) {
+  if (tracing_) trace_.push_back({static_cast<std::int32_t>(kind), mb, version, start, end});
+}
+
+std::vector<StepResult> PipelineTrainer::step(bool stop_requested) {
   P2BW_ASSERT(steps_done_ < deck_.train.steps, "all steps are done");
   if (!started_) {
     // One time origin for every rank's trace (up to the barrier's exit skew).
-    MPI_Request request;
-    P2BW_MPI_CHECK(MPI_Ibarrier(grid_.world(), &request));
-    comm::wait_with_deadline(request, deck_.pipeline.timeout_s, grid_.stage(),
-                             "the start of the run");
-    born_ = std::chrono::steady_clock::now();
+    collectives_->barrier(comm::Group::world, "the start of the run");
+    born_ = Clock::now();
     started_ = true;
+    test_hooks::stall_here(grid_.rank(), "start", deck_.pipeline.timeout_s);
   }
-  // A rank stalled on purpose, for the test that a stalled pipeline fails instead of hanging.
-  if (const char* stall = std::getenv("P2BW_TEST_STALL_RANK");
-      stall && std::atoi(stall) == grid_.rank() && steps_done_ == 0)
-    std::this_thread::sleep_for(std::chrono::duration<double>(3 * deck_.pipeline.timeout_s + 5));
-
-  using Clock = std::chrono::steady_clock;
-  const auto seconds = [this](Clock::time_point t) {
-    return std::chrono::duration<double>(t - born_).count();
-  };
+  stop_vote_ = stop_requested;
+  compute_s_ = wait_s_ = 0;
   const auto step_start = Clock::now();
-  double compute = 0, waited_before = waited_;
+  using K = schedule::ActionKind;
   for (const schedule::Action& action :
        stream_.batch(grid_.stage(), static_cast<int>(steps_done_))) {
-    const double waiting = waited_;
-    const auto start = Clock::now();
+    const double start = now();
     run(action);
-    using K = schedule::ActionKind;
-    const bool computes =
-        action.kind == K::forward || action.kind == K::backward || action.kind == K::step;
-    if (computes) exec_.fence();  // kernels are asynchronous on GPUs: time them to completion
-    const auto end = Clock::now();
-    if (computes)
-      compute += std::chrono::duration<double>(end - start).count() - (waited_ - waiting);
-    // A compute event starts when its inputs have arrived: the wait inside it is not compute.
-    const double wait_inside = computes ? waited_ - waiting : 0.0;
-    if (tracing_ && action.kind != K::batch_begin && action.kind != K::batch_end)
-      trace_.push_back({static_cast<int>(action.kind), action.mb > 0 ? action.mb : -1,
-                        action.version, seconds(start) + wait_inside, seconds(end)});
+    if (!schedule::is_compute(action.kind) && action.kind != K::batch_begin &&
+        action.kind != K::batch_end && action.kind != K::step)
+      trace_event(action.kind, action.mb > 0 ? action.mb : -1, action.version, start, now());
+    // The pending reductions advance between actions, while the stage computes.
+    if (reduction_->active()) timed(compute_s_, [&] { reduction_->progress(exec_); });
   }
   ++steps_done_;
   if (steps_done_ == deck_.train.steps) {
-    transport_->wait_all("the end of the run");
+    timed(wait_s_, [&] { transport_->wait_all("the end of the run"); });
+    for (const auto& send : sending_) free_boundaries_.push_back(send.second);
     sending_.clear();
   }
   account();
-  result_.compute_s = compute;
-  result_.wait_s = waited_ - waited_before;
-  result_.idle_s = std::max(0.0, std::chrono::duration<double>(Clock::now() - step_start).count() -
-                                     compute - result_.wait_s);
-  result_.peak_memory_bytes = peak_.total();
-  return result_;
+  StepTiming& timing = timing_[steps_done_];
+  timing.compute_s = compute_s_;
+  timing.wait_s = wait_s_;
+  timing.idle_s = std::max(0.0, since(step_start) - compute_s_ - wait_s_);
+  timing.peak_memory_bytes = peak_.total();
+  release_results();
+  return std::move(released_);
+}
+
+void PipelineTrainer::release_results() {
+  // Results complete in step order; those completed by the end of a batch are the same on every
+  // rank (the schedule decides when each update is applied), so releasing them here keeps every
+  // rank's view of the run identical.
+  for (StepResult& r : known_) released_.push_back(std::move(r));
+  known_.clear();
+}
+
+std::vector<StepResult> PipelineTrainer::synchronize() {
+  if (reduction_->active()) apply_update();
+  // The timing of the steps no reduction has carried yet (the last one), in one world sum.
+  while (timed_through_ < steps_done_) {
+    const std::int64_t step = ++timed_through_;
+    const DoubleView totals = timing_totals_;
+    auto host = Kokkos::create_mirror_view(totals);
+    if (grid_.replica() == 0) {
+      const StepTiming& t = timing_.at(step);
+      const size_t at = 4 * static_cast<size_t>(grid_.stage());
+      host(at) = t.compute_s;
+      host(at + 1) = t.wait_s;
+      host(at + 2) = t.idle_s;
+      host(at + 3) = static_cast<double>(t.peak_memory_bytes);
+    }
+    Kokkos::deep_copy(totals, host);
+    collectives_->wait(collectives_->post_sum(totals, comm::Group::world,
+                                              fmt::format("the timing of step {}", step)));
+    Kokkos::deep_copy(host, totals);
+    std::vector<io::StageRow> rows;
+    for (size_t s = 0; s < static_cast<size_t>(grid_.depth()); ++s)
+      rows.push_back({step, host(4 * s), host(4 * s + 1), host(4 * s + 2),
+                      static_cast<std::int64_t>(host(4 * s + 3))});
+    stage_rows_.push_back(std::move(rows));
+    timing_.erase(step);
+  }
+  release_results();
+  return std::move(released_);
+}
+
+std::string PipelineTrainer::save_checkpoint(const std::string& checkpoints, int keep) {
+  P2BW_ASSERT(!reduction_->active(), "a checkpoint needs synchronize() first");
+  return save_stage_checkpoint(checkpoints, keep, steps_done_, deck_, grid_, *collectives_, *model_,
+                               versions_, *optimizer_);
 }
 
 void PipelineTrainer::run(const schedule::Action& a) {
@@ -249,30 +209,36 @@ void PipelineTrainer::run(const schedule::Action& a) {
       backward(a.mb, a.version);
       break;
     case K::send_act:
-      send_activation(a.mb);
+      send(activation_out(a.mb));
       break;
     case K::recv_act:
-      post_receive_activation(a.mb);
+      microbatch(a.mb).activation_in = transport_->post_receive(activation_in(a.mb));
       break;
     case K::send_grad:
-      send_gradient(a.mb);
+      send(gradient_out(a.mb));
       break;
     case K::recv_grad:
-      post_receive_gradient(a.mb);
+      microbatch(a.mb).gradient_in = transport_->post_receive(gradient_in(a.mb));
       break;
-    case K::send_act_recv_grad:
-      send_activation(a.mb);
-      post_receive_gradient(a.recv_mb);
+    case K::send_act_recv_grad: {
+      const comm::Message out = activation_out(a.mb);
+      const auto handles = transport_->post_exchange(out, gradient_in(a.recv_mb));
+      sending_.emplace_back(handles.first, out.buffer);
+      microbatch(a.recv_mb).gradient_in = handles.second;
       break;
-    case K::send_grad_recv_act:
-      send_gradient(a.mb);
-      post_receive_activation(a.recv_mb);
+    }
+    case K::send_grad_recv_act: {
+      const comm::Message out = gradient_out(a.mb);
+      const auto handles = transport_->post_exchange(out, activation_in(a.recv_mb));
+      sending_.emplace_back(handles.first, out.buffer);
+      microbatch(a.recv_mb).activation_in = handles.second;
       break;
+    }
     case K::allreduce:
-      reduce_gradients(a.batch);
+      post_reductions(a.batch);
       break;
     case K::step:
-      update(a);
+      end_step(a.batch);
       break;
     case K::batch_begin:
     case K::batch_end:
@@ -283,28 +249,28 @@ void PipelineTrainer::run(const schedule::Action& a) {
   }
 }
 
-model::Cache& PipelineTrainer::stash_for(int mb) {
+PipelineTrainer::Microbatch& PipelineTrainer::microbatch(int mb) {
   auto it = in_flight_.find(mb);
   if (it != in_flight_.end()) return it->second;
-  model::Cache stash;
+  Microbatch record;
   if (!free_stashes_.empty()) {
-    stash = free_stashes_.back();
+    record.stash = free_stashes_.back();
     free_stashes_.pop_back();
   } else if (!deck_.pipeline.recompute) {
-    stash = model_->make_cache();
+    record.stash = model_->make_cache();
     ++stashes_;
   } else {
     // Recomputation keeps only what the re-forward needs: the stage input (or tokens), targets.
     const model::Cache full = model_->make_cache();
-    stash.tokens = full.tokens;
-    stash.targets = full.targets;
+    record.stash.tokens = full.tokens;
+    record.stash.targets = full.targets;
     if (!model_->has_embedding())
-      stash.floats =
+      record.stash.floats =
           model::FloatView("p2bw::stash", static_cast<size_t>(model_->boundary_floats()));
     ++stashes_;
   }
-  peak_in_flight_ = std::max(peak_in_flight_, static_cast<int>(in_flight_.size()) + 1);
-  return in_flight_.emplace(mb, stash).first->second;
+  peak_in_flight_ = std::max(peak_in_flight_, stashes_ - static_cast<int>(free_stashes_.size()));
+  return in_flight_.emplace(mb, record).first->second;
 }
 
 model::FloatView PipelineTrainer::take_boundary() {
@@ -352,174 +318,189 @@ void PipelineTrainer::copy_stash(const model::Cache& from, model::Cache& to) con
   if (model_->has_head()) Kokkos::deep_copy(exec_, to.targets, from.targets);
 }
 
-void PipelineTrainer::post_receive_activation(int mb) {
-  model::Cache& stash = stash_for(mb);
-  model::FloatView into = deck_.pipeline.recompute ? stash.floats : model_->input_slot(stash);
-  act_in_handle_[mb] = transport_->post_receive(into, grid_.rank_of_stage(grid_.stage() - 1), mb,
-                                                comm::Direction::activation);
+comm::Message PipelineTrainer::activation_in(int mb) {
+  Microbatch& record = microbatch(mb);
+  return {deck_.pipeline.recompute ? record.stash.floats : model_->input_slot(record.stash),
+          grid_.rank_of_stage(grid_.stage() - 1), mb, comm::Direction::activation};
 }
 
-void PipelineTrainer::post_receive_gradient(int mb) {
-  grad_in_[mb] = take_boundary();
-  grad_in_handle_[mb] = transport_->post_receive(
-      grad_in_[mb], grid_.rank_of_stage(grid_.stage() + 1), mb, comm::Direction::gradient);
+comm::Message PipelineTrainer::gradient_in(int mb) {
+  Microbatch& record = in_flight_.at(mb);
+  record.output_grad = take_boundary();
+  return {record.output_grad, grid_.rank_of_stage(grid_.stage() + 1), mb,
+          comm::Direction::gradient};
 }
 
-void PipelineTrainer::send_activation(int mb) {
-  const model::FloatView buffer = act_out_.at(mb);
-  act_out_.erase(mb);
-  sending_.emplace_back(transport_->post_send(buffer, grid_.rank_of_stage(grid_.stage() + 1), mb,
-                                              comm::Direction::activation),
-                        buffer);
+comm::Message PipelineTrainer::activation_out(int mb) {
+  Microbatch& record = in_flight_.at(mb);
+  const comm::Message message{record.output, grid_.rank_of_stage(grid_.stage() + 1), mb,
+                              comm::Direction::activation};
+  record.output = model::FloatView();
+  return message;
 }
 
-void PipelineTrainer::send_gradient(int mb) {
-  const model::FloatView buffer = grad_out_.at(mb);
-  grad_out_.erase(mb);
-  sending_.emplace_back(transport_->post_send(buffer, grid_.rank_of_stage(grid_.stage() - 1), mb,
-                                              comm::Direction::gradient),
-                        buffer);
+comm::Message PipelineTrainer::gradient_out(int mb) {
+  auto it = in_flight_.find(mb);
+  P2BW_ASSERT(it != in_flight_.end() && it->second.input_grad.data(),
+              "sending a gradient that backward did not make");
+  const comm::Message message{it->second.input_grad, grid_.rank_of_stage(grid_.stage() - 1), mb,
+                              comm::Direction::gradient};
+  in_flight_.erase(it);  // the microbatch is done on this stage
+  return message;
+}
+
+void PipelineTrainer::send(const comm::Message& message) {
+  sending_.emplace_back(transport_->post_send(message), message.buffer);
 }
 
 void PipelineTrainer::forward(int mb, int version) {
-  model::Cache& stash = stash_for(mb);
-  if (auto it = act_in_handle_.find(mb); it != act_in_handle_.end()) {
-    timed(waited_,
-          [&] { transport_->wait(it->second, fmt::format("forward of microbatch {}", mb)); });
-    act_in_handle_.erase(it);
+  Microbatch& record = microbatch(mb);
+  if (record.activation_in >= 0) {
+    timed(wait_s_, [&] {
+      transport_->wait(record.activation_in, fmt::format("forward of microbatch {}", mb));
+    });
+    record.activation_in = -1;
   }
-  if (loader_) load_data(mb, stash);
-  model::FloatView out;
-  if (!model_->has_head()) out = act_out_[mb] = take_boundary();
+  const model::FloatView w = weights(version);
+  const double start = now();
+  if (loader_) load_data(mb, record.stash);
+  if (!model_->has_head()) record.output = take_boundary();
   double loss;
   if (deck_.pipeline.recompute) {
-    copy_stash(stash, scratch_);
-    loss = model_->forward(exec_, buffer_of(version), scratch_, out);
+    copy_stash(record.stash, scratch_);
+    loss = model_->forward(exec_, w, scratch_, record.output);
   } else {
-    loss = model_->forward(exec_, buffer_of(version), stash, out);
+    loss = model_->forward(exec_, w, record.stash, record.output);
   }
-  if (model_->has_head()) losses_[(mb - 1) / deck_.pipeline.microbatches].push_back(loss);
+  exec_.fence();  // kernels are asynchronous on GPUs: time them to completion
+  const double end = now();
+  compute_s_ += end - start;
+  trace_event(schedule::ActionKind::forward, mb, version, start, end);
+  if (model_->has_head()) losses_[(mb - 1) / deck_.pipeline.microbatches] += loss;
 }
 
 void PipelineTrainer::backward(int mb, int version) {
-  model::FloatView dout;
-  if (!model_->has_head()) {
-    timed(waited_, [&] {
-      transport_->wait(grad_in_handle_.at(mb), fmt::format("backward of microbatch {}", mb));
+  Microbatch& record = in_flight_.at(mb);
+  if (record.gradient_in >= 0) {
+    timed(wait_s_, [&] {
+      transport_->wait(record.gradient_in, fmt::format("backward of microbatch {}", mb));
     });
-    grad_in_handle_.erase(mb);
-    dout = grad_in_.at(mb);
+    record.gradient_in = -1;
   }
-  model::FloatView din;
-  if (!model_->has_embedding()) din = grad_out_[mb] = take_boundary();
-  model::Cache& stash = in_flight_.at(mb);
-  const model::FloatView weights = buffer_of(version);
+  const model::FloatView w = weights(version);
+  const double start = now();
+  if (!model_->has_embedding()) record.input_grad = take_boundary();
   const double scale =
       1.0 / (static_cast<double>(deck_.pipeline.microbatches) * deck_.pipeline.width);
   if (deck_.pipeline.recompute) {
-    copy_stash(stash, scratch_);
-    model_->forward(exec_, weights, scratch_,
-                    scratch_out_);  // the same version: the same activations
-    model_->backward(exec_, weights, grads_, scratch_, dout, din, scale);
+    copy_stash(record.stash, scratch_);
+    model_->forward(exec_, w, scratch_, scratch_out_);  // the same version: the same activations
+    model_->backward(exec_, w, versions_.gradients(), scratch_, record.output_grad,
+                     record.input_grad, scale);
   } else {
-    model_->backward(exec_, weights, grads_, stash, dout, din, scale);
+    model_->backward(exec_, w, versions_.gradients(), record.stash, record.output_grad,
+                     record.input_grad, scale);
   }
-  if (dout.data()) {
-    free_boundaries_.push_back(dout);
-    grad_in_.erase(mb);
-  }
-  free_stashes_.push_back(stash);
-  in_flight_.erase(mb);
-}
-
-void PipelineTrainer::reduce_gradients(int batch) {
-  const std::string what = fmt::format("gradient all-reduce of batch {}", batch);
-  for (const auto& send : sending_) {  // (handle, buffer); no structured binding: C++17 lambdas
-    timed(waited_, [&] { transport_->wait(send.first, what); });
-    free_boundaries_.push_back(send.second);
-  }
-  sending_.clear();
   exec_.fence();
-  const double timeout = deck_.pipeline.timeout_s;
-  if (batch + 1 == nonfinite_test_step() && grid_.rank() == 0)
-    Kokkos::deep_copy(Kokkos::subview(grads_, 0), NAN);
-  // Data parallelism: the replicas' gradients (each already scaled by 1/(m·w)) are summed.
-  if (grid_.width() > 1)
-    timed(waited_, [&] {
-      allreduce_sum<float>(grads_, MPI_FLOAT, grid_.replicas(), timeout, grid_.stage(), what);
-    });
-  // Tied embedding: both copies get the sum of their gradients, locally (d = 1) or between the
-  // first and the last stage.
-  const model::TensorInfo* wte = model_->find("embedding/wte");
-  const model::TensorInfo* copy = model_->find("head/wte");
-  if (!model_->sum_tied_gradients(exec_, grads_) && (wte || copy)) {
-    const model::TensorInfo* mine = wte ? wte : copy;
-    model::FloatView part =
-        Kokkos::subview(grads_, std::make_pair(mine->offset, mine->offset + mine->count));
-    timed(waited_, [&] {
-      allreduce_sum<float>(part, MPI_FLOAT, grid_.tied(), timeout, grid_.stage(),
-                           "tied-embedding " + what);
-    });
-  }
-  // Global gradient norm (each part's square sum from replica 0 of its stage, summed in part
-  // order, as the single-rank reference does) and the batch loss from the last stage.
-  const int parts = deck_.model.layers + 2;
-  Kokkos::View<double*, model::Memory> totals("p2bw::totals", static_cast<size_t>(parts + 1));
-  auto host = Kokkos::create_mirror_view(totals);
-  if (grid_.replica() == 0) {
-    const std::vector<double> sums = model_->grad_square_sums(exec_, grads_);
-    const StageRange& range = map_.stages[static_cast<size_t>(grid_.stage())];
-    const int first_part = range.has_embedding ? 0 : 1 + range.first_block;
-    for (size_t i = 0; i < sums.size(); ++i) host(first_part + static_cast<int>(i)) = sums[i];
-  }
-  if (model_->has_head()) {
-    double loss = 0.0;
-    for (double value : losses_.at(batch)) loss += value;
-    losses_.erase(batch);
-    loss /= deck_.pipeline.microbatches;
-    host(parts) = grid_.width() > 1 ? loss / grid_.width() : loss;
-  }
-  Kokkos::deep_copy(totals, host);
-  timed(waited_, [&] {
-    allreduce_sum<double>(totals, MPI_DOUBLE, grid_.world(), timeout, grid_.stage(),
-                          "loss and gradient-norm " + what);
-  });
-  Kokkos::deep_copy(host, totals);
-  double square = 0.0;
-  for (int p = 0; p < parts; ++p) square += host(p);
-  result_ = StepResult{};
-  result_.step = batch + 1;
-  result_.loss = host(parts);
-  result_.grad_norm = std::sqrt(square);
-  result_.skipped = !std::isfinite(result_.grad_norm);
-  result_.lr = model::learning_rate(deck_.train, batch);
-  result_.tokens = std::int64_t{deck_.pipeline.microbatches} * deck_.pipeline.width *
-                   deck_.train.microbatch_size * deck_.model.seq_len;
+  const double end = now();
+  compute_s_ += end - start;
+  trace_event(schedule::ActionKind::backward, mb, version, start, end);
+  if (record.output_grad.data()) free_boundaries_.push_back(record.output_grad);
+  record.output_grad = model::FloatView();
+  free_stashes_.push_back(record.stash);
+  record.stash = model::Cache();
+  if (model_->has_embedding()) in_flight_.erase(mb);  // no gradient to send
 }
 
-void PipelineTrainer::update(const schedule::Action& action) {
-  const model::FloatView newest = newest_weights();
-  const model::FloatView out = weights_[action.buffer];
-  P2BW_ASSERT(out.data() != nullptr, "the schedule writes a weight buffer that was not allocated");
-  if (result_.skipped) {
-    if (out.data() != newest.data())
-      Kokkos::deep_copy(exec_, out, newest);  // versions still rotate
-  } else {
-    optimizer_->step(exec_, out, newest, grads_, result_.lr,
-                     model::clip_scale(result_.grad_norm, deck_.train.grad_clip));
+model::FloatView PipelineTrainer::weights(int version) {
+  if (!versions_.holds(version)) {
+    if (test_hooks::late_update()) return versions_.at(versions_.newest());  // the mutation
+    if (reduction_->active() && reduction_->batch() + 1 == version) apply_update();
   }
-  held_[action.buffer] = action.version;
-  Kokkos::deep_copy(exec_, grads_, 0.0f);
+  return versions_.at(version);
+}
+
+void PipelineTrainer::post_reductions(int batch) {
+  if (reduction_->active()) apply_update();  // batch - 1's: one update pending at most
+  // The stage's sends of this batch need not be complete: their buffers return to the free list
+  // as they finish, and nothing here waits for a neighbour.
+  reap_sends();
+  if (batch + 1 == test_hooks::nonfinite_step() && grid_.rank() == 0)
+    Kokkos::deep_copy(Kokkos::subview(versions_.gradients(), 0), NAN);
+  // This rank's timing of the last step it finished travels with the batch (steps_done_ is the
+  // same on every rank here), so the metrics need no collective of their own.
+  std::int64_t timing_step = -1;
+  StepTiming timing;
+  if (steps_done_ > timed_through_) {
+    timing_step = timed_through_ = steps_done_;
+    timing = timing_.at(timing_step);
+    timing_.erase(timing_step);
+  }
+  double loss_sum = 0.0;
+  if (model_->has_head()) {
+    loss_sum = losses_.at(batch);
+    losses_.erase(batch);
+  }
+  timed(compute_s_, [&] {
+    reduction_->post(exec_, batch, versions_.detach_gradients(), loss_sum, stop_vote_, timing_step,
+                     timing);
+  });
+  if (batch == stream_.first_batch())
+    test_hooks::stall_here(grid_.rank(), "reduction", deck_.pipeline.timeout_s);
+}
+
+void PipelineTrainer::end_step(int batch) {
+  const int next_mb = (batch + 1) * deck_.pipeline.microbatches + 1;
+  const int next_version = schedule::weight_version(
+      deck_.pipeline.schedule, deck_.pipeline.microbatches, sync_warmup_batches(deck_), next_mb);
+  // Flush, gpipe and 2bw's warm-up run the next batch on W(batch + 1): the flush. Under 2bw the
+  // next batch runs on W(batch) and the update waits until W(batch + 1) is needed.
+  if (next_version > batch) apply_update();
+  versions_.retire_older_than(next_version);
+  versions_.make_gradients(exec_);
+}
+
+void PipelineTrainer::apply_update() {
+  StepReduction::Totals totals;
+  timed(wait_s_, [&] { totals = reduction_->complete(exec_); });
+  const int batch = totals.batch;
+  StepResult r;
+  r.step = batch + 1;
+  r.loss = totals.loss;
+  r.grad_norm = totals.grad_norm;
+  r.skipped = !std::isfinite(r.grad_norm);
+  r.lr = model::learning_rate(deck_.train, batch);
+  r.tokens = std::int64_t{deck_.pipeline.microbatches} * deck_.pipeline.width *
+             deck_.train.microbatch_size * deck_.model.seq_len;
+  r.stop = totals.stop_votes > 0;
+  // W(batch + 1) is written over the batch's gradients (the elementwise optimizer reads each
+  // gradient before it writes the weight).
+  const double start = now();
+  const model::FloatView newest = versions_.at(versions_.newest());
+  const model::FloatView out = reduction_->gradients();
+  if (r.skipped)
+    Kokkos::deep_copy(exec_, out, newest);  // versions still rotate
+  else
+    optimizer_->step(exec_, out, newest, out, r.lr,
+                     model::clip_scale(r.grad_norm, deck_.train.grad_clip));
+  versions_.hold(batch + 1, out);
+  exec_.fence();
+  const double end = now();
+  compute_s_ += end - start;
+  trace_event(schedule::ActionKind::step, -1, batch + 1, start, end);
+  known_.push_back(r);
+  if (!totals.stages.empty()) stage_rows_.push_back(std::move(totals.stages));
 }
 
 void PipelineTrainer::account() {
-  MemoryUse use;
-  use.weights = bytes(weights_[0]) + bytes(weights_[1]);
-  use.gradients = bytes(grads_);
+  MemoryBytes use;
+  use.weights = (versions_.buffers() - 1) * versions_.floats() * 4;
+  use.gradients = versions_.floats() * 4;
   use.optimizer = bytes(optimizer_->first()) + bytes(optimizer_->second());
-  const model::Cache probe = in_flight_.empty()
-                                 ? (free_stashes_.empty() ? model::Cache{} : free_stashes_.front())
-                                 : in_flight_.begin()->second;
+  model::Cache probe = free_stashes_.empty() ? model::Cache{} : free_stashes_.front();
+  for (const auto& entry : in_flight_)
+    if (entry.second.stash.tokens.data() || entry.second.stash.floats.data())
+      probe = entry.second.stash;
   use.activations = stashes_ * bytes(probe) + bytes(scratch_) + bytes(scratch_out_);
   use.buffers = boundaries_ * model_->boundary_floats() * 4;
   use.workspace = model_->workspace_floats() * 4;

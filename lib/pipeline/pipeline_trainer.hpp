@@ -1,9 +1,16 @@
 // The pipeline executor: each rank runs its stage's actions from the checked schedule (batch by
 // batch from a ScheduleStream) on its contiguous range of model parts. Activations and gradients
-// move through a Transport identified by (microbatch, direction); weight versions live in one or
-// two flat buffers swapped by handle (2bw writes W_next = Opt(W_new, gradient at W_old) into the
-// retired buffer); gradients are summed over the w replicas and between the tied embedding's two
-// copies; clipping and the non-finite check use the global gradient norm over all stages.
+// move through a Transport identified by (microbatch, direction); reductions go through the
+// Collectives; each microbatch on the stage is one record from its receive to its backward.
+//
+// Updates. The schedule's allreduce action of batch t posts the batch's reductions without
+// blocking (StepReduction: data-parallel sum, tied embedding, global norm, loss, stop votes,
+// timing). Under flush and gpipe the next batch runs on W(t+1), so the step action completes them
+// and applies the update at once: the per-batch flush. Under 2bw batch t+1 runs on W(t), so the
+// update that writes W(t+1) waits until W(t+1) is first needed: by the first forward of batch t+2,
+// by the allreduce of batch t+1, by a checkpoint or at the end of the run. In the meantime the
+// stage computes and the reductions complete: no step boundary stops the pipeline. W(t+1) is
+// written over batch t's gradients, with no weight copy (weight_versions.hpp).
 #pragma once
 
 #include <chrono>
@@ -12,83 +19,101 @@
 #include <memory>
 #include <vector>
 
+#include "comm/collectives.hpp"
 #include "comm/process_grid.hpp"
 #include "comm/transport.hpp"
 #include "config/deck.hpp"
+#include "core/memory_bytes.hpp"
 #include "data/loader.hpp"
 #include "io/checkpoint.hpp"
+#include "io/metrics_file.hpp"
 #include "model/optimizer.hpp"
 #include "model/stage_model.hpp"
 #include "pipeline/partition.hpp"
 #include "pipeline/single_rank_trainer.hpp"
+#include "pipeline/step_reduction.hpp"
+#include "pipeline/weight_versions.hpp"
 #include "schedule/stream.hpp"
 
 namespace p2bw::pipeline {
-
-// One executed action of the trace (output.trace): kind (schedule::ActionKind), microbatch and
-// version (-1 where none), start and end in seconds since the trainer was made.
-struct TraceEvent {
-  int kind = 0, microbatch = -1, version = -1;
-  double start = 0, end = 0;
-};
-
-// Bytes this rank has allocated, by category (the executor's own accounting of its Views).
-struct MemoryUse {
-  std::int64_t weights = 0, gradients = 0, optimizer = 0, activations = 0, buffers = 0,
-               workspace = 0;
-  std::int64_t total() const {
-    return weights + gradients + optimizer + activations + buffers + workspace;
-  }
-};
 
 class PipelineTrainer {
  public:
   // `tokens` is needed on the first and the last stage (others may pass nullptr).
   // With `resume`, the run continues after the checkpoint's step with its weights (both versions
-  // under 2bw) and optimizer state, whatever layout wrote it; the pipeline refills.
+  // under 2bw) and optimizer state, whatever layout and schedule wrote it; the pipeline refills.
   PipelineTrainer(const config::Deck& deck, const comm::ProcessGrid& grid,
                   std::shared_ptr<const data::Tokens> tokens,
                   const io::CheckpointReader* resume = nullptr);
   ~PipelineTrainer();
 
-  // Runs the actions of the next batch; the result (loss, norm, lr) is the same on every rank.
-  StepResult step();
+  // Runs this stage's actions of the next batch. `stop_requested` is this rank's vote to stop (a
+  // signal arrived), reduced with the batch. Returns the steps whose results became known on
+  // every rank, in order: under flush and gpipe the step just run; under 2bw the one before it
+  // (its deferred update was applied during this batch). The same steps on every rank.
+  std::vector<StepResult> step(bool stop_requested = false);
 
+  // Collective: applies a deferred update and returns its result, and completes the per-stage
+  // timing of every step run (take_stage_rows). Afterwards the newest weights are W(steps_done()).
+  // Checkpoints need it first; the run calls it at its end.
+  std::vector<StepResult> synchronize();
+
+  // Steps whose batch has run (their update may still be deferred until synchronize()).
   std::int64_t steps_done() const { return steps_done_; }
 
-  // Collective: writes a checkpoint of the steps done so far under `checkpoints` (replica 0 of
-  // every stage writes its tensors, rank 0 commits) and returns its folder on rank 0.
+  // Collective, after synchronize(): writes a checkpoint of the steps done under `checkpoints`
+  // and returns its folder on rank 0.
   std::string save_checkpoint(const std::string& checkpoints, int keep);
+
   const StageMap& stage_map() const { return map_; }
   model::StageModel& model() { return *model_; }
-  model::FloatView newest_weights() const;
+  // W(newest): after synchronize(), the weights the next update starts from.
+  model::FloatView newest_weights() const { return versions_.at(versions_.newest()); }
   // High-water mark of this rank's allocations.
-  const MemoryUse& memory() const { return peak_; }
+  const MemoryBytes& memory() const { return peak_; }
+  // Every stage's timing (replica 0) of the steps that became known, one vector per step in
+  // order (the same on every rank); a step's timing travels with the next step's reductions.
+  std::vector<std::vector<io::StageRow>> take_stage_rows() { return std::move(stage_rows_); }
   // Record every executed action (kept until taken).
   void enable_trace() { tracing_ = true; }
-  std::vector<TraceEvent> take_trace() { return std::move(trace_); }
-
+  std::vector<io::TraceEvent> take_trace() { return std::move(trace_); }
   // Most microbatches whose activations were stashed at once.
   int peak_in_flight() const { return peak_in_flight_; }
 
  private:
+  // One microbatch on this stage, from its receive (or forward) to its backward.
+  struct Microbatch {
+    model::Cache stash;            // what its backward needs (inputs only, with recomputation)
+    int activation_in = -1;        // transport handle of the activation's receive
+    model::FloatView output;       // forward output, until sent (not the last stage)
+    int gradient_in = -1;          // transport handle of the output gradient's receive
+    model::FloatView output_grad;  // (B, T, C) received output gradient (not the last stage)
+    model::FloatView input_grad;   // (B, T, C) input gradient, until sent (not the first stage)
+  };
+
   void run(const schedule::Action& action);
-  model::Cache& stash_for(int mb);  // the microbatch's stash, taken from the free list if new
+  Microbatch& microbatch(int mb);  // its record, made (with a stash from the free list) if new
   model::FloatView take_boundary();
   void reap_sends();
   void load_data(int mb, model::Cache& cache);
   void copy_stash(const model::Cache& from, model::Cache& to) const;
   void forward(int mb, int version);
   void backward(int mb, int version);
-  void post_receive_activation(int mb);
-  void post_receive_gradient(int mb);
-  void send_activation(int mb);
-  void send_gradient(int mb);
-  void reduce_gradients(int batch);
-  void update(const schedule::Action& action);
-  model::FloatView buffer_of(int version) const;
+  comm::Message activation_in(int mb);
+  comm::Message activation_out(int mb);
+  comm::Message gradient_in(int mb);
+  comm::Message gradient_out(int mb);
+  void send(const comm::Message& message);
+  // The schedule's allreduce and step actions of `batch`.
+  void post_reductions(int batch);
+  void end_step(int batch);
+  // Applies the pending update: completes its reductions, writes W(t+1) over batch t's gradients.
+  void apply_update();
+  model::FloatView weights(int version);  // W(version), applying the pending update if needed
+  void release_results();
   void account();
-  void restore(const io::CheckpointReader& checkpoint);
+  void trace_event(schedule::ActionKind kind, int mb, int version, double start, double end);
+  double now() const;
   std::string where(const schedule::Action& action) const;
 
   config::Deck deck_;
@@ -97,32 +122,36 @@ class PipelineTrainer {
   std::unique_ptr<model::StageModel> model_;
   std::unique_ptr<model::Optimizer> optimizer_;
   std::unique_ptr<comm::Transport> transport_;
+  std::unique_ptr<comm::Collectives> collectives_;
   std::unique_ptr<data::Loader> loader_;
   schedule::ScheduleStream stream_;
   model::Exec exec_;
 
-  model::FloatView weights_[2];
-  int held_[2] = {0, -1};  // version held by each weight buffer
-  model::FloatView grads_;
+  WeightVersions versions_;
+  std::unique_ptr<StepReduction> reduction_;       // the batch whose update is pending, if active
+  std::map<int, Microbatch> in_flight_;            // by microbatch
   std::vector<model::Cache> free_stashes_;         // stashes of finished microbatches, for reuse
   std::vector<model::FloatView> free_boundaries_;  // (B, T, C) buffers, for reuse
-  int stashes_ = 0, boundaries_ = 0;               // allocated so far
-  model::Cache scratch_;                   // recomputation: one microbatch's full activations
-  model::FloatView scratch_out_;           // recomputation: the re-forward's unused output
-  std::map<int, model::Cache> in_flight_;  // microbatch -> its stash
-  std::map<int, model::FloatView> act_out_, grad_in_, grad_out_;
-  std::map<int, int> act_in_handle_, grad_in_handle_;
-  std::vector<std::pair<int, model::FloatView>>
-      sending_;  // handle, buffer of sends not known complete
-  std::map<std::int64_t, std::vector<double>>
-      losses_;  // batch -> losses of its microbatches (last stage)
-  StepResult result_;
+  std::vector<std::pair<int, model::FloatView>> sending_;  // handle, buffer of sends in flight
+  int stashes_ = 0, boundaries_ = 0;                       // allocated so far
+  model::Cache scratch_;          // recomputation: one microbatch's full activations
+  model::FloatView scratch_out_;  // recomputation: the re-forward's unused output
+  std::map<int, double> losses_;  // batch -> sum of its microbatch losses (last stage)
+
+  bool stop_vote_ = false;
+  std::vector<StepResult> known_;  // results completed, not yet released
+  std::vector<StepResult> released_;
+  std::map<std::int64_t, StepTiming> timing_;  // this rank's timing of steps not yet reduced
+  std::int64_t timed_through_ = 0;             // the last step whose timing every rank has
+  std::vector<std::vector<io::StageRow>> stage_rows_;
+  DoubleView timing_totals_;  // (4 d) synchronize()'s sum of the last step's timing
+
   std::int64_t steps_done_ = 0;
-  MemoryUse peak_;
-  double waited_ = 0;  // seconds spent waiting on transfers and collectives
+  double compute_s_ = 0, wait_s_ = 0;  // this step so far
+  MemoryBytes peak_;
   bool tracing_ = false;
   bool started_ = false;
-  std::vector<TraceEvent> trace_;
+  std::vector<io::TraceEvent> trace_;
   std::chrono::steady_clock::time_point born_ = std::chrono::steady_clock::now();
   int peak_in_flight_ = 0;
 };

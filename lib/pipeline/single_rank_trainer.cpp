@@ -5,13 +5,9 @@
 #include <cstdlib>
 
 #include "model/lr_schedule.hpp"
+#include "pipeline/test_hooks.hpp"
 
 namespace p2bw::pipeline {
-
-std::int64_t nonfinite_test_step() {
-  const char* step = std::getenv("P2BW_TEST_NONFINITE_STEP");
-  return step ? std::atoll(step) : -1;
-}
 
 SingleRankTrainer::SingleRankTrainer(const config::Deck& deck,
                                      std::shared_ptr<const data::Tokens> tokens)
@@ -28,7 +24,7 @@ SingleRankTrainer::SingleRankTrainer(const config::Deck& deck,
 }
 
 bool SingleRankTrainer::delayed(std::int64_t step) const {
-  return deck_.pipeline.schedule == config::ScheduleKind::twobw &&
+  return deck_.pipeline.schedule == config::ScheduleKind::two_bw &&
          step >= deck_.pipeline.sync_warmup_steps;
 }
 
@@ -52,7 +48,8 @@ StepResult SingleRankTrainer::step() {
                     1.0 / microbatches);
   }
   result.loss /= microbatches;
-  if (result.step == nonfinite_test_step()) Kokkos::deep_copy(Kokkos::subview(grads_, 0), NAN);
+  if (result.step == test_hooks::nonfinite_step())
+    Kokkos::deep_copy(Kokkos::subview(grads_, 0), NAN);
 
   model_.sum_tied_gradients(exec_, grads_);  // the tied embedding's two copies
 

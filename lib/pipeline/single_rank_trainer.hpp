@@ -22,16 +22,8 @@ struct StepResult {
   double grad_norm = 0;  // before clipping
   bool skipped = false;  // non-finite gradients: no update
   std::int64_t tokens = 0;
-  // This rank's time in the step (pipeline executor): computing (forward, backward, optimizer),
-  // waiting (for messages and collectives) and the rest (idle), and its allocation high-water mark.
-  double compute_s = 0, wait_s = 0, idle_s = 0;
-  std::int64_t peak_memory_bytes = 0;
+  bool stop = false;  // pipeline executor: some rank asked to stop (a signal) during the step
 };
-
-// Test hook: the 1-based step named by P2BW_TEST_NONFINITE_STEP gets a NaN gradient (on the
-// first parameter), so tests can check that a skipped step still rotates 2bw's versions; -1 when
-// unset. Both trainers honour it.
-std::int64_t nonfinite_test_step();
 
 class SingleRankTrainer {
  public:

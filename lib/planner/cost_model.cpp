@@ -131,7 +131,7 @@ double SimulationCache::simulate(config::ScheduleKind schedule, int depth, int m
           costs.tied_allreduce};
   const auto found = times_.find(key);
   if (found != times_.end()) return found->second;
-  const bool two_bw = schedule == config::ScheduleKind::twobw;
+  const bool two_bw = schedule == config::ScheduleKind::two_bw;
   const schedule::ScheduleKind kind = two_bw ? schedule::ScheduleKind::two_bw
                                       : schedule == config::ScheduleKind::flush
                                           ? schedule::ScheduleKind::flush
@@ -198,7 +198,7 @@ Prediction evaluate(const config::Deck& deck, const Cluster& cluster, const Prof
     p.rejection = Rejection::depth_gt_layers;
     return p;
   }
-  if (c.schedule == config::ScheduleKind::twobw && c.microbatches < c.depth) {
+  if (c.schedule == config::ScheduleKind::two_bw && c.microbatches < c.depth) {
     p.rejection = Rejection::microbatches_lt_depth;
     return p;
   }

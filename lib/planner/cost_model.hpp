@@ -23,7 +23,7 @@ struct Candidate {
   int depth = 1;            // d: pipeline stages
   int microbatch_size = 1;  // b: sequences per microbatch per rank
   int microbatches = 1;     // m: per batch per pipeline
-  config::ScheduleKind schedule = config::ScheduleKind::twobw;
+  config::ScheduleKind schedule = config::ScheduleKind::two_bw;
   bool recompute = false;
   std::int64_t global_batch() const { return std::int64_t{microbatch_size} * microbatches * width; }
 };

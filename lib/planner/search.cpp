@@ -26,7 +26,7 @@ std::vector<int> microbatch_counts(config::ScheduleKind schedule, int depth, std
                                    int limit) {
   std::vector<int> counts;
   const std::int64_t lo =
-      schedule == config::ScheduleKind::twobw ? depth : std::min<std::int64_t>(depth, bound);
+      schedule == config::ScheduleKind::two_bw ? depth : std::min<std::int64_t>(depth, bound);
   if (lo < 1 || lo > bound) return counts;
   for (std::int64_t m = lo; m <= bound; m *= 2) counts.push_back(static_cast<int>(m));
   if (counts.back() != bound) counts.push_back(static_cast<int>(bound));

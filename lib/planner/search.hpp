@@ -21,7 +21,7 @@ struct SearchOptions {
   double memory_headroom = 0.9;       // usable fraction of memory_per_device
   int max_microbatch_counts = 6;      // m candidates per (w, d, b): lo, 2lo, 4lo, ..., the bound
   std::vector<config::ScheduleKind> schedules = {
-      config::ScheduleKind::twobw, config::ScheduleKind::flush, config::ScheduleKind::gpipe};
+      config::ScheduleKind::two_bw, config::ScheduleKind::flush, config::ScheduleKind::gpipe};
 };
 
 struct SearchResult {

@@ -60,7 +60,7 @@ bool operator==(const Schedule& a, const Schedule& b) {
   return fields(a) == fields(b);
 }
 
-std::string to_string(ScheduleKind kind) {
+const char* to_string(ScheduleKind kind) {
   switch (kind) {
     case ScheduleKind::gpipe:
       return "gpipe";

@@ -26,6 +26,8 @@
 #include <string>
 #include <vector>
 
+#include "schedule/kind.hpp"
+
 namespace p2bw::schedule {
 
 // A schedule the user supplied (text, generator arguments, costs) is unusable.
@@ -33,8 +35,6 @@ class ScheduleError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
-
-enum class ScheduleKind { gpipe, flush, two_bw };
 
 // Sends and receives name the neighbour implicitly: activations flow s -> s+1, gradients
 // s+1 -> s. The two exchange kinds post a send and a receive with the SAME neighbour as one
@@ -120,9 +120,6 @@ inline bool operator!=(const Schedule& a, const Schedule& b) {
 //   versions from initial_buffers(kind, K, r).
 Schedule generate(ScheduleKind kind, int stages, int microbatches, int batches, int sync_warmup = 0,
                   int first_batch = 0);
-
-std::string to_string(ScheduleKind kind);       // "gpipe", "flush", "2bw"
-ScheduleKind parse_kind(const std::string& s);  // throws ScheduleError
 
 bool is_compute(ActionKind kind);        // forward and the backward kinds
 bool is_backward(ActionKind kind);       // backward, backward_input, backward_weight

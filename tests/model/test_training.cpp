@@ -76,10 +76,10 @@ TEST(Training, GpipeAndFlushAreTheSameMinibatchTraining) {
 
 TEST(Training, TwoBwDelaysTheGradientByOneStep) {
   const auto flush = losses(deck(config::ScheduleKind::flush), 4);
-  const auto twobw = losses(deck(config::ScheduleKind::twobw), 4);
+  const auto twobw = losses(deck(config::ScheduleKind::two_bw), 4);
   EXPECT_EQ(flush[0], twobw[0]);  // batch 0 at W(0) in both
   EXPECT_NE(flush[1], twobw[1]);  // batch 1: flush at W(1), 2bw still at W(0)
-  auto warm = deck(config::ScheduleKind::twobw);
+  auto warm = deck(config::ScheduleKind::two_bw);
   warm.pipeline.sync_warmup_steps = 1;
   const auto warmed = losses(warm, 4);
   EXPECT_EQ(flush[0], warmed[0]);
@@ -90,7 +90,7 @@ TEST(Training, TwoBwDelaysTheGradientByOneStep) {
 TEST(Training, TwoBwUpdateIsTheDelayedRule) {
   // SGD without momentum, decay or clipping: W(2) = W(1) - lr·g1(W(0)), where g1 is batch 1's
   // gradient taken at W(0).
-  auto d = deck(config::ScheduleKind::twobw, config::OptimizerKind::sgd);
+  auto d = deck(config::ScheduleKind::two_bw, config::OptimizerKind::sgd);
   d.train.optimizer.momentum = 0;
   d.train.optimizer.weight_decay = 0;
   d.train.grad_clip = 0;

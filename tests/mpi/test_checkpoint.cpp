@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -99,7 +100,11 @@ struct Outcome {
 
 Outcome finish(PipelineTrainer& trainer, std::int64_t steps) {
   Outcome out;
-  while (trainer.steps_done() < steps) out.losses.push_back(trainer.step().loss);
+  auto take = [&](const std::vector<StepResult>& results) {
+    for (const StepResult& r : results) out.losses.push_back(r.loss);
+  };
+  while (trainer.steps_done() < steps) take(trainer.step());
+  take(trainer.synchronize());
   const auto w = host(trainer.newest_weights());
   for (const model::TensorInfo& t : trainer.model().tensors())
     out.weights[t.name] = std::vector<float>(w.begin() + t.offset, w.begin() + t.offset + t.count);
@@ -115,9 +120,9 @@ TEST(Checkpoint, ResumeEqualsTheUninterruptedRunBitForBit) {
   for (auto [schedule, warmup] :
        std::vector<std::pair<config::ScheduleKind, int>>{{config::ScheduleKind::flush, 0},
                                                          {config::ScheduleKind::gpipe, 0},
-                                                         {config::ScheduleKind::twobw, 0},
-                                                         {config::ScheduleKind::twobw, 2},
-                                                         {config::ScheduleKind::twobw, 4}}) {
+                                                         {config::ScheduleKind::two_bw, 0},
+                                                         {config::ScheduleKind::two_bw, 2},
+                                                         {config::ScheduleKind::two_bw, 4}}) {
     const config::Deck dk = deck(schedule, warmup, d, 1, 2 * d);
     const std::string folder = shared_folder("p2bw_ckpt_resume");
     Outcome whole, resumed;
@@ -146,11 +151,49 @@ TEST(Checkpoint, ResumeEqualsTheUninterruptedRunBitForBit) {
   }
 }
 
+TEST(Checkpoint, ResumeUnderAnotherSchedule) {
+  // "One key" switches the schedule at a resume: a flush or gpipe checkpoint resumed under 2bw
+  // starts 2bw from its one version (the first resumed batch runs on W(3), as the vanilla run's
+  // does); a 2bw checkpoint resumed under flush keeps the newest version.
+  const int d = world_size();
+  for (auto [from, to] : std::vector<std::pair<config::ScheduleKind, config::ScheduleKind>>{
+           {config::ScheduleKind::flush, config::ScheduleKind::two_bw},
+           {config::ScheduleKind::gpipe, config::ScheduleKind::two_bw},
+           {config::ScheduleKind::two_bw, config::ScheduleKind::flush}}) {
+    const std::string label = fmt::format("{} -> {}", to_string(from), to_string(to));
+    const config::Deck before = deck(from, 0, d, 1, 2 * d), after = deck(to, 0, d, 1, 2 * d);
+    const std::string folder = shared_folder("p2bw_ckpt_switch");
+    Outcome whole, resumed;
+    with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
+      PipelineTrainer trainer(before, grid, text());
+      whole = finish(trainer, before.train.steps);
+    });
+    with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
+      PipelineTrainer trainer(before, grid, text());
+      finish(trainer, 3);
+      trainer.save_checkpoint(folder, 1);
+    });
+    with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
+      io::CheckpointReader checkpoint(io::resolve_checkpoint(folder, "latest"), after);
+      PipelineTrainer trainer(after, grid, text(), &checkpoint);
+      resumed = finish(trainer, after.train.steps);
+    });
+    ASSERT_EQ(resumed.losses.size(), 4u) << label;
+    for (double loss : resumed.losses) EXPECT_TRUE(std::isfinite(loss)) << label;
+    // Step 4 runs batch 3 on W(3) under flush and gpipe, and on W(3) (its copy as W(2)) under
+    // the 2bw that starts from the vanilla checkpoint: the same loss, bit for bit.
+    if (to == config::ScheduleKind::two_bw)
+      EXPECT_TRUE(same_bits(resumed.losses[0], whole.losses[3]))
+          << label << ": " << resumed.losses[0] << " vs " << whole.losses[3];
+    if (world_rank() == 0) fs::remove_all(folder);
+  }
+}
+
 TEST(Checkpoint, ResumeUnderAnotherLayout) {
   if (world_size() < 4)
     GTEST_SKIP() << "needs 4 ranks for the layouts (2,1) -> (1,1), (4,1), (2,2); runs in "
                     "test_checkpoint_np4";
-  for (auto schedule : {config::ScheduleKind::flush, config::ScheduleKind::twobw}) {
+  for (auto schedule : {config::ScheduleKind::flush, config::ScheduleKind::two_bw}) {
     // The single-rank reference of the same global batch (b · 4 sequences per step).
     const config::Deck reference_deck = deck(schedule, 0, 1, 1, 4);
     SingleRankTrainer reference(reference_deck, text());
@@ -209,7 +252,7 @@ std::string error_of(const std::function<void()>& body) {
 
 TEST(Checkpoint, DamagedCheckpointsAreRejectedClearly) {
   if (world_size() != 1) GTEST_SKIP() << "file damage is checked on one rank (test_checkpoint_np1)";
-  const config::Deck dk = deck(config::ScheduleKind::twobw, 0, 1, 1, 2);
+  const config::Deck dk = deck(config::ScheduleKind::two_bw, 0, 1, 1, 2);
   const std::string folder = shared_folder("p2bw_ckpt_damage");
   std::string saved;
   with_layout(1, 1, [&](const comm::ProcessGrid& grid) {

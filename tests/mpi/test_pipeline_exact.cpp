@@ -90,8 +90,17 @@ std::string run_case(const Case& c, std::shared_ptr<const data::Tokens> tokens) 
   const comm::ProcessGrid grid(MPI_COMM_WORLD, c.depth, c.width);
   PipelineTrainer pipelined(deck, grid, tokens);
   const bool exact = c.width == 1;
+  std::vector<StepResult> wanted, results;
   for (int s = 0; s < deck.train.steps; ++s) {
-    const StepResult want = reference.step(), got = pipelined.step();
+    wanted.push_back(reference.step());
+    for (const StepResult& r : pipelined.step()) results.push_back(r);
+  }
+  for (const StepResult& r : pipelined.synchronize()) results.push_back(r);
+  if (results.size() != wanted.size())
+    return fmt::format("{} results for {} steps", results.size(), wanted.size());
+  for (int s = 0; s < deck.train.steps; ++s) {
+    const StepResult &want = wanted[static_cast<size_t>(s)], &got = results[static_cast<size_t>(s)];
+    if (got.step != s + 1) return fmt::format("result {} is of step {}", s + 1, got.step);
     if (exact ? !same_bits(want.loss, got.loss)
               : std::abs(want.loss - got.loss) > 1e-5 * std::abs(want.loss))
       return fmt::format("step {}: loss {:.17g}, reference {:.17g}", s + 1, got.loss, want.loss);
@@ -134,8 +143,8 @@ TEST_P(PipelineExact, EveryScheduleAndLayoutMatchesTheSingleRankReference) {
         for (auto [schedule, warmup] :
              std::vector<std::pair<config::ScheduleKind, int>>{{config::ScheduleKind::flush, 0},
                                                                {config::ScheduleKind::gpipe, 0},
-                                                               {config::ScheduleKind::twobw, 0},
-                                                               {config::ScheduleKind::twobw, 2}}) {
+                                                               {config::ScheduleKind::two_bw, 0},
+                                                               {config::ScheduleKind::two_bw, 2}}) {
           const Case c{GetParam(), schedule, warmup, recompute, d, w, factor * d};
           std::string problem = run_case(c, tokens);
           // Every rank must agree that the case passed.
@@ -156,22 +165,49 @@ TEST(PipelineExactSkip, ANonFiniteStepIsSkippedAndStillRotatesTheVersions) {
   // versions, and the run goes on exactly as the reference that skipped the same step.
   setenv("P2BW_TEST_NONFINITE_STEP", "3", 1);
   auto tokens = std::make_shared<data::Tokens>(data::tokenize_bytes(kText));
-  for (auto schedule : {config::ScheduleKind::twobw, config::ScheduleKind::flush}) {
+  for (auto schedule : {config::ScheduleKind::two_bw, config::ScheduleKind::flush}) {
     const Case c{config::ModelKind::gpt, schedule, 0, false, world_size(), 1, 2 * world_size()};
     EXPECT_EQ(run_case(c, tokens), "") << c.name();
     config::Deck d = deck_for(c);
     const comm::ProcessGrid grid(MPI_COMM_WORLD, c.depth, c.width);
     PipelineTrainer trainer(d, grid, tokens);
-    for (int s = 1; s <= 4; ++s) {
-      const StepResult r = trainer.step();
-      EXPECT_EQ(r.skipped, s == 3) << c.name() << " step " << s;
-      if (s != 3) {
+    std::vector<StepResult> results;
+    for (int s = 1; s <= 4; ++s)
+      for (const StepResult& r : trainer.step()) results.push_back(r);
+    for (const StepResult& r : trainer.synchronize()) results.push_back(r);
+    ASSERT_EQ(results.size(), 4u) << c.name();
+    for (const StepResult& r : results) {
+      EXPECT_EQ(r.skipped, r.step == 3) << c.name() << " step " << r.step;
+      if (r.step != 3) {
         EXPECT_TRUE(std::isfinite(r.loss) && std::isfinite(r.grad_norm))
-            << c.name() << " step " << s;
+            << c.name() << " step " << r.step;
       }
     }
   }
   unsetenv("P2BW_TEST_NONFINITE_STEP");
+}
+
+TEST(PipelineExactMutation, AnUpdateAppliedOneBatchTooLateIsCaught) {
+  // The mutation: 2bw's deferred update of batch t is applied at the allreduce of batch t+1
+  // instead of before the first forward of batch t+2, which then runs on W(t).
+  if (world_size() < 2)
+    GTEST_SKIP() << "a late update shows only on a stage that runs ahead (d >= 2): runs in "
+                    "test_pipeline_exact_np2 and _np4";
+  auto tokens = std::make_shared<data::Tokens>(data::tokenize_bytes(kText));
+  const Case c{config::ModelKind::gpt,
+               config::ScheduleKind::two_bw,
+               0,
+               false,
+               world_size(),
+               1,
+               world_size()};
+  ASSERT_EQ(run_case(c, tokens), "") << c.name() << " without the mutation";
+  setenv("P2BW_TEST_LATE_UPDATE", "1", 1);
+  const std::string problem = run_case(c, tokens);
+  unsetenv("P2BW_TEST_LATE_UPDATE");
+  int bad = problem.empty() ? 0 : 1, any = 0;
+  MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  EXPECT_EQ(any, 1) << c.name() << ": the late update went unnoticed";
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, PipelineExact,

@@ -6,6 +6,7 @@
 #include "model/model_shape.hpp"
 #include "pipeline/memory.hpp"
 #include "pipeline/partition.hpp"
+#include "schedule/schedule.hpp"
 
 namespace p2bw::pipeline {
 namespace {
@@ -73,7 +74,7 @@ TEST(StageMap, HeavyHeadGetsFewerBlocks) {
 
 TEST(Memory, TwoBwDoublesOnlyTheWeights) {
   auto flush = tiny_deck(4, 2, config::ScheduleKind::flush, 4);
-  auto twobw = tiny_deck(4, 2, config::ScheduleKind::twobw, 4);
+  auto twobw = tiny_deck(4, 2, config::ScheduleKind::two_bw, 4);
   const auto a = predict_memory(flush, make_stage_map(flush));
   const auto b = predict_memory(twobw, make_stage_map(twobw));
   for (size_t s = 0; s < a.size(); ++s) {
@@ -89,9 +90,11 @@ TEST(Memory, InFlightBoundsFollowTheSchedule) {
   for (int depth : {1, 2, 4}) {
     for (int m : {depth, 2 * depth}) {
       for (int s = 0; s < depth; ++s) {
-        EXPECT_EQ(max_in_flight(config::ScheduleKind::flush, depth, m, s), std::min(depth - s, m));
-        EXPECT_EQ(max_in_flight(config::ScheduleKind::twobw, depth, m, s), std::min(depth - s, m));
-        EXPECT_EQ(max_in_flight(config::ScheduleKind::gpipe, depth, m, s), m);
+        EXPECT_EQ(schedule::activation_bound(config::ScheduleKind::flush, depth, m, s),
+                  std::min(depth - s, m));
+        EXPECT_EQ(schedule::activation_bound(config::ScheduleKind::two_bw, depth, m, s),
+                  std::min(depth - s, m));
+        EXPECT_EQ(schedule::activation_bound(config::ScheduleKind::gpipe, depth, m, s), m);
       }
     }
   }

@@ -203,12 +203,12 @@ TEST(CostModel, FlushBatchTimeByHand) {
   // at each batch's all-reduce (loss and gradient norm): stage 1 finishes the batch's last
   // backward one backward before stage 0 and waits for it, so a batch takes m (F + B) + B.
   StageCosts free{{F, F}, {B, B}, {0.0}, {0, 0}, {}, 0};
-  EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::twobw, 2, 4, free), 4 * (F + B) + B);
+  EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::two_bw, 2, 4, free), 4 * (F + B) + B);
   // All-reduce a and step σ on both stages follow the sync: + a + σ per batch, for 2bw as for
   // flush (which pays them after its drain, before the next batch's first forward).
   const double a = 0.5, sigma = 0.125;
   StageCosts update{{F, F}, {B, B}, {0.0}, {a, a}, {sigma, sigma}, 0};
-  EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::twobw, 2, 4, update),
+  EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::two_bw, 2, 4, update),
                    4 * (F + B) + B + a + sigma);
   EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::flush, 2, 4, update),
                    5 * (F + B) + a + sigma);
@@ -217,7 +217,7 @@ TEST(CostModel, FlushBatchTimeByHand) {
   EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::flush, 2, 4, tied), 5 * (F + B) + a);
   // Cached: the same key is not simulated again.
   const auto before = cache.simulations();
-  cache.batch_time(config::ScheduleKind::twobw, 2, 4, free);
+  cache.batch_time(config::ScheduleKind::two_bw, 2, 4, free);
   EXPECT_EQ(cache.simulations(), before);
 }
 
@@ -227,7 +227,7 @@ TEST(CostModel, ExtrapolationMatchesFullSimulation) {
   const StageCosts costs{{1.0, 1.3, 0.9, 1.6}, {2.1, 2.5, 1.7, 3.4},   {0.05, 0.4, 0.1},
                          {0.2, 0.1, 0.3, 0.1}, {0.05, 0.15, 0.1, 0.2}, 0.25};
   for (auto kind :
-       {config::ScheduleKind::twobw, config::ScheduleKind::flush, config::ScheduleKind::gpipe}) {
+       {config::ScheduleKind::two_bw, config::ScheduleKind::flush, config::ScheduleKind::gpipe}) {
     for (int m : {4, 8, 13, 16, 17, 40, 101}) {
       const double direct = cache.simulate(kind, 4, m, costs);
       EXPECT_NEAR(cache.batch_time(kind, 4, m, costs), direct, 1e-9 * direct)
@@ -272,7 +272,7 @@ TEST(CostModel, EvaluateRejectsInvalidConfigurations) {
   EXPECT_EQ(
       evaluate(apply(base, {1, 2, 2, 4, config::ScheduleKind::flush, false}), c, profile).rejection,
       Rejection::microbatch_not_profiled);
-  config::Deck twobw = apply(base, {1, 2, 4, 4, config::ScheduleKind::twobw, false});
+  config::Deck twobw = apply(base, {1, 2, 4, 4, config::ScheduleKind::two_bw, false});
   twobw.pipeline.microbatches = 1;
   EXPECT_EQ(evaluate(twobw, c, profile).rejection, Rejection::microbatches_lt_depth);
   const Cluster tiny = cluster_of(1, 2, 0.001);
@@ -287,7 +287,7 @@ void check_invariants(const config::Deck& deck, const Cluster& cluster, const Se
     EXPECT_LE(std::int64_t{c.width} * c.depth, cluster.devices());
     EXPECT_LE(c.depth, deck.model.layers);
     EXPECT_LE(c.global_batch(), r.global_batch_max);
-    if (c.schedule == config::ScheduleKind::twobw) {
+    if (c.schedule == config::ScheduleKind::two_bw) {
       EXPECT_GE(c.microbatches, c.depth);
     }
     const config::Deck run = apply(deck, c);

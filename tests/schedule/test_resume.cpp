@@ -23,7 +23,7 @@ struct Config {
   int d, m, batches, warmup;
 
   std::string name() const {
-    return to_string(kind) + " d=" + std::to_string(d) + " m=" + std::to_string(m) +
+    return std::string(to_string(kind)) + " d=" + std::to_string(d) + " m=" + std::to_string(m) +
            " batches=" + std::to_string(batches) + " K=" + std::to_string(warmup);
   }
 };

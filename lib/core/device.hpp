@@ -1,0 +1,16 @@
+// The device p2bw computes on: Kokkos's default execution space, its memory space and the flat
+// Views that every layer (model, communication, executor) passes around. Defined once, here.
+#pragma once
+
+#include <Kokkos_Core.hpp>
+
+namespace p2bw {
+
+using Exec = Kokkos::DefaultExecutionSpace;
+using Memory = Exec::memory_space;
+using FloatView = Kokkos::View<float*, Memory>;  // flat
+using ConstFloatView = Kokkos::View<const float*, Memory>;
+using DoubleView = Kokkos::View<double*, Memory>;  // flat
+using IntView = Kokkos::View<int*, Memory>;        // flat
+
+}  // namespace p2bw

@@ -1,0 +1,86 @@
+// A stage's checkpoint I/O; see stage_checkpoint.hpp.
+#include "pipeline/stage_checkpoint.hpp"
+
+#include <fmt/format.h>
+
+#include <vector>
+
+#include "core/error.hpp"
+
+namespace p2bw::pipeline {
+
+namespace {
+
+std::vector<float> to_host(const FloatView& view) {
+  std::vector<float> values(view.extent(0));
+  Kokkos::deep_copy(Kokkos::View<float*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(values.data(),
+                                                                                     values.size()),
+                    view);
+  return values;
+}
+
+}  // namespace
+
+std::string save_stage_checkpoint(const std::string& checkpoints, int keep, std::int64_t step,
+                                  const config::Deck& deck, const comm::ProcessGrid& grid,
+                                  comm::Collectives& collectives, const model::StageModel& model,
+                                  const WeightVersions& versions,
+                                  const model::Optimizer& optimizer) {
+  P2BW_ASSERT(versions.newest() == step, "a checkpoint while an update is pending");
+  const int old = versions.oldest() < step ? versions.oldest() : -1;
+  Exec().fence();
+  if (grid.replica() == 0) {
+    io::StageTensors data;
+    data.tensors = &model.tensors();
+    data.newest = to_host(versions.at(static_cast<int>(step)));
+    if (old >= 0) data.old = to_host(versions.at(old));
+    if (optimizer.first().data()) data.first = to_host(optimizer.first());
+    if (optimizer.second().data()) data.second = to_host(optimizer.second());
+    io::write_stage_file(checkpoints, step, grid.stage(), data);
+  }
+  const std::string what = fmt::format("the checkpoint after step {}", step);
+  collectives.barrier(comm::Group::world, what + " (stage files written)");
+  std::string folder;
+  if (grid.rank() == 0) {
+    io::RunState state;
+    state.step = step;
+    state.optimizer_steps = optimizer.steps_taken();
+    state.newest_version = static_cast<int>(step);
+    state.old_version = old;
+    folder = io::commit_checkpoint(checkpoints, step, deck, state, grid.depth(), keep);
+  }
+  collectives.barrier(comm::Group::world, what + " (committed)");
+  return folder;
+}
+
+void restore_stage(const io::CheckpointReader& checkpoint, int oldest_needed,
+                   const model::StageModel& model, WeightVersions& versions,
+                   model::Optimizer& optimizer) {
+  const io::RunState& state = checkpoint.state();
+  const auto step = static_cast<int>(state.step);
+  if (state.newest_version != step)
+    throw UserError(fmt::format(
+        "checkpoint after step {}: its newest weights are version {} (allowed: version {})", step,
+        state.newest_version, step));
+  auto load = [&](const std::string& group, FloatView into) {
+    auto host = Kokkos::create_mirror_view(into);
+    for (const model::TensorInfo& tensor : model.tensors())
+      checkpoint.read(group, tensor, host.data() + tensor.offset);
+    Kokkos::deep_copy(into, host);
+  };
+  load("params", versions.add(step));
+  if (oldest_needed < step) {
+    P2BW_ASSERT(oldest_needed == step - 1,
+                "a resumed schedule needs W(step) and W(step-1) at most");
+    FloatView old = versions.add(oldest_needed);
+    if (state.old_version == oldest_needed)
+      load("params_old", old);
+    else
+      Kokkos::deep_copy(old, versions.at(step));  // flush or gpipe -> 2bw: one version to start
+  }
+  if (optimizer.first().data()) load("optimizer/first", optimizer.first());
+  if (optimizer.second().data()) load("optimizer/second", optimizer.second());
+  optimizer.set_steps_taken(state.optimizer_steps);
+}
+
+}  // namespace p2bw::pipeline

@@ -1,0 +1,58 @@
+// The flat buffers of one stage's weights and gradients, by logical version. Flush and gpipe need
+// two buffers (W(t) and the gradient), 2bw three (W(t-1), W(t) and the gradient); no update ever
+// copies weights. The update after batch t writes W(t+1) in place over batch t's gradients (the
+// optimizer is elementwise and reads each gradient before writing its weight), that buffer is
+// then W(t+1), and the buffer of a version no microbatch needs any more is zeroed to accumulate
+// the next batch's gradients. So a deferred update (2bw) needs no extra copy either: batch t+1
+// accumulates into the retired version's buffer while batch t's gradients are still reduced.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/device.hpp"
+
+namespace p2bw::pipeline {
+
+class WeightVersions {
+ public:
+  // `buffers` flat buffers of `floats` each (2 or 3), named for Kokkos's tools; the first holds
+  // nothing yet, the others are free until used.
+  WeightVersions(std::int64_t floats, int buffers);
+
+  bool holds(int version) const { return held_.count(version) != 0; }
+  // The buffer of W(version); InternalError naming the versions held when it is not held.
+  FloatView at(int version) const;
+  int newest() const;                 // -1 when none
+  int oldest() const;                 // -1 when none
+  std::vector<int> versions() const;  // held, oldest first
+
+  // A free buffer becomes W(version) (for the initial weights and for restoring checkpoints).
+  FloatView add(int version);
+  // The buffer that gradients accumulate into (null until make_gradients()).
+  FloatView gradients() const { return gradients_; }
+  // Takes a free buffer, zeroes it and makes it the gradient buffer.
+  void make_gradients(const Exec& exec);
+  // Hands out the gradient buffer (its batch's reductions and update own it now); there is no
+  // gradient buffer until make_gradients().
+  FloatView detach_gradients();
+  // A detached gradient buffer, written over by the update, becomes W(version).
+  void hold(int version, FloatView buffer);
+  // Frees the buffers of every version older than `version`, the newest excepted.
+  void retire_older_than(int version);
+
+  int buffers() const { return buffers_; }  // allocated, in use or free
+  std::int64_t floats() const { return floats_; }
+
+ private:
+  FloatView take_free();
+
+  std::int64_t floats_;
+  int buffers_;
+  std::map<int, FloatView> held_;  // version -> buffer
+  FloatView gradients_;
+  std::vector<FloatView> free_;
+};
+
+}  // namespace p2bw::pipeline
