@@ -83,7 +83,7 @@ int run_simulate(const Context& context, const Options& options) {
   if (options.batches < 1)
     throw UserError(
         fmt::format("--batches {}: needs at least one batch (allowed: >= 1)", options.batches));
-  const auto kind = schedule::parse_kind(config::to_string(deck.pipeline.schedule));
+  const schedule::ScheduleKind kind = deck.pipeline.schedule;
   const int warmup = kind == schedule::ScheduleKind::two_bw
                          ? std::min(deck.pipeline.sync_warmup_steps, options.batches)
                          : 0;

@@ -132,19 +132,17 @@ double SimulationCache::simulate(config::ScheduleKind schedule, int depth, int m
   const auto found = times_.find(key);
   if (found != times_.end()) return found->second;
   const bool two_bw = schedule == config::ScheduleKind::two_bw;
-  const schedule::ScheduleKind kind = two_bw ? schedule::ScheduleKind::two_bw
-                                      : schedule == config::ScheduleKind::flush
-                                          ? schedule::ScheduleKind::flush
-                                          : schedule::ScheduleKind::gpipe;
   const int batches = two_bw ? 4 : 1;
-  const schedule::Schedule sched = schedule::generate(kind, depth, microbatches, batches);
+  const schedule::Schedule sched = schedule::generate(schedule, depth, microbatches, batches);
   schedule::Costs sim_costs;
   sim_costs.forward = costs.forward;
   sim_costs.backward = costs.backward;
   sim_costs.message = costs.message.empty() ? std::vector<double>{0.0} : costs.message;
   sim_costs.allreduce = stage_allreduce(costs);
   sim_costs.step = costs.step.empty() ? std::vector<double>{0.0} : costs.step;
-  sim_costs.global_sync = true;
+  // Flush and gpipe wait for every stage's reductions at each step (the flush); 2bw's executor
+  // defers its update and lets the reductions complete while it computes.
+  sim_costs.global_sync = !two_bw;
   const schedule::Report report = schedule::simulate(sched, sim_costs);
   ++simulations_;
   const double time = two_bw ? report.steady_batch_time : report.makespan / batches;
@@ -155,8 +153,8 @@ double SimulationCache::simulate(config::ScheduleKind schedule, int depth, int m
 double SimulationCache::batch_time(config::ScheduleKind schedule, int depth, int microbatches,
                                    const StageCosts& costs) {
   const int d = depth, m = microbatches;
-  // Flush and GPipe: fill, a periodic middle, drain; 2bw: a periodic steady state plus the
-  // per-batch synchronisation. Past 3d microbatches a batch grows by one period per
+  // Flush and GPipe: fill, a periodic middle, drain, and the per-batch synchronisation; 2bw: a
+  // periodic steady state. Past 3d microbatches a batch grows by one period per
   // microbatch; extrapolate from m = 2d and 3d.
   if (m <= 3 * d) return simulate(schedule, d, m, costs);
   const double t2 = simulate(schedule, d, 2 * d, costs);

@@ -1,4 +1,4 @@
-// The planner's cost model (pipedream-2bw.md, "The planner"): per-stage compute from a profile,
+// The planner's cost model (the paper's planner, section 4): per-stage compute from a profile,
 // inter-stage messages and data-parallel all-reduces over the right link for p2bw's rank
 // placement, bubbles from the schedule simulator, and memory from pipeline::predict_memory.
 // `evaluate` predicts one configuration; search.hpp enumerates many.
@@ -68,12 +68,14 @@ std::vector<std::int64_t> stage_peaks(const config::Deck& run, const pipeline::S
 
 // Simulated time of one batch as p2bw's executor runs it: every stage's forwards, backwards and
 // messages, then after its last backward of the batch the all-reduce (data-parallel, plus the
-// tied embedding on the first and last stage), which is a collective over all stages (the loss
-// and gradient-norm all-reduce), then the optimizer step. 2bw: steady-state time per batch (4
-// batches simulated; the first fills the pipeline); flush and gpipe: makespan of one batch.
+// tied embedding on the first and last stage) and the optimizer step. Under flush and gpipe the
+// all-reduce is a collective over all stages (the loss and gradient-norm all-reduce completes
+// before the next batch); under 2bw it is not (the executor defers the update and the reductions
+// complete while it computes). 2bw: steady-state time per batch (4 batches simulated; the first
+// fills the pipeline); flush and gpipe: makespan of one batch.
 // To stay fast for large m, each schedule is simulated directly up to m = 3d and extrapolated
-// linearly beyond from m = 2d and 3d (fill + periodic middle + drain; for 2bw the per-batch
-// synchronisation is a constant). Simulations are cached per (schedule, d, m, costs) since many
+// linearly beyond from m = 2d and 3d (fill + periodic middle + drain, or 2bw's periodic steady
+// state). Simulations are cached per (schedule, d, m, costs) since many
 // candidates share them.
 class SimulationCache {
  public:

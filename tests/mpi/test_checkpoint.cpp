@@ -182,9 +182,10 @@ TEST(Checkpoint, ResumeUnderAnotherSchedule) {
     for (double loss : resumed.losses) EXPECT_TRUE(std::isfinite(loss)) << label;
     // Step 4 runs batch 3 on W(3) under flush and gpipe, and on W(3) (its copy as W(2)) under
     // the 2bw that starts from the vanilla checkpoint: the same loss, bit for bit.
-    if (to == config::ScheduleKind::two_bw)
+    if (to == config::ScheduleKind::two_bw) {
       EXPECT_TRUE(same_bits(resumed.losses[0], whole.losses[3]))
           << label << ": " << resumed.losses[0] << " vs " << whole.losses[3];
+    }
     if (world_rank() == 0) fs::remove_all(folder);
   }
 }

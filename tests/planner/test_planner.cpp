@@ -199,17 +199,16 @@ TEST(CostModel, FlushBatchTimeByHand) {
   EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::flush, 2, 1, costs), 2 * (F + B) + 2 * c);
   // More microbatches: at least the message-free time plus one forward and one backward message.
   EXPECT_GE(cache.batch_time(config::ScheduleKind::flush, 2, 4, costs), 5 * (F + B) + 2 * c);
-  // 2bw's pipeline has no bubble in steady state, but p2bw's executor synchronises all stages
-  // at each batch's all-reduce (loss and gradient norm): stage 1 finishes the batch's last
-  // backward one backward before stage 0 and waits for it, so a batch takes m (F + B) + B.
+  // 2bw's pipeline has no bubble in steady state, and p2bw's executor defers the update, so no
+  // stage waits for another's all-reduce: a batch takes m (F + B).
   StageCosts free{{F, F}, {B, B}, {0.0}, {0, 0}, {}, 0};
-  EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::two_bw, 2, 4, free), 4 * (F + B) + B);
-  // All-reduce a and step σ on both stages follow the sync: + a + σ per batch, for 2bw as for
-  // flush (which pays them after its drain, before the next batch's first forward).
+  EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::two_bw, 2, 4, free), 4 * (F + B));
+  // All-reduce a and step σ on both stages: + a + σ per batch, for 2bw as for flush (which pays
+  // them after its drain and its global sync, before the next batch's first forward).
   const double a = 0.5, sigma = 0.125;
   StageCosts update{{F, F}, {B, B}, {0.0}, {a, a}, {sigma, sigma}, 0};
   EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::two_bw, 2, 4, update),
-                   4 * (F + B) + B + a + sigma);
+                   4 * (F + B) + a + sigma);
   EXPECT_DOUBLE_EQ(cache.batch_time(config::ScheduleKind::flush, 2, 4, update),
                    5 * (F + B) + a + sigma);
   // The tied embedding's all-reduce adds to the first and the last stage's all-reduce.
