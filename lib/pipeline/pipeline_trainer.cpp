@@ -275,6 +275,15 @@ PipelineTrainer::Microbatch& PipelineTrainer::microbatch(int mb) {
 
 model::FloatView PipelineTrainer::take_boundary() {
   reap_sends();
+  // Two (B, T, C) buffers per link to a neighbour, as predicted (memory.hpp): when they are all
+  // in flight, the oldest send is waited for instead of allocating another. The schedule is
+  // deadlock-free with blocking sends, so this wait always ends.
+  const int links = (grid_.stage() > 0) + (grid_.stage() + 1 < grid_.depth());
+  while (free_boundaries_.empty() && boundaries_ >= 2 * links && !sending_.empty()) {
+    timed(wait_s_, [&] { transport_->wait(sending_.front().first, "a free boundary buffer"); });
+    free_boundaries_.push_back(sending_.front().second);
+    sending_.erase(sending_.begin());
+  }
   if (free_boundaries_.empty()) {
     ++boundaries_;
     return model::FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::boundary"),
