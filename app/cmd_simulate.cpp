@@ -11,7 +11,7 @@
 #include "comm/deck_broadcast.hpp"
 #include "command.hpp"
 #include "core/error.hpp"
-#include "io/hdf5_file.hpp"
+#include "io/simulation_file.hpp"
 #include "schedule/check.hpp"
 #include "schedule/simulate.hpp"
 #include "schedule/text.hpp"
@@ -19,8 +19,6 @@
 namespace p2bw::app {
 
 namespace {
-
-constexpr std::int64_t kTimelineFormatVersion = 1;
 
 struct Options {
   std::string deck;
@@ -41,37 +39,6 @@ std::string as_fraction(double x) {
       return p == 0 ? "" : fmt::format("{}/{}", static_cast<long long>(p), q);
   }
   return "";
-}
-
-void write_timeline(const std::string& path, const schedule::Schedule& sched,
-                    const schedule::Report& report, const config::Deck& deck) {
-  io::H5File file(path, io::H5File::Mode::create);
-  file.set_attribute("/", "format", std::string("p2bw-simulation"));
-  file.set_attribute("/", "format_version", kTimelineFormatVersion);
-  file.set_attribute("/", "deck", config::to_yaml(deck));
-  file.set_attribute("/", "schedule", schedule::to_text(sched));
-  file.set_attribute("/", "makespan", report.makespan);
-  file.set_attribute("/", "steady_batch_time", report.steady_batch_time);
-  file.set_attribute("/", "action_names", schedule::action_kind_names());
-  for (size_t s = 0; s < report.timeline.stages.size(); ++s) {
-    std::vector<std::int32_t> action, microbatch, version;
-    std::vector<double> start, end;
-    for (const schedule::Event& e : report.timeline.stages[s]) {
-      action.push_back(static_cast<std::int32_t>(e.action.kind));
-      microbatch.push_back(e.action.mb);
-      version.push_back(e.action.version);
-      start.push_back(e.start);
-      end.push_back(schedule::work_end(e));  // a synchronised all-reduce's wait is a gap
-    }
-    const std::string group = fmt::format("/timeline/stage_{}/", s);
-    const std::vector<hsize_t> shape{action.size()};
-    file.write(group + "action", action, shape);
-    file.write(group + "microbatch", microbatch, shape);
-    file.write(group + "version", version, shape);
-    file.write(group + "start", start, shape);
-    file.write(group + "end", end, shape);
-    file.set_attribute(group.substr(0, group.size() - 1), "bubble", report.stages[s].bubble);
-  }
 }
 
 int run_simulate(const Context& context, const Options& options) {
@@ -124,7 +91,7 @@ int run_simulate(const Context& context, const Options& options) {
       options.output.empty() ? (std::filesystem::path(deck.output.dir) / "simulation.h5").string()
                              : options.output;
   std::filesystem::create_directories(std::filesystem::absolute(output).parent_path());
-  write_timeline(output, sched, report, deck);
+  io::write_simulation(output, sched, report, deck);
   fmt::print("\ntimeline: {}\n", output);
   return 0;
 }

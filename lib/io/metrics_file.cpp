@@ -13,22 +13,23 @@
 #include <sstream>
 
 #include "core/error.hpp"
+#include "io/h5_checks.hpp"
+#include "io/simulation_file.hpp"
 
 namespace p2bw::io {
+
+using namespace h5_checks;
 
 namespace {
 
 constexpr hsize_t kStepChunk = 1024;
 constexpr hsize_t kTraceChunk = 8192;
-constexpr std::int64_t kSimulationFormatVersion = 1;
 
 const std::vector<std::string> kStepSeries = {"step",         "loss",   "lr",     "grad_norm",
                                               "tokens_per_s", "time_s", "skipped"};
 const std::vector<std::string> kStageSeries = {"step", "compute_s", "wait_s", "idle_s",
                                                "peak_memory_bytes"};
 const std::vector<std::string> kTraceSeries = {"kind", "microbatch", "version", "start", "end"};
-const std::vector<std::string> kTimelineSeries = {"action", "microbatch", "version", "start",
-                                                  "end"};
 
 std::string stage_group(int stage) {
   return fmt::format("/stages/{}", stage);
@@ -37,115 +38,8 @@ std::string rank_group(int rank) {
   return fmt::format("/trace/rank_{}", rank);
 }
 
-std::string join(const std::vector<std::string>& items, const std::string& separator = ", ") {
-  std::string text;
-  for (size_t i = 0; i < items.size(); ++i) text += (i ? separator : "") + items[i];
-  return text;
-}
-
-// The non-negative number after `prefix` in `name` ("rank_3" -> 3), or -1.
-int number_after(const std::string& name, const std::string& prefix) {
-  if (name.compare(0, prefix.size(), prefix) != 0 || name.size() == prefix.size()) return -1;
-  int value = -1;
-  const char* last = name.data() + name.size();
-  const auto [end, err] = std::from_chars(name.data() + prefix.size(), last, value);
-  return err == std::errc() && end == last && value >= 0 ? value : -1;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Validation shared by the readers.
-
-std::string format_of(const H5File& file, const std::string& allowed) {
-  if (!file.has_attribute("/", "format"))
-    throw UserError(fmt::format("{}: no format attribute, not a file written by p2bw (allowed: {})",
-                                file.path(), allowed));
-  return file.string_attribute("/", "format");
-}
-
-void require_version(const H5File& file, const std::string& format, std::int64_t supported) {
-  const std::int64_t version = file.int_attribute("/", "format_version");
-  if (version != supported)
-    throw UserError(fmt::format("{}: {} format_version {} is not supported (allowed: {})",
-                                file.path(), format, version, supported));
-}
-
-// Rows of the series `names` in `group`, which must all be 1-D and equally long.
-hsize_t common_length(const H5File& file, const std::string& group,
-                      const std::vector<std::string>& names) {
-  std::vector<hsize_t> lengths;
-  for (const std::string& name : names) lengths.push_back(file.length(group + "/" + name));
-  if (std::adjacent_find(lengths.begin(), lengths.end(), std::not_equal_to<>()) != lengths.end()) {
-    std::vector<std::string> parts;
-    for (size_t i = 0; i < names.size(); ++i)
-      parts.push_back(fmt::format("{} {}", names[i], lengths[i]));
-    throw UserError(fmt::format(
-        "{}: the datasets of {} have different lengths ({}) (allowed: one row per entry in "
-        "every dataset of the group)",
-        file.path(), group, join(parts)));
-  }
-  return lengths.empty() ? 0 : lengths.front();
-}
-
-// The numbered children `prefix<n>` of `group`, sorted by n; UserError for anything else.
-std::vector<int> numbered_children(const H5File& file, const std::string& group,
-                                   const std::string& prefix) {
-  std::vector<int> numbers;
-  for (const std::string& name : file.children(group)) {
-    const int n = number_after(name, prefix);
-    if (n < 0)
-      throw UserError(fmt::format("{}: unexpected {}/{} (allowed: {}/{}<number>)", file.path(),
-                                  group, name, group, prefix));
-    numbers.push_back(n);
-  }
-  std::sort(numbers.begin(), numbers.end());
-  return numbers;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Text helpers of the summaries.
-
-std::string bytes_text(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (std::abs(bytes) >= 1024 && u < 4) {
-    bytes /= 1024;
-    ++u;
-  }
-  return u == 0 ? fmt::format("{:.0f} B", bytes) : fmt::format("{:.2f} {}", bytes, units[u]);
-}
-
-std::string scalar_text(const YAML::Node& node) {
-  return node && node.IsScalar() ? node.Scalar() : std::string("?");
-}
-
-// "model: gpt, layers 4, hidden 32, ..." and "schedule 2bw, 4 microbatches of 2 sequences" from
-// the resolved deck; a deck that does not parse is said so rather than failing the summary.
-std::pair<std::string, std::string> deck_lines(const std::string& yaml) {
-  try {
-    const YAML::Node deck = YAML::Load(yaml);
-    std::string model = "model:";
-    const YAML::Node m = deck["model"];
-    if (m && m.IsMap()) {
-      std::vector<std::string> items;
-      if (m["kind"]) items.push_back(scalar_text(m["kind"]));
-      for (const auto& entry : m) {
-        const std::string key = entry.first.as<std::string>();
-        if (key != "kind" && entry.second.IsScalar())
-          items.push_back(key + " " + entry.second.Scalar());
-      }
-      model += " " + join(items);
-    } else {
-      model += " (none in the deck)";
-    }
-    const YAML::Node p = deck["pipeline"], t = deck["train"];
-    const std::string schedule = fmt::format(
-        "schedule {}, {} microbatches of {} sequences", p ? scalar_text(p["schedule"]) : "?",
-        p ? scalar_text(p["microbatches"]) : "?", t ? scalar_text(t["microbatch_size"]) : "?");
-    return {model, schedule};
-  } catch (const YAML::Exception&) {
-    return {"model: (the deck attribute is not valid YAML)", "schedule ?"};
-  }
-}
 
 std::string steps_list(const std::vector<std::int64_t>& steps, size_t shown = 10) {
   std::vector<std::string> items;
@@ -158,38 +52,6 @@ double sum(const std::vector<double>& values) {
   double total = 0;
   for (double v : values) total += v;
   return total;
-}
-
-bool is_compute_name(const std::string& name) {
-  return name == "F" || name == "B" || name == "Bi" || name == "Bw" ||
-         name.rfind("forward", 0) == 0 || name.rfind("backward", 0) == 0;
-}
-
-std::vector<bool> compute_codes(const std::string& action_names) {
-  std::vector<bool> codes;
-  std::stringstream in(action_names);
-  for (std::string name; std::getline(in, name, ',');) {
-    name.erase(0, name.find_first_not_of(" \t"));
-    name.erase(name.find_last_not_of(" \t") + 1);
-    codes.push_back(is_compute_name(name));
-  }
-  return codes;
-}
-
-// Busy time and span of a list of events (busy counts the compute codes only).
-std::pair<double, double> busy_and_span(const std::vector<std::int32_t>& kind,
-                                        const std::vector<double>& start,
-                                        const std::vector<double>& end,
-                                        const std::vector<bool>& compute) {
-  if (kind.empty()) return {0.0, 0.0};
-  double busy = 0, first = start.front(), last = end.front();
-  for (size_t i = 0; i < kind.size(); ++i) {
-    first = std::min(first, start[i]);
-    last = std::max(last, end[i]);
-    if (kind[i] >= 0 && static_cast<size_t>(kind[i]) < compute.size() && compute[kind[i]])
-      busy += end[i] - start[i];
-  }
-  return {busy, last - first};
 }
 
 }  // namespace
@@ -520,48 +382,6 @@ std::string summarize_metrics(const std::string& path) {
                        span > 0 ? fmt::format("{:.4f}", 1.0 - busy / span) : "-"));
     }
   }
-  return out;
-}
-
-std::string summarize_simulation(const std::string& path) {
-  const H5File file(path, H5File::Mode::read);
-  const std::string format = format_of(file, kSimulationFormat);
-  if (format != kSimulationFormat)
-    throw UserError(fmt::format("{}: format is '{}', not a simulation timeline (allowed: {})", path,
-                                format, kSimulationFormat));
-  require_version(file, kSimulationFormat, kSimulationFormatVersion);
-  const std::string deck = file.string_attribute("/", "deck");
-  const double makespan = file.double_attribute("/", "makespan");
-  const double steady = file.double_attribute("/", "steady_batch_time");
-  const std::vector<bool> compute = compute_codes(file.string_attribute("/", "action_names"));
-  if (!file.exists("/timeline"))
-    throw UserError(fmt::format(
-        "{}: group /timeline is missing (allowed: a file with /timeline/stage_<s>)", path));
-  const std::vector<int> stages = numbered_children(file, "/timeline", "stage_");
-
-  std::string out;
-  auto line = [&out](const std::string& text) { out += text + "\n"; };
-  line(fmt::format("{}: {} version {} (the timeline of p2bw simulate)", path, kSimulationFormat,
-                   kSimulationFormatVersion));
-  const auto [model, schedule] = deck_lines(deck);
-  line(model);
-  line(fmt::format("layout: depth {}, {}", stages.size(), schedule));
-  line(fmt::format("makespan {:.6g}, steady-state time per batch {:.6g} (cost units)", makespan,
-                   steady));
-  line(fmt::format("{:>5} {:>7} {:>12} {:>8}", "stage", "events", "busy", "bubble"));
-  double worst = 0;
-  for (int s : stages) {
-    const std::string group = fmt::format("/timeline/stage_{}", s);
-    const hsize_t events = common_length(file, group, kTimelineSeries);
-    const auto [busy, span] = busy_and_span(file.read<std::int32_t>(group + "/action"),
-                                            file.read<double>(group + "/start"),
-                                            file.read<double>(group + "/end"), compute);
-    (void)span;
-    const double bubble = file.double_attribute(group, "bubble");
-    worst = std::max(worst, bubble);
-    line(fmt::format("{:>5} {:>7} {:>12.6g} {:>8.4f}", s, events, busy, bubble));
-  }
-  line(fmt::format("bubble fraction: {:.4f} (largest over the stages)", worst));
   return out;
 }
 

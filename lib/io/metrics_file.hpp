@@ -29,7 +29,6 @@ namespace p2bw::io {
 
 inline constexpr const char* kMetricsFormat = "p2bw-metrics";
 inline constexpr std::int64_t kMetricsFormatVersion = 1;
-inline constexpr const char* kSimulationFormat = "p2bw-simulation";  // p2bw simulate's timeline
 
 // Predicted bytes per rank of one stage, by category (pipeline::StageMemory's byte counts).
 using PredictedMemory = MemoryBytes;
@@ -148,11 +147,8 @@ double trace_bubble(const MetricsContents::TraceRank& rank, const std::string& a
 // measured bubble per traced rank. Validates like read_metrics.
 std::string summarize_metrics(const std::string& path);
 
-// The same for p2bw simulate's timeline (format p2bw-simulation version 1): model, layout,
-// makespan, steady-state time per batch, per-stage events, busy time and bubble.
-std::string summarize_simulation(const std::string& path);
-
-// Any HDF5 file p2bw inspect knows, by its format attribute; UserError naming the known formats
+// Any HDF5 file p2bw inspect knows (metrics.h5, simulation_file.hpp's timeline), by its format
+// attribute; UserError naming the known formats
 // for any other file.
 std::string summarize_hdf5(const std::string& path);
 
