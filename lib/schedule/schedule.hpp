@@ -13,7 +13,10 @@
 //   K + max(floor((j-1)/m) - 1, 0).
 // - Physical buffers: flush and GPipe update buffer 0 in place. 2BW keeps W(v) in buffer
 //   (v - K) mod 2 for v >= K (buffer 0 for v <= K), so a step writes the buffer of the version it
-//   retires and never copies weights.
+//   retires and never copies weights. This two-buffer layout is what the checker and the
+//   simulator reason about; the executor keeps its buffers by version instead
+//   (pipeline/weight_versions.hpp: W(t+1) over batch t's gradients) and may apply a 2bw step
+//   later than the step action, before W(t+1) is first used.
 // - Resuming (first_batch = r > 0): a run checkpointed after the step of batch r-1 restarts with
 //   a schedule of batches r .. batches-1 (microbatches r*m+1 .. batches*m). No activation survives
 //   the restart, so the pipeline refills at batch r, but numbering, versions and buffers are the
