@@ -1,9 +1,10 @@
 // The training metrics file <output.dir>/metrics.h5 (format "p2bw-metrics", version 1): one row
 // per optimizer step (loss, learning rate, gradient norm, throughput), one row per step and stage
 // (compute, wait and idle seconds, peak memory, beside the predicted memory) and, optionally, the
-// per-rank trace of executed actions. Rank 0 writes it alone and flushes every step, so a killed
-// run keeps every finished step; a resumed run truncates the rows it will recompute. The reader
-// validates a file and `p2bw inspect` prints its summary (and that of the simulator's timeline).
+// per-rank trace of executed actions. Rank 0 writes it alone and flushes every row, so a killed
+// run keeps every row written (a step's row follows once every stage's timing of it is known); a
+// resumed run truncates the rows it will recompute. The reader validates a file and `p2bw inspect`
+// prints its summary (and that of the simulator's timeline).
 //
 // Layout (names are fixed; analysis scripts rely on them):
 //   /                 attributes format = "p2bw-metrics", format_version = 1, p2bw_version, deck,
