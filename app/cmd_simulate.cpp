@@ -12,6 +12,7 @@
 #include "command.hpp"
 #include "core/error.hpp"
 #include "io/hdf5_file.hpp"
+#include "io/paths.hpp"
 #include "schedule/check.hpp"
 #include "schedule/simulate.hpp"
 #include "schedule/text.hpp"
@@ -91,9 +92,12 @@ int run_simulate(const Context& context, const Options& options) {
       kind, deck.pipeline.depth, deck.pipeline.microbatches, options.batches, warmup);
   const schedule::CheckResult proof = schedule::check(sched);
   if (!proof.ok()) throw InternalError("generated schedule fails the checker: " + proof.summary());
-  if (!options.schedule_out.empty()) {
-    std::ofstream(options.schedule_out) << schedule::to_text(sched);
-  }
+  if (!options.schedule_out.empty())
+    io::write_text_file(options.schedule_out, schedule::to_text(sched), "--write-schedule");
+  const std::string output =
+      options.output.empty() ? (std::filesystem::path(deck.output.dir) / "simulation.h5").string()
+                             : options.output;
+  io::prepare_output_file(output, options.output.empty() ? "output.dir" : "--output");
   schedule::Costs costs = schedule::Costs::uniform(
       options.forward, options.backward, options.message, options.allreduce, options.step);
   costs.global_sync = options.global_sync;
@@ -120,10 +124,6 @@ int run_simulate(const Context& context, const Options& options) {
              steady_fraction.empty() ? "" : " (" + steady_fraction + ")");
   fmt::print("\n{}", schedule::render_gantt(report.timeline, options.columns,
                                             std::min(2, options.batches)));
-  const std::string output =
-      options.output.empty() ? (std::filesystem::path(deck.output.dir) / "simulation.h5").string()
-                             : options.output;
-  std::filesystem::create_directories(std::filesystem::absolute(output).parent_path());
   write_timeline(output, sched, report, deck);
   fmt::print("\ntimeline: {}\n", output);
   return 0;
@@ -137,19 +137,24 @@ Command add_simulate(CLI::App& app) {
       "simulate", "replay a deck's schedule with per-action costs; report bubbles");
   add_deck_options(*cli, options->deck, options->overrides);
   cli->add_option("--cost-forward", options->forward, "forward time of one microbatch on a stage")
+      ->check(finite_number())
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cli->add_option("--cost-backward", options->backward,
                   "backward time of one microbatch on a stage")
+      ->check(finite_number())
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cli->add_option("--cost-message", options->message, "time of one activation or gradient message")
+      ->check(finite_number())
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   cli->add_option("--cost-allreduce", options->allreduce, "data-parallel all-reduce time per batch")
+      ->check(finite_number())
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   cli->add_option("--cost-step", options->step, "optimizer step time per batch")
+      ->check(finite_number())
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   cli->add_flag("--global-sync", options->global_sync,
