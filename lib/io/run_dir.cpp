@@ -88,6 +88,8 @@ RunDir::RunDir(const std::string& dir, RunMode mode, const std::string& checkpoi
     const ssize_t got = ::pread(lock_fd_, pid, sizeof(pid) - 1, 0);
     ::close(lock_fd_);
     lock_fd_ = -1;
+    std::string holder;
+    for (ssize_t i = 0; i < got && pid[i] >= '0' && pid[i] <= '9'; ++i) holder += pid[i];
     if (why == EWOULDBLOCK)
       throw UserError(fmt::format(
           "output.dir {}: another p2bw train is running in it{} (allowed: wait until it ends, or "
