@@ -94,8 +94,7 @@ RunDir::RunDir(const std::string& dir, RunMode mode, const std::string& checkpoi
       throw UserError(fmt::format(
           "output.dir {}: another p2bw train is running in it{} (allowed: wait until it ends, or "
           "another output.dir)",
-          dir,
-          got > 0 ? fmt::format(" (pid {})", std::string(pid, strnlen(pid, sizeof(pid)))) : ""));
+          dir, holder.empty() ? "" : fmt::format(" (pid {})", holder)));
     throw UserError(fmt::format("output.dir {}: cannot lock {}: {} (allowed: a local folder)", dir,
                                 lock.string(), std::strerror(why)));
   }
