@@ -86,6 +86,9 @@ std::string bad_kokkos_argument(int argc, char** argv) {
          {"--kokkos-threads=", "--kokkos-num-threads=", "--kokkos-numa=", "--kokkos-device-id=",
           "--kokkos-num-devices=", "--kokkos-ndevices="}) {
       const std::string prefix = name;
+      if (arg == prefix.substr(0, prefix.size() - 1))  // Kokkos needs the '=' form
+        return fmt::format("{}: needs a value (allowed: {}N with N a non-negative integer)", arg,
+                           prefix);
       if (arg.compare(0, prefix.size(), prefix) != 0) continue;
       const std::string value = arg.substr(prefix.size());
       const bool list = prefix == "--kokkos-num-devices=" || prefix == "--kokkos-ndevices=";

@@ -34,11 +34,18 @@ bool is_run_id(const std::string& id) {
   return true;
 }
 
+// The run files present in `dir`, e.g. "deck.yaml, metrics.h5" ("" when none).
+std::string present_run_files(const std::string& dir) {
+  std::string found;
+  for (const std::string& name : run_files()) {
+    std::error_code error;
+    if (fs::exists(fs::path(dir) / name, error)) found += (found.empty() ? "" : ", ") + name;
+  }
+  return found;
+}
+
 bool holds_run(const std::string& dir) {
-  std::error_code error;
-  for (const std::string& name : run_files())
-    if (fs::exists(fs::path(dir) / name, error)) return true;
-  return false;
+  return !present_run_files(dir).empty();
 }
 
 }  // namespace
@@ -107,14 +114,25 @@ RunDir::RunDir(const std::string& dir, RunMode mode, const std::string& checkpoi
     case RunMode::fresh:
       if (holds_run(dir))
         throw UserError(fmt::format(
-            "output.dir {} already holds a run (allowed: --resume latest to continue it, "
+            "output.dir {} already holds a run ({}) (allowed: --resume latest to continue it, "
             "--start-over to delete its checkpoints, metrics.h5, deck.yaml and run_id and train "
             "from step 1, or another output.dir)",
-            dir));
+            dir, present_run_files(dir)));
       run_id_ = new_run_id();
       write_id_ = true;
       break;
-    case RunMode::start_over:
+    case RunMode::start_over: {
+      // Only what p2bw train wrote is removed: a folder without a run_id, metrics.h5 or
+      // checkpoints/ is no run, and its deck.yaml may be the user's own.
+      std::error_code error;
+      if (recorded.empty() && fs::exists(fs::path(dir) / "deck.yaml", error) &&
+          !fs::exists(fs::path(dir) / "metrics.h5", error) &&
+          !fs::exists(fs::path(dir) / "checkpoints", error))
+        throw UserError(fmt::format(
+            "--start-over: output.dir {} holds a deck.yaml but no run (no run_id, metrics.h5 or "
+            "checkpoints/), so it may be yours and is not deleted (allowed: another output.dir)",
+            dir));
+    }
       run_id_ = new_run_id();
       write_id_ = true;
       break;

@@ -198,6 +198,21 @@ check("9. --write-deck below a regular file: one line, exit 2", one_line(r, "--w
 # 10. Kokkos arguments.
 r = run("--kokkos-threads=abc", "check", "inputs/gpt-tiny.yaml")
 check("10. --kokkos-threads=abc: one line, exit 2", one_line(r, "--kokkos-threads: 'abc' is not a number"), detail(r))
+r = run("--kokkos-threads", "2", "check", "inputs/gpt-tiny.yaml")
+check("--kokkos-threads 2 (without '='): one line, exit 2", one_line(r, "--kokkos-threads: needs a value"), detail(r))
+r = run("--kokkos-numa=1x", "check", "inputs/gpt-tiny.yaml")
+check("--kokkos-numa=1x: one line, exit 2", one_line(r, "--kokkos-numa: '1x' is not a number"), detail(r))
+
+# A user's own deck.yaml in output.dir is no run: a fresh run is refused and --start-over keeps it.
+mine = f"{tmp}/mine"
+os.makedirs(mine)
+deck_text = (ROOT / "inputs" / "gpt-tiny.yaml").read_text().replace("../data/", f"{ROOT}/data/")
+pathlib.Path(f"{mine}/deck.yaml").write_text(deck_text)
+r = run("train", f"{mine}/deck.yaml", "--set", f"output.dir={mine}")
+check("a folder holding the user's deck.yaml: a fresh run is refused, naming the file", one_line(r, "(deck.yaml)"), detail(r))
+r = run("train", f"{mine}/deck.yaml", "--set", f"output.dir={mine}", "--start-over")
+check("... and --start-over does not delete it", one_line(r, "may be yours and is not deleted") and
+      pathlib.Path(f"{mine}/deck.yaml").read_text() == deck_text, detail(r))
 
 # 12., 15. The latest pointer.
 lie = f"{tmp}/lie"
