@@ -621,6 +621,20 @@ void validate(Deck& deck, const Origins& origins, const LoadOptions& options) {
            fmt::format("{} sequences of model.seq_len = {} are {} tokens per microbatch",
                        deck.train.microbatch_size, model.seq_len, static_cast<long long>(b * T)),
            fmt::format("at most {} tokens per microbatch", std::numeric_limits<int>::max()));
+    constexpr Big kInt = std::numeric_limits<int>::max();
+    if (b * T * C > kInt)  // a stage boundary's activations go out in one 32-bit-counted message
+      fail(origins.locate({"train.microbatch_size", "model.seq_len", "model.hidden"}),
+           "train.microbatch_size",
+           fmt::format("b·T·C = {}·{}·{} floats per stage boundary message exceed 32-bit counts",
+                       deck.train.microbatch_size, model.seq_len, model.hidden),
+           fmt::format("b·T·C <= {}", std::numeric_limits<int>::max()));
+    // The schedule numbers the microbatches of the whole run with 32-bit integers.
+    if (static_cast<Big>(deck.train.steps) * m > kInt)
+      fail(origins.locate({"train.steps", "pipeline.microbatches"}), "train.steps",
+           fmt::format("{} steps of {} microbatches are more microbatches than 32-bit counts hold",
+                       deck.train.steps, pipe.microbatches),
+           fmt::format("train.steps · pipeline.microbatches <= {}",
+                       std::numeric_limits<int>::max()));
     if (bound > kLimit)
       fail(origins.locate({"model.layers", "model.hidden", "model.seq_len", "model.vocab",
                            "train.microbatch_size", "pipeline.microbatches"}),

@@ -182,6 +182,12 @@ check("7. check of a model whose sizes overflow 64 bits: one line, exit 2, no ne
       one_line(r, "beyond 2^60 bytes") and "-" not in r.stdout, detail(r))
 r = run("check", "inputs/gpt-tiny.yaml", "--set", "train.microbatch_size=2147483647", "--set", "model.seq_len=1048576")
 check("7. a microbatch beyond 32-bit token counts: one line, exit 2", one_line(r, "tokens per microbatch"), detail(r))
+r = run("check", "inputs/gpt-tiny.yaml", "--set", "train.steps=1000000000", "--set", "pipeline.microbatches=8")
+check("8. train.steps · microbatches beyond the schedule's 32-bit numbering: one line, exit 2",
+      one_line(r, "more microbatches than 32-bit counts hold"), detail(r))
+r = run("check", "inputs/gpt-tiny.yaml", "--set", "train.microbatch_size=1024", "--set", "model.seq_len=1024",
+        "--set", "model.hidden=4096")
+check("7. a stage boundary message beyond 32-bit counts: one line, exit 2", one_line(r, "b·T·C"), detail(r))
 r = run("check", "inputs/gpt-tiny.yaml", "--set", "train.steps=2147483648")
 check("8. train.steps=2147483648 fails check, not train", one_line(r, "train.steps: 2147483648 is out of range"), detail(r))
 
