@@ -102,6 +102,11 @@ int run_profile(const Context& context, const ProfileOptions& options) {
     if (b < 1)
       throw UserError(
           fmt::format("--microbatch-sizes: {} is out of range (allowed: integers >= 1)", b));
+  const std::string output = options.output.empty()
+                                 ? (std::filesystem::path(deck.output.dir) / "profile.h5").string()
+                                 : options.output;
+  // Every rank checks where rank 0 will write, before minutes of measuring: all refuse or none.
+  io::prepare_output_file(output, options.output.empty() ? "output.dir" : "--output");
   {
     // Each rank measures the embedding, one block and the head at the largest microbatch size.
     config::Deck parts = deck;
@@ -132,10 +137,6 @@ int run_profile(const Context& context, const ProfileOptions& options) {
   measure_link(context, profile);
   if (!context.root()) return 0;
   profile.machine = build_description();
-  const std::string output = options.output.empty()
-                                 ? (std::filesystem::path(deck.output.dir) / "profile.h5").string()
-                                 : options.output;
-  io::prepare_output_file(output, options.output.empty() ? "output.dir" : "--output");
   planner::write_profile(output, profile, deck);
 
   fmt::print(

@@ -5,7 +5,7 @@ cases (a rerun into an owned output.dir, a second live run, --resume '', a stage
 step, prepare-data over its input), the memory check before allocating, 64-bit deck ranges,
 filesystem mistakes, --kokkos-threads=abc, checkpoint manifests and `latest` pointers that lie,
 simulate --write-schedule into a folder, NaN options, and escaping of echoed file contents.
-Usage: test_hostile.py P2BW"""
+Usage: test_hostile.py P2BW MPIEXEC [MPIEXEC_FLAGS...]"""
 import hashlib
 import os
 import pathlib
@@ -18,7 +18,7 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
-P2BW = sys.argv[1]
+P2BW, MPIEXEC, FLAGS = sys.argv[1], sys.argv[2], sys.argv[3:]
 results = []
 TINY = ["inputs/gpt-tiny.yaml", "--set", "train.log_every=1"]
 
@@ -175,11 +175,37 @@ r = run("train", "inputs/gpt-3.8b.yaml", "--set", "pipeline.depth=1", "--set", "
 check("6. a model far beyond this machine's memory (real MemAvailable / cgroup): exit 2 within seconds",
       one_line(r, "predicted peak memory", "available") and not os.path.exists(f"{tmp}/big"), detail(r))
 
+# The memory on a node is divided among its ranks (MPI_Comm_split_type SHARED).
+r = run("check", *TINY, "--set", "pipeline.depth=2", env={"P2BW_TEST_MEMORY_AVAILABLE": "1"})
+peak = int(re.search(r"predicted peak memory .*? \((\d+) bytes\)", r.stdout).group(1)) if "predicted peak" in r.stdout else 0
+node = {"P2BW_TEST_MEMORY_AVAILABLE": str(int(1.5 * peak))}
+r = subprocess.run([MPIEXEC, "-n", "2", *FLAGS, P2BW, "train", *TINY, "--set", "pipeline.depth=2", "--set",
+                    f"output.dir={tmp}/shared"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                   env={**os.environ, **node})
+check("6. two ranks sharing a node that holds 1.5 stage peaks: refused, naming the share",
+      peak > 0 and one_line(r, "shared by 2 ranks on this node") and not os.path.exists(f"{tmp}/shared"), detail(r))
+r = subprocess.run([MPIEXEC, "-n", "2", *FLAGS, P2BW, "check", *TINY, "--set", "pipeline.depth=2"], cwd=ROOT,
+                   capture_output=True, text=True, timeout=120, env={**os.environ, **node})
+check("... and check inside that launch gives the same verdict, exit 2", one_line(r, "shared by 2 ranks on this node"),
+      detail(r))
+node = {"P2BW_TEST_MEMORY_AVAILABLE": str(int(2.5 * peak))}
+r = subprocess.run([MPIEXEC, "-n", "2", *FLAGS, P2BW, "train", *TINY, "--set", "pipeline.depth=2", "--set",
+                    f"output.dir={tmp}/shared"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                   env={**os.environ, **node})
+check("... with 2.5 stage peaks on the node both ranks fit and train", r.returncode == 0 and "step      6/6" in r.stdout,
+      detail(r))
+
 # 7., 8. Sizes and ranges.
-r = run("check", "inputs/gpt-tiny.yaml", "--set", "model.layers=100000", "--set", "model.hidden=1048576",
-        "--set", "model.heads=1", "--set", "model.seq_len=1048576")
-check("7. check of a model whose sizes overflow 64 bits: one line, exit 2, no negative bytes",
-      one_line(r, "beyond 2^60 bytes") and "-" not in r.stdout, detail(r))
+r = run("check", "inputs/gpt-tiny.yaml", "--set", "model.layers=100000", "--set", "model.hidden=16384",
+        "--set", "model.heads=1", "--set", "pipeline.microbatches=2147483647", "--set", "train.steps=1",
+        "--set", "pipeline.schedule=gpipe")
+check("7. check of a model whose sizes overflow 64 bits: one line, exit 2", one_line(r, "beyond 2^60 bytes"), detail(r))
+r = run("check", "inputs/gpt-tiny.yaml", "--set", "model.layers=100000", "--set", "model.hidden=16384",
+        "--set", "model.heads=1", "--set", "pipeline.microbatches=4096", "--set", "pipeline.schedule=gpipe")
+table = r.stdout[r.stdout.find("# predicted memory"):]
+check("7. check of a huge model that fits 64 bits: positive byte counts (PiB) and the memory verdict",
+      r.returncode == 0 and "PiB" not in table and "GiB" in table and not re.search(r"\s-\d", table)
+      and "does not fit" in r.stdout, detail(r) + table[:600])
 r = run("check", "inputs/gpt-tiny.yaml", "--set", "train.microbatch_size=2147483647", "--set", "model.seq_len=1048576")
 check("7. a microbatch beyond 32-bit token counts: one line, exit 2", one_line(r, "tokens per microbatch"), detail(r))
 r = run("check", "inputs/gpt-tiny.yaml", "--set", "train.steps=1000000000", "--set", "pipeline.microbatches=8")
