@@ -17,6 +17,7 @@
 #include "comm/deck_broadcast.hpp"
 #include "comm/transport.hpp"
 #include "command.hpp"
+#include "config/deck_io.hpp"
 #include "core/build_info.hpp"
 #include "core/error.hpp"
 #include "io/paths.hpp"
@@ -98,10 +99,19 @@ int run_profile(const Context& context, const ProfileOptions& options) {
   load.overrides = options.overrides;
   load.require_data = false;  // profiling runs on synthetic tokens
   const config::Deck deck = comm::load_deck_collective(options.deck, load, context.world);
-  for (int b : options.microbatch_sizes)  // the same check on every rank: all throw or none
+  for (int b : options.microbatch_sizes) {  // the same check on every rank: all throw or none
     if (b < 1)
       throw UserError(
           fmt::format("--microbatch-sizes: {} is out of range (allowed: integers >= 1)", b));
+    // The deck's own limits (32-bit token counts, 64-bit sizes) hold for every size measured.
+    config::Deck sized = deck;
+    sized.train.microbatch_size = b;
+    try {
+      config::parse_deck(config::to_yaml(sized), "the deck", ".", load);
+    } catch (const UserError& error) {
+      throw UserError(fmt::format("--microbatch-sizes {}: {}", b, error.what()));
+    }
+  }
   const std::string output = options.output.empty()
                                  ? (std::filesystem::path(deck.output.dir) / "profile.h5").string()
                                  : options.output;

@@ -84,6 +84,17 @@ int run_simulate(const Context& context, const Options& options) {
   if (options.batches < 1)
     throw UserError(
         fmt::format("--batches {}: needs at least one batch (allowed: >= 1)", options.batches));
+  // The schedule and its timeline hold every action of every batch: a bound keeps a typo in
+  // --batches from exhausting memory (std::bad_alloc) instead of being a one-line error.
+  constexpr std::int64_t kMaxActions = 8'000'000;
+  const std::int64_t actions =
+      std::int64_t{4} * options.batches * deck.pipeline.microbatches * deck.pipeline.depth;
+  if (actions > kMaxActions)
+    throw UserError(fmt::format(
+        "--batches {}: {} batches of m = {} microbatches on d = {} stages are about {} actions to "
+        "simulate (allowed: batches · m · d <= {})",
+        options.batches, options.batches, deck.pipeline.microbatches, deck.pipeline.depth, actions,
+        kMaxActions / 4));
   const auto kind = schedule::parse_kind(config::to_string(deck.pipeline.schedule));
   const int warmup = kind == schedule::ScheduleKind::two_bw
                          ? std::min(deck.pipeline.sync_warmup_steps, options.batches)
@@ -161,7 +172,7 @@ Command add_simulate(CLI::App& app) {
                 "each batch's all-reduce synchronises all stages, as p2bw train runs it");
   cli->add_option("--batches", options->batches, "batches (optimizer steps) to simulate")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(1, 10000));  // generating and replaying grows faster than linearly
   cli->add_option("--columns", options->columns, "width of the Gantt chart")
       ->capture_default_str()
       ->check(CLI::Range(20, 1000));

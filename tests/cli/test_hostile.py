@@ -167,6 +167,9 @@ check("bench checks memory too", one_line(r, "p2bw bench: predicted peak memory"
 r = run("profile", *TINY, "--microbatch-sizes", "1", "-o", f"{tmp}/p.h5", env=tight)
 check("profile checks memory too", one_line(r, "p2bw profile: predicted peak memory") and not os.path.exists(f"{tmp}/p.h5"),
       detail(r))
+r = run("profile", *TINY, "--set", "model.seq_len=1048576", "--microbatch-sizes", "1,2147483647", "-o", f"{tmp}/p.h5")
+check("profile --microbatch-sizes beyond the deck's 32-bit token limit: one line, exit 2",
+      one_line(r, "--microbatch-sizes 2147483647", "tokens per microbatch"), detail(r))
 r = run("check", *TINY, env=tight)
 check("check shows the same verdict", r.returncode == 0 and "does not fit" in r.stdout and "100000 bytes" in r.stdout, detail(r))
 # The real machine: the 3.8B model on one rank needs far more than any CI host has.
@@ -270,6 +273,12 @@ check("13. simulate --write-schedule FOLDER: one line, exit 2", one_line(r, "--w
 for option in ["--cost-forward", "--cost-backward", "--cost-message", "--cost-allreduce", "--cost-step"]:
     r = run("simulate", "inputs/gpt-tiny.yaml", option, "nan", "-o", f"{tmp}/sim.h5")
     check(f"14. simulate {option} nan: one line, exit 2", one_line(r, "not a finite number"), detail(r))
+r = run("simulate", "inputs/gpt-tiny.yaml", "--batches", "100000000", "-o", f"{tmp}/sim.h5")
+check("simulate --batches 100000000: one line, exit 2 (was std::bad_alloc, exit 1)", one_line(r, "--batches"),
+      detail(r))
+r = run("simulate", "inputs/gpt-tiny.yaml", "--set", "pipeline.depth=4", "--set", "pipeline.microbatches=100000",
+        "--batches", "100", "-o", f"{tmp}/sim.h5")
+check("simulate of batches · m · d beyond the bound: one line, exit 2", one_line(r, "actions to simulate"), detail(r))
 r = run("plan", "inputs/gpt-tiny.yaml", "--cluster", "inputs/clusters/cpu.yaml", "--memory-headroom", "nan")
 check("14. plan --memory-headroom nan: one line, exit 2", one_line(r, "not a finite number"), detail(r))
 
