@@ -250,7 +250,7 @@ CheckpointReader::CheckpointReader(const std::string& folder, const config::Deck
   if (m.string_attribute("/", "model_kind") != to_string(deck.model.kind))
     throw UserError(fmt::format(
         "{}: model_kind is {} in the checkpoint but {} in the deck (allowed: the same model)",
-        manifest, m.string_attribute("/", "model_kind"), to_string(deck.model.kind)));
+        manifest, m.string_attribute("/", "model_kind").substr(0, 40), to_string(deck.model.kind)));
   expect("model_layers", deck.model.layers);
   expect("model_hidden", deck.model.hidden);
   expect("model_heads", deck.model.heads);
@@ -259,7 +259,8 @@ CheckpointReader::CheckpointReader(const std::string& folder, const config::Deck
   if (m.string_attribute("/", "optimizer") != to_string(deck.train.optimizer.kind))
     throw UserError(fmt::format(
         "{}: optimizer {} in the checkpoint but {} in the deck (allowed: the same optimizer)",
-        manifest, m.string_attribute("/", "optimizer"), to_string(deck.train.optimizer.kind)));
+        manifest, m.string_attribute("/", "optimizer").substr(0, 40),
+        to_string(deck.train.optimizer.kind)));
   // Every number is checked against what a writer could have written, so a damaged or forged
   // manifest is one line here instead of a failure deep inside the trainer.
   const auto ranged = [&](const char* key, std::int64_t lo, std::int64_t hi) {

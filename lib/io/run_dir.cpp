@@ -141,7 +141,7 @@ RunDir::RunDir(const std::string& dir, RunMode mode, const std::string& checkpoi
         throw UserError(fmt::format(
             "--resume: the checkpoint belongs to run {}, output.dir {} holds run {} (allowed: a "
             "checkpoint of this run, or another output.dir to continue that run in)",
-            checkpoint_run_id, dir, recorded));
+            checkpoint_run_id.substr(0, 40), dir, recorded));
       if (recorded.empty() && holds_run(dir))
         throw UserError(fmt::format(
             "output.dir {} holds files of a run without a run_id (allowed: another output.dir "

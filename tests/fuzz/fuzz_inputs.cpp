@@ -47,7 +47,8 @@ void fuzz_deck(const std::string& text) {
 void fuzz_tokens(const std::string& bytes) {
   const fs::path path = scratch() / "tokens.bin";
   std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
-  for (auto format : {config::DataFormat::tokens, config::DataFormat::llmc, config::DataFormat::text}) {
+  for (auto format :
+       {config::DataFormat::tokens, config::DataFormat::llmc, config::DataFormat::text}) {
     try {
       const data::Tokens tokens = data::load_tokens(path.string(), format);
       for (std::int32_t id : tokens.ids)
@@ -98,7 +99,8 @@ void fuzz_checkpoint(const std::string& script) {
       continue;
     }
     if (colon == std::string::npos || equals == std::string::npos || equals < colon) continue;
-    const std::string where = line.substr(0, colon), key = line.substr(colon + 1, equals - colon - 1),
+    const std::string where = line.substr(0, colon),
+                      key = line.substr(colon + 1, equals - colon - 1),
                       value = line.substr(equals + 1);
     if (key.empty() || key.find('\0') != std::string::npos) continue;
     const fs::path file = where == "m"    ? work / "step_00000003" / "manifest.h5"
