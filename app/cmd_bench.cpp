@@ -36,6 +36,11 @@ int run_bench(const Context& context, const std::string& path,
   options.require_data = false;
   const config::Deck deck = comm::load_deck_collective(path, options, context.world);
   if (!context.root()) return 0;
+  // bench runs the whole model on this rank, one microbatch at a time.
+  config::Deck alone = deck;
+  alone.pipeline.depth = alone.pipeline.width = alone.pipeline.microbatches = 1;
+  alone.pipeline.partition.clear();
+  require_memory_for(alone, MPI_COMM_SELF, "p2bw bench");
   kernels::set_tf32(deck.train.tf32);
   char host[256] = {0};
   gethostname(host, sizeof(host) - 1);

@@ -10,6 +10,7 @@
 #include "config/deck_io.hpp"
 #include "core/error.hpp"
 #include "pipeline/memory.hpp"
+#include "pipeline/memory_limit.hpp"
 #include "pipeline/partition.hpp"
 
 namespace p2bw::app {
@@ -17,12 +18,7 @@ namespace p2bw::app {
 namespace {
 
 std::string bytes(std::int64_t n) {
-  const double value = static_cast<double>(n);
-  if (value >= 1024.0 * 1024 * 1024)
-    return fmt::format("{:.2f} GiB", value / (1024.0 * 1024 * 1024));
-  if (value >= 1024.0 * 1024) return fmt::format("{:.2f} MiB", value / (1024.0 * 1024));
-  if (value >= 1024.0) return fmt::format("{:.1f} KiB", value / 1024.0);
-  return fmt::format("{} B", n);
+  return pipeline::format_bytes(n);
 }
 
 std::string semantics(const config::Deck& deck) {
@@ -59,11 +55,16 @@ int run_check(const Context& context, const std::string& path,
   // A deck is checked on its own (one rank) or inside the launch it is meant for (d·w ranks).
   options.world_size = context.size > 1 ? context.size : 0;
   const config::Deck deck = comm::load_deck_collective(path, options, context.world);
+  const int ranks = deck.pipeline.depth * deck.pipeline.width;
+  // Inside its launch the check measures what each rank really has; alone, it assumes all d·w
+  // ranks share this host (as jobscripts/local-run runs them).
+  const pipeline::MemoryAvailable available = context.size > 1
+                                                  ? pipeline::available_memory(context.world)
+                                                  : pipeline::available_memory_for(ranks);
   if (!context.root()) return 0;
 
   const auto map = pipeline::make_stage_map(deck);
   const auto memory = pipeline::predict_memory(deck, map);
-  const int ranks = deck.pipeline.depth * deck.pipeline.width;
   fmt::print("# resolved deck: {}\n{}\n", path, config::to_yaml(deck));
   fmt::print("# semantics\n{}\n", semantics(deck));
   fmt::print("# launch: {} MPI ranks (d = {}, w = {}): mpiexec -n {} p2bw train {}\n", ranks,
@@ -88,10 +89,36 @@ int run_check(const Context& context, const std::string& path,
                m.versions, m.in_flight, bytes(m.weights), bytes(m.gradients), bytes(m.optimizer),
                bytes(m.activations), bytes(m.buffers), bytes(m.total()));
   }
+  size_t largest = 0;
+  for (size_t s = 0; s < memory.size(); ++s)
+    if (memory[s].total() > memory[largest].total()) largest = s;
+  const std::string refusal = pipeline::memory_refusal(memory[largest].total(), available,
+                                                       fmt::format("stage {}", largest));
+  fmt::print("\n# memory check ({}, {} rank(s) sharing {} on this {}): ", available.source,
+             available.ranks_sharing, bytes(available.node_bytes),
+             context.size > 1 ? "launch" : "host");
+  if (refusal.empty()) {
+    fmt::print("fits: the largest stage, {}, needs {} of {} per rank\n", largest,
+               bytes(memory[largest].total()), bytes(available.bytes));
+    return 0;
+  }
+  fmt::print("does not fit: p2bw train, bench and profile refuse it\n");
+  // Inside the launch this is the verdict of p2bw train: the same refusal, exit code 2.
+  if (context.size > 1 && !pipeline::memory_check_ignored()) throw UserError(refusal);
+  fmt::print("  {}\n", refusal);
   return 0;
 }
 
 }  // namespace
+
+void require_memory_for(const config::Deck& deck, MPI_Comm comm, const std::string& who) {
+  const auto memory = pipeline::predict_memory(deck, pipeline::make_stage_map(deck));
+  std::int64_t peak = 0;
+  for (const auto& stage : memory) peak = std::max(peak, stage.total());
+  const pipeline::MemoryAvailable available = pipeline::available_memory(comm);
+  const std::string refusal = pipeline::memory_refusal(peak, available, who);
+  if (!refusal.empty() && !pipeline::memory_check_ignored()) throw UserError(refusal);
+}
 
 void add_set_option(CLI::App& command, std::vector<std::string>& overrides) {
   command

@@ -16,6 +16,7 @@
 #include "command.hpp"
 #include "config/deck_io.hpp"
 #include "core/error.hpp"
+#include "io/paths.hpp"
 #include "planner/cluster.hpp"
 #include "planner/cost_model.hpp"
 #include "planner/profile.hpp"
@@ -81,14 +82,6 @@ void print_row(int rank, const planner::Prediction& p) {
       rank, c.width, c.depth, c.microbatch_size, c.microbatches, config::to_string(c.schedule),
       c.recompute ? "yes" : "no", c.global_batch(), p.samples_per_s, p.tokens_per_s,
       1e3 * p.batch_time_s, 1e3 * p.allreduce_time_s, stages);
-}
-
-void write_text(const std::string& path, const std::string& text) {
-  const auto parent = std::filesystem::absolute(path).parent_path();
-  std::filesystem::create_directories(parent);
-  std::ofstream file(path);
-  if (!file) throw UserError(path + ": cannot write the file (allowed: a writable path)");
-  file << text;
 }
 
 int run_plan(const Context& context, const PlanOptions& options) {
@@ -200,14 +193,16 @@ int run_plan(const Context& context, const PlanOptions& options) {
   // Status lines go to stderr with JSON so stdout stays one JSON document.
   std::FILE* status = json ? stderr : stdout;
   if (!options.write_deck.empty()) {
-    write_text(options.write_deck, planner::plan_deck_yaml(deck, best));
+    io::write_text_file(options.write_deck, planner::plan_deck_yaml(deck, best), "--write-deck");
     fmt::print(status, "deck: {}\n", options.write_deck);
   }
   if (!options.write_jobscript.empty()) {
     const std::string name = std::filesystem::path(options.write_deck).stem().string();
-    write_text(options.write_jobscript,
-               planner::jobscript(cluster, best, std::filesystem::absolute(options.write_deck),
-                                  deck.output.dir, name));
+    io::write_text_file(
+        options.write_jobscript,
+        planner::jobscript(cluster, best, std::filesystem::absolute(options.write_deck),
+                           deck.output.dir, name),
+        "--write-jobscript");
     fmt::print(status, "jobscript: {}\n", options.write_jobscript);
   }
   return 0;
@@ -239,6 +234,7 @@ Command add_plan(CLI::App& app) {
   cli->add_option("--memory-headroom", options->memory_headroom,
                   "usable fraction of each device's memory")
       ->capture_default_str()
+      ->check(finite_number())
       ->check(CLI::Range(0.05, 1.0));
   cli->add_option("--write-deck", options->write_deck, "write the best configuration as a deck");
   cli->add_option("--write-jobscript", options->write_jobscript,

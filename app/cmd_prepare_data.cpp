@@ -2,13 +2,16 @@
 // token file (format version 1, see lib/data/token_file.hpp).
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <memory>
+#include <system_error>
 
 #include "command.hpp"
 #include "core/error.hpp"
 #include "data/token_file.hpp"
+#include "io/paths.hpp"
 
 namespace p2bw::app {
 
@@ -29,8 +32,18 @@ Command add_prepare_data(CLI::App& app) {
   return {
       cli, [options](const Context& context) {
         if (!context.root()) return 0;
+        namespace fs = std::filesystem;
+        io::prepare_output_file(options->output, "--output");
         std::string text;
         for (const std::string& input : options->inputs) {
+          std::error_code error;
+          if (fs::is_directory(input, error))
+            throw UserError(input + ": is a folder (allowed: readable text files)");
+          // Writing the output over an input would replace the text with its tokens.
+          if (fs::exists(options->output, error) && fs::equivalent(input, options->output, error))
+            throw UserError(fmt::format(
+                "--output {}: is also an input (allowed: a new file, not one of the inputs)",
+                options->output));
           std::ifstream file(input, std::ios::binary);
           if (!file)
             throw UserError(input + ": cannot read the text file (allowed: readable text files)");

@@ -17,8 +17,10 @@
 #include "comm/deck_broadcast.hpp"
 #include "comm/transport.hpp"
 #include "command.hpp"
+#include "config/deck_io.hpp"
 #include "core/build_info.hpp"
 #include "core/error.hpp"
+#include "io/paths.hpp"
 #include "planner/profile.hpp"
 
 namespace p2bw::app {
@@ -97,21 +99,54 @@ int run_profile(const Context& context, const ProfileOptions& options) {
   load.overrides = options.overrides;
   load.require_data = false;  // profiling runs on synthetic tokens
   const config::Deck deck = comm::load_deck_collective(options.deck, load, context.world);
-  for (int b : options.microbatch_sizes)  // the same check on every rank: all throw or none
+  for (int b : options.microbatch_sizes) {  // the same check on every rank: all throw or none
     if (b < 1)
       throw UserError(
           fmt::format("--microbatch-sizes: {} is out of range (allowed: integers >= 1)", b));
+    // The deck's own limits (32-bit token counts, 64-bit sizes) hold for every size measured.
+    config::Deck sized = deck;
+    sized.train.microbatch_size = b;
+    try {
+      config::parse_deck(config::to_yaml(sized), "the deck", ".", load);
+    } catch (const UserError& error) {
+      throw UserError(fmt::format("--microbatch-sizes {}: {}", b, error.what()));
+    }
+  }
+  const std::string output = options.output.empty()
+                                 ? (std::filesystem::path(deck.output.dir) / "profile.h5").string()
+                                 : options.output;
+  // Every rank checks where rank 0 will write, before minutes of measuring: all refuse or none.
+  io::prepare_output_file(output, options.output.empty() ? "output.dir" : "--output");
+  {
+    // Each rank measures the embedding, one block and the head at the largest microbatch size.
+    config::Deck parts = deck;
+    parts.model.layers = parts.pipeline.depth = parts.pipeline.width = 1;
+    parts.pipeline.microbatches = 1;
+    parts.pipeline.partition.clear();
+    for (int b : options.microbatch_sizes)
+      parts.train.microbatch_size = std::max(parts.train.microbatch_size, b);
+    std::string refusal;
+    try {
+      require_memory_for(parts, context.world, "p2bw profile");
+    } catch (const UserError& error) {
+      refusal = error.what();
+    }
+    int failed = !refusal.empty(), any = 0;
+    P2BW_MPI_CHECK(MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, context.world));
+    if (any)
+      throw UserError(!refusal.empty()
+                          ? refusal
+                          : "p2bw profile: another rank of the launch lacks the memory "
+                            "(allowed: fewer ranks per node, smaller "
+                            "--microbatch-sizes; P2BW_IGNORE_MEMORY_CHECK=1 runs "
+                            "anyway)");
+  }
   planner::Profile profile =
       planner::measure_profile(deck, options.microbatch_sizes, options.repeats);
   take_slowest(profile, context.world);
   measure_link(context, profile);
   if (!context.root()) return 0;
   profile.machine = build_description();
-  const std::string output = options.output.empty()
-                                 ? (std::filesystem::path(deck.output.dir) / "profile.h5").string()
-                                 : options.output;
-  const auto parent = std::filesystem::absolute(output).parent_path();
-  std::filesystem::create_directories(parent);
   planner::write_profile(output, profile, deck);
 
   fmt::print(

@@ -11,6 +11,7 @@
 #include "comm/deck_broadcast.hpp"
 #include "command.hpp"
 #include "core/error.hpp"
+#include "io/paths.hpp"
 #include "io/simulation_file.hpp"
 #include "schedule/check.hpp"
 #include "schedule/simulate.hpp"
@@ -50,6 +51,17 @@ int run_simulate(const Context& context, const Options& options) {
   if (options.batches < 1)
     throw UserError(
         fmt::format("--batches {}: needs at least one batch (allowed: >= 1)", options.batches));
+  // The schedule and its timeline hold every action of every batch: a bound keeps a typo in
+  // --batches from exhausting memory (std::bad_alloc) instead of being a one-line error.
+  constexpr std::int64_t kMaxActions = 8'000'000;
+  const std::int64_t actions =
+      std::int64_t{4} * options.batches * deck.pipeline.microbatches * deck.pipeline.depth;
+  if (actions > kMaxActions)
+    throw UserError(fmt::format(
+        "--batches {}: {} batches of m = {} microbatches on d = {} stages are about {} actions to "
+        "simulate (allowed: batches · m · d <= {})",
+        options.batches, options.batches, deck.pipeline.microbatches, deck.pipeline.depth, actions,
+        kMaxActions / 4));
   const schedule::ScheduleKind kind = deck.pipeline.schedule;
   const int warmup = kind == schedule::ScheduleKind::two_bw
                          ? std::min(deck.pipeline.sync_warmup_steps, options.batches)
@@ -58,9 +70,12 @@ int run_simulate(const Context& context, const Options& options) {
       kind, deck.pipeline.depth, deck.pipeline.microbatches, options.batches, warmup);
   const schedule::CheckResult proof = schedule::check(sched);
   if (!proof.ok()) throw InternalError("generated schedule fails the checker: " + proof.summary());
-  if (!options.schedule_out.empty()) {
-    std::ofstream(options.schedule_out) << schedule::to_text(sched);
-  }
+  if (!options.schedule_out.empty())
+    io::write_text_file(options.schedule_out, schedule::to_text(sched), "--write-schedule");
+  const std::string output =
+      options.output.empty() ? (std::filesystem::path(deck.output.dir) / "simulation.h5").string()
+                             : options.output;
+  io::prepare_output_file(output, options.output.empty() ? "output.dir" : "--output");
   schedule::Costs costs = schedule::Costs::uniform(
       options.forward, options.backward, options.message, options.allreduce, options.step);
   costs.global_sync = options.global_sync;
@@ -87,10 +102,6 @@ int run_simulate(const Context& context, const Options& options) {
              steady_fraction.empty() ? "" : " (" + steady_fraction + ")");
   fmt::print("\n{}", schedule::render_gantt(report.timeline, options.columns,
                                             std::min(2, options.batches)));
-  const std::string output =
-      options.output.empty() ? (std::filesystem::path(deck.output.dir) / "simulation.h5").string()
-                             : options.output;
-  std::filesystem::create_directories(std::filesystem::absolute(output).parent_path());
   io::write_simulation(output, sched, report, deck);
   fmt::print("\ntimeline: {}\n", output);
   return 0;
@@ -104,26 +115,31 @@ Command add_simulate(CLI::App& app) {
       "simulate", "replay a deck's schedule with per-action costs; report bubbles");
   add_deck_options(*cli, options->deck, options->overrides);
   cli->add_option("--cost-forward", options->forward, "forward time of one microbatch on a stage")
+      ->check(finite_number())
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cli->add_option("--cost-backward", options->backward,
                   "backward time of one microbatch on a stage")
+      ->check(finite_number())
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cli->add_option("--cost-message", options->message, "time of one activation or gradient message")
+      ->check(finite_number())
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   cli->add_option("--cost-allreduce", options->allreduce, "data-parallel all-reduce time per batch")
+      ->check(finite_number())
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   cli->add_option("--cost-step", options->step, "optimizer step time per batch")
+      ->check(finite_number())
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   cli->add_flag("--global-sync", options->global_sync,
                 "each batch's all-reduce synchronises all stages, as p2bw train runs it");
   cli->add_option("--batches", options->batches, "batches (optimizer steps) to simulate")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(1, 10000));  // generating and replaying grows faster than linearly
   cli->add_option("--columns", options->columns, "width of the Gantt chart")
       ->capture_default_str()
       ->check(CLI::Range(20, 1000));

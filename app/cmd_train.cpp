@@ -22,7 +22,11 @@
 #include "data/token_file.hpp"
 #include "io/checkpoint.hpp"
 #include "io/metrics_file.hpp"
+#include "io/paths.hpp"
+#include "io/run_dir.hpp"
 #include "pipeline/memory.hpp"
+#include "pipeline/memory_limit.hpp"
+#include "pipeline/partition.hpp"
 #include "pipeline/pipeline_trainer.hpp"
 #include "schedule/text.hpp"
 
@@ -166,27 +170,65 @@ std::shared_ptr<const data::Tokens> load_data(const Context& context, const conf
   return needed ? tokens : nullptr;
 }
 
+// What the user asked to do with output.dir.
+struct RunRequest {
+  bool resume = false;  // --resume given (possibly empty, which is refused)
+  std::string resume_from;
+  bool start_over = false;
+};
+
 int run_train(const Context& context, const std::string& path,
-              const std::vector<std::string>& overrides, const std::string& resume_from) {
+              const std::vector<std::string>& overrides, const RunRequest& request) {
+  if (request.resume && request.start_over)
+    throw UserError(
+        "--resume and --start-over: one continues the run in output.dir, the other deletes it "
+        "(allowed: one of them)");
+  if (request.resume && request.resume_from.empty())
+    throw UserError(
+        "--resume: empty (allowed: latest, or a checkpoints/step_<N> folder; --start-over to "
+        "train again from step 1)");
   config::LoadOptions options;
   options.overrides = overrides;
   options.world_size = context.size;
   const config::Deck deck = comm::load_deck_collective(path, options, context.world);
   const comm::ProcessGrid grid(context.world, deck.pipeline.depth, deck.pipeline.width);
-  const auto tokens = load_data(context, deck, grid.first_stage() || grid.last_stage());
+  const std::string& resume_from = request.resume_from;
   const std::string checkpoints = (std::filesystem::path(deck.output.dir) / "checkpoints").string();
   std::unique_ptr<io::CheckpointReader> checkpoint;
+  // Everything is checked before anything is written or allocated: the checkpoint, the memory
+  // the ranks can have, the data and the ownership of output.dir.
+  collectively(context, [&] {
+    if (!request.resume) return;
+    checkpoint = std::make_unique<io::CheckpointReader>(
+        io::resolve_checkpoint(checkpoints, resume_from), deck);
+    if (checkpoint->state().step >= deck.train.steps)
+      throw UserError(
+          fmt::format("--resume {}: the checkpoint is at step {}, the run has train.steps = {} "
+                      "(allowed: more steps)",
+                      resume_from, checkpoint->state().step, deck.train.steps));
+  });
+  {
+    const auto predicted = pipeline::predict_memory(deck, pipeline::make_stage_map(deck));
+    const pipeline::MemoryAvailable available = pipeline::available_memory(context.world);
+    collectively(context, [&] {
+      const std::string why =
+          pipeline::memory_refusal(predicted[static_cast<size_t>(grid.stage())].total(), available,
+                                   fmt::format("stage {} (rank {})", grid.stage(), context.rank));
+      if (!why.empty() && !pipeline::memory_check_ignored()) throw UserError(why);
+    });
+  }
+  const auto tokens = load_data(context, deck, grid.first_stage() || grid.last_stage());
+  std::unique_ptr<io::RunDir> run_dir;
+  collectively(context, [&] {
+    if (!context.root()) return;
+    run_dir = std::make_unique<io::RunDir>(deck.output.dir,
+                                           request.resume       ? io::RunMode::resume
+                                           : request.start_over ? io::RunMode::start_over
+                                                                : io::RunMode::fresh,
+                                           checkpoint ? checkpoint->state().run_id : "");
+  });
   std::unique_ptr<pipeline::PipelineTrainer> trainer_owner;
   collectively(context, [&] {
-    if (!resume_from.empty()) {
-      checkpoint = std::make_unique<io::CheckpointReader>(
-          io::resolve_checkpoint(checkpoints, resume_from), deck);
-      if (checkpoint->state().step >= deck.train.steps)
-        throw UserError(
-            fmt::format("--resume {}: the checkpoint is at step {}, the run has train.steps = {} "
-                        "(allowed: more steps)",
-                        resume_from, checkpoint->state().step, deck.train.steps));
-    }
     trainer_owner =
         std::make_unique<pipeline::PipelineTrainer>(deck, grid, tokens, checkpoint.get());
   });
@@ -195,9 +237,16 @@ int run_train(const Context& context, const std::string& path,
   std::signal(SIGTERM, request_stop);
   std::signal(SIGUSR1, request_stop);
 
+  collectively(context, [&] {
+    if (!context.root()) return;
+    if (request.start_over)
+      fmt::print("--start-over: removing {}/{{{}}}\n", deck.output.dir,
+                 fmt::join(io::run_files(), ","));
+    run_dir->commit();
+    io::write_text_file((std::filesystem::path(deck.output.dir) / "deck.yaml").string(),
+                        config::to_yaml(deck), "output.dir");
+  });
   if (context.root()) {
-    std::filesystem::create_directories(deck.output.dir);
-    std::ofstream(std::filesystem::path(deck.output.dir) / "deck.yaml") << config::to_yaml(deck);
     fmt::print(
         "p2bw train {}: {} {} x {} (T = {}), {} steps of {} sequences, schedule {}, d = {}, w = "
         "{}\n",
@@ -210,7 +259,7 @@ int run_train(const Context& context, const std::string& path,
                  (s + 1) * deck.pipeline.width - 1, stages[s].has_embedding ? "embedding + " : "",
                  stages[s].first_block, stages[s].first_block + stages[s].blocks - 1,
                  stages[s].has_head ? " + head" : "");
-    fmt::print("outputs: {}\n", deck.output.dir);
+    fmt::print("outputs: {} (run {})\n", deck.output.dir, run_dir->run_id());
     if (checkpoint)
       fmt::print("resumed after step {} from {}\n", checkpoint->state().step,
                  io::resolve_checkpoint(checkpoints, resume_from));
@@ -294,17 +343,24 @@ Command add_train(CLI::App& app) {
   struct Options {
     std::string deck;
     std::vector<std::string> overrides;
-    std::string resume;
+    RunRequest request;
+    CLI::Option* resume = nullptr;
   };
   auto options = std::make_shared<Options>();
   CLI::App* cli = app.add_subcommand("train", "train a model from a deck on d·w MPI ranks");
   add_deck_options(*cli, options->deck, options->overrides);
-  cli->add_option("--resume", options->resume,
-                  "continue from a checkpoint: latest (of output.dir) or a checkpoints/step_<N> "
-                  "folder; any layout")
-      ->type_name("latest|PATH");
+  options->resume =
+      cli->add_option(
+             "--resume", options->request.resume_from,
+             "continue from a checkpoint: latest (of output.dir) or a checkpoints/step_<N> "
+             "folder; any layout")
+          ->type_name("latest|PATH");
+  cli->add_flag("--start-over", options->request.start_over,
+                "output.dir holds a run: delete its run_id, deck.yaml, metrics.h5 and checkpoints/ "
+                "(nothing else) and train from step 1; refused while that run is live");
   return {cli, [options](const Context& context) {
-            return run_train(context, options->deck, options->overrides, options->resume);
+            options->request.resume = options->resume->count() > 0;
+            return run_train(context, options->deck, options->overrides, options->request);
           }};
 }
 

@@ -5,6 +5,8 @@
 #include <mpi.h>
 #include <CLI/CLI.hpp>
 
+#include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
@@ -24,6 +26,31 @@ struct Command {
   CLI::App* cli = nullptr;
   std::function<int(const Context&)> run;
 };
+
+// A check for number options: CLI11's PositiveNumber and Range let NaN through (every comparison
+// with NaN is false); this one refuses NaN and infinities.
+inline CLI::Validator finite_number() {
+  return CLI::Validator(
+      [](std::string& text) {
+        char* end = nullptr;
+        const double value = std::strtod(text.c_str(), &end);
+        if (end == text.c_str() || *end != '\0' || !std::isfinite(value))
+          return "'" + text + "' is not a finite number";
+        return std::string();
+      },
+      "FINITE");
+}
+
+}  // namespace p2bw::app
+namespace p2bw::config {
+struct Deck;
+}
+namespace p2bw::app {
+
+// The memory check before allocating (pipeline/memory_limit.hpp) for a deck all of whose stages
+// run on this rank's share of the memory; `comm` is the ranks that measure together. Refuses with
+// a UserError naming `who` unless P2BW_IGNORE_MEMORY_CHECK=1. Collective over `comm`.
+void require_memory_for(const config::Deck& deck, MPI_Comm comm, const std::string& who);
 
 // Each registers one subcommand on `app`.
 Command add_check(CLI::App& app);

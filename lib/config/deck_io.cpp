@@ -336,7 +336,7 @@ const std::vector<Spec>& specs() {
           "train.microbatch_size", +[](Deck& d) -> int& { return d.train.microbatch_size; }, 1,
           kBig, "b: sequences per microbatch"),
       integer_key(
-          "train.steps", +[](Deck& d) -> std::int64_t& { return d.train.steps; }, 1, kHuge,
+          "train.steps", +[](Deck& d) -> std::int64_t& { return d.train.steps; }, 1, kBig,
           "optimizer steps (one per global batch of b·m·w sequences)", true),
       integer_key(
           "train.seed", +[](Deck& d) -> std::uint64_t& { return d.train.seed; }, 0, kHuge,
@@ -366,7 +366,7 @@ const std::vector<Spec>& specs() {
           "peak learning rate"),
       integer_key(
           "train.lr_warmup_steps",
-          +[](Deck& d) -> std::int64_t& { return d.train.lr_warmup_steps; }, 0, kHuge,
+          +[](Deck& d) -> std::int64_t& { return d.train.lr_warmup_steps; }, 0, kBig,
           "linear warm-up steps from 0 to train.lr"),
       choice_key(
           "train.lr_decay", +[](Deck& d) -> LrDecay& { return d.train.lr_decay; },
@@ -592,6 +592,47 @@ void validate(Deck& deck, const Origins& origins, const LoadOptions& options) {
       fail(where, "pipeline.partition",
            fmt::format("sums to {} blocks, the model has {}", sum, model.layers),
            fmt::format("entries summing to model.layers = {}", model.layers));
+  }
+  // Every size p2bw computes (parameters, activations, the bytes `check` prints) is a 64-bit
+  // integer: a conservative bound of the largest, in long double, keeps them all far from
+  // overflowing (and a sequence of a microbatch within the kernels' 32-bit extents).
+  {
+    using Big = long double;
+    const Big b = deck.train.microbatch_size, T = model.seq_len, C = model.hidden, H = model.heads,
+              L = model.layers, V = static_cast<Big>(padded_vocab(model.vocab)),
+              m = pipe.microbatches;
+    const Big params = L * (12 * C * C + 13 * C) + 2 * V * C + T * C + 2 * C;
+    const Big block = 16 * b * T * C + 4 * b * T + b * H * T * T, head = b * T * (2 * C + 2 + V);
+    const Big bound = 20 * params + 4 * (m + 2) * (L * block + head + b * T) + 64 * (block + head);
+    constexpr Big kLimit = static_cast<Big>(std::int64_t{1} << 60);
+    if (b * T > static_cast<Big>(std::numeric_limits<int>::max()))
+      fail(origins.locate({"train.microbatch_size", "model.seq_len"}), "train.microbatch_size",
+           fmt::format("{} sequences of model.seq_len = {} are {} tokens per microbatch",
+                       deck.train.microbatch_size, model.seq_len, static_cast<long long>(b * T)),
+           fmt::format("at most {} tokens per microbatch", std::numeric_limits<int>::max()));
+    constexpr Big kInt = std::numeric_limits<int>::max();
+    if (b * T * C > kInt)  // a stage boundary's activations go out in one 32-bit-counted message
+      fail(origins.locate({"train.microbatch_size", "model.seq_len", "model.hidden"}),
+           "train.microbatch_size",
+           fmt::format("b·T·C = {}·{}·{} floats per stage boundary message exceed 32-bit counts",
+                       deck.train.microbatch_size, model.seq_len, model.hidden),
+           fmt::format("b·T·C <= {}", std::numeric_limits<int>::max()));
+    // The schedule numbers the microbatches of the whole run with 32-bit integers.
+    if (static_cast<Big>(deck.train.steps) * m > kInt)
+      fail(origins.locate({"train.steps", "pipeline.microbatches"}), "train.steps",
+           fmt::format("{} steps of {} microbatches are more microbatches than 32-bit counts hold",
+                       deck.train.steps, pipe.microbatches),
+           fmt::format("train.steps · pipeline.microbatches <= {}",
+                       std::numeric_limits<int>::max()));
+    if (bound > kLimit)
+      fail(origins.locate({"model.layers", "model.hidden", "model.seq_len", "model.vocab",
+                           "train.microbatch_size", "pipeline.microbatches"}),
+           "model",
+           fmt::format("the model's memory is beyond 2^60 bytes (about {:.3g} bytes), more than "
+                       "64-bit byte counts can hold",
+                       static_cast<double>(bound)),
+           "smaller model.layers, model.hidden, model.seq_len, train.microbatch_size or "
+           "pipeline.microbatches");
   }
   if (deck.train.lr_min > deck.train.lr)
     fail(origins.locate({"train.lr_min", "train.lr"}), "train.lr_min",

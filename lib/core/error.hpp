@@ -12,17 +12,25 @@ constexpr int kExitOk = 0;
 constexpr int kExitInternal = 1;
 constexpr int kExitUser = 2;
 
+// `text` safe to print on one terminal line: control characters (newlines and escapes included),
+// C1 controls and bytes that are not valid UTF-8 become \xNN; everything else (UTF-8 text such as
+// "d·w") stays. Idempotent, so a message escaped twice reads the same.
+std::string escape_for_message(const std::string& text);
+
 // A mistake in what the user gave us (deck, command line, input file). The message is one line,
-// already prefixed with where the mistake is (e.g. "deck.yaml:12: model.heads: ...").
+// already prefixed with where the mistake is (e.g. "deck.yaml:12: model.heads: ..."); whatever of
+// a file's contents it echoes is escaped (escape_for_message).
 class UserError : public std::runtime_error {
  public:
-  explicit UserError(const std::string& message) : std::runtime_error(message) {}
+  explicit UserError(const std::string& message)
+      : std::runtime_error(escape_for_message(message)) {}
 };
 
 // A failing library call or a broken invariant inside p2bw: a bug or a sick machine.
 class InternalError : public std::runtime_error {
  public:
-  explicit InternalError(const std::string& message) : std::runtime_error(message) {}
+  explicit InternalError(const std::string& message)
+      : std::runtime_error(escape_for_message(message)) {}
 };
 
 [[noreturn]] void throw_call_error(const char* library, const char* call, const std::string& detail,

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <system_error>
 
 #include "core/error.hpp"
 
@@ -133,7 +134,13 @@ void write_token_file(const std::string& path, const Tokens& tokens) {
     if (!file.flush())
       throw UserError(path + ": writing the token file failed (allowed: a path with free space)");
   }
-  std::filesystem::rename(temporary, path);
+  std::error_code error;
+  std::filesystem::rename(temporary, path, error);
+  if (error) {
+    std::filesystem::remove(temporary, error);
+    throw UserError(path + ": cannot replace the token file: " + error.message() +
+                    " (allowed: a writable file path)");
+  }
 }
 
 }  // namespace p2bw::data

@@ -10,12 +10,15 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <system_error>
 #include <thread>
 
 #include "config/deck_io.hpp"
 #include "core/error.hpp"
 #include "core/hash.hpp"
 #include "io/hdf5_file.hpp"
+#include "io/run_dir.hpp"
 
 namespace p2bw::io {
 
@@ -69,6 +72,35 @@ void require_float32(const H5File& file, const std::string& name) {
                     file.path(), name));
 }
 
+// The run id of the run directory that holds `run_checkpoints` ("" for a bare folder).
+std::string run_id_of(const std::string& run_checkpoints) {
+  return read_run_id(fs::absolute(run_checkpoints).parent_path().string());
+}
+
+// FNV-1a 64 of a whole file, as hex.
+std::string file_checksum(const fs::path& path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) throw UserError(path.string() + ": cannot read the checkpoint file");
+  std::vector<char> buffer(1 << 20);
+  std::uint64_t hash = fnv1a64(nullptr, 0);
+  while (file) {
+    file.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    hash = fnv1a64(buffer.data(), static_cast<std::size_t>(file.gcount()), hash);
+  }
+  return fmt::format("{:016x}", hash);
+}
+
+// A step_<N> folder name as step_name writes it; `step` receives N.
+bool parse_step_name(const std::string& name, std::int64_t& step) {
+  if (name.size() < 13 || name.size() > 24 || name.compare(0, 5, "step_") != 0) return false;
+  step = 0;
+  for (size_t i = 5; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return false;
+    step = step * 10 + (name[i] - '0');
+  }
+  return name == step_name(step);
+}
+
 }  // namespace
 
 void write_stage_file(const std::string& run_checkpoints, std::int64_t step, int stage,
@@ -80,6 +112,9 @@ void write_stage_file(const std::string& run_checkpoints, std::int64_t step, int
     H5File file(path.string(), H5File::Mode::create);
     file.set_attribute("/", "format", std::string("p2bw-checkpoint-stage"));
     file.set_attribute("/", "format_version", kCheckpointFormatVersion);
+    file.set_attribute("/", "step", step);
+    file.set_attribute("/", "stage", std::int64_t{stage});
+    file.set_attribute("/", "run_id", run_id_of(run_checkpoints));
     write_group(file, "params", *data.tensors, data.newest);
     write_group(file, "params_old", *data.tensors, data.old);
     write_group(file, "optimizer/first", *data.tensors, data.first);
@@ -106,6 +141,10 @@ std::string commit_checkpoint(const std::string& run_checkpoints, std::int64_t s
     file.set_attribute("/", "old_version", std::int64_t{state.old_version});
     file.set_attribute("/", "optimizer", std::string(to_string(deck.train.optimizer.kind)));
     file.set_attribute("/", "stage_files", std::int64_t{stages});
+    file.set_attribute("/", "run_id", run_id_of(run_checkpoints));
+    for (int s = 0; s < stages; ++s)
+      file.set_attribute("/", fmt::format("stage_{}_checksum", s),
+                         file_checksum(temporary / fmt::format("stage_{}.h5", s)));
   }
   fsync_path(temporary / "manifest.h5");
   // Test hook: the commit of checkpoint P2BW_TEST_SLOW_CHECKPOINT=<step> pauses a minute, so that
@@ -137,8 +176,13 @@ std::string commit_checkpoint(const std::string& run_checkpoints, std::int64_t s
 }
 
 std::string resolve_checkpoint(const std::string& run_checkpoints, const std::string& which) {
+  if (which.empty())
+    throw UserError(
+        "--resume: empty (allowed: latest, or a checkpoints/step_<N> folder; --start-over to "
+        "train again from step 1)");
   if (which != "latest") {
-    if (!fs::is_directory(which))
+    std::error_code error;
+    if (!fs::is_directory(which, error))
       throw UserError(
           fmt::format("--resume {}: no such checkpoint folder (allowed: latest, or a "
                       "checkpoints/step_<N> folder)",
@@ -146,18 +190,39 @@ std::string resolve_checkpoint(const std::string& run_checkpoints, const std::st
     return which;
   }
   const fs::path pointer = fs::path(run_checkpoints) / "latest";
-  std::ifstream file(pointer);
+  std::ifstream file(pointer, std::ios::binary);
   std::string name;
-  if (!file || !std::getline(file, name) || name.empty())
+  if (file) {
+    char buffer[64] = {0};
+    file.read(buffer, sizeof(buffer));
+    name.assign(buffer, static_cast<size_t>(file.gcount()));
+    if (!name.empty() && name.back() == '\n') name.pop_back();
+  }
+  if (!file && name.empty())
     throw UserError(fmt::format(
         "--resume latest: {} does not exist or is empty (allowed: a run folder with a checkpoint)",
         pointer.string()));
-  return (fs::path(run_checkpoints) / name).string();
+  std::int64_t step = 0;
+  if (!parse_step_name(name, step))
+    throw UserError(fmt::format(
+        "--resume latest: {} names '{}' (allowed: a step_<N> folder of this run, as p2bw writes "
+        "it; --resume checkpoints/step_<N> picks one)",
+        pointer.string(), name.substr(0, 40)));
+  const fs::path folder = fs::path(run_checkpoints) / name;
+  std::error_code error;
+  if (!fs::is_directory(folder, error))
+    throw UserError(fmt::format(
+        "--resume latest: {} names {}, which does not exist (allowed: a complete checkpoint; "
+        "--resume checkpoints/step_<N> picks another)",
+        pointer.string(), folder.string()));
+  return folder.string();
 }
 
 struct CheckpointReader::Files {
   std::unique_ptr<H5File> manifest;
   std::vector<std::unique_ptr<H5File>> stages;
+  std::vector<std::string> checksums;  // of each whole stage file, from the manifest
+  std::vector<bool> verified;          // checked against it (once, on first read)
 };
 
 CheckpointReader::CheckpointReader(const std::string& folder, const config::Deck& deck)
@@ -170,8 +235,10 @@ CheckpointReader::CheckpointReader(const std::string& folder, const config::Deck
                     ": not a p2bw checkpoint manifest (allowed: checkpoints/step_<N>/manifest.h5)");
   const std::int64_t version = m.int_attribute("/", "format_version");
   if (version != kCheckpointFormatVersion)
-    throw UserError(fmt::format("{}: checkpoint format version {} (allowed: {})", manifest, version,
-                                kCheckpointFormatVersion));
+    throw UserError(fmt::format(
+        "{}: checkpoint format version {} (allowed: {}; version 1 checkpoints record no step and "
+        "run in their stage files and are not loaded; train again or keep the older p2bw)",
+        manifest, version, kCheckpointFormatVersion));
   const auto expect = [&](const char* key, std::int64_t wanted) {
     const std::int64_t got = m.int_attribute("/", key);
     if (got != wanted)
@@ -183,7 +250,7 @@ CheckpointReader::CheckpointReader(const std::string& folder, const config::Deck
   if (m.string_attribute("/", "model_kind") != to_string(deck.model.kind))
     throw UserError(fmt::format(
         "{}: model_kind is {} in the checkpoint but {} in the deck (allowed: the same model)",
-        manifest, m.string_attribute("/", "model_kind"), to_string(deck.model.kind)));
+        manifest, m.string_attribute("/", "model_kind").substr(0, 40), to_string(deck.model.kind)));
   expect("model_layers", deck.model.layers);
   expect("model_hidden", deck.model.hidden);
   expect("model_heads", deck.model.heads);
@@ -192,23 +259,66 @@ CheckpointReader::CheckpointReader(const std::string& folder, const config::Deck
   if (m.string_attribute("/", "optimizer") != to_string(deck.train.optimizer.kind))
     throw UserError(fmt::format(
         "{}: optimizer {} in the checkpoint but {} in the deck (allowed: the same optimizer)",
-        manifest, m.string_attribute("/", "optimizer"), to_string(deck.train.optimizer.kind)));
-  state_.step = m.int_attribute("/", "step");
-  state_.optimizer_steps = m.int_attribute("/", "optimizer_steps");
-  state_.newest_version = static_cast<int>(m.int_attribute("/", "newest_version"));
-  state_.old_version = static_cast<int>(m.int_attribute("/", "old_version"));
-  const std::int64_t stages = m.int_attribute("/", "stage_files");
+        manifest, m.string_attribute("/", "optimizer").substr(0, 40),
+        to_string(deck.train.optimizer.kind)));
+  // Every number is checked against what a writer could have written, so a damaged or forged
+  // manifest is one line here instead of a failure deep inside the trainer.
+  const auto ranged = [&](const char* key, std::int64_t lo, std::int64_t hi) {
+    const std::int64_t value = m.int_attribute("/", key);
+    if (value < lo || value > hi)
+      throw UserError(
+          fmt::format("{}: {} = {} is out of range (allowed: {} .. {}, as p2bw writes "
+                      "it)",
+                      manifest, key, value, lo, hi));
+    return value;
+  };
+  constexpr std::int64_t kMaxStep = std::numeric_limits<int>::max();
+  state_.step = ranged("step", 1, kMaxStep);
+  state_.optimizer_steps = ranged("optimizer_steps", 0, state_.step);
+  state_.newest_version = static_cast<int>(ranged("newest_version", 0, state_.step));
+  state_.old_version = static_cast<int>(ranged("old_version", -1, state_.newest_version - 1));
+  state_.run_id = m.string_attribute("/", "run_id");
+  std::int64_t folder_step = 0;
+  const std::string folder_name = fs::path(folder).lexically_normal().filename().string();
+  if (parse_step_name(folder_name, folder_step) && folder_step != state_.step)
+    throw UserError(fmt::format(
+        "{}: step = {} but the folder is {} (allowed: the manifest of this folder's step)",
+        manifest, state_.step, folder_name));
+  const std::int64_t stages = ranged("stage_files", 1, deck.model.layers);
   for (std::int64_t s = 0; s < stages; ++s) {
     const std::string path = (fs::path(folder) / fmt::format("stage_{}.h5", s)).string();
     files_->stages.push_back(std::make_unique<H5File>(path, H5File::Mode::read));
+    files_->checksums.push_back(m.string_attribute("/", fmt::format("stage_{}_checksum", s)));
+    files_->verified.push_back(false);
     const H5File& file = *files_->stages.back();
-    if (file.string_attribute("/", "format") != "p2bw-checkpoint-stage" ||
+    if (!file.has_attribute("/", "format") ||
+        file.string_attribute("/", "format") != "p2bw-checkpoint-stage" ||
+        !file.has_attribute("/", "format_version") ||
         file.int_attribute("/", "format_version") != kCheckpointFormatVersion)
       throw UserError(
           fmt::format("{}: not a p2bw checkpoint stage file of format version {} (allowed: a file "
                       "written by p2bw)",
                       path, kCheckpointFormatVersion));
+    const std::int64_t step = file.int_attribute("/", "step"),
+                       stage = file.int_attribute("/", "stage");
+    const std::string run = file.string_attribute("/", "run_id");
+    if (step != state_.step || stage != s || run != state_.run_id)
+      throw UserError(fmt::format(
+          "{}: a stage file of step {}, stage {}, run '{}' in the checkpoint of step {}, run '{}' "
+          "(allowed: the stage files written with this manifest)",
+          path, step, stage, run.substr(0, 40), state_.step, state_.run_id.substr(0, 40)));
   }
+}
+
+void CheckpointReader::verify(std::size_t stage) const {
+  if (files_->verified[stage]) return;
+  const std::string& path = files_->stages[stage]->path();
+  if (file_checksum(path) != files_->checksums[stage])
+    throw UserError(fmt::format(
+        "{}: does not match the checksum the manifest records for it (allowed: an intact stage "
+        "file of this checkpoint; it is corrupted or from another checkpoint)",
+        path));
+  files_->verified[stage] = true;
 }
 
 CheckpointReader::~CheckpointReader() = default;
@@ -222,8 +332,10 @@ bool CheckpointReader::has(const std::string& group, const std::string& name) co
 void CheckpointReader::read(const std::string& group, const model::TensorInfo& tensor,
                             float* out) const {
   const std::string name = "/" + group + "/" + tensor.name;
-  for (const auto& file : files_->stages) {
+  for (std::size_t s = 0; s < files_->stages.size(); ++s) {
+    const auto& file = files_->stages[s];
     if (!file->exists(name)) continue;
+    verify(s);
     require_float32(*file, name);
     std::vector<hsize_t> shape;
     const std::vector<float> values = file->read<float>(name, &shape);

@@ -2,12 +2,18 @@
 //
 // <output.dir>/checkpoints/
 //   step_<N>/manifest.h5   format "p2bw-checkpoint", format_version, deck, model dimensions, run
-//                          state (step, optimizer steps, weight versions), the stage files
-//   step_<N>/stage_<s>.h5  /params/<name> (the newest weights W(N)), /params_old/<name> (W(N-1),
-//                          2bw only), /optimizer/first/<name>, /optimizer/second/<name> (AdamW
-//                          moments or SGD momentum); every tensor under its global name (e.g.
-//                          blocks/7/attn/qkv/weight) with its FNV-1a checksum as an attribute
+//                          state (step, optimizer steps, weight versions), run_id, the stage
+//                          files and each one's FNV-1a 64 checksum (stage_<s>_checksum)
+//   step_<N>/stage_<s>.h5  attributes step, stage and run_id (the files of one checkpoint prove
+//                          they belong together); /params/<name> (the newest weights W(N)),
+//                          /params_old/<name> (W(N-1), 2bw only), /optimizer/first/<name>,
+//                          /optimizer/second/<name> (AdamW moments or SGD momentum); every tensor
+//                          under its global name (e.g. blocks/7/attn/qkv/weight) with its FNV-1a
+//                          checksum as an attribute
 //   latest                 text: the name of the newest complete checkpoint
+// The run id is the one of the run directory holding the checkpoints folder (io/run_dir.hpp; ""
+// for a bare folder). Format version 2; version 1 checkpoints (no step or run in the stage
+// files) are refused, not loaded unchecked. Every manifest attribute is validated when read.
 // Writing is atomic: everything goes to step_<N>.tmp/, is fsynced, renamed to step_<N>, and
 // `latest` is replaced last, so a run killed at any moment leaves the previous checkpoint whole.
 // The data loader needs no state beyond the step (it is a pure function of seed and sample
@@ -24,7 +30,7 @@
 
 namespace p2bw::io {
 
-constexpr std::int64_t kCheckpointFormatVersion = 1;
+constexpr std::int64_t kCheckpointFormatVersion = 2;
 
 // What a run is, besides its tensors, after `step` completed steps.
 struct RunState {
@@ -33,6 +39,7 @@ struct RunState {
       0;                   // updates applied (skipped steps excluded): AdamW's bias correction
   int newest_version = 0;  // W(newest) is /params
   int old_version = -1;    // W(old) is /params_old, -1 without
+  std::string run_id;      // of the run that wrote it (read from the manifest)
 };
 
 // One stage's tensors, on the host.
@@ -52,7 +59,8 @@ std::string commit_checkpoint(const std::string& run_checkpoints, std::int64_t s
                               const config::Deck& deck, const RunState& state, int stages,
                               int keep);
 
-// The folder of `which`: "latest" (read from the pointer file) or a path to a checkpoint folder.
+// The folder of `which`: "latest" (read from the pointer file, which may only name a step_<N>
+// folder inside `run_checkpoints`) or a path to a checkpoint folder.
 std::string resolve_checkpoint(const std::string& run_checkpoints, const std::string& which);
 
 // A checkpoint opened for reading: validates the manifest against the deck's model on open and
@@ -68,6 +76,7 @@ class CheckpointReader {
   bool has(const std::string& group, const std::string& name) const;
 
  private:
+  void verify(std::size_t stage) const;  // the stage file's checksum, once
   struct Files;
   std::string folder_;
   RunState state_;

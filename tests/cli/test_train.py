@@ -32,20 +32,22 @@ def losses(stdout):
     return [float(x) for x in re.findall(r"\| loss ([0-9.]+)", stdout)]
 
 
+import shutil
 out = "/tmp/p2bw-cli-train"
+shutil.rmtree(out, ignore_errors=True)  # every run below owns a folder of its own
 r, _ = train(4, "inputs/gpt-tiny.yaml", "--set", "pipeline.depth=4", "--set", "pipeline.schedule=2bw",
-             "--set", f"output.dir={out}")
+             "--set", f"output.dir={out}/tiny4")
 check("mpiexec -n 4 p2bw train inputs/gpt-tiny.yaml --set pipeline.depth=4 --set pipeline.schedule=2bw",
       r.returncode == 0 and "step      6/6" in r.stdout and "stage 3 on ranks 3..3: blocks 3-3 + head" in r.stdout,
       r.stdout[-800:] + r.stderr[-800:])
 
-r, _ = train(2, "inputs/demo.yaml", "--set", "train.steps=30", "--set", f"output.dir={out}")
+r, _ = train(2, "inputs/demo.yaml", "--set", "train.steps=30", "--set", f"output.dir={out}/demo")
 curve = losses(r.stdout)
 check("the demo deck on 2 stages with 2bw: the loss falls on real text",
       r.returncode == 0 and len(curve) >= 3 and curve[-1] < curve[0] - 1.5, r.stdout[-1500:] + r.stderr[-800:])
 
 r, seconds = train(2, "inputs/gpt-tiny.yaml", "--set", "pipeline.depth=2", "--set", "pipeline.timeout_s=2",
-                   "--set", f"output.dir={out}", env={"P2BW_TEST_STALL_RANK": "1"}, timeout=120)
+                   "--set", f"output.dir={out}/stall", env={"P2BW_TEST_STALL_RANK": "1"}, timeout=120)
 check("a stalled rank makes the run fail with the timeout message, not hang",
       r.returncode != 0 and seconds < 60 and re.search(r"stage 0: .*no progress for 2 s .*rank 1", r.stderr),
       f"exit {r.returncode} after {seconds:.0f} s; stderr: {r.stderr[-600:]}")
@@ -161,6 +163,7 @@ check("SIGUSR1 makes every rank checkpoint and exit 0", job.returncode == 0 and 
 if stopped:
     n = int(stopped.group(1))
     resumed, _ = train(2, *common, "--set", f"train.steps={n + 5}", "--set", f"output.dir={stop_dir}", "--resume", "latest")
+    shutil.rmtree("/tmp/p2bw-cli-whole", ignore_errors=True)
     whole, _ = train(2, *common, "--set", f"train.steps={n + 5}", "--set", "output.dir=/tmp/p2bw-cli-whole")
     tail = lambda out: re.findall(r"step +(\d+)/\d+ \| loss ([0-9.]+)", out)[-5:]
     check("the resumed run continues as the uninterrupted one", resumed.returncode == 0 and f"resumed after step {n}" in resumed.stdout

@@ -11,14 +11,17 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include <functional>
 #include <map>
 #include <memory>
+#include <tuple>
 
 #include "comm/deck_broadcast.hpp"
 #include "comm/process_grid.hpp"
 #include "core/error.hpp"
+#include "core/hash.hpp"
 #include "data/token_file.hpp"
 #include "io/checkpoint.hpp"
 #include "io/hdf5_file.hpp"
@@ -251,6 +254,15 @@ std::string error_of(const std::function<void()>& body) {
   return "(no error)";
 }
 
+// Writes the manifest's checksum of stage_0.h5 anew, as if the damage had been there at writing.
+void rechecksum(const std::string& checkpoint) {
+  std::ifstream in(checkpoint + "/stage_0.h5", std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  io::H5File manifest(checkpoint + "/manifest.h5", io::H5File::Mode::read_write);
+  manifest.set_attribute("/", "stage_0_checksum",
+                         fmt::format("{:016x}", fnv1a64(bytes.data(), bytes.size())));
+}
+
 TEST(Checkpoint, DamagedCheckpointsAreRejectedClearly) {
   if (world_size() != 1) GTEST_SKIP() << "file damage is checked on one rank (test_checkpoint_np1)";
   const config::Deck dk = deck(config::ScheduleKind::two_bw, 0, 1, 1, 2);
@@ -298,9 +310,16 @@ TEST(Checkpoint, DamagedCheckpointsAreRejectedClearly) {
   }
   const std::string flipped = error_of([&] { load_all(dk); });
   EXPECT_NE(flipped.find(stage_file), std::string::npos) << flipped;
-  EXPECT_NE(flipped.find("tensor /params/blocks/1/mlp/fc/weight does not match its checksum"),
+  EXPECT_NE(flipped.find("does not match the checksum the manifest records for it"),
             std::string::npos)
       << flipped;
+  // Behind the file's checksum in the manifest, each tensor's own checksum still holds.
+  rechecksum(saved);
+  const std::string flipped_tensor = error_of([&] { load_all(dk); });
+  EXPECT_NE(
+      flipped_tensor.find("tensor /params/blocks/1/mlp/fc/weight does not match its checksum"),
+      std::string::npos)
+      << flipped_tensor;
 
   // A truncated file.
   fs::copy_file(pristine, stage_file, fs::copy_options::overwrite_existing);
@@ -316,6 +335,7 @@ TEST(Checkpoint, DamagedCheckpointsAreRejectedClearly) {
     file.write<double>("/params/head/lnf/bias", std::vector<double>(16, 0.0), {16});
     file.set_attribute("/params/head/lnf/bias", "checksum", std::string("0"));
   }
+  rechecksum(saved);
   EXPECT_NE(error_of([&] { load_all(dk); }).find("tensor /params/head/lnf/bias is not float32"),
             std::string::npos);
 
@@ -325,6 +345,83 @@ TEST(Checkpoint, DamagedCheckpointsAreRejectedClearly) {
   EXPECT_NE(
       error_of([&] { io::resolve_checkpoint(folder + "/none", "latest"); }).find("does not exist"),
       std::string::npos);
+  fs::remove_all(folder);
+}
+
+// Checkpoints prove they belong together (format 2): a stage file of another step or run, a
+// manifest whose numbers no writer produces, and a format version 1 checkpoint are refused in one
+// line naming the file.
+TEST(Checkpoint, ForeignStageFilesAndLyingManifestsAreRefused) {
+  if (world_size() != 1) GTEST_SKIP() << "checked on one rank (test_checkpoint_np1)";
+  const config::Deck dk = deck(config::ScheduleKind::flush, 0, 1, 1, 2);
+  const std::string folder = shared_folder("p2bw_ckpt_foreign");
+  std::string at2, at3;
+  with_layout(1, 1, [&](const comm::ProcessGrid& grid) {
+    PipelineTrainer trainer(dk, grid, text());
+    finish(trainer, 2);
+    at2 = trainer.save_checkpoint(folder, 5);
+    finish(trainer, 3);
+    at3 = trainer.save_checkpoint(folder, 5);
+  });
+  ASSERT_NO_THROW(io::CheckpointReader(at3, dk));
+  const fs::path pristine = fs::path(folder) / "pristine";
+  fs::copy(at3, pristine);
+  const auto restore = [&] {
+    fs::remove_all(at3);
+    fs::copy(pristine, at3);
+  };
+
+  // The stage file of step 2 copied into step 3, even with the manifest's checksum updated.
+  fs::copy_file(at2 + "/stage_0.h5", at3 + "/stage_0.h5", fs::copy_options::overwrite_existing);
+  rechecksum(at3);
+  const std::string copied = error_of([&] { io::CheckpointReader(at3, dk); });
+  EXPECT_NE(copied.find("stage_0.h5: a stage file of step 2, stage 0"), std::string::npos)
+      << copied;
+  EXPECT_NE(copied.find("in the checkpoint of step 3"), std::string::npos) << copied;
+  restore();
+
+  // A stage file of another run.
+  {
+    io::H5File stage(at3 + "/stage_0.h5", io::H5File::Mode::read_write);
+    stage.set_attribute("/", "run_id", std::string("0123456789abcdef0123456789abcdef"));
+  }
+  rechecksum(at3);
+  EXPECT_NE(error_of([&] {
+              io::CheckpointReader(at3, dk);
+            }).find("run '0123456789abcdef0123456789abcdef' in the checkpoint of step 3"),
+            std::string::npos);
+  restore();
+
+  // Manifest numbers out of range: each one line naming the attribute.
+  for (const auto& [key, value, needle] :
+       std::vector<std::tuple<std::string, std::int64_t, std::string>>{
+           {"step", -1, "step = -1 is out of range"},
+           {"step", 4, "step = 4 but the folder is step_00000003"},
+           {"optimizer_steps", -5, "optimizer_steps = -5 is out of range"},
+           {"optimizer_steps", 4, "optimizer_steps = 4 is out of range"},
+           {"newest_version", -2, "newest_version = -2 is out of range"},
+           {"old_version", 7, "old_version = 7 is out of range"},
+           {"stage_files", 0, "stage_files = 0 is out of range"},
+           {"stage_files", 1000000, "stage_files = 1000000 is out of range"},
+           {"format_version", 1, "checkpoint format version 1 (allowed: 2"}}) {
+    {
+      io::H5File manifest(at3 + "/manifest.h5", io::H5File::Mode::read_write);
+      manifest.set_attribute("/", key, value);
+    }
+    const std::string message = error_of([&] { io::CheckpointReader(at3, dk); });
+    EXPECT_NE(message.find(needle), std::string::npos) << key << " = " << value << ": " << message;
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+    restore();
+  }
+
+  // `latest` may only name a step folder of this checkpoints folder.
+  for (const std::string& lie : {std::string(300, 'x'), std::string("../elsewhere/step_00000003"),
+                                 std::string("step_3"), std::string("step_00000009")}) {
+    std::ofstream(fs::path(folder) / "latest") << lie << "\n";
+    const std::string message = error_of([&] { io::resolve_checkpoint(folder, "latest"); });
+    EXPECT_NE(message.find("--resume latest: "), std::string::npos) << lie << ": " << message;
+    EXPECT_LT(message.size(), 400u) << message;
+  }
   fs::remove_all(folder);
 }
 
