@@ -4,9 +4,11 @@
 #include <mpi.h>
 #include <Kokkos_Core.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -35,6 +37,12 @@ int run_cli(int argc, char** argv, const p2bw::app::Context& context) {
       p2bw::app::add_check(app),    p2bw::app::add_prepare_data(app), p2bw::app::add_train(app),
       p2bw::app::add_simulate(app), p2bw::app::add_bench(app),        p2bw::app::add_inspect(app),
       p2bw::app::add_plan(app),     p2bw::app::add_profile(app)};
+  const char* kokkos_footer =
+      "Kokkos's own options (--kokkos-threads, --kokkos-device-id, ...) are accepted too: "
+      "p2bw --kokkos-help lists them.";
+  app.footer(kokkos_footer);
+  for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; }))
+    sub->footer(kokkos_footer);
 
   try {
     app.parse(argc, argv);
@@ -115,7 +123,35 @@ int main(int argc, char** argv) {
     MPI_Finalize();
     return p2bw::kExitUser;
   }
-  Kokkos::initialize(argc, argv);
+  // Kokkos prints its ~40 lines of options on --help; p2bw's --help shows p2bw's alone, so Kokkos
+  // gets the arguments without it (the help's footer names --kokkos-help, which Kokkos answers).
+  // Kokkos removes the --kokkos-* options it took from its copy; the command line parsed by
+  // p2bw keeps the other arguments, --help included, in their order.
+  bool kokkos_help = false;
+  std::vector<char*> kokkos_argv;
+  for (int i = 0; i < argc; ++i) {
+    if (i > 0 && std::strcmp(argv[i], "--help") == 0) continue;
+    if (std::strcmp(argv[i], "--kokkos-help") == 0) kokkos_help = true;
+    kokkos_argv.push_back(argv[i]);
+  }
+  int kokkos_argc = static_cast<int>(kokkos_argv.size());
+  kokkos_argv.push_back(nullptr);
+  Kokkos::initialize(kokkos_argc, kokkos_argv.data());
+  if (kokkos_help) {  // Kokkos printed its options
+    Kokkos::finalize();
+    MPI_Finalize();
+    return p2bw::kExitOk;
+  }
+  {
+    const std::vector<char*> left(kokkos_argv.begin(), kokkos_argv.begin() + kokkos_argc);
+    int kept = 0;
+    for (int i = 0; i < argc; ++i) {
+      if (i == 0 || std::strcmp(argv[i], "--help") == 0 ||
+          std::find(left.begin(), left.end(), argv[i]) != left.end())
+        argv[kept++] = argv[i];
+    }
+    argc = kept;
+  }
   int code = p2bw::kExitOk;
   try {
     code = run_cli(argc, argv, context);

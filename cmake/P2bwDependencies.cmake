@@ -36,12 +36,19 @@ find_package(HDF5 REQUIRED COMPONENTS C)
 find_package(yaml-cpp REQUIRED)
 find_package(CLI11 REQUIRED)
 find_package(fmt REQUIRED)
+find_package(nlohmann_json 3 REQUIRED)  # nlohmann-json3-dev (p2bw plan --format json)
 
 # Host BLAS through CBLAS (OpenBLAS on Debian and Ubuntu).
 set(BLA_VENDOR OpenBLAS CACHE STRING "BLAS vendor")
 find_package(BLAS REQUIRED)
-find_path(P2BW_CBLAS_INCLUDE_DIR cblas.h PATH_SUFFIXES openblas openblas-pthread
-          HINTS /usr/include/x86_64-linux-gnu /usr/include/aarch64-linux-gnu)
+# OpenBLAS's own cblas.h first: Debian's reference BLAS (libblas-dev) puts netlib's cblas.h on the
+# default include path, which must not shadow the header of the library we link.
+set(_cblas_dirs)
+foreach(_base /usr/include/${CMAKE_LIBRARY_ARCHITECTURE} /usr/include)
+  list(APPEND _cblas_dirs ${_base}/openblas-pthread ${_base}/openblas-openmp ${_base}/openblas-serial ${_base}/openblas)
+endforeach()
+find_path(P2BW_CBLAS_INCLUDE_DIR cblas.h PATHS ${_cblas_dirs} NO_DEFAULT_PATH)
+find_path(P2BW_CBLAS_INCLUDE_DIR cblas.h PATH_SUFFIXES openblas openblas-pthread)
 if(NOT P2BW_CBLAS_INCLUDE_DIR)
   message(FATAL_ERROR "cblas.h not found: install libopenblas-dev")
 endif()
