@@ -7,7 +7,7 @@ Each --simulated SCHEDULE DEPTH FILE names the saved stdout of `p2bw simulate` f
 configuration (its per-stage steady-state bubble is the prediction). Measured, over the steps
 after the first --skip: tokens/s = tokens per step / median step duration (from /steps/time_s);
 each stage's bubble = (wait + idle) / (compute + wait + idle) summed over those steps (replica 0
-of the stage). Prints a Markdown table; speed-up is over the depth-1 run of the same schedule.
+of the stage), and its mean compute seconds per step (an imbalance between the stages shows there). Prints a Markdown table; speed-up is over the depth-1 run of the same schedule.
 """
 import argparse
 import os
@@ -29,13 +29,14 @@ def measure(run, skip):
                                f"(--skip {skip})")
     # diff[k] is the duration of step k + 2: the steps after the first `skip` start at skip - 1.
     seconds = float(np.median(np.diff(times)[max(skip - 1, 0):]))
-    bubbles = []
+    bubbles, compute = [], []
     for stage in m["stages"]:
         keep = stage["step"] > skip
         busy = stage["compute_s"][keep].sum()
         lost = stage["wait_s"][keep].sum() + stage["idle_s"][keep].sum()
         bubbles.append(float(lost / (busy + lost)) if busy + lost > 0 else float("nan"))
-    return ph.tokens_per_step(m) / seconds, bubbles
+        compute.append(float(np.mean(stage["compute_s"][keep])))
+    return ph.tokens_per_step(m) / seconds, bubbles, compute
 
 
 def simulated_bubbles(path):
@@ -53,23 +54,25 @@ def simulated_bubbles(path):
 
 def table(measured, simulated, skip):
     out = [f"| schedule | d | tokens/s | speed-up over d = 1 | bubble per stage, measured | "
-           f"bubble per stage, simulated |", "|---|---|---|---|---|---|"]
+           f"bubble per stage, simulated | compute s/step per stage |", "|---|---|---|---|---|---|---|"]
     for (schedule, depth), runs in sorted(measured.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        rate = float(np.median([r for r, _ in runs]))
-        bubbles = np.median(np.array([b for _, b in runs]), axis=0)
+        rate = float(np.median([r[0] for r in runs]))
+        bubbles = np.median(np.array([r[1] for r in runs]), axis=0)
+        compute = np.median(np.array([r[2] for r in runs]), axis=0)
         base = measured.get((schedule, 1))
-        speedup = rate / float(np.median([r for r, _ in base])) if base else float("nan")
+        speedup = rate / float(np.median([r[0] for r in base])) if base else float("nan")
         sim = simulated.get((schedule, depth))
         out.append(f"| {schedule} | {depth} | {rate:,.0f} | {speedup:.2f}x | "
                    + " / ".join(f"{100 * b:.1f}%" for b in bubbles) + " | "
-                   + (" / ".join(f"{100 * b:.1f}%" for b in sim) if sim else "-") + " |")
+                   + (" / ".join(f"{100 * b:.1f}%" for b in sim) if sim else "-") + " | "
+                   + " / ".join(f"{c:.2f}" for c in compute) + " |")
     out.append("")
     out.append(f"{len(next(iter(measured.values())))} run(s) each, median; steps after the first "
                f"{skip}.")
     for depth in sorted({d for _, d in measured}):
         flush, two_bw = measured.get(("flush", depth)), measured.get(("2bw", depth))
         if depth > 1 and flush and two_bw:
-            ratio = np.median([r for r, _ in two_bw]) / np.median([r for r, _ in flush])
+            ratio = np.median([r[0] for r in two_bw]) / np.median([r[0] for r in flush])
             out.append(f"d = {depth}: 2bw / flush = {ratio:.2f}x")
     return "\n".join(out) + "\n"
 

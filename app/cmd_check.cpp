@@ -8,6 +8,7 @@
 #include "comm/deck_broadcast.hpp"
 #include "command.hpp"
 #include "config/deck_io.hpp"
+#include "core/bytes_text.hpp"
 #include "core/error.hpp"
 #include "pipeline/memory.hpp"
 #include "pipeline/memory_limit.hpp"
@@ -18,7 +19,7 @@ namespace p2bw::app {
 namespace {
 
 std::string bytes(std::int64_t n) {
-  return pipeline::format_bytes(n);
+  return bytes_text(static_cast<double>(n));
 }
 
 std::string semantics(const config::Deck& deck) {

@@ -85,16 +85,6 @@ std::vector<int> numbered_children(const H5File& file, const std::string& group,
   return numbers;
 }
 
-std::string bytes_text(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (std::abs(bytes) >= 1024 && u < 4) {
-    bytes /= 1024;
-    ++u;
-  }
-  return u == 0 ? fmt::format("{:.0f} B", bytes) : fmt::format("{:.2f} {}", bytes, units[u]);
-}
-
 std::pair<std::string, std::string> deck_lines(const std::string& yaml) {
   try {
     const YAML::Node deck = YAML::Load(yaml);

@@ -25,7 +25,6 @@ hsize_t common_length(const H5File& file, const std::string& group,
 // The numbered children `prefix<n>` of `group`, sorted by n; UserError for anything else.
 std::vector<int> numbered_children(const H5File& file, const std::string& group,
                                    const std::string& prefix);
-std::string bytes_text(double bytes);  // "1.50 MiB"
 // "model: gpt, layers 4, hidden 32, ..." and "schedule 2bw, 4 microbatches of 2 sequences" from
 // the resolved deck; a deck that does not parse is said so rather than failing the summary.
 std::pair<std::string, std::string> deck_lines(const std::string& yaml);

@@ -12,6 +12,7 @@
 #include <limits>
 #include <sstream>
 
+#include "core/bytes_text.hpp"
 #include "core/error.hpp"
 #include "io/h5_checks.hpp"
 #include "io/simulation_file.hpp"

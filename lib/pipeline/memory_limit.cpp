@@ -10,6 +10,7 @@
 #include <limits>
 #include <sstream>
 
+#include "core/bytes_text.hpp"
 #include "core/error.hpp"
 
 #ifdef KOKKOS_ENABLE_CUDA
@@ -129,30 +130,22 @@ bool memory_check_ignored() {
   return value && std::string(value) == "1";
 }
 
-std::string format_bytes(std::int64_t n) {
-  const double value = static_cast<double>(n);
-  if (value >= 1024.0 * 1024 * 1024)
-    return fmt::format("{:.2f} GiB", value / (1024.0 * 1024 * 1024));
-  if (value >= 1024.0 * 1024) return fmt::format("{:.2f} MiB", value / (1024.0 * 1024));
-  if (value >= 1024.0) return fmt::format("{:.1f} KiB", value / 1024.0);
-  return fmt::format("{} B", n);
-}
-
 std::string memory_refusal(std::int64_t predicted, const MemoryAvailable& available,
                            const std::string& who) {
   if (predicted <= available.bytes) return "";
   const std::string share =
       available.ranks_sharing > 1
           ? fmt::format(" ({} of {} shared by {} ranks on this node)", available.source,
-                        format_bytes(available.node_bytes), available.ranks_sharing)
+                        bytes_text(static_cast<double>(available.node_bytes)),
+                        available.ranks_sharing)
           : fmt::format(" ({})", available.source);
   return fmt::format(
       "{}: predicted peak memory {} ({} bytes) but {} ({} bytes) available{} (allowed: a "
       "configuration that fits: more pipeline.depth, pipeline.recompute: true, a smaller "
       "train.microbatch_size, fewer pipeline.microbatches under gpipe, or p2bw plan; "
       "P2BW_IGNORE_MEMORY_CHECK=1 runs anyway)",
-      who, format_bytes(predicted), predicted, format_bytes(available.bytes), available.bytes,
-      share);
+      who, bytes_text(static_cast<double>(predicted)), predicted,
+      bytes_text(static_cast<double>(available.bytes)), available.bytes, share);
 }
 
 }  // namespace p2bw::pipeline

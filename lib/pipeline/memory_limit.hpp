@@ -34,7 +34,5 @@ std::string memory_refusal(std::int64_t predicted, const MemoryAvailable& availa
 // Whether P2BW_IGNORE_MEMORY_CHECK=1 asks to go past a refusal.
 bool memory_check_ignored();
 
-// Human-readable bytes: "31.50 GiB".
-std::string format_bytes(std::int64_t bytes);
 
 }  // namespace p2bw::pipeline
