@@ -34,5 +34,4 @@ std::string memory_refusal(std::int64_t predicted, const MemoryAvailable& availa
 // Whether P2BW_IGNORE_MEMORY_CHECK=1 asks to go past a refusal.
 bool memory_check_ignored();
 
-
 }  // namespace p2bw::pipeline
