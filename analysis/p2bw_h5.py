@@ -246,6 +246,18 @@ def tokens_per_step(m):
             deck_int(d, "model.seq_len", 1) * max(1, m["width"]))
 
 
+def median_step_seconds(m, skip):
+    """Median duration of the steps after the first `skip` (from /steps/time_s; the median keeps a
+    machine's occasional stall out)."""
+    times = m["steps"]["time_s"]
+    if len(times) < skip + 3:
+        raise AnalysisError(f"{m['path']}: {len(times)} steps; needs at least {skip + 3} "
+                            f"(--skip {skip})")
+    # time_s[k] is when step k+1 ended, so diff[k] is the duration of step k+2: the steps after
+    # the first `skip` start at diff[skip - 1].
+    return float(np.median(np.diff(times)[max(skip - 1, 0):]))
+
+
 COMPUTE_PREFIXES = ("forward", "backward")
 
 

@@ -23,12 +23,7 @@ import p2bw_h5 as ph  # noqa: E402
 
 def measure(run, skip):
     m = ph.read_metrics(run)
-    times = m["steps"]["time_s"]
-    if len(times) < skip + 3:
-        raise ph.AnalysisError(f"{m['path']}: {len(times)} steps; needs at least {skip + 3} "
-                               f"(--skip {skip})")
-    # diff[k] is the duration of step k + 2: the steps after the first `skip` start at skip - 1.
-    seconds = float(np.median(np.diff(times)[max(skip - 1, 0):]))
+    seconds = ph.median_step_seconds(m, skip)
     bubbles, compute = [], []
     for stage in m["stages"]:
         keep = stage["step"] > skip
@@ -53,8 +48,8 @@ def simulated_bubbles(path):
 
 
 def table(measured, simulated, skip):
-    out = [f"| schedule | d | tokens/s | speed-up over d = 1 | bubble per stage, measured | "
-           f"bubble per stage, simulated | compute s/step per stage |", "|---|---|---|---|---|---|---|"]
+    out = ["| schedule | d | tokens/s | speed-up over d = 1 | bubble per stage, measured | "
+           "bubble per stage, simulated | compute s/step per stage |", "|---|---|---|---|---|---|---|"]
     for (schedule, depth), runs in sorted(measured.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         rate = float(np.median([r[0] for r in runs]))
         bubbles = np.median(np.array([r[1] for r in runs]), axis=0)

@@ -15,7 +15,6 @@ import sys
 
 sys.dont_write_bytecode = True  # keep analysis/ free of __pycache__
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import numpy as np  # noqa: E402
 
 import p2bw_h5 as ph  # noqa: E402
 
@@ -52,13 +51,7 @@ def read_prediction(path):
 
 def measure(run, skip):
     m = ph.read_metrics(run)
-    times = m["steps"]["time_s"]
-    if len(times) < skip + 3:
-        raise ph.AnalysisError(f"{m['path']}: {len(times)} steps; needs at least {skip + 3} "
-                               f"(--skip {skip})")
-    # time_s[k] is when step k+1 ended, so diff[k] is the duration of step k+2: the steps after
-    # the first `skip` start at diff[skip - 1].
-    seconds = float(np.median(np.diff(times)[max(skip - 1, 0):]))
+    seconds = ph.median_step_seconds(m, skip)
     peak = max(int(s["peak_memory_bytes"].max()) for s in m["stages"])
     if not seconds > 0 or not peak > 0:
         raise ph.AnalysisError(f"{m['path']}: no positive step time or peak memory to compare")
