@@ -69,7 +69,7 @@ int run_simulate(const Context& context, const Options& options) {
   const schedule::Schedule sched = schedule::generate(
       kind, deck.pipeline.depth, deck.pipeline.microbatches, options.batches, warmup);
   const schedule::CheckResult proof = schedule::check(sched);
-  if (!proof.ok()) throw InternalError("generated schedule fails the checker: " + proof.summary());
+  if (!proof.ok()) P2BW_INTERNAL_ERROR("generated schedule fails the checker: " + proof.summary());
   if (!options.schedule_out.empty())
     io::write_text_file(options.schedule_out, schedule::to_text(sched), "--write-schedule");
   const std::string output =

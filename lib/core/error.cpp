@@ -48,6 +48,11 @@ void throw_call_error(const char* library, const char* call, const std::string& 
   throw InternalError(out.str());
 }
 
+void throw_internal_error(const std::string& message, const char* file, int line) {
+  throw InternalError(std::string(file) + ":" + std::to_string(line) +
+                      ": internal error: " + message);
+}
+
 std::string mpi_error_string(int code) {
   char text[MPI_MAX_ERROR_STRING];
   int length = 0;

@@ -36,6 +36,8 @@ class InternalError : public std::runtime_error {
 [[noreturn]] void throw_call_error(const char* library, const char* call, const std::string& detail,
                                    const char* file, int line);
 
+[[noreturn]] void throw_internal_error(const std::string& message, const char* file, int line);
+
 // Returns the MPI error string for an MPI error code.
 std::string mpi_error_string(int code);
 
@@ -72,6 +74,9 @@ std::string mpi_error_string(int code);
       ::p2bw::throw_call_error("NCCL", #call, ncclGetErrorString(p2bw_nccl_rc_), __FILE__, \
                                __LINE__);                                                  \
   } while (0)
+
+// An internal failure that is not a library call: InternalError naming this file and line.
+#define P2BW_INTERNAL_ERROR(message) ::p2bw::throw_internal_error((message), __FILE__, __LINE__)
 
 // An internal invariant; failing it is a bug in p2bw.
 #define P2BW_ASSERT(cond, message)                                                       \

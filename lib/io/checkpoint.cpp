@@ -36,7 +36,7 @@ std::uint64_t checksum(const float* data, std::int64_t count) {
 
 void fsync_path(const fs::path& path) {
   const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) throw InternalError("cannot open " + path.string() + " to sync it");
+  if (fd < 0) P2BW_INTERNAL_ERROR("cannot open " + path.string() + " to sync it");
   ::fsync(fd);
   ::close(fd);
 }

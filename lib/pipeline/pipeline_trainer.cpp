@@ -64,7 +64,7 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
               resume ? static_cast<int>(resume->state().step) : 0),
       versions_(0, 2) {
   if (!stream_.proof().ok())
-    throw InternalError("the schedule fails the checker: " + stream_.proof().summary());
+    P2BW_INTERNAL_ERROR("the schedule fails the checker: " + stream_.proof().summary());
   const StageRange& range = map_.stages[static_cast<size_t>(grid.stage())];
   const int first_part = range.has_embedding ? 0 : 1 + range.first_block;
   const int end_part = 1 + range.first_block + range.blocks + (range.has_head ? 1 : 0);
@@ -245,7 +245,7 @@ void PipelineTrainer::run(const schedule::Action& a) {
       break;
     case K::backward_input:
     case K::backward_weight:
-      throw InternalError("split backward actions are not executed by this version: " + where(a));
+      P2BW_INTERNAL_ERROR("split backward actions are not executed by this version: " + where(a));
   }
 }
 

@@ -20,7 +20,7 @@ WeightVersions::WeightVersions(std::int64_t floats, int buffers)
 FloatView WeightVersions::at(int version) const {
   auto it = held_.find(version);
   if (it == held_.end())
-    throw InternalError(fmt::format("no weight buffer holds version {} (held: {})", version,
+    P2BW_INTERNAL_ERROR(fmt::format("no weight buffer holds version {} (held: {})", version,
                                     fmt::join(versions(), ", ")));
   return it->second;
 }
