@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <functional>
+#include <limits>
 #include <map>
 #include <utility>
 
@@ -99,6 +100,9 @@ class MpiCollectives : public Collectives {
   template <class T>
   int post(Kokkos::View<T*, Memory> data, MPI_Datatype type, Staging<T>& staging, Group group,
            const std::string& what) {
+    // MPI counts elements in an int; a larger buffer would need a chunked reduction.
+    P2BW_ASSERT(data.extent(0) <= static_cast<size_t>(std::numeric_limits<int>::max()),
+                "an all-reduce of more than 2^31 - 1 elements");
     auto key = std::make_pair(static_cast<const T*>(data.data()), data.extent(0));
     auto found = staging.find(key);
     if (found == staging.end())
