@@ -91,7 +91,8 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
     model_->init(versions_.add(0), deck.train.seed);
   }
   versions_.make_gradients(exec_);
-  timing_totals_ = DoubleView("p2bw::timing_totals", static_cast<size_t>(4 * grid.depth()));
+  timing_totals_ =
+      DoubleView("p2bw::timing_totals", static_cast<size_t>(kTimingValues * grid.depth()));
   if (deck.pipeline.recompute) {
     scratch_ = model_->make_cache();
     if (!model_->has_head())
@@ -151,16 +152,16 @@ std::vector<StepResult> PipelineTrainer::step(bool stop_requested) {
   timing.wait_s = wait_s_;
   timing.idle_s = std::max(0.0, since(step_start) - compute_s_ - wait_s_);
   timing.peak_memory_bytes = peak_.total();
-  release_results();
-  return std::move(released_);
+  return take_results();
 }
 
-void PipelineTrainer::release_results() {
+std::vector<StepResult> PipelineTrainer::take_results() {
   // Results complete in step order; those completed by the end of a batch are the same on every
-  // rank (the schedule decides when each update is applied), so releasing them here keeps every
-  // rank's view of the run identical.
-  for (StepResult& r : known_) released_.push_back(std::move(r));
-  known_.clear();
+  // rank (the schedule decides when each update is applied), so handing them out only here keeps
+  // every rank's view of the run identical.
+  std::vector<StepResult> results;
+  results.swap(known_);
+  return results;
 }
 
 std::vector<StepResult> PipelineTrainer::synchronize() {
@@ -170,27 +171,19 @@ std::vector<StepResult> PipelineTrainer::synchronize() {
     const std::int64_t step = ++timed_through_;
     const DoubleView totals = timing_totals_;
     auto host = Kokkos::create_mirror_view(totals);
-    if (grid_.replica() == 0) {
-      const StepTiming& t = timing_.at(step);
-      const size_t at = 4 * static_cast<size_t>(grid_.stage());
-      host(at) = t.compute_s;
-      host(at + 1) = t.wait_s;
-      host(at + 2) = t.idle_s;
-      host(at + 3) = static_cast<double>(t.peak_memory_bytes);
-    }
+    for (size_t i = 0; i < host.extent(0); ++i) host(i) = 0.0;
+    if (grid_.replica() == 0) put_timing(&host(kTimingValues * grid_.stage()), timing_.at(step));
     Kokkos::deep_copy(totals, host);
     collectives_->wait(collectives_->post_sum(totals, comm::Group::world,
                                               fmt::format("the timing of step {}", step)));
     Kokkos::deep_copy(host, totals);
     std::vector<io::StageRow> rows;
-    for (size_t s = 0; s < static_cast<size_t>(grid_.depth()); ++s)
-      rows.push_back({step, host(4 * s), host(4 * s + 1), host(4 * s + 2),
-                      static_cast<std::int64_t>(host(4 * s + 3))});
+    for (int s = 0; s < grid_.depth(); ++s)
+      rows.push_back(timing_row(&host(kTimingValues * s), step));
     stage_rows_.push_back(std::move(rows));
     timing_.erase(step);
   }
-  release_results();
-  return std::move(released_);
+  return take_results();
 }
 
 std::string PipelineTrainer::save_checkpoint(const std::string& checkpoints, int keep) {
@@ -362,14 +355,15 @@ void PipelineTrainer::send(const comm::Message& message) {
   sending_.emplace_back(transport_->post_send(message), message.buffer);
 }
 
+void PipelineTrainer::await_receive(int& handle, const char* action, int mb) {
+  if (handle < 0) return;  // nothing posted (no neighbour on that side)
+  timed(wait_s_, [&] { transport_->wait(handle, fmt::format("{} of microbatch {}", action, mb)); });
+  handle = -1;
+}
+
 void PipelineTrainer::forward(int mb, int version) {
   Microbatch& record = microbatch(mb);
-  if (record.activation_in >= 0) {
-    timed(wait_s_, [&] {
-      transport_->wait(record.activation_in, fmt::format("forward of microbatch {}", mb));
-    });
-    record.activation_in = -1;
-  }
+  await_receive(record.activation_in, "forward", mb);
   const model::FloatView w = weights(version);
   const double start = now();
   if (loader_) load_data(mb, record.stash);
@@ -390,12 +384,7 @@ void PipelineTrainer::forward(int mb, int version) {
 
 void PipelineTrainer::backward(int mb, int version) {
   Microbatch& record = in_flight_.at(mb);
-  if (record.gradient_in >= 0) {
-    timed(wait_s_, [&] {
-      transport_->wait(record.gradient_in, fmt::format("backward of microbatch {}", mb));
-    });
-    record.gradient_in = -1;
-  }
+  await_receive(record.gradient_in, "backward", mb);
   const model::FloatView w = weights(version);
   const double start = now();
   if (!model_->has_embedding()) record.input_grad = take_boundary();

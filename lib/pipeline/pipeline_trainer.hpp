@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "comm/collectives.hpp"
@@ -73,10 +74,12 @@ class PipelineTrainer {
   const MemoryBytes& memory() const { return peak_; }
   // Every stage's timing (replica 0) of the steps that became known, one vector per step in
   // order (the same on every rank); a step's timing travels with the next step's reductions.
-  std::vector<std::vector<io::StageRow>> take_stage_rows() { return std::move(stage_rows_); }
+  std::vector<std::vector<io::StageRow>> take_stage_rows() {
+    return std::exchange(stage_rows_, {});
+  }
   // Record every executed action (kept until taken).
   void enable_trace() { tracing_ = true; }
-  std::vector<io::TraceEvent> take_trace() { return std::move(trace_); }
+  std::vector<io::TraceEvent> take_trace() { return std::exchange(trace_, {}); }
   // Most microbatches whose activations were stashed at once.
   int peak_in_flight() const { return peak_in_flight_; }
 
@@ -109,8 +112,9 @@ class PipelineTrainer {
   void end_step(int batch);
   // Applies the pending update: completes its reductions, writes W(t+1) over batch t's gradients.
   void apply_update();
-  model::FloatView weights(int version);  // W(version), applying the pending update if needed
-  void release_results();
+  model::FloatView weights(int version);   // W(version), applying the pending update if needed
+  std::vector<StepResult> take_results();  // the results completed so far, in step order
+  void await_receive(int& handle, const char* action, int mb);  // a posted receive, then -1
   void account();
   void trace_event(schedule::ActionKind kind, int mb, int version, double start, double end);
   double now() const;
@@ -139,8 +143,7 @@ class PipelineTrainer {
   std::map<int, double> losses_;  // batch -> sum of its microbatch losses (last stage)
 
   bool stop_vote_ = false;
-  std::vector<StepResult> known_;  // results completed, not yet released
-  std::vector<StepResult> released_;
+  std::vector<StepResult> known_;              // results completed, not yet handed out
   std::map<std::int64_t, StepTiming> timing_;  // this rank's timing of steps not yet reduced
   std::int64_t timed_through_ = 0;             // the last step whose timing every rank has
   std::vector<std::vector<io::StageRow>> stage_rows_;

@@ -11,8 +11,6 @@ namespace p2bw::pipeline {
 
 namespace {
 
-constexpr int kTimingValues = 4;  // compute, wait, idle, peak memory
-
 // Slots of the world sum: part square sums, loss, stop votes, then the timing of every stage.
 struct Layout {
   int parts;
@@ -23,6 +21,17 @@ struct Layout {
 };
 
 }  // namespace
+
+void put_timing(double* slots, const StepTiming& timing) {
+  slots[0] = timing.compute_s;
+  slots[1] = timing.wait_s;
+  slots[2] = timing.idle_s;
+  slots[3] = static_cast<double>(timing.peak_memory_bytes);
+}
+
+io::StageRow timing_row(const double* slots, std::int64_t step) {
+  return {step, slots[0], slots[1], slots[2], static_cast<std::int64_t>(slots[3])};
+}
 
 StepReduction::StepReduction(const config::Deck& deck, const comm::ProcessGrid& grid,
                              comm::Collectives& collectives, const model::StageModel& model,
@@ -73,13 +82,7 @@ void StepReduction::start_totals(const Exec& exec) {
   if (grid_.replica() == 0) {
     const std::vector<double> sums = model_.grad_square_sums(exec, grads_);
     for (size_t i = 0; i < sums.size(); ++i) host_(first_part_ + static_cast<int>(i)) = sums[i];
-    if (timing_step_ >= 0) {
-      const int at = layout.timing(grid_.stage());
-      host_(at) = timing_.compute_s;
-      host_(at + 1) = timing_.wait_s;
-      host_(at + 2) = timing_.idle_s;
-      host_(at + 3) = static_cast<double>(timing_.peak_memory_bytes);
-    }
+    if (timing_step_ >= 0) put_timing(&host_(layout.timing(grid_.stage())), timing_);
   }
   if (model_.has_head()) {
     const double loss = loss_sum_ / deck_.pipeline.microbatches;
@@ -124,11 +127,8 @@ StepReduction::Totals StepReduction::complete(const Exec& exec) {
   totals.stop_votes = static_cast<int>(std::lround(host_(layout.stop())));
   totals.timing_step = timing_step_;
   if (timing_step_ >= 0)
-    for (int s = 0; s < grid_.depth(); ++s) {
-      const int at = layout.timing(s);
-      totals.stages.push_back({timing_step_, host_(at), host_(at + 1), host_(at + 2),
-                               static_cast<std::int64_t>(host_(at + 3))});
-    }
+    for (int s = 0; s < grid_.depth(); ++s)
+      totals.stages.push_back(timing_row(&host_(layout.timing(s)), timing_step_));
   return totals;
 }
 

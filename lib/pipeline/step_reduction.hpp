@@ -29,6 +29,12 @@ struct StepTiming {
   std::int64_t peak_memory_bytes = 0;
 };
 
+// A step timing as the 4 doubles it travels as in a world sum (compute, wait, idle, peak), and
+// back as a stage's metrics row.
+constexpr int kTimingValues = 4;
+void put_timing(double* slots, const StepTiming& timing);
+io::StageRow timing_row(const double* slots, std::int64_t step);
+
 class StepReduction {
  public:
   struct Totals {
