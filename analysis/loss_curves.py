@@ -3,7 +3,8 @@
 
 Reads <run>/metrics.h5 of each run, plots the training loss (raw, thin; exponentially smoothed,
 thick) against optimizer steps or tokens seen, writes loss_curves.{png,svg} into --out and prints
-per run: steps, first/last/min loss and the final smoothed loss (EMA with weight 0.9).
+per run: steps, first/last/min loss and the final smoothed loss (EMA with weight 0.9). Runs with a
+validation split (/eval) add their validation loss as markers joined by a line, and its last value.
 """
 import argparse
 import os
@@ -51,10 +52,17 @@ def make(paths, out, formats=("png", "svg"), dpi=100, x="steps", labels=None):
         ax.plot(xs, sm, color=color, linewidth=2, label=label,
                 linestyle=("-", "--", ":", "-.")[i % 4])
         skipped = int(np.sum(st["skipped"] != 0))
+        ev = m.get("eval")
+        val = ""
+        if ev is not None and len(ev["step"]):
+            ex = ev["step"] * ph.tokens_per_step(m) if x == "tokens" else ev["step"]
+            ax.plot(ex, ev["loss"], color=color, marker="o", markersize=4, linewidth=1,
+                    linestyle=":", label=f"{label}: validation")
+            val = f", validation loss {ev['loss'][-1]:.4f} (step {int(ev['step'][-1])})"
         lines.append(f"  {label}: steps {len(st['step'])}, first loss {loss[0]:.4f}, last loss "
                      f"{loss[-1]:.4f}, min loss {loss.min():.4f} (step {int(steps[loss.argmin()])}),"
-                     f" final smoothed loss {sm[-1]:.4f}" + (f", skipped {skipped}" if skipped
-                                                             else ""))
+                     f" final smoothed loss {sm[-1]:.4f}" + val +
+                     (f", skipped {skipped}" if skipped else ""))
     ax.axhline(np.log(256), color="grey", linestyle=":", linewidth=1)
     ax.text(ax.get_xlim()[1], np.log(256), " ln 256 (uniform bytes)", va="bottom", ha="right",
             color="grey", fontsize=8)
@@ -62,14 +70,15 @@ def make(paths, out, formats=("png", "svg"), dpi=100, x="steps", labels=None):
     if x != "tokens" or len({ph.tokens_per_step(m) for m in runs}) == 1:
         ph.mark_warmup(ax, runs, ph.tokens_per_step(runs[0]) if x == "tokens" else 1)
     ax.set_xlabel("tokens seen" if x == "tokens" else "optimizer step")
-    ax.set_ylabel("training loss (nats per token)")
-    ax.set_title("Training loss (thin: per step, thick: smoothed)")
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title("Training loss (thin: per step, thick: smoothed; dots: validation)")
     ax.grid(alpha=0.3)
     ax.legend()
     files = ph.save(fig, out, "loss_curves", formats, dpi)
     caption = ("Training loss per optimizer step of each run (thin lines) and its exponential "
                "moving average (thick); the dotted line is ln 256, the loss of a uniform guess "
-               "over bytes. Runs with the same semantics lie on top of each other (every schedule "
+               "over bytes; dots joined by a dotted line are the validation loss on held-out "
+               "data (data.val_fraction), where the run has one. Runs with the same semantics lie on top of each other (every schedule "
                "during 2bw's synchronous flush warm-up; a single-rank run reproduces its deck's "
                "schedule exactly); line styles tell them apart.")
     return "\n".join(lines) + "\n", [(files, caption)]

@@ -199,6 +199,8 @@ def read_metrics(path):
                                   for c in MEMORY_CATEGORIES}
             stage["predicted_total"] = _int_attr(f, file, g, "predicted_memory_bytes")
             m["stages"].append(stage)
+        m["eval"] = (_group_series(f, file, "eval", ("step", "loss"), ints=("step",))
+                     if "eval" in f else None)
         m["trace"] = None
         if "trace" in f:
             m["action_names"] = [n.strip() for n in

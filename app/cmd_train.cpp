@@ -1,6 +1,8 @@
 // `p2bw train DECK [--resume latest|PATH]`: trains the deck's model on d·w MPI ranks with the
 // deck's schedule. Rank 0 prints the stage map, then a line every train.log_every steps: step,
 // loss, learning rate, gradient norm, tokens/s, elapsed time and the estimated time left.
+// With a validation split (data.val_fraction), the validation loss every train.eval_every steps
+// and at the end, on its own line and in metrics.h5's /eval.
 // Checkpoints every checkpoint.every steps and at the end; SIGTERM or SIGUSR1 (SLURM's warning
 // before a time limit) makes every rank finish the current step, checkpoint and exit 0.
 #include <fmt/format.h>
@@ -105,6 +107,10 @@ class Metrics {
     write_ready();
   }
 
+  void add_eval(std::int64_t step, double loss) {
+    if (writer_) writer_->append_eval(step, loss);
+  }
+
   // Collective (at checkpoints and at the end): gathers every rank's trace to rank 0.
   void write_trace(pipeline::PipelineTrainer& trainer) {
     if (!deck_.output.trace) return;
@@ -162,7 +168,9 @@ std::shared_ptr<const data::Tokens> load_data(const Context& context, const conf
     if (!context.root()) return;
     auto loaded =
         std::make_shared<data::Tokens>(data::load_tokens(deck.data.path, deck.data.format));
-    data::Loader check(loaded, deck);
+    const data::DataSplits splits = data::split_data(loaded, deck);
+    data::Loader check(splits.train, deck);
+    if (splits.validation) data::Loader(splits.validation, deck, data::Order::sequential);
     tokens = loaded;
   });
   if (needed && !tokens)
@@ -311,6 +319,17 @@ int run_train(const Context& context, const std::string& path,
     metrics.add(trainer.take_stage_rows());
     return stop;
   };
+  // Collective, after synchronize(): the validation loss of the weights after the steps done.
+  auto evaluate = [&] {
+    const auto eval_start = Clock::now();
+    const double loss = trainer.evaluate();
+    metrics.add_eval(trainer.steps_done(), loss);
+    if (!context.root()) return;
+    fmt::print("step {:>6}/{} | val loss {:.4f} | {} validation sequences in {:.2f} s\n",
+               trainer.steps_done(), deck.train.steps, loss, data::eval_sequences(deck),
+               std::chrono::duration<double>(Clock::now() - eval_start).count());
+    std::fflush(stdout);
+  };
   auto synchronize_and_save = [&](const char* why) {
     take(trainer.synchronize());
     metrics.write_trace(trainer);
@@ -329,10 +348,19 @@ int run_train(const Context& context, const std::string& path,
       synchronize_and_save("stop signal");
       return 0;
     }
+    const bool eval_now = trainer.has_validation() && deck.train.eval_every > 0 &&
+                          trainer.steps_done() % deck.train.eval_every == 0 &&
+                          trainer.steps_done() < deck.train.steps;
+    if (eval_now) {
+      take(trainer.synchronize());
+      evaluate();
+    }
     if (deck.checkpoint.every > 0 && trainer.steps_done() % deck.checkpoint.every == 0 &&
         trainer.steps_done() < deck.train.steps)
       synchronize_and_save("periodic");
   }
+  take(trainer.synchronize());
+  if (trainer.has_validation()) evaluate();
   synchronize_and_save("end of the run");
   return 0;
 }

@@ -15,11 +15,13 @@ namespace p2bw::comm {
 
 namespace {
 
-constexpr int kTagMicrobatches =
-    1 << 14;  // tags repeat after this many microbatches (far beyond d in flight)
+// Tags repeat after this many microbatches (far beyond d in flight); the largest tag stays below
+// 32767, the least MPI_TAG_UB the standard allows.
+constexpr int kTagMicrobatches = 1 << 13;
+constexpr int kDirections = 3;
 
 int tag_of(int microbatch, Direction direction) {
-  return (microbatch % kTagMicrobatches) * 2 + static_cast<int>(direction);
+  return (microbatch % kTagMicrobatches) * kDirections + static_cast<int>(direction);
 }
 
 // Tests `request` until it completes; false when timeout_s passes first. MPI advances large
@@ -88,7 +90,9 @@ class MpiTransport : public Transport {
           "stage {}: {}: no progress for {} s waiting to {} the {} of microbatch {} {} rank {} "
           "(pipeline.timeout_s)",
           stage_, what, timeout_s_, op.send ? "send" : "receive",
-          op.message.direction == Direction::activation ? "activation" : "gradient",
+          op.message.direction == Direction::gradient     ? "gradient"
+          : op.message.direction == Direction::activation ? "activation"
+                                                          : "evaluation activation",
           op.message.microbatch, op.send ? "to" : "from", op.message.peer));
     if (!op.send) Kokkos::deep_copy(op.message.buffer, op.staging);
     pending_.erase(it);

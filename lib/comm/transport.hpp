@@ -17,7 +17,8 @@
 
 namespace p2bw::comm {
 
-enum class Direction { activation = 0, gradient = 1 };
+// evaluation: the activations of a forward-only pass, numbered apart from training's microbatches.
+enum class Direction { activation = 0, gradient = 1, evaluation = 2 };
 
 // One half of a transfer: a buffer, the world rank of the peer, and the message's identity.
 struct Message {

@@ -58,11 +58,14 @@ struct TrainConfig {
   double grad_clip = 1.0;  // global gradient-norm clip; 0 disables
   int log_every = 10;      // steps between log lines
   bool tf32 = false;       // allow TF32 tensor-core GEMMs on CUDA
+  int eval_every = 0;      // steps between validation evaluations; 0 = after the last step only
+  int eval_batches = 4;    // global batches of validation sequences per evaluation
 };
 
 struct DataConfig {
   std::string path;  // resolved: relative paths in a deck are relative to the deck's folder
   DataFormat format = DataFormat::text;
+  double val_fraction = 0.0;  // the tail of the data held out for validation; 0 = none
 };
 
 struct OutputConfig {

@@ -384,6 +384,14 @@ const std::vector<Spec>& specs() {
       boolean_key(
           "train.tf32", +[](Deck& d) -> bool& { return d.train.tf32; },
           "allow TF32 tensor-core GEMMs (CUDA builds)"),
+      integer_key(
+          "train.eval_every", +[](Deck& d) -> int& { return d.train.eval_every; }, 0, kBig,
+          "steps between validation-loss evaluations (needs data.val_fraction > 0); 0 = only "
+          "after the last step"),
+      integer_key(
+          "train.eval_batches", +[](Deck& d) -> int& { return d.train.eval_batches; }, 1, kBig,
+          "global batches (b·m·w sequences) of the validation split per evaluation; the same "
+          "sequences every time"),
       path_key(
           "data.path", +[](Deck& d) -> std::string& { return d.data.path; },
           "training data file; relative to the deck's folder", true),
@@ -392,6 +400,11 @@ const std::vector<Spec>& specs() {
           {DataFormat::text, DataFormat::tokens, DataFormat::llmc},
           "text: UTF-8 bytes; tokens: a p2bw token file (p2bw prepare-data); llmc: llm.c .bin "
           "GPT-2 token shard"),
+      number_key(
+          "data.val_fraction", +[](Deck& d) -> double& { return d.data.val_fraction; }, 0, false,
+          0.5,
+          "the last fraction of data.path held out as the validation split (never trained on); "
+          "0 = no validation"),
       path_key(
           "output.dir", +[](Deck& d) -> std::string& { return d.output.dir; },
           "output folder; relative to the deck's folder; default runs/<deck name> in the working "
@@ -639,6 +652,11 @@ void validate(Deck& deck, const Origins& origins, const LoadOptions& options) {
          fmt::format("{} is above train.lr = {}", format_number(deck.train.lr_min),
                      format_number(deck.train.lr)),
          "a number between 0 and train.lr");
+  if (deck.train.eval_every > 0 && deck.data.val_fraction == 0)
+    fail(origins.locate({"train.eval_every", "data.val_fraction"}), "train.eval_every",
+         fmt::format("evaluates every {} steps, but data.val_fraction = 0 holds nothing out",
+                     deck.train.eval_every),
+         "0, or data.val_fraction > 0");
   if (deck.data.format == DataFormat::text) {
     const int needed = model.kind == ModelKind::bert ? 257 : 256;
     if (model.vocab < needed)

@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <numeric>
 
 #include "core/error.hpp"
@@ -32,8 +33,34 @@ std::uint64_t random_bits(std::uint64_t seed, std::uint64_t stream, std::uint64_
   return splitmix64(splitmix64(splitmix64(seed) ^ stream) ^ counter);
 }
 
-Loader::Loader(std::shared_ptr<const Tokens> tokens, const config::Deck& deck)
-    : tokens_(std::move(tokens)), deck_(deck) {
+DataSplits split_data(std::shared_ptr<const Tokens> all, const config::Deck& deck) {
+  if (deck.data.val_fraction <= 0) return {std::move(all), nullptr};
+  const auto n = static_cast<std::int64_t>(all->ids.size());
+  const auto held_out =
+      static_cast<std::int64_t>(std::floor(static_cast<double>(n) * deck.data.val_fraction));
+  auto train = std::make_shared<Tokens>();
+  auto validation = std::make_shared<Tokens>();
+  train->vocab = validation->vocab = all->vocab;
+  train->ids.assign(all->ids.begin(), all->ids.end() - held_out);
+  validation->ids.assign(all->ids.end() - held_out, all->ids.end());
+  const std::int64_t T = deck.model.seq_len;
+  const bool bert = deck.model.kind == config::ModelKind::bert;
+  const std::int64_t sequences = bert ? held_out / T : std::max<std::int64_t>(held_out - 1, 0) / T;
+  if (sequences < eval_sequences(deck))
+    throw UserError(fmt::format(
+        "{}: data.val_fraction = {} holds out {} tokens, {} sequences of model.seq_len = {}; one "
+        "evaluation reads train.eval_batches · b · m · w = {} (allowed: a larger "
+        "data.val_fraction or a smaller train.eval_batches)",
+        deck.data.path, deck.data.val_fraction, held_out, sequences, T, eval_sequences(deck)));
+  return {std::move(train), std::move(validation)};
+}
+
+std::int64_t eval_sequences(const config::Deck& deck) {
+  return std::int64_t{deck.train.eval_batches} * config::global_batch(deck);
+}
+
+Loader::Loader(std::shared_ptr<const Tokens> tokens, const config::Deck& deck, Order order)
+    : tokens_(std::move(tokens)), deck_(deck), order_(order) {
   const bool bert = deck.model.kind == config::ModelKind::bert;
   const std::int64_t usable_vocab = bert ? deck.model.vocab - 1 : deck.model.vocab;
   if (tokens_->vocab > usable_vocab)
@@ -52,6 +79,7 @@ Loader::Loader(std::shared_ptr<const Tokens> tokens, const config::Deck& deck)
 }
 
 std::int64_t Loader::window_start(std::int64_t index) {
+  if (order_ == Order::sequential) return index % samples_per_epoch_ * deck_.model.seq_len;
   const std::int64_t epoch = index / samples_per_epoch_;
   if (epoch != cached_epoch_) {
     // Fisher-Yates with counter-based randomness: the permutation depends on (seed, epoch) only.

@@ -1,7 +1,7 @@
 // The data loader: cuts the token stream into samples of seq_len (+1 for GPT's shifted targets),
-// visits them in a seeded per-epoch permutation, and makes BERT's masked-LM inputs. It is a pure
-// function of (seed, global sample index), so it resumes at any sample and every layout (d, w)
-// sees the same global batch.
+// visits them in a seeded per-epoch permutation (training) or in order (validation), and makes
+// BERT's masked-LM inputs. It is a pure function of (seed, global sample index), so it resumes at
+// any sample and every layout (d, w) sees the same global batch.
 #pragma once
 
 #include <cstdint>
@@ -18,10 +18,29 @@ constexpr std::int32_t kIgnore = -1;  // target of a position without loss
 // A counter-based random number: the same (seed, stream, counter) always gives the same value.
 std::uint64_t random_bits(std::uint64_t seed, std::uint64_t stream, std::uint64_t counter);
 
+// The token streams of a run: without data.val_fraction all of the data trains; otherwise the
+// last floor(N · data.val_fraction) tokens are the validation split, never trained on.
+struct DataSplits {
+  std::shared_ptr<const Tokens> train;
+  std::shared_ptr<const Tokens> validation;  // null without data.val_fraction
+};
+// Throws UserError when the validation split holds fewer sequences than one evaluation reads
+// (train.eval_batches global batches).
+DataSplits split_data(std::shared_ptr<const Tokens> all, const config::Deck& deck);
+
+// Sequences one evaluation reads: train.eval_batches · b · m · w.
+std::int64_t eval_sequences(const config::Deck& deck);
+
+enum class Order {
+  shuffled,   // training: a seeded permutation per epoch
+  sequential  // validation: sample i is the i-th window, the same for every seed and run
+};
+
 class Loader {
  public:
   // Throws UserError when the data does not fit the model (too few tokens, ids beyond the vocab).
-  Loader(std::shared_ptr<const Tokens> tokens, const config::Deck& deck);
+  Loader(std::shared_ptr<const Tokens> tokens, const config::Deck& deck,
+         Order order = Order::shuffled);
 
   std::int64_t samples_per_epoch() const { return samples_per_epoch_; }
 
@@ -47,6 +66,7 @@ class Loader {
 
   std::shared_ptr<const Tokens> tokens_;
   config::Deck deck_;
+  Order order_;
   std::int64_t samples_per_epoch_ = 0;
   std::int64_t cached_epoch_ = -1;
   std::vector<std::int64_t> permutation_;  // (samples_per_epoch) of the cached epoch

@@ -28,6 +28,7 @@ constexpr hsize_t kTraceChunk = 8192;
 
 const std::vector<std::string> kStepSeries = {"step",         "loss",   "lr",     "grad_norm",
                                               "tokens_per_s", "time_s", "skipped"};
+const std::vector<std::string> kEvalSeries = {"step", "loss"};
 const std::vector<std::string> kStageSeries = {"step", "compute_s", "wait_s", "idle_s",
                                                "peak_memory_bytes"};
 const std::vector<std::string> kTraceSeries = {"kind", "microbatch", "version", "start", "end"};
@@ -84,6 +85,7 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsHeader& heade
         truncate_group(stage_group(s), kStageSeries, first_step);
     for (int s = 0; s < depth_; ++s)
       if (!file_.exists(stage_group(s))) add_stage(s, header.predicted[s]);
+    if (file_.exists("/eval")) truncate_group("/eval", kEvalSeries, first_step);
     if (file_.exists("/trace")) file_.remove("/trace");
     std::vector<std::int64_t> resumed;
     if (file_.has_attribute("/", "resumed_at_steps"))
@@ -111,6 +113,16 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsHeader& heade
     file_.create_series<std::uint8_t>("/steps/skipped", kStepChunk);
     for (int s = 0; s < depth_; ++s) add_stage(s, header.predicted[s]);
   }
+  file_.flush();
+}
+
+void MetricsWriter::append_eval(std::int64_t step, double loss) {
+  if (!file_.exists("/eval")) {
+    file_.create_series<std::int64_t>("/eval/step", kStepChunk);
+    file_.create_series<double>("/eval/loss", kStepChunk);
+  }
+  file_.append<std::int64_t>("/eval/step", {step});
+  file_.append<double>("/eval/loss", {loss});
   file_.flush();
 }
 
@@ -269,6 +281,11 @@ MetricsContents read_metrics(const std::string& path) {
     c.stages.push_back(std::move(stage));
   }
 
+  if (file.exists("/eval")) {
+    common_length(file, "/eval", kEvalSeries);
+    c.eval.step = file.read<std::int64_t>("/eval/step");
+    c.eval.loss = file.read<double>("/eval/loss");
+  }
   if (file.exists("/trace")) {
     c.has_trace = true;
     c.action_names = file.string_attribute("/trace", "action_names");
@@ -348,6 +365,14 @@ std::string summarize_metrics(const std::string& path) {
       if (std::isfinite(t)) tokens += t, ++counted;
     line(fmt::format("throughput: mean {:.1f} tokens/s; wall time {:.2f} s at step {}",
                      counted ? tokens / counted : 0.0, st.time_s.back(), st.step.back()));
+  }
+  if (!c.eval.step.empty()) {
+    const auto best =
+        std::min_element(c.eval.loss.begin(), c.eval.loss.end()) - c.eval.loss.begin();
+    line(fmt::format("validation loss: {} evaluations, last {:.4f} (step {}), min {:.4f} (step {})",
+                     c.eval.step.size(), c.eval.loss.back(), c.eval.step.back(),
+                     c.eval.loss[static_cast<size_t>(best)],
+                     c.eval.step[static_cast<size_t>(best)]));
   }
 
   line("per stage, mean seconds per step (bubble = (wait + idle) / (compute + wait + idle)):");

@@ -15,6 +15,8 @@
 //   /stages/<s>/      extendible 1-D: step (int64), compute_s, wait_s, idle_s (float64),
 //                     peak_memory_bytes (int64); attributes predicted_memory_bytes (the total) and
 //                     predicted_{weights,gradients,optimizer,activations,buffers,workspace}_bytes
+//   /eval/            optional (a run with a validation split), extendible 1-D: step (int64,
+//                     the steps done when evaluated), loss (float64, mean per target position)
 //   /trace/rank_<r>/  optional, extendible 1-D: kind, microbatch, version (int32), start, end
 //                     (float64 s); attribute action_names on /trace (comma-separated, by code)
 #pragma once
@@ -82,6 +84,10 @@ class MetricsWriter {
   // `depth` of them); flushed to disk before it returns.
   void append(const StepRow& row, const std::vector<StageRow>& stages);
 
+  // Appends the validation loss of the weights after `step` to /eval (created on first use);
+  // flushed.
+  void append_eval(std::int64_t step, double loss);
+
   // Appends events to /trace/rank_<rank> (created on first use, with /trace's action_names);
   // flushed.
   void append_trace(int rank, const std::vector<TraceEvent>& events);
@@ -126,6 +132,10 @@ struct MetricsContents {
     std::int64_t predicted_total = 0;  // the predicted_memory_bytes attribute
   };
   std::vector<Stage> stages;  // every /stages/<s> in the file (at least 0 .. depth-1), by s
+  struct Eval {
+    std::vector<std::int64_t> step;
+    std::vector<double> loss;
+  } eval;  // empty without /eval
   struct TraceRank {
     int rank = 0;
     std::vector<std::int32_t> kind, microbatch, version;

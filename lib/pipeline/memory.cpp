@@ -45,6 +45,12 @@ std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap
                                           : mem.in_flight * stashed);
     const int boundaries = (s > 0) + (s + 1 < depth);
     mem.buffers = kFloat * 2 * boundaries * shape.block().input;  // activation and gradient
+    if (deck.data.val_fraction > 0) {
+      // Evaluation: one microbatch's activations (recomputation's scratch set serves) and, before
+      // the last stage, two output buffers.
+      if (!deck.pipeline.recompute) mem.activations += kFloat * stashed;
+      if (s + 1 < depth) mem.buffers += kFloat * 2 * shape.block().input;
+    }
     mem.workspace = kFloat * model::stage_workspace_floats(shape);
     result.push_back(mem);
   }

@@ -9,6 +9,7 @@
 #include "model/lr_schedule.hpp"
 #include "pipeline/stage_checkpoint.hpp"
 #include "pipeline/test_hooks.hpp"
+#include "schedule/check.hpp"
 #include "schedule/text.hpp"
 
 namespace p2bw::pipeline {
@@ -77,7 +78,20 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
   reduction_ = std::make_unique<StepReduction>(deck_, grid_, *collectives_, *model_, first_part);
   if (range.has_embedding || range.has_head) {
     P2BW_ASSERT(tokens != nullptr, "the first and the last stage need the data");
-    loader_ = std::make_unique<data::Loader>(std::move(tokens), deck);
+    data::DataSplits splits = data::split_data(std::move(tokens), deck);
+    loader_ = std::make_unique<data::Loader>(std::move(splits.train), deck);
+    if (splits.validation)
+      eval_loader_ = std::make_unique<data::Loader>(std::move(splits.validation), deck,
+                                                    data::Order::sequential);
+  }
+  if (deck.data.val_fraction > 0) {
+    const int per_pipeline = deck.train.eval_batches * deck.pipeline.microbatches;
+    eval_schedule_ = schedule::generate_forward_only(deck.pipeline.depth, per_pipeline);
+    const schedule::CheckResult proof = schedule::check(eval_schedule_);
+    if (!proof.ok())
+      P2BW_INTERNAL_ERROR("the evaluation schedule fails the checker: " + proof.summary());
+    eval_totals_ = DoubleView("p2bw::eval_totals",
+                              static_cast<size_t>(2 * per_pipeline * deck.pipeline.width));
   }
   versions_ = WeightVersions(model_->num_params(), buffers_needed(deck));
   if (resume) {
@@ -98,6 +112,14 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
     if (!model_->has_head())
       scratch_out_ =
           model::FloatView("p2bw::recompute_out", static_cast<size_t>(model_->boundary_floats()));
+  }
+  if (has_validation()) {
+    // Recomputation's scratch activations are free between actions; otherwise one more set.
+    eval_cache_ = deck.pipeline.recompute ? scratch_ : model_->make_cache();
+    if (!model_->has_head())
+      for (model::FloatView& out : eval_out_)
+        out = model::FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::eval_out"),
+                               static_cast<size_t>(model_->boundary_floats()));
   }
   account();
 }
@@ -190,6 +212,79 @@ std::string PipelineTrainer::save_checkpoint(const std::string& checkpoints, int
   P2BW_ASSERT(!reduction_->active(), "a checkpoint needs synchronize() first");
   return save_stage_checkpoint(checkpoints, keep, steps_done_, deck_, grid_, *collectives_, *model_,
                                versions_, *optimizer_);
+}
+
+double PipelineTrainer::evaluate() {
+  P2BW_ASSERT(has_validation(), "an evaluation needs a validation split");
+  P2BW_ASSERT(!reduction_->active(), "an evaluation needs synchronize() first");
+  const model::FloatView w = versions_.at(versions_.newest());
+  const int m = deck_.pipeline.microbatches, width = deck_.pipeline.width;
+  auto totals = Kokkos::create_mirror_view(eval_totals_);
+  for (size_t i = 0; i < totals.extent(0); ++i) totals(i) = 0.0;
+  const auto r =
+      static_cast<size_t>(deck_.train.microbatch_size) * static_cast<size_t>(deck_.model.seq_len);
+  std::vector<std::int32_t> tokens(r), targets(r);
+  using HostInts = Kokkos::View<const int*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>;
+  int receive = -1;
+  int sends[2] = {-1, -1};  // the send from eval_out_[mb % 2], until done
+  const auto wait_send = [&](int& handle, int mb) {
+    if (handle < 0) return;
+    transport_->wait(handle, fmt::format("the evaluation's send of microbatch {}", mb));
+    handle = -1;
+  };
+  using K = schedule::ActionKind;
+  for (const schedule::Action& a : eval_schedule_.actions[static_cast<size_t>(grid_.stage())]) {
+    model::FloatView& out = eval_out_[a.mb % 2];
+    switch (a.kind) {
+      case K::recv_act:
+        receive = transport_->post_receive({model_->input_slot(eval_cache_),
+                                            grid_.rank_of_stage(grid_.stage() - 1), a.mb,
+                                            comm::Direction::evaluation});
+        break;
+      case K::forward: {
+        if (receive >= 0) {
+          transport_->wait(receive, fmt::format("the evaluation's forward of microbatch {}", a.mb));
+          receive = -1;
+        }
+        // Slot k of validation batch t, as in training: batch t of the split, microbatch j,
+        // replica.
+        const int t = (a.mb - 1) / m, j = (a.mb - 1) % m;
+        if (eval_loader_) {
+          eval_loader_->microbatch(t, j, grid_.replica(), tokens.data(), targets.data());
+          if (model_->has_embedding())
+            Kokkos::deep_copy(exec_, eval_cache_.tokens, HostInts(tokens.data(), r));
+          if (model_->has_head())
+            Kokkos::deep_copy(exec_, eval_cache_.targets, HostInts(targets.data(), r));
+        }
+        wait_send(sends[a.mb % 2], a.mb - 2);
+        const double loss = model_->forward(exec_, w, eval_cache_, out);
+        exec_.fence();
+        if (model_->has_head()) {
+          const size_t slot = static_cast<size_t>((t * m + j) * width + grid_.replica());
+          totals(2 * slot) = loss * eval_cache_.loss_positions;
+          totals(2 * slot + 1) = eval_cache_.loss_positions;
+        }
+        break;
+      }
+      case K::send_act:
+        sends[a.mb % 2] = transport_->post_send(
+            {out, grid_.rank_of_stage(grid_.stage() + 1), a.mb, comm::Direction::evaluation});
+        break;
+      default:
+        P2BW_INTERNAL_ERROR("an evaluation runs forwards and activation messages only");
+    }
+  }
+  for (int& send : sends) wait_send(send, -1);
+  Kokkos::deep_copy(eval_totals_, totals);
+  collectives_->wait(collectives_->post_sum(
+      eval_totals_, comm::Group::world, fmt::format("the evaluation after step {}", steps_done_)));
+  Kokkos::deep_copy(totals, eval_totals_);
+  double loss = 0.0, positions = 0.0;
+  for (size_t i = 0; i < totals.extent(0); i += 2) {
+    loss += totals(i);
+    positions += totals(i + 1);
+  }
+  return positions > 0 ? loss / positions : 0.0;
 }
 
 void PipelineTrainer::run(const schedule::Action& a) {
@@ -499,8 +594,10 @@ void PipelineTrainer::account() {
   for (const auto& entry : in_flight_)
     if (entry.second.stash.tokens.data() || entry.second.stash.floats.data())
       probe = entry.second.stash;
-  use.activations = stashes_ * bytes(probe) + bytes(scratch_) + bytes(scratch_out_);
-  use.buffers = boundaries_ * model_->boundary_floats() * 4;
+  use.activations = stashes_ * bytes(probe) + bytes(scratch_) + bytes(scratch_out_) +
+                    (deck_.pipeline.recompute ? 0 : bytes(eval_cache_));
+  use.buffers =
+      boundaries_ * model_->boundary_floats() * 4 + bytes(eval_out_[0]) + bytes(eval_out_[1]);
   use.workspace = model_->workspace_floats() * 4;
   if (use.total() > peak_.total()) peak_ = use;
 }

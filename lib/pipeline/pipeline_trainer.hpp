@@ -62,6 +62,15 @@ class PipelineTrainer {
   // Steps whose batch has run (their update may still be deferred until synchronize()).
   std::int64_t steps_done() const { return steps_done_; }
 
+  // Whether the run holds out a validation split (data.val_fraction > 0).
+  bool has_validation() const { return !eval_schedule_.actions.empty(); }
+  // Collective, after synchronize(), with a validation split: the mean loss per target position
+  // of the newest weights W(steps_done()) on the validation split's first eval_sequences()
+  // sequences, forward only through the pipeline (the checked forward-only schedule). The same
+  // number on every rank and on every layout (d, w): each microbatch's loss goes to its own slot
+  // of one world sum, and the slots are added in order.
+  double evaluate();
+
   // Collective, after synchronize(): writes a checkpoint of the steps done under `checkpoints`
   // and returns its folder on rank 0.
   std::string save_checkpoint(const std::string& checkpoints, int keep);
@@ -129,6 +138,14 @@ class PipelineTrainer {
   std::unique_ptr<comm::Collectives> collectives_;
   std::unique_ptr<data::Loader> loader_;
   schedule::ScheduleStream stream_;
+  // Evaluation: its schedule (no action lists without a validation split), loader, one microbatch's
+  // activations, two (B, T, C) output buffers (not the last stage) and the per-slot loss sums and
+  // target counts (2 · slots) of one world sum.
+  schedule::Schedule eval_schedule_;
+  std::unique_ptr<data::Loader> eval_loader_;
+  model::Cache eval_cache_;
+  model::FloatView eval_out_[2];
+  DoubleView eval_totals_;
   model::Exec exec_;
 
   WeightVersions versions_;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "core/error.hpp"
 #include "model/lr_schedule.hpp"
 #include "pipeline/test_hooks.hpp"
 
@@ -12,7 +13,8 @@ namespace p2bw::pipeline {
 SingleRankTrainer::SingleRankTrainer(const config::Deck& deck,
                                      std::shared_ptr<const data::Tokens> tokens)
     : deck_(deck),
-      loader_(std::move(tokens), deck),
+      splits_(data::split_data(std::move(tokens), deck)),
+      loader_(splits_.train, deck),
       model_(deck.model, deck.train.microbatch_size, 0, deck.model.layers + 2),
       optimizer_(deck.train, model_.tensors(), model_.num_params()) {
   const auto n = static_cast<size_t>(model_.num_params());
@@ -21,6 +23,27 @@ SingleRankTrainer::SingleRankTrainer(const config::Deck& deck,
   w_old_ = w_new_;  // one version until 2bw starts
   grads_ = model::FloatView("p2bw::grads", n);
   cache_ = model_.make_cache();
+}
+
+double SingleRankTrainer::evaluate() {
+  P2BW_ASSERT(splits_.validation != nullptr, "an evaluation needs a validation split");
+  data::Loader loader(splits_.validation, deck_, data::Order::sequential);
+  const int m = deck_.pipeline.microbatches, width = deck_.pipeline.width;
+  auto host_tokens = Kokkos::create_mirror_view(cache_.tokens);
+  auto host_targets = Kokkos::create_mirror_view(cache_.targets);
+  double loss = 0.0, positions = 0.0;
+  // In slot order: validation batch t, microbatch j, replica r.
+  for (int t = 0; t < deck_.train.eval_batches; ++t)
+    for (int j = 0; j < m; ++j)
+      for (int r = 0; r < width; ++r) {
+        loader.microbatch(t, j, r, host_tokens.data(), host_targets.data());
+        Kokkos::deep_copy(exec_, cache_.tokens, host_tokens);
+        Kokkos::deep_copy(exec_, cache_.targets, host_targets);
+        const double mean = model_.forward(exec_, w_new_, cache_, model::FloatView());
+        loss += mean * cache_.loss_positions;
+        positions += cache_.loss_positions;
+      }
+  return positions > 0 ? loss / positions : 0.0;
 }
 
 bool SingleRankTrainer::delayed(std::int64_t step) const {

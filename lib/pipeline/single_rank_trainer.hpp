@@ -32,6 +32,8 @@ class SingleRankTrainer {
   SingleRankTrainer(const config::Deck& deck, std::shared_ptr<const data::Tokens> tokens);
 
   StepResult step();
+  // The validation loss of the newest weights, as PipelineTrainer::evaluate() defines it.
+  double evaluate();
 
   std::int64_t steps_done() const { return steps_done_; }
   model::StageModel& model() { return model_; }
@@ -45,6 +47,7 @@ class SingleRankTrainer {
   bool delayed(std::int64_t step) const;  // does 0-based `step` use the 2bw rule?
 
   config::Deck deck_;
+  data::DataSplits splits_;
   data::Loader loader_;
   model::StageModel model_;
   model::Optimizer optimizer_;

@@ -41,6 +41,7 @@ class StageChecker {
         out_(out),
         has_prev_(stage > 0),
         has_next_(stage + 1 < s.stages),
+        forward_only_(s.kind == ScheduleKind::forward_only),
         bound_(activation_bound(s.kind, s.stages, s.microbatches, stage)),
         mbs_(s.total_microbatches() + 1),
         allreduce_at_(s.batches, -1),
@@ -71,6 +72,9 @@ class StageChecker {
   }
 
   void visit(const Action& a) {
+    if (forward_only_ && a.kind != ActionKind::forward && a.kind != ActionKind::send_act &&
+        a.kind != ActionKind::recv_act)
+      return report("a forward-only schedule has only forwards, activation sends and receives");
     switch (a.kind) {
       case ActionKind::forward:
         forward(a);
@@ -179,6 +183,13 @@ class StageChecker {
       report(num(in_flight_) + " activations in flight, the bound for this stage is " +
              num(bound_));
     }
+    if (forward_only_ && !has_next_) release(mb);  // the loss is all the last stage keeps
+  }
+
+  // A microbatch's activations are no longer needed (its backward, or forward-only: its send).
+  void release(const MicrobatchState& mb) {
+    --in_flight_;
+    if (--in_flight_versions_[mb.version] == 0) in_flight_versions_.erase(mb.version);
   }
 
   void backward(const Action& a) {
@@ -207,8 +218,7 @@ class StageChecker {
     require_held(a.version);
     if (a.kind == ActionKind::backward_input) return;
     mb.weight = index_;
-    --in_flight_;
-    if (--in_flight_versions_[mb.version] == 0) in_flight_versions_.erase(mb.version);
+    release(mb);
   }
 
   void send_act(int mb) {
@@ -217,6 +227,7 @@ class StageChecker {
     MicrobatchState& st = mbs_[mb];
     if (st.forward < 0) report("activation of mb " + num(mb) + " sent before its forward");
     if (st.act_sent) report("activation of mb " + num(mb) + " sent twice");
+    if (forward_only_ && st.forward >= 0 && !st.act_sent) release(st);
     st.act_sent = true;
   }
 
@@ -340,14 +351,18 @@ class StageChecker {
 
   void finish() {
     report_missing("never forwarded", [](const MicrobatchState& m) { return m.forward < 0; });
-    report_missing("never backwarded", [](const MicrobatchState& m) { return m.weight < 0; });
     if (has_prev_) {
       report_missing("activation never received",
                      [](const MicrobatchState& m) { return !m.act_received; });
-      report_missing("gradient never sent", [](const MicrobatchState& m) { return !m.grad_sent; });
     }
     if (has_next_) {
       report_missing("activation never sent", [](const MicrobatchState& m) { return !m.act_sent; });
+    }
+    if (forward_only_) return;  // no gradients, reductions, steps or markers
+    report_missing("never backwarded", [](const MicrobatchState& m) { return m.weight < 0; });
+    if (has_prev_)
+      report_missing("gradient never sent", [](const MicrobatchState& m) { return !m.grad_sent; });
+    if (has_next_) {
       report_missing("gradient never received",
                      [](const MicrobatchState& m) { return !m.grad_received; });
     }
@@ -367,6 +382,7 @@ class StageChecker {
   std::vector<Finding>& out_;
   const bool has_prev_;
   const bool has_next_;
+  const bool forward_only_;  // an evaluation: forwards and activation messages only
   const int bound_;
   std::vector<MicrobatchState> mbs_;  // indexed by microbatch, 1-based
   std::vector<int> allreduce_at_;     // action index per batch, -1 if none yet
@@ -398,6 +414,9 @@ bool check_header(const Schedule& s, std::vector<Finding>& out) {
   }
   if (s.kind == ScheduleKind::two_bw && s.microbatches < s.stages) {
     return fail("2bw needs microbatches >= stages");
+  }
+  if (s.kind == ScheduleKind::forward_only && (s.batches != 1 || s.first_batch != 0)) {
+    return fail("a forward-only schedule is one batch from batch 0");
   }
   if (s.first_batch < 0 || s.first_batch >= s.batches) {
     return fail("first_batch outside [0, batches)");

@@ -35,6 +35,10 @@
 //   flight; flush and GPipe write buffer 0 only;
 // - per batch exactly one allreduce after the batch's m-th backward, then one step, both inside
 //   batch_begin/batch_end markers that come in order from batch_begin first_batch.
+// A forward-only schedule (an evaluation) is held to the same message, version and deadlock rules,
+// with forwards, activation sends and receives only: every microbatch forwarded once per stage
+// on W0, its activation sent once after its forward and received once before it, at most one
+// activation in flight (from a forward until its send); no gradients, reductions or markers.
 #pragma once
 
 #include <string>

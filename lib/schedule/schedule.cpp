@@ -68,15 +68,19 @@ const char* to_string(ScheduleKind kind) {
       return "flush";
     case ScheduleKind::two_bw:
       return "2bw";
+    case ScheduleKind::forward_only:
+      return "forward-only";
   }
   return "?";
 }
 
 ScheduleKind parse_kind(const std::string& s) {
-  for (ScheduleKind k : {ScheduleKind::gpipe, ScheduleKind::flush, ScheduleKind::two_bw}) {
+  for (ScheduleKind k : {ScheduleKind::gpipe, ScheduleKind::flush, ScheduleKind::two_bw,
+                         ScheduleKind::forward_only}) {
     if (to_string(k) == s) return k;
   }
-  throw ScheduleError("unknown schedule kind '" + s + "' (expected gpipe, flush or 2bw)");
+  throw ScheduleError("unknown schedule kind '" + s +
+                      "' (expected gpipe, flush, 2bw or forward-only)");
 }
 
 bool is_backward(ActionKind kind) {
@@ -123,6 +127,7 @@ std::array<int, 2> initial_buffers(ScheduleKind kind, int sync_warmup, int first
 
 int activation_bound(ScheduleKind kind, int stages, int microbatches, int stage) {
   if (kind == ScheduleKind::gpipe) return microbatches;
+  if (kind == ScheduleKind::forward_only) return 1;  // from its forward until its send
   return std::min(stages - stage, microbatches);
 }
 
@@ -258,6 +263,9 @@ Schedule generate(ScheduleKind kind, int stages, int microbatches, int batches, 
   if (sync_warmup > 0 && kind != ScheduleKind::two_bw) {
     throw ScheduleError("sync_warmup applies to 2bw only");
   }
+  if (kind == ScheduleKind::forward_only) {
+    throw ScheduleError("a forward-only schedule comes from generate_forward_only()");
+  }
   if (kind == ScheduleKind::two_bw && microbatches < stages) {
     throw ScheduleError("2bw needs microbatches >= stages (got m=" + std::to_string(microbatches) +
                         ", d=" + std::to_string(stages) + ")");
@@ -288,6 +296,28 @@ Schedule generate(ScheduleKind kind, int stages, int microbatches, int batches, 
     }
     if (kind == ScheduleKind::two_bw && two_bw_start < batches) {
       builder.one_f_one_b(two_bw_start * microbatches + 1, (batches - two_bw_start) * microbatches);
+    }
+  }
+  return schedule;
+}
+
+Schedule generate_forward_only(int stages, int microbatches) {
+  if (stages < 1 || microbatches < 1) {
+    throw ScheduleError("a forward-only schedule needs stages >= 1 and microbatches >= 1 (got d=" +
+                        std::to_string(stages) + ", m=" + std::to_string(microbatches) + ")");
+  }
+  Schedule schedule;
+  schedule.kind = ScheduleKind::forward_only;
+  schedule.stages = stages;
+  schedule.microbatches = microbatches;
+  schedule.batches = 1;
+  schedule.actions.resize(stages);
+  for (int s = 0; s < stages; ++s) {
+    std::vector<Action>& list = schedule.actions[s];
+    for (int mb = 1; mb <= microbatches; ++mb) {
+      if (s > 0) list.push_back(Action::message(ActionKind::recv_act, mb));
+      list.push_back(Action::forward(mb, 0));
+      if (s + 1 < stages) list.push_back(Action::message(ActionKind::send_act, mb));
     }
   }
   return schedule;

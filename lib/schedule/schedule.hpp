@@ -124,6 +124,11 @@ inline bool operator!=(const Schedule& a, const Schedule& b) {
 Schedule generate(ScheduleKind kind, int stages, int microbatches, int batches, int sync_warmup = 0,
                   int first_batch = 0);
 
+// The forward-only schedule of an evaluation: one batch of `microbatches` microbatches, each
+// stage doing `recv_act; F mb v0; send_act` per microbatch (messages to a missing neighbour left
+// out). No backward, allreduce, step or markers; W0 stands for the weights being evaluated.
+Schedule generate_forward_only(int stages, int microbatches);
+
 bool is_compute(ActionKind kind);        // forward and the backward kinds
 bool is_backward(ActionKind kind);       // backward, backward_input, backward_weight
 bool is_communication(ActionKind kind);  // sends, receives and exchanges
@@ -141,7 +146,8 @@ int weight_buffer(ScheduleKind kind, int sync_warmup, int version);
 // in buffer 0 for flush, GPipe and 2bw while first_batch <= K; for 2bw with first_batch > K,
 // W(first_batch) and W(first_batch-1) in their weight_buffer().
 std::array<int, 2> initial_buffers(ScheduleKind kind, int sync_warmup, int first_batch);
-// Most activations stage `stage` may hold: min(d - s, m) for flush and 2bw, m for GPipe.
+// Most activations stage `stage` may hold: min(d - s, m) for flush and 2bw, m for GPipe, 1 for
+// forward-only (a microbatch holds its activation from its forward until it is sent).
 int activation_bound(ScheduleKind kind, int stages, int microbatches, int stage);
 
 // Largest number of microbatches forwarded but not yet backwarded on `stage`.

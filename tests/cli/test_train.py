@@ -46,6 +46,35 @@ curve = losses(r.stdout)
 check("the demo deck on 2 stages with 2bw: the loss falls on real text",
       r.returncode == 0 and len(curve) >= 3 and curve[-1] < curve[0] - 1.5, r.stdout[-1500:] + r.stderr[-800:])
 
+# Held-out validation: every 10 steps and at the end, on the log, in metrics.h5 and in inspect; the
+# same numbers bit for bit on 2 stages and on 1 (evaluation is layout-free).
+def h5_series(path, dataset):
+    """A 1-D dataset's values at full precision, read with h5dump (hdf5-tools)."""
+    dump = subprocess.run(["h5dump", "-m", "%.17g", "-d", dataset, "-y", "-w", "0", path],
+                          capture_output=True, text=True)
+    data = dump.stdout.split("DATA {", 1)[1].split("}", 1)[0] if dump.returncode == 0 else ""
+    return [float(x) for x in re.findall(r"[-+0-9.eE]+", data.split(":", 1)[-1])]
+
+
+val_losses = {}
+for ranks in (2, 1):
+    r, _ = train(ranks, "inputs/demo.yaml", "--set", "train.steps=20", "--set", f"pipeline.depth={ranks}",
+                 "--set", "data.val_fraction=0.05", "--set", "train.eval_every=10", "--set", "train.eval_batches=2",
+                 "--set", f"output.dir={out}/val{ranks}")
+    printed = re.findall(r"step +(\d+)/20 \| val loss ([0-9.]+) \| 32 validation sequences", r.stdout)
+    metrics = f"{out}/val{ranks}/metrics.h5"
+    val_losses[ranks] = (h5_series(metrics, "/eval/step"), h5_series(metrics, "/eval/loss"))
+    check(f"validation on {ranks} rank(s): the loss after steps 10 and 20, printed and in /eval",
+          r.returncode == 0 and [int(p[0]) for p in printed] == [10, 20] and val_losses[ranks][0] == [10, 20]
+          and all(abs(float(p[1]) - v) < 1e-4 for p, v in zip(printed, val_losses[ranks][1])),
+          r.stdout[-1500:] + r.stderr[-800:])
+check("the validation losses are the same bits on 2 stages and on 1", val_losses[2] == val_losses[1],
+      str(val_losses))
+r = subprocess.run([P2BW, "inspect", f"{out}/val2/metrics.h5"], cwd=ROOT, capture_output=True, text=True)
+check("p2bw inspect shows the validation loss",
+      r.returncode == 0 and re.search(r"validation loss: 2 evaluations, last [0-9.]+ \(step 20\)", r.stdout),
+      r.stdout[-800:] + r.stderr[-400:])
+
 r, seconds = train(2, "inputs/gpt-tiny.yaml", "--set", "pipeline.depth=2", "--set", "pipeline.timeout_s=2",
                    "--set", f"output.dir={out}/stall", env={"P2BW_TEST_STALL_RANK": "1"}, timeout=120)
 check("a stalled rank makes the run fail with the timeout message, not hang",

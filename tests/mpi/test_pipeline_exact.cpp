@@ -210,6 +210,66 @@ TEST(PipelineExactMutation, AnUpdateAppliedOneBatchTooLateIsCaught) {
   EXPECT_EQ(any, 1) << c.name() << ": the late update went unnoticed";
 }
 
+class PipelineEval : public ::testing::TestWithParam<config::ModelKind> {};
+
+TEST_P(PipelineEval, TheValidationLossIsTheSameNumberOnEveryLayout) {
+  // A validation split of half the text; evaluations after steps 3 and 6, between batches (2bw
+  // keeps microbatches in flight across them), against the single-rank reference: bit for bit
+  // with w = 1, within 1e-5 otherwise (the weights differ in the last bits). The evaluation
+  // must not disturb training: the losses of steps 4-6 still match.
+  auto tokens = std::make_shared<data::Tokens>(data::tokenize_bytes(kText));
+  for (auto [d, w] : layouts()) {
+    for (bool recompute : {false, true}) {
+      for (auto schedule : {config::ScheduleKind::flush, config::ScheduleKind::two_bw}) {
+        const Case c{GetParam(), schedule, 0, recompute, d, w, 2 * d};
+        config::Deck deck = deck_for(c);
+        deck.data.val_fraction = 0.5;
+        deck.train.eval_batches = 1;
+        config::Deck reference_deck = deck;
+        reference_deck.pipeline.depth = reference_deck.pipeline.width = 1;
+        reference_deck.pipeline.microbatches = c.microbatches * c.width;
+        reference_deck.pipeline.recompute = false;
+        SingleRankTrainer reference(reference_deck, tokens);
+        const comm::ProcessGrid grid(MPI_COMM_WORLD, c.depth, c.width);
+        PipelineTrainer pipelined(deck, grid, tokens);
+        ASSERT_TRUE(pipelined.has_validation());
+        std::vector<StepResult> wanted, results;
+        std::vector<double> want_eval, got_eval;
+        for (int s = 1; s <= deck.train.steps; ++s) {
+          wanted.push_back(reference.step());
+          for (const StepResult& r : pipelined.step()) results.push_back(r);
+          if (s % 3 == 0) {
+            for (const StepResult& r : pipelined.synchronize()) results.push_back(r);
+            want_eval.push_back(reference.evaluate());
+            got_eval.push_back(pipelined.evaluate());
+            EXPECT_TRUE(same_bits(pipelined.evaluate(), got_eval.back())) << c.name();
+          }
+        }
+        ASSERT_EQ(results.size(), wanted.size()) << c.name();
+        for (size_t i = 0; i < want_eval.size(); ++i) {
+          EXPECT_TRUE(std::isfinite(got_eval[i]) && got_eval[i] > 0) << c.name();
+          if (w == 1)
+            EXPECT_TRUE(same_bits(want_eval[i], got_eval[i]))
+                << c.name() << " evaluation " << i << ": " << fmt::format("{:.17g}", got_eval[i])
+                << ", reference " << fmt::format("{:.17g}", want_eval[i]);
+          else
+            EXPECT_NEAR(got_eval[i], want_eval[i], 1e-5 * want_eval[i]) << c.name();
+        }
+        for (size_t i = 0; i < wanted.size(); ++i) {
+          if (w == 1)
+            EXPECT_TRUE(same_bits(wanted[i].loss, results[i].loss)) << c.name() << " step " << i;
+          else
+            EXPECT_NEAR(results[i].loss, wanted[i].loss, 1e-5 * wanted[i].loss) << c.name();
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, PipelineEval,
+                         ::testing::Values(config::ModelKind::gpt, config::ModelKind::bert),
+                         [](const auto& info) { return std::string(to_string(info.param)); });
+
 INSTANTIATE_TEST_SUITE_P(Models, PipelineExact,
                          ::testing::Values(config::ModelKind::gpt, config::ModelKind::bert),
                          [](const auto& info) { return std::string(to_string(info.param)); });

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <memory>
+#include <utility>
 
 #include "comm/process_grid.hpp"
 #include "data/token_file.hpp"
@@ -28,7 +29,8 @@ TEST(PipelineMemory, MeasuredMatchesPredicted) {
   const int d = world_size();
   for (auto schedule :
        {config::ScheduleKind::flush, config::ScheduleKind::gpipe, config::ScheduleKind::two_bw}) {
-    for (bool recompute : {false, true}) {
+    for (auto [recompute, validation] : {std::pair{false, false}, std::pair{true, false},
+                                         std::pair{false, true}, std::pair{true, true}}) {
       config::Deck deck;
       deck.model = {config::ModelKind::gpt, 4, 64, 4, 32, 256};
       deck.pipeline.depth = d;
@@ -38,15 +40,19 @@ TEST(PipelineMemory, MeasuredMatchesPredicted) {
       deck.pipeline.sync_warmup_steps = 0;
       deck.train.microbatch_size = 2;
       deck.train.steps = 3;
+      deck.data.val_fraction = validation ? 0.2 : 0.0;  // with an evaluation after the steps
+      deck.train.eval_batches = 1;
       const comm::ProcessGrid grid(MPI_COMM_WORLD, d, 1);
       PipelineTrainer trainer(deck, grid, tokens);
       for (int s = 0; s < deck.train.steps; ++s) trainer.step();
       trainer.synchronize();
+      if (validation) trainer.evaluate();
       const StageMemory predicted =
           predict_memory(deck, trainer.stage_map())[static_cast<size_t>(grid.stage())];
       const MemoryBytes& measured = trainer.memory();
-      const std::string label = fmt::format("{} {} stage {} of {}", to_string(schedule),
-                                            recompute ? "recompute" : "stash", grid.stage(), d);
+      const std::string label = fmt::format("{} {}{} stage {} of {}", to_string(schedule),
+                                            recompute ? "recompute" : "stash",
+                                            validation ? " with validation" : "", grid.stage(), d);
       EXPECT_LE(trainer.peak_in_flight(),
                 schedule::activation_bound(schedule, d, deck.pipeline.microbatches, grid.stage()))
           << label;

@@ -197,5 +197,42 @@ TEST(Check, HeaderAndCompleteness) {
   expect_finding(check(s), 0, -1, "never backwarded: mb 2");
 }
 
+TEST(Check, AcceptsEveryForwardOnlySchedule) {
+  for (int d = 1; d <= 8; ++d) {
+    for (int m = 1; m <= 12; ++m) {
+      const Schedule s = generate_forward_only(d, m);
+      ASSERT_TRUE(check(s).ok()) << "d=" << d << " m=" << m << ": " << check(s).summary();
+      EXPECT_EQ(max_in_flight(s, 0), m) << "no backward: forwards only accumulate";
+    }
+  }
+  EXPECT_EQ(to_text(generate_forward_only(2, 2)).find("forward-only") != std::string::npos, true);
+  EXPECT_EQ(from_text(to_text(generate_forward_only(3, 4))), generate_forward_only(3, 4));
+}
+
+TEST(Check, ForwardOnlyMutations) {
+  // Two forwards before the first send hold two activations where forward-only allows one.
+  Schedule s = generate_forward_only(2, 2);
+  move_action(s.actions[0], index_of(s, 0, "F 2 v0"), index_of(s, 0, "send_act 1"));
+  expect_finding(check(s), 0, index_of(s, 0, "F 2 v0"),
+                 "2 activations in flight, the bound for this stage is 1");
+  // A backward has no place in an evaluation.
+  s = generate_forward_only(2, 2);
+  s.actions[1].push_back(Action::backward(1, 0));
+  expect_finding(check(s), 1, static_cast<int>(s.actions[1].size()) - 1,
+                 "a forward-only schedule has only forwards");
+  // A forward before its activation arrives, and a send that is never received.
+  s = generate_forward_only(3, 2);
+  move_action(s.actions[1], index_of(s, 1, "F 2 v0"), index_of(s, 1, "recv_act 2"));
+  expect_finding(check(s), 1, index_of(s, 1, "F 2 v0"),
+                 "before the activation of mb 2 is received");
+  s = generate_forward_only(2, 3);
+  s.actions[1].erase(s.actions[1].begin() + index_of(s, 1, "recv_act 3"));
+  expect_finding(check(s), 0, index_of(s, 0, "send_act 3"), "has no matching receive");
+  // Evaluation uses one set of weights.
+  s = generate_forward_only(2, 2);
+  s.actions[0][index_of(s, 0, "F 2 v0")].version = 1;
+  expect_finding(check(s), 0, index_of(s, 0, "F 2 v1"), "the forward-only rule gives W0");
+}
+
 }  // namespace
 }  // namespace p2bw::schedule
