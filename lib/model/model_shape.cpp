@@ -70,7 +70,7 @@ HeadActivations<std::int64_t> ModelShape::head_activations() const {
   a.lnf = n;
   a.lnf_mean = r;
   a.lnf_rstd = r;
-  a.probs = r * padded_vocab;
+  a.lse = r;
   return a;
 }
 

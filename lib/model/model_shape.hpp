@@ -43,8 +43,8 @@ struct BlockActivations {
   template <class F, class... Each>
   static void zip(F&& f, Each&... s) {
     f(s.x...), f(s.ln1...), f(s.ln1_mean...), f(s.ln1_rstd...), f(s.qkv...), f(s.att_lse...),
-        f(s.atty...), f(s.res2...), f(s.ln2...), f(s.ln2_mean...), f(s.ln2_rstd...),
-        f(s.fch...), f(s.fch_gelu...);
+        f(s.atty...), f(s.res2...), f(s.ln2...), f(s.ln2_mean...), f(s.ln2_rstd...), f(s.fch...),
+        f(s.fch_gelu...);
   }
 };
 
@@ -55,11 +55,11 @@ struct HeadActivations {
   S lnf;       // (B, T, C) final LayerNorm output
   S lnf_mean;  // (B, T)
   S lnf_rstd;  // (B, T)
-  S probs;     // (B, T, Vp) softmax probabilities, overwritten by dlogits in backward
+  S lse;       // (B, T) log-sum-exp of each position's logits
 
   template <class F, class... Each>
   static void zip(F&& f, Each&... s) {
-    f(s.x...), f(s.lnf...), f(s.lnf_mean...), f(s.lnf_rstd...), f(s.probs...);
+    f(s.x...), f(s.lnf...), f(s.lnf_mean...), f(s.lnf_rstd...), f(s.lse...);
   }
 };
 

@@ -40,12 +40,18 @@ EmbeddingParameters<TensorSpec> embedding_parameters(const ModelShape& shape) {
 
 BlockParameters<TensorSpec> block_parameters(const ModelShape& shape) {
   const std::int64_t C = shape.hidden;
-  return {{"ln1/weight", {C}, false},           {"ln1/bias", {C}, false},
-          {"attn/qkv/weight", {3 * C, C}, true}, {"attn/qkv/bias", {3 * C}, false},
-          {"attn/proj/weight", {C, C}, true},    {"attn/proj/bias", {C}, false},
-          {"ln2/weight", {C}, false},           {"ln2/bias", {C}, false},
-          {"mlp/fc/weight", {4 * C, C}, true},   {"mlp/fc/bias", {4 * C}, false},
-          {"mlp/proj/weight", {C, 4 * C}, true}, {"mlp/proj/bias", {C}, false}};
+  return {{"ln1/weight", {C}, false},
+          {"ln1/bias", {C}, false},
+          {"attn/qkv/weight", {3 * C, C}, true},
+          {"attn/qkv/bias", {3 * C}, false},
+          {"attn/proj/weight", {C, C}, true},
+          {"attn/proj/bias", {C}, false},
+          {"ln2/weight", {C}, false},
+          {"ln2/bias", {C}, false},
+          {"mlp/fc/weight", {4 * C, C}, true},
+          {"mlp/fc/bias", {4 * C}, false},
+          {"mlp/proj/weight", {C, 4 * C}, true},
+          {"mlp/proj/bias", {C}, false}};
 }
 
 HeadParameters<TensorSpec> head_parameters(const ModelShape& shape) {

@@ -62,7 +62,6 @@ Slots<Flat<float, Exec>> slot_views(float* base, const Slots<std::int64_t>& size
 template <class S>
 struct WorkspaceSlots {
   S losses;     // (B, T) per-position losses
-  S dlosses;    // (B, T) per-position loss gradients
   S ping;       // (B, T, C) input gradient of every other part
   S pong;       // (B, T, C) input gradient of the parts in between
   S tmp;        // (B, T, C) LayerNorm input gradient
@@ -72,22 +71,22 @@ struct WorkspaceSlots {
   S dqkv;       // (B, T, 3C)
   S dfch;       // (B, T, 4C) gradient of the fc output (GELU in and out, in place)
   S attention;  // attention kernels' scratch
+  S logits;     // (B, T, Vp) the head's logits, then their gradient (stages with the head)
 
   template <class F, class... Each>
   static void zip(F&& f, Each&... s) {
-    f(s.losses...), f(s.dlosses...), f(s.ping...), f(s.pong...), f(s.tmp...), f(s.dres2...),
-        f(s.datty...), f(s.dln...), f(s.dqkv...), f(s.dfch...), f(s.attention...);
+    f(s.losses...), f(s.ping...), f(s.pong...), f(s.tmp...), f(s.dres2...), f(s.datty...),
+        f(s.dln...), f(s.dqkv...), f(s.dfch...), f(s.attention...), f(s.logits...);
   }
 };
 
-WorkspaceSlots<std::int64_t> workspace_sizes(const ModelShape& shape) {
+WorkspaceSlots<std::int64_t> workspace_sizes(const ModelShape& shape, bool has_head) {
   const int B = static_cast<int>(shape.microbatch), T = static_cast<int>(shape.seq_len);
   const int C = static_cast<int>(shape.hidden), NH = static_cast<int>(shape.heads);
   const std::int64_t n = shape.microbatch * shape.seq_len * shape.hidden;
   const std::int64_t r = shape.microbatch * shape.seq_len;
   WorkspaceSlots<std::int64_t> w;
   w.losses = r;
-  w.dlosses = r;
   w.ping = n;
   w.pong = n;
   w.tmp = n;
@@ -98,20 +97,24 @@ WorkspaceSlots<std::int64_t> workspace_sizes(const ModelShape& shape) {
   w.dfch = 4 * n;
   w.attention = std::max(kernels::attention_forward_workspace(B, T, C, NH),
                          kernels::attention_backward_workspace(B, T, C, NH));
+  w.logits = has_head ? r * shape.padded_vocab : 0;
   return w;
 }
 
 }  // namespace
 
-std::int64_t stage_workspace_floats(const ModelShape& shape) {
+std::int64_t stage_workspace_floats(const ModelShape& shape, bool has_head) {
   std::int64_t total = 0;
-  slot_offsets(workspace_sizes(shape), total);
+  slot_offsets(workspace_sizes(shape, has_head), total);
   return total;
 }
 
 StageModel::StageModel(const config::ModelConfig& model, int microbatch_size, int first_part,
                        int end_part)
-    : shape_(model, microbatch_size), first_part_(first_part), end_part_(end_part) {
+    : shape_(model, microbatch_size),
+      first_part_(first_part),
+      end_part_(end_part),
+      buckets_(first_part == 0 ? shape_.microbatch * shape_.seq_len : 0) {
   const std::vector<PartLayout> all = model_parts(shape_);
   P2BW_ASSERT(0 <= first_part && first_part < end_part && end_part <= static_cast<int>(all.size()),
               "bad part range");
@@ -126,7 +129,7 @@ StageModel::StageModel(const config::ModelConfig& model, int microbatch_size, in
     if (layout.kind == PartKind::block) cache_floats_ += shape_.block().activations;
     if (layout.kind == PartKind::head) cache_floats_ += shape_.head().activations;
   }
-  workspace_floats_ = stage_workspace_floats(shape_);
+  workspace_floats_ = stage_workspace_floats(shape_, has_head());
   workspace_ = FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::workspace"),
                          static_cast<size_t>(workspace_floats_));
 }
@@ -187,12 +190,12 @@ FloatView StageModel::input_slot(const Cache& cache) const {
   return Kokkos::subview(cache.floats, std::make_pair(std::int64_t{0}, boundary_floats()));
 }
 
-FloatView StageModel::probabilities(const Cache& cache) const {
-  P2BW_ASSERT(has_head(), "only the stage with the head has probabilities");
-  const HeadActivations<std::int64_t> sizes = shape_.head_activations();
+FloatView StageModel::logits() const {
+  P2BW_ASSERT(has_head(), "only the stage with the head has logits");
+  const WorkspaceSlots<std::int64_t> sizes = workspace_sizes(shape_, true);
   std::int64_t total = 0;
-  const std::int64_t begin = parts_.back().cache_offset + slot_offsets(sizes, total).probs;
-  return Kokkos::subview(cache.floats, std::make_pair(begin, begin + sizes.probs));
+  const std::int64_t begin = slot_offsets(sizes, total).logits;
+  return Kokkos::subview(workspace_, std::make_pair(begin, begin + sizes.logits));
 }
 
 double StageModel::forward(const Exec& exec, ConstFloatView params, Cache& cache, FloatView out) {
@@ -231,7 +234,7 @@ void StageModel::block_forward(const Exec& exec, const PartRef& part, ConstFloat
   const auto a = slot_views(cache.floats.data() + part.cache_offset, shape_.block_activations());
   const auto w = tensor_views<BlockParameters, ConstFlat<float, Exec>>(
       params.data() + part.param_offset, part.layout);
-  const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_));
+  const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_, has_head()));
   const bool causal = shape_.kind == config::ModelKind::gpt;
   kernels::layernorm_forward<float>(exec, a.ln1, a.ln1_mean, a.ln1_rstd, a.x, w.ln1_weight,
                                     w.ln1_bias, N, C);
@@ -246,8 +249,8 @@ void StageModel::block_forward(const Exec& exec, const PartRef& part, ConstFloat
                                  4 * C);
   kernels::bias_gelu_forward<float>(exec, a.fch_gelu, a.fch, w.fc_bias, N, 4 * C);
   const Flat<float, Exec> y = flat(out, n);  // (B, T, C)
-  kernels::matmul_forward<float>(exec, y, a.fch_gelu, w.mlp_proj_weight, w.mlp_proj_bias, N,
-                                 4 * C, C);
+  kernels::matmul_forward<float>(exec, y, a.fch_gelu, w.mlp_proj_weight, w.mlp_proj_bias, N, 4 * C,
+                                 C);
   kernels::residual_forward<float>(exec, y, a.res2, y, n);
 }
 
@@ -259,11 +262,11 @@ double StageModel::head_forward(const Exec& exec, const PartRef& part, ConstFloa
   const auto a = slot_views(cache.floats.data() + part.cache_offset, shape_.head_activations());
   const auto w = tensor_views<HeadParameters, ConstFlat<float, Exec>>(
       params.data() + part.param_offset, part.layout);
-  const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_));
+  const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_, has_head()));
   kernels::layernorm_forward<float>(exec, a.lnf, a.lnf_mean, a.lnf_rstd, a.x, w.lnf_weight,
                                     w.lnf_bias, N, C);
-  kernels::matmul_forward<float>(exec, a.probs, a.lnf, w.wte, ConstFlat<float, Exec>(), N, C, Vp);
-  kernels::crossentropy_forward<float>(exec, ws.losses, a.probs, a.probs, cache.targets, N, V, Vp);
+  kernels::matmul_forward<float>(exec, ws.logits, a.lnf, w.wte, ConstFlat<float, Exec>(), N, C, Vp);
+  kernels::classifier_forward<float>(exec, ws.losses, a.lse, ws.logits, cache.targets, N, V, Vp);
   // The mean over positions with a target, summed in position order on the host (deterministic).
   auto host_losses = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), ws.losses);
   auto host_targets = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), cache.targets);
@@ -282,7 +285,7 @@ void StageModel::backward(const Exec& exec, ConstFloatView params, FloatView gra
   const int B = static_cast<int>(shape_.microbatch), T = static_cast<int>(shape_.seq_len);
   const int C = static_cast<int>(shape_.hidden);
   const std::int64_t n = boundary_floats();
-  const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_));
+  const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_, has_head()));
   // Part i's input gradient goes to a ping-pong buffer, the first part's into `din`.
   const float* upstream = dout.data();
   for (size_t k = parts_.size(); k-- > 0;) {
@@ -292,8 +295,8 @@ void StageModel::backward(const Exec& exec, ConstFloatView params, FloatView gra
       case PartKind::embedding: {
         const auto g = tensor_views<EmbeddingParameters, Flat<float, Exec>>(
             grads.data() + part.param_offset, part.layout);
-        kernels::encoder_backward<float>(exec, g.wte, g.wpe, cflat(upstream, n), cache.tokens, B, T,
-                                         C);
+        buckets_.build(exec, cache.tokens, std::int64_t{B} * T);
+        kernels::encoder_backward<float>(exec, g.wte, g.wpe, cflat(upstream, n), buckets_, B, T, C);
         break;
       }
       case PartKind::block:
@@ -316,16 +319,16 @@ void StageModel::block_backward(const Exec& exec, const PartRef& part, ConstFloa
   const auto a = slot_views(cache.floats.data() + part.cache_offset, shape_.block_activations());
   const auto w = tensor_views<BlockParameters, ConstFlat<float, Exec>>(
       params.data() + part.param_offset, part.layout);
-  const auto g =
-      tensor_views<BlockParameters, Flat<float, Exec>>(grads.data() + part.param_offset, part.layout);
-  const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_));
+  const auto g = tensor_views<BlockParameters, Flat<float, Exec>>(grads.data() + part.param_offset,
+                                                                  part.layout);
+  const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_, has_head()));
   const ConstFlat<float, Exec> dy = cflat(dout, n);  // (B, T, C)
   // MLP: out = res2 + proj(gelu(fc(ln2(res2))))
-  kernels::matmul_backward<float>(exec, ws.dfch, g.mlp_proj_weight, g.mlp_proj_bias, dy,
-                                  a.fch_gelu, w.mlp_proj_weight, N, 4 * C, C);
+  kernels::matmul_backward<float>(exec, ws.dfch, g.mlp_proj_weight, g.mlp_proj_bias, dy, a.fch_gelu,
+                                  w.mlp_proj_weight, N, 4 * C, C);
   kernels::gelu_backward<float>(exec, ws.dfch, ws.dfch, a.fch, 4 * n);
-  kernels::matmul_backward<float>(exec, ws.dln, g.fc_weight, g.fc_bias, ws.dfch, a.ln2,
-                                  w.fc_weight, N, C, 4 * C);
+  kernels::matmul_backward<float>(exec, ws.dln, g.fc_weight, g.fc_bias, ws.dfch, a.ln2, w.fc_weight,
+                                  N, C, 4 * C);
   kernels::layernorm_backward<float>(exec, ws.tmp, g.ln2_weight, g.ln2_bias, ws.dln, a.res2,
                                      a.ln2_mean, a.ln2_rstd, w.ln2_weight, N, C);
   kernels::residual_forward<float>(exec, ws.dres2, dy, ws.tmp, n);
@@ -349,17 +352,18 @@ void StageModel::head_backward(const Exec& exec, const PartRef& part, ConstFloat
   const auto a = slot_views(cache.floats.data() + part.cache_offset, shape_.head_activations());
   const auto w = tensor_views<HeadParameters, ConstFlat<float, Exec>>(
       params.data() + part.param_offset, part.layout);
-  const auto g =
-      tensor_views<HeadParameters, Flat<float, Exec>>(grads.data() + part.param_offset, part.layout);
-  const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_));
+  const auto g = tensor_views<HeadParameters, Flat<float, Exec>>(grads.data() + part.param_offset,
+                                                                 part.layout);
+  const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_, has_head()));
   // d(mean loss)/d(loss_i) = 1 / positions; ignored positions get no gradient in the kernel.
   const float scale =
       cache.loss_positions > 0 ? static_cast<float>(loss_scale / cache.loss_positions) : 0.0f;
-  Kokkos::deep_copy(exec, ws.dlosses, scale);
-  // dlogits overwrite the probabilities in the cache (consumed).
-  kernels::crossentropy_backward<float>(exec, a.probs, ws.dlosses, a.probs, cache.targets, N, V,
-                                        Vp);
-  kernels::matmul_backward<float>(exec, ws.dln, g.wte, Flat<float, Exec>(), a.probs, a.lnf, w.wte,
+  // The logits are recomputed (one GEMM) rather than kept per microbatch: the cache holds only
+  // their log-sum-exp. Their gradient overwrites them in the workspace.
+  kernels::matmul_forward<float>(exec, ws.logits, a.lnf, w.wte, ConstFlat<float, Exec>(), N, C, Vp);
+  kernels::classifier_backward<float>(exec, ws.logits, ws.logits, a.lse, cache.targets, scale, N, V,
+                                      Vp);
+  kernels::matmul_backward<float>(exec, ws.dln, g.wte, Flat<float, Exec>(), ws.logits, a.lnf, w.wte,
                                   N, C, Vp);
   kernels::layernorm_backward<float>(exec, flat(din, boundary_floats()), g.lnf_weight, g.lnf_bias,
                                      ws.dln, a.x, a.lnf_mean, a.lnf_rstd, w.lnf_weight, N, C);

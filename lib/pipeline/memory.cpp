@@ -45,7 +45,7 @@ std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap
                                           : mem.in_flight * stashed);
     const int boundaries = (s > 0) + (s + 1 < depth);
     mem.buffers = kFloat * 2 * boundaries * shape.block().input;  // activation and gradient
-    mem.workspace = kFloat * model::stage_workspace_floats(shape);
+    mem.workspace = kFloat * model::stage_workspace_floats(shape, range.has_head);
     result.push_back(mem);
   }
   return result;
