@@ -1,26 +1,37 @@
-// Multi-head scaled dot-product attention, causal (GPT) or bidirectional (BERT), from the fused
-// qkv projection (B, T, 3C) (llm.c layout: q, k, v blocks of C channels, head h at channels
-// [h*hs, (h+1)*hs), hs = C / NH) to the attention output (B, T, C), before the output projection.
-// Heads are split into (B*NH, T, hs) batches, scores and values go through strided-batched GEMMs,
-// and the mask, scaling and softmax are one fused row kernel. Forward keeps only the probabilities
-// att (B, NH, T, T); backward recomputes the head split from qkv (the block keeps qkv anyway).
-// Scratch comes from a caller-provided workspace (sizes below), so no allocation per call.
+// Multi-head scaled dot-product attention, causal (GPT) or bidirectional (BERT), flash style: from
+// the fused qkv projection (B, T, 3C) (llm.c layout: q, k, v blocks of C channels, head h at
+// channels [h*hs, (h+1)*hs), hs = C / NH) to the attention output (B, T, C), before the output
+// projection. One team per (batch, head, tile of query rows) walks the key tiles with an online
+// softmax (running max and sum per row), so no (T, T) matrix exists anywhere; under causal
+// masking the key tiles above the diagonal are never visited. Forward saves only the log-sum-exp
+// of each query row (B, NH, T); backward recomputes the probabilities tile by tile from q, k and
+// that log-sum-exp, in two deterministic passes without atomics: one team per key tile for dk
+// and dv, one per query tile for dq. Memory per layer: the lse (B*NH*T) and D = rowsum(dy * y)
+// (B*NH*T) in the workspace. The summation order depends only on the shape and the tile size,
+// which depends only on hs and the scalar type, so results are bitwise reproducible.
+// The former kernel (probabilities (B, NH, T, T) through batched GEMMs) is the tests' reference,
+// tests/kernels/attention_reference.hpp.
 #pragma once
 
-#include "kernels/gemm.hpp"
+#include <string>
+
 #include "kernels/types.hpp"
 
 namespace p2bw::kernels {
 
-// Workspace elements for attention_forward: q, k, v and the per-head output, 4 * B*T*C.
-inline index_t attention_forward_workspace(int B, int T, int C, int /*NH*/) {
-  return 4 * static_cast<index_t>(B) * T * C;
+// Workspace elements for attention_forward: none.
+inline index_t attention_forward_workspace(int /*B*/, int /*T*/, int /*C*/, int /*NH*/) {
+  return 0;
 }
 
-// Workspace elements for attention_backward: q, k, v, dy (reused for dq), dk, dv (6 * B*T*C) and
-// the probability gradient (B, NH, T, T).
-inline index_t attention_backward_workspace(int B, int T, int C, int NH) {
-  return 6 * static_cast<index_t>(B) * T * C + static_cast<index_t>(B) * NH * T * T;
+// Workspace elements for attention_backward: D (B, NH, T).
+inline index_t attention_backward_workspace(int B, int T, int /*C*/, int NH) {
+  return static_cast<index_t>(B) * NH * T;
+}
+
+// Elements of the saved log-sum-exp (B, NH, T).
+inline index_t attention_lse_size(int B, int T, int NH) {
+  return static_cast<index_t>(B) * NH * T;
 }
 
 namespace detail {
@@ -31,210 +42,329 @@ inline void check_attention_dims(int B, int T, int C, int NH, const char* who) {
       "needs NH > 0 dividing C (C = " + std::to_string(C) + ", NH = " + std::to_string(NH) + ")");
 }
 
-// q, k, v (B, NH, T, hs) <- qkv (B, T, 3C).
-template <class Real, class Exec>
-void split_qkv(const Exec& exec, Flat<Real, Exec> q, Flat<Real, Exec> k, Flat<Real, Exec> v,
-               ConstFlat<Real, Exec> qkv, int B, int T, int C, int NH) {
-  const int hs = C / NH;
-  Kokkos::parallel_for(
-      "p2bw::attention_split_qkv",
-      Kokkos::RangePolicy<Exec>(exec, 0, static_cast<index_t>(B) * T * C),
-      KOKKOS_LAMBDA(const index_t i) {  // i indexes (b, h, t, d)
-        const int d = static_cast<int>(i % hs);
-        const int t = static_cast<int>((i / hs) % T);
-        const int h = static_cast<int>((i / (static_cast<index_t>(hs) * T)) % NH);
-        const index_t b = i / (static_cast<index_t>(C) * T);
-        const index_t src = (b * T + t) * 3 * C + h * hs + d;
-        q(i) = qkv(src);
-        k(i) = qkv(src + C);
-        v(i) = qkv(src + 2 * C);
-      });
+// Per-team scratch elements of the largest attention kernel (the key-tile backward) for tiles
+// of `tile` rows: k, v, dk, dv (tile, hs), q, dy and their transposes (hs, tile), p and dp
+// (tile, tile), lse and D (tile).
+inline index_t attention_scratch_elements(int tile, int hs) {
+  return 8 * static_cast<index_t>(tile) * hs + 2 * static_cast<index_t>(tile) * tile + 2 * tile;
 }
 
-// Index in (B, NH, T, hs) of element i of a (B, T, C) tensor.
-KOKKOS_INLINE_FUNCTION index_t head_index(index_t i, int T, int C, int NH) {
-  const int hs = C / NH;
-  const int c = static_cast<int>(i % C);
-  const index_t bt = i / C;
-  const index_t b = bt / T;
-  const int t = static_cast<int>(bt % T);
-  return ((b * NH + c / hs) * T + t) * hs + c % hs;
+// Rows per query and key tile: 32, or smaller so that a team's scratch fits 48 KiB (a GPU's
+// default shared memory). Depends only on hs and the scalar size, so the summation order does.
+template <class Real>
+int attention_tile(int hs) {
+  int tile = 32;
+  while (tile > 4 &&
+         attention_scratch_elements(tile, hs) * static_cast<index_t>(sizeof(Real)) > 48 * 1024)
+    tile /= 2;
+  return tile;
 }
 
-// y (B, NH, T, hs) <- x (B, T, C).
-template <class Real, class Exec>
-void to_heads(const Exec& exec, Flat<Real, Exec> y, ConstFlat<Real, Exec> x, int B, int T, int C,
-              int NH) {
-  Kokkos::parallel_for(
-      "p2bw::attention_to_heads",
-      Kokkos::RangePolicy<Exec>(exec, 0, static_cast<index_t>(B) * T * C),
-      KOKKOS_LAMBDA(const index_t i) { y(head_index(i, T, C, NH)) = x(i); });
+// Where element d of head h at position t of batch b lives in (B, T, 3C) (which = 0 q, 1 k, 2 v)
+// and in (B, T, C).
+KOKKOS_INLINE_FUNCTION index_t qkv_index(int b, int t, int h, int d, int which, int T, int C,
+                                         int hs) {
+  return (static_cast<index_t>(b) * T + t) * 3 * C + which * C + h * hs + d;
 }
-
-// x (B, T, C) <- y (B, NH, T, hs).
-template <class Real, class Exec>
-void from_heads(const Exec& exec, Flat<Real, Exec> x, ConstFlat<Real, Exec> y, int B, int T, int C,
-                int NH) {
-  Kokkos::parallel_for(
-      "p2bw::attention_from_heads",
-      Kokkos::RangePolicy<Exec>(exec, 0, static_cast<index_t>(B) * T * C),
-      KOKKOS_LAMBDA(const index_t i) { x(i) = y(head_index(i, T, C, NH)); });
-}
-
-// dqkv (B, T, 3C) <- dq, dk, dv (B, NH, T, hs).
-template <class Real, class Exec>
-void merge_dqkv(const Exec& exec, Flat<Real, Exec> dqkv, ConstFlat<Real, Exec> dq,
-                ConstFlat<Real, Exec> dk, ConstFlat<Real, Exec> dv, int B, int T, int C, int NH) {
-  const int hs = C / NH;
-  Kokkos::parallel_for(
-      "p2bw::attention_merge_dqkv",
-      Kokkos::RangePolicy<Exec>(exec, 0, 3 * static_cast<index_t>(B) * T * C),
-      KOKKOS_LAMBDA(const index_t i) {  // i indexes (b, t, 3C)
-        const int j = static_cast<int>(i % (3 * C));
-        const index_t bt = i / (3 * C);
-        const index_t b = bt / T;
-        const int t = static_cast<int>(bt % T);
-        const int which = j / C, c = j % C;
-        const int h = c / hs, d = c % hs;
-        const index_t src = ((b * NH + h) * T + t) * hs + d;
-        dqkv(i) = which == 0 ? dq(src) : (which == 1 ? dk(src) : dv(src));
-      });
-}
-
-// In place on rows of att (rows, T): row r is query position t = r % T; with causal masking only
-// keys j <= t take part. att = softmax over the allowed keys, exactly 0 on the masked ones.
-template <class Real, class Exec>
-void masked_softmax_rows(const Exec& exec, Flat<Real, Exec> att, int rows, int T, bool causal) {
-  Kokkos::parallel_for(
-      "p2bw::attention_softmax", Kokkos::TeamPolicy<Exec>(exec, rows, Kokkos::AUTO),
-      KOKKOS_LAMBDA(const Team<Exec>& team) {
-        const index_t base = static_cast<index_t>(team.league_rank()) * T;
-        const int allowed = causal ? team.league_rank() % T + 1 : T;
-        Real maxv = math::lowest<Real>();
-        Kokkos::parallel_reduce(
-            Kokkos::TeamThreadRange(team, allowed),
-            [&](const int j, Real& m) { m = math::max(m, att(base + j)); },
-            Kokkos::Max<Real>(maxv));
-        Real sum = Real(0);
-        Kokkos::parallel_reduce(
-            Kokkos::TeamThreadRange(team, allowed),
-            [&](const int j, Real& s) { s += math::exp(att(base + j) - maxv); }, sum);
-        const Real inv_sum = Real(1) / sum;
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, T), [&](const int j) {
-          att(base + j) = j < allowed ? math::exp(att(base + j) - maxv) * inv_sum : Real(0);
-        });
-      });
-}
-
-// In place on rows of datt: dscores = att * (datt - sum_j att_j * datt_j). Masked entries have
-// att = 0 and get 0.
-template <class Real, class Exec>
-void softmax_backward_rows(const Exec& exec, Flat<Real, Exec> datt, ConstFlat<Real, Exec> att,
-                           int rows, int T) {
-  Kokkos::parallel_for(
-      "p2bw::attention_softmax_backward", Kokkos::TeamPolicy<Exec>(exec, rows, Kokkos::AUTO),
-      KOKKOS_LAMBDA(const Team<Exec>& team) {
-        const index_t base = static_cast<index_t>(team.league_rank()) * T;
-        Real dot = Real(0);
-        Kokkos::parallel_reduce(
-            Kokkos::TeamThreadRange(team, T),
-            [&](const int j, Real& s) { s += att(base + j) * datt(base + j); }, dot);
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, T), [&](const int j) {
-          datt(base + j) = att(base + j) * (datt(base + j) - dot);
-        });
-      });
-}
-
-template <class Real, class Exec>
-MatrixBatch<Real, Exec> heads(Real* p, int BNH, int rows, int cols) {
-  return MatrixBatch<Real, Exec>(p, BNH, rows, cols);
+KOKKOS_INLINE_FUNCTION index_t btc_index(int b, int t, int h, int d, int T, int C, int hs) {
+  return (static_cast<index_t>(b) * T + t) * C + h * hs + d;
 }
 
 }  // namespace detail
 
-// out = concat over heads of softmax(mask(q k^T / sqrt(hs))) v.
+// out = concat over heads of softmax(mask(q k^T / sqrt(hs))) v; lse[b, h, t] = log sum_j
+// exp(score[t, j]) over the allowed keys j.
 template <class Real, class Exec>
 void attention_forward(const Exec& exec, Flat<Real, Exec> out,  // (B, T, C)
-                       Flat<Real, Exec> att,                    // (B, NH, T, T), saved for backward
+                       Flat<Real, Exec> lse,                    // (B, NH, T), saved for backward
                        ConstFlat<Real, Exec> qkv,               // (B, T, 3C)
-                       Flat<Real, Exec> workspace,  // (attention_forward_workspace(B, T, C, NH))
                        int B, int T, int C, int NH, bool causal) {
   detail::check_attention_dims(B, T, C, NH, "attention_forward");
   const index_t BTC = static_cast<index_t>(B) * T * C;
   detail::require_size(out, BTC, "attention_forward", "out");
-  detail::require_size(att, static_cast<index_t>(B) * NH * T * T, "attention_forward", "att");
+  detail::require_size(lse, attention_lse_size(B, T, NH), "attention_forward", "lse");
   detail::require_size(qkv, 3 * BTC, "attention_forward", "qkv");
-  detail::require_size(workspace, attention_forward_workspace(B, T, C, NH), "attention_forward",
-                       "workspace");
   if (BTC == 0) return;
-  const int hs = C / NH, BNH = B * NH;
-  Real* ws = workspace.data();
-  const Flat<Real, Exec> q(ws, BTC), k(ws + BTC, BTC), v(ws + 2 * BTC, BTC);  // (B, NH, T, hs)
-  const Flat<Real, Exec> y(ws + 3 * BTC, BTC);                                // (B, NH, T, hs)
-  detail::split_qkv<Real>(exec, q, k, v, qkv, B, T, C, NH);
+  const int hs = C / NH;
+  const int tile = detail::attention_tile<Real>(hs);
+  const int tiles = (T + tile - 1) / tile;
   const Real scale = Real(1) / math::sqrt(static_cast<Real>(hs));
-  gemm_batched<Real>(exec, Trans::N, Trans::T, scale,
-                     detail::heads<const Real, Exec>(q.data(), BNH, T, hs),
-                     detail::heads<const Real, Exec>(k.data(), BNH, T, hs), Real(0),
-                     detail::heads<Real, Exec>(att.data(), BNH, T, T));
-  detail::masked_softmax_rows<Real>(exec, att, BNH * T, T, causal);
-  gemm_batched<Real>(exec, Trans::N, Trans::N, Real(1),
-                     detail::heads<const Real, Exec>(att.data(), BNH, T, T),
-                     detail::heads<const Real, Exec>(v.data(), BNH, T, hs), Real(0),
-                     detail::heads<Real, Exec>(y.data(), BNH, T, hs));
-  detail::from_heads<Real>(exec, out, y, B, T, C, NH);
+  // q (tile, hs), k^T (hs, tile), v (tile, hs), o (tile, hs), p (tile, tile), m and l (tile)
+  const index_t scratch = 4 * static_cast<index_t>(tile) * hs + tile * tile + 2 * tile;
+  const auto policy = Kokkos::TeamPolicy<Exec>(exec, B * NH * tiles, Kokkos::AUTO)
+                          .set_scratch_size(0, Kokkos::PerTeam(static_cast<size_t>(
+                                                   TeamScratch<Real, Exec>::shmem_size(scratch))));
+  Kokkos::parallel_for(
+      "p2bw::attention_forward", policy, KOKKOS_LAMBDA(const detail::Team<Exec>& team) {
+        const int qt = team.league_rank() % tiles;
+        const int bh = team.league_rank() / tiles;
+        const int b = bh / NH, h = bh % NH;
+        const int q0 = qt * tile;
+        const int rows = T - q0 < tile ? T - q0 : tile;
+        TeamScratch<Real, Exec> mem(team.team_scratch(0), scratch);
+        Real* q = mem.data();       // (tile, hs)
+        Real* kt = q + tile * hs;   // (hs, tile)
+        Real* v = kt + tile * hs;   // (tile, hs)
+        Real* o = v + tile * hs;    // (tile, hs)
+        Real* p = o + tile * hs;    // (tile, tile)
+        Real* m = p + tile * tile;  // (tile) running max
+        Real* l = m + tile;         // (tile) running sum
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows), [&](const int i) {
+          for (int d = 0; d < hs; ++d) {
+            q[i * hs + d] = qkv(detail::qkv_index(b, q0 + i, h, d, 0, T, C, hs));
+            o[i * hs + d] = Real(0);
+          }
+          m[i] = math::lowest<Real>();
+          l[i] = Real(0);
+        });
+        const int key_tiles = causal ? qt + 1 : tiles;
+        for (int ktile = 0; ktile < key_tiles; ++ktile) {
+          const int k0 = ktile * tile;
+          const int cols = T - k0 < tile ? T - k0 : tile;
+          team.team_barrier();
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, cols), [&](const int j) {
+            for (int d = 0; d < hs; ++d) {
+              kt[d * tile + j] = qkv(detail::qkv_index(b, k0 + j, h, d, 1, T, C, hs));
+              v[j * hs + d] = qkv(detail::qkv_index(b, k0 + j, h, d, 2, T, C, hs));
+            }
+          });
+          team.team_barrier();
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows), [&](const int i) {
+            Real* s = p + i * tile;  // (tile) scores, then probabilities, of row i
+            for (int j = 0; j < cols; ++j) s[j] = Real(0);
+            for (int d = 0; d < hs; ++d) {
+              const Real qd = q[i * hs + d];
+              for (int j = 0; j < cols; ++j) s[j] += qd * kt[d * tile + j];
+            }
+            // keys j < allowed take part (causal: k0 + j <= q0 + i)
+            const int last = q0 + i - k0 + 1;
+            const int allowed = causal && last < cols ? last : cols;
+            Real mx = m[i];
+            for (int j = 0; j < allowed; ++j) {
+              s[j] *= scale;
+              mx = math::max(mx, s[j]);
+            }
+            const Real alpha = math::exp(m[i] - mx);
+            Real sum = Real(0);
+            for (int j = 0; j < allowed; ++j) {
+              s[j] = math::exp(s[j] - mx);
+              sum += s[j];
+            }
+            m[i] = mx;
+            l[i] = l[i] * alpha + sum;
+            Real* oi = o + i * hs;
+            for (int d = 0; d < hs; ++d) oi[d] *= alpha;
+            for (int j = 0; j < allowed; ++j) {
+              const Real pj = s[j];
+              for (int d = 0; d < hs; ++d) oi[d] += pj * v[j * hs + d];
+            }
+          });
+        }
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows), [&](const int i) {
+          const Real inv = Real(1) / l[i];
+          for (int d = 0; d < hs; ++d)
+            out(detail::btc_index(b, q0 + i, h, d, T, C, hs)) = o[i * hs + d] * inv;
+          lse(static_cast<index_t>(bh) * T + q0 + i) = m[i] + math::log(l[i]);
+        });
+      });
 }
 
-// dqkv (assigned) from dout, given the forward's qkv and probabilities att. The mask is implied
-// by att (masked probabilities are exactly 0), so backward takes no causal flag.
+// dqkv (assigned) from dout, given the forward's qkv, its output `out` and the saved lse.
 template <class Real, class Exec>
 void attention_backward(const Exec& exec, Flat<Real, Exec> dqkv,  // (B, T, 3C), assigned
                         ConstFlat<Real, Exec> dout,               // (B, T, C)
                         ConstFlat<Real, Exec> qkv,                // (B, T, 3C)
-                        ConstFlat<Real, Exec> att,                // (B, NH, T, T)
+                        ConstFlat<Real, Exec> out,                // (B, T, C) forward output
+                        ConstFlat<Real, Exec> lse,                // (B, NH, T)
                         Flat<Real, Exec> workspace,  // (attention_backward_workspace(B, T, C, NH))
-                        int B, int T, int C, int NH) {
+                        int B, int T, int C, int NH, bool causal) {
   detail::check_attention_dims(B, T, C, NH, "attention_backward");
   const index_t BTC = static_cast<index_t>(B) * T * C;
   detail::require_size(dqkv, 3 * BTC, "attention_backward", "dqkv");
   detail::require_size(dout, BTC, "attention_backward", "dout");
   detail::require_size(qkv, 3 * BTC, "attention_backward", "qkv");
-  detail::require_size(att, static_cast<index_t>(B) * NH * T * T, "attention_backward", "att");
+  detail::require_size(out, BTC, "attention_backward", "out");
+  detail::require_size(lse, attention_lse_size(B, T, NH), "attention_backward", "lse");
   detail::require_size(workspace, attention_backward_workspace(B, T, C, NH), "attention_backward",
                        "workspace");
   if (BTC == 0) return;
-  const int hs = C / NH, BNH = B * NH;
-  Real* ws = workspace.data();
-  const Flat<Real, Exec> q(ws, BTC), k(ws + BTC, BTC), v(ws + 2 * BTC, BTC);  // (B, NH, T, hs)
-  const Flat<Real, Exec> dy(ws + 3 * BTC, BTC);  // (B, NH, T, hs), later dq
-  const Flat<Real, Exec> dk(ws + 4 * BTC, BTC);  // (B, NH, T, hs)
-  const Flat<Real, Exec> dv(ws + 5 * BTC, BTC);  // (B, NH, T, hs)
-  const Flat<Real, Exec> datt(ws + 6 * BTC, static_cast<index_t>(BNH) * T * T);  // (B, NH, T, T)
-  using detail::heads;
-  detail::split_qkv<Real>(exec, q, k, v, qkv, B, T, C, NH);
-  detail::to_heads<Real>(exec, dy, dout, B, T, C, NH);
-  // datt = dy v^T, dv = att^T dy
-  gemm_batched<Real>(exec, Trans::N, Trans::T, Real(1),
-                     heads<const Real, Exec>(dy.data(), BNH, T, hs),
-                     heads<const Real, Exec>(v.data(), BNH, T, hs), Real(0),
-                     heads<Real, Exec>(datt.data(), BNH, T, T));
-  gemm_batched<Real>(exec, Trans::T, Trans::N, Real(1),
-                     heads<const Real, Exec>(att.data(), BNH, T, T),
-                     heads<const Real, Exec>(dy.data(), BNH, T, hs), Real(0),
-                     heads<Real, Exec>(dv.data(), BNH, T, hs));
-  detail::softmax_backward_rows<Real>(exec, datt, att, BNH * T, T);
-  // dq = scale dscores k (into dy's slot, dy is no longer needed), dk = scale dscores^T q
+  const int hs = C / NH;
+  const int tile = detail::attention_tile<Real>(hs);
+  const int tiles = (T + tile - 1) / tile;
   const Real scale = Real(1) / math::sqrt(static_cast<Real>(hs));
-  const Flat<Real, Exec> dq = dy;
-  gemm_batched<Real>(exec, Trans::N, Trans::N, scale,
-                     heads<const Real, Exec>(datt.data(), BNH, T, T),
-                     heads<const Real, Exec>(k.data(), BNH, T, hs), Real(0),
-                     heads<Real, Exec>(dq.data(), BNH, T, hs));
-  gemm_batched<Real>(exec, Trans::T, Trans::N, scale,
-                     heads<const Real, Exec>(datt.data(), BNH, T, T),
-                     heads<const Real, Exec>(q.data(), BNH, T, hs), Real(0),
-                     heads<Real, Exec>(dk.data(), BNH, T, hs));
-  detail::merge_dqkv<Real>(exec, dqkv, dq, dk, dv, B, T, C, NH);
+  const Flat<Real, Exec> D = workspace;  // (B, NH, T) D[t] = sum_d dout[t, d] * out[t, d]
+  Kokkos::parallel_for(
+      "p2bw::attention_backward_D",
+      Kokkos::RangePolicy<Exec>(exec, 0, attention_lse_size(B, T, NH)),
+      KOKKOS_LAMBDA(const index_t r) {
+        const int t = static_cast<int>(r % T);
+        const int bh = static_cast<int>(r / T);
+        const int b = bh / NH, h = bh % NH;
+        Real sum = Real(0);
+        for (int d = 0; d < hs; ++d) {
+          const index_t i = detail::btc_index(b, t, h, d, T, C, hs);
+          sum += dout(i) * out(i);
+        }
+        D(r) = sum;
+      });
+  const index_t scratch = detail::attention_scratch_elements(tile, hs);
+  const auto policy = Kokkos::TeamPolicy<Exec>(exec, B * NH * tiles, Kokkos::AUTO)
+                          .set_scratch_size(0, Kokkos::PerTeam(static_cast<size_t>(
+                                                   TeamScratch<Real, Exec>::shmem_size(scratch))));
+  // dk, dv: one team per key tile, over the query tiles that see it.
+  Kokkos::parallel_for(
+      "p2bw::attention_backward_dkv", policy, KOKKOS_LAMBDA(const detail::Team<Exec>& team) {
+        const int ktile = team.league_rank() % tiles;
+        const int bh = team.league_rank() / tiles;
+        const int b = bh / NH, h = bh % NH;
+        const int k0 = ktile * tile;
+        const int cols = T - k0 < tile ? T - k0 : tile;
+        TeamScratch<Real, Exec> mem(team.team_scratch(0), scratch);
+        Real* k = mem.data();         // (tile, hs)
+        Real* v = k + tile * hs;      // (tile, hs)
+        Real* dk = v + tile * hs;     // (tile, hs)
+        Real* dv = dk + tile * hs;    // (tile, hs)
+        Real* q = dv + tile * hs;     // (tile, hs)
+        Real* dy = q + tile * hs;     // (tile, hs)
+        Real* qt = dy + tile * hs;    // (hs, tile)
+        Real* dyt = qt + tile * hs;   // (hs, tile)
+        Real* p = dyt + tile * hs;    // (tile keys, tile queries)
+        Real* dp = p + tile * tile;   // (tile keys, tile queries)
+        Real* ls = dp + tile * tile;  // (tile)
+        Real* Ds = ls + tile;         // (tile)
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, cols), [&](const int j) {
+          for (int d = 0; d < hs; ++d) {
+            k[j * hs + d] = qkv(detail::qkv_index(b, k0 + j, h, d, 1, T, C, hs));
+            v[j * hs + d] = qkv(detail::qkv_index(b, k0 + j, h, d, 2, T, C, hs));
+            dk[j * hs + d] = Real(0);
+            dv[j * hs + d] = Real(0);
+          }
+        });
+        for (int qtile = causal ? ktile : 0; qtile < tiles; ++qtile) {
+          const int q0 = qtile * tile;
+          const int rows = T - q0 < tile ? T - q0 : tile;
+          team.team_barrier();
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows), [&](const int i) {
+            for (int d = 0; d < hs; ++d) {
+              const Real qd = qkv(detail::qkv_index(b, q0 + i, h, d, 0, T, C, hs));
+              const Real dyd = dout(detail::btc_index(b, q0 + i, h, d, T, C, hs));
+              q[i * hs + d] = qd;
+              dy[i * hs + d] = dyd;
+              qt[d * tile + i] = qd;
+              dyt[d * tile + i] = dyd;
+            }
+            ls[i] = lse(static_cast<index_t>(bh) * T + q0 + i);
+            Ds[i] = D(static_cast<index_t>(bh) * T + q0 + i);
+          });
+          team.team_barrier();
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, cols), [&](const int j) {
+            Real* pj = p + j * tile;    // (tile) p[i] for query rows i
+            Real* dpj = dp + j * tile;  // (tile)
+            for (int i = 0; i < rows; ++i) {
+              pj[i] = Real(0);
+              dpj[i] = Real(0);
+            }
+            for (int d = 0; d < hs; ++d) {
+              const Real kd = k[j * hs + d], vd = v[j * hs + d];
+              for (int i = 0; i < rows; ++i) {
+                pj[i] += qt[d * tile + i] * kd;
+                dpj[i] += dyt[d * tile + i] * vd;
+              }
+            }
+            // query rows i >= first see key k0 + j (causal: q0 + i >= k0 + j)
+            const int first = causal && k0 + j - q0 > 0 ? k0 + j - q0 : 0;
+            Real* dkj = dk + j * hs;
+            Real* dvj = dv + j * hs;
+            for (int i = first; i < rows; ++i) {
+              const Real pij = math::exp(pj[i] * scale - ls[i]);
+              const Real dsij = pij * (dpj[i] - Ds[i]) * scale;
+              for (int d = 0; d < hs; ++d) {
+                dvj[d] += pij * dy[i * hs + d];
+                dkj[d] += dsij * q[i * hs + d];
+              }
+            }
+          });
+        }
+        team.team_barrier();
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, cols), [&](const int j) {
+          for (int d = 0; d < hs; ++d) {
+            dqkv(detail::qkv_index(b, k0 + j, h, d, 1, T, C, hs)) = dk[j * hs + d];
+            dqkv(detail::qkv_index(b, k0 + j, h, d, 2, T, C, hs)) = dv[j * hs + d];
+          }
+        });
+      });
+  // dq: one team per query tile, over the key tiles it sees.
+  Kokkos::parallel_for(
+      "p2bw::attention_backward_dq", policy, KOKKOS_LAMBDA(const detail::Team<Exec>& team) {
+        const int qtile = team.league_rank() % tiles;
+        const int bh = team.league_rank() / tiles;
+        const int b = bh / NH, h = bh % NH;
+        const int q0 = qtile * tile;
+        const int rows = T - q0 < tile ? T - q0 : tile;
+        TeamScratch<Real, Exec> mem(team.team_scratch(0), scratch);
+        Real* q = mem.data();         // (tile, hs)
+        Real* dy = q + tile * hs;     // (tile, hs)
+        Real* dq = dy + tile * hs;    // (tile, hs)
+        Real* k = dq + tile * hs;     // (tile, hs)
+        Real* kt = k + tile * hs;     // (hs, tile)
+        Real* vt = kt + tile * hs;    // (hs, tile)
+        Real* s = vt + tile * hs;     // (tile queries, tile keys)
+        Real* ds = s + tile * tile;   // (tile queries, tile keys)
+        Real* ls = ds + tile * tile;  // (tile)
+        Real* Ds = ls + tile;         // (tile)
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows), [&](const int i) {
+          for (int d = 0; d < hs; ++d) {
+            q[i * hs + d] = qkv(detail::qkv_index(b, q0 + i, h, d, 0, T, C, hs));
+            dy[i * hs + d] = dout(detail::btc_index(b, q0 + i, h, d, T, C, hs));
+            dq[i * hs + d] = Real(0);
+          }
+          ls[i] = lse(static_cast<index_t>(bh) * T + q0 + i);
+          Ds[i] = D(static_cast<index_t>(bh) * T + q0 + i);
+        });
+        const int key_tiles = causal ? qtile + 1 : tiles;
+        for (int ktile = 0; ktile < key_tiles; ++ktile) {
+          const int k0 = ktile * tile;
+          const int cols = T - k0 < tile ? T - k0 : tile;
+          team.team_barrier();
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, cols), [&](const int j) {
+            for (int d = 0; d < hs; ++d) {
+              const Real kd = qkv(detail::qkv_index(b, k0 + j, h, d, 1, T, C, hs));
+              k[j * hs + d] = kd;
+              kt[d * tile + j] = kd;
+              vt[d * tile + j] = qkv(detail::qkv_index(b, k0 + j, h, d, 2, T, C, hs));
+            }
+          });
+          team.team_barrier();
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows), [&](const int i) {
+            Real* si = s + i * tile;    // (tile) scores of row i
+            Real* dsi = ds + i * tile;  // (tile) dp, then dscores, of row i
+            for (int j = 0; j < cols; ++j) {
+              si[j] = Real(0);
+              dsi[j] = Real(0);
+            }
+            for (int d = 0; d < hs; ++d) {
+              const Real qd = q[i * hs + d], dyd = dy[i * hs + d];
+              for (int j = 0; j < cols; ++j) {
+                si[j] += qd * kt[d * tile + j];
+                dsi[j] += dyd * vt[d * tile + j];
+              }
+            }
+            const int last = q0 + i - k0 + 1;
+            const int allowed = causal && last < cols ? last : cols;
+            Real* dqi = dq + i * hs;
+            for (int j = 0; j < allowed; ++j) {
+              const Real pij = math::exp(si[j] * scale - ls[i]);
+              const Real dsij = pij * (dsi[j] - Ds[i]) * scale;
+              for (int d = 0; d < hs; ++d) dqi[d] += dsij * k[j * hs + d];
+            }
+          });
+        }
+        team.team_barrier();
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows), [&](const int i) {
+          for (int d = 0; d < hs; ++d)
+            dqkv(detail::qkv_index(b, q0 + i, h, d, 0, T, C, hs)) = dq[i * hs + d];
+        });
+      });
 }
 
 }  // namespace p2bw::kernels

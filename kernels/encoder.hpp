@@ -1,7 +1,12 @@
 // Token + position embedding (GPT-2 / llm.c "encoder"): out[b, t, :] = wte[tok[b, t], :] +
 // wpe[t, :]. Forward keeps nothing but the token ids; backward accumulates into dwte and dwpe
-// without floating-point atomics, in a fixed order (bitwise reproducible, see encoder_backward).
+// without floating-point atomics, in a fixed order (bitwise reproducible, see encoder_backward),
+// over the positions grouped by token on the host (EncoderBuckets), never comparing pairs.
 #pragma once
+
+#include <algorithm>
+#include <utility>
+#include <vector>
 
 #include "kernels/types.hpp"
 
@@ -28,23 +33,78 @@ void encoder_forward(const Exec& exec, Flat<Real, Exec> out,  // (B, T, C)
       });
 }
 
+// The positions of a microbatch grouped by token (llm.c's bucketing), made on the host: bucket k
+// holds token token[k] at positions positions[begin[k] .. begin[k+1]) in ascending order. Made
+// once per stage model and reused, so building it allocates nothing after the first use.
+template <class Exec>
+class EncoderBuckets {
+ public:
+  using IntDeviceView = Kokkos::View<int*, typename Exec::memory_space>;
+
+  explicit EncoderBuckets(index_t max_positions)
+      : positions_("p2bw::encoder_positions", max_positions),
+        begin_("p2bw::encoder_bucket_begin", max_positions + 1),
+        token_("p2bw::encoder_bucket_token", max_positions),
+        host_positions_(Kokkos::create_mirror_view(positions_)),
+        host_begin_(Kokkos::create_mirror_view(begin_)),
+        host_token_(Kokkos::create_mirror_view(token_)),
+        host_tokens_(Kokkos::create_mirror_view(positions_)) {
+    pairs_.reserve(static_cast<size_t>(max_positions));
+  }
+
+  // Groups the first BT entries of tokens (a blocking copy to the host and back).
+  void build(const Exec& exec, ConstFlat<int, Exec> tokens, index_t BT) {
+    detail::require(BT <= static_cast<index_t>(positions_.extent(0)), "EncoderBuckets",
+                    "more positions than it was made for");
+    Kokkos::deep_copy(exec, Kokkos::subview(host_tokens_, std::make_pair(index_t{0}, BT)),
+                      Kokkos::subview(tokens, std::make_pair(index_t{0}, BT)));
+    exec.fence();
+    pairs_.clear();
+    for (index_t p = 0; p < BT; ++p) pairs_.emplace_back(host_tokens_(p), static_cast<int>(p));
+    std::sort(pairs_.begin(), pairs_.end());  // by token, then position
+    buckets_ = 0;
+    for (index_t i = 0; i < BT; ++i) {
+      const auto& [token, position] = pairs_[static_cast<size_t>(i)];
+      if (i == 0 || token != pairs_[static_cast<size_t>(i) - 1].first) {
+        host_token_(buckets_) = token;
+        host_begin_(buckets_) = static_cast<int>(i);
+        ++buckets_;
+      }
+      host_positions_(i) = position;
+    }
+    host_begin_(buckets_) = static_cast<int>(BT);
+    Kokkos::deep_copy(exec, positions_, host_positions_);
+    Kokkos::deep_copy(exec, begin_, host_begin_);
+    Kokkos::deep_copy(exec, token_, host_token_);
+  }
+
+  int buckets() const { return buckets_; }
+  const IntDeviceView& positions() const { return positions_; }  // (BT)
+  const IntDeviceView& begin() const { return begin_; }          // (buckets + 1)
+  const IntDeviceView& token() const { return token_; }          // (buckets)
+
+ private:
+  IntDeviceView positions_, begin_, token_;
+  typename IntDeviceView::HostMirror host_positions_, host_begin_, host_token_, host_tokens_;
+  std::vector<std::pair<int, int>> pairs_;
+  int buckets_ = 0;
+};
+
 // dwte[v, :] += dout[p, :] for every position p with tokens[p] == v, and dwpe[t, :] += sum over b
-// of dout[b, t, :].
-// Determinism: dwpe sums over b in order, one thread per (t, c). For dwte, one team per position
-// p checks whether p is the FIRST occurrence of its token; only that team then walks the positions
-// q >= p in ascending order and adds dout[q, :] for every q with the same token straight into the
-// row dwte[tok, :]. Each row is owned by one team and the additions happen in position order, so
-// the result equals the sequential loop over positions bit for bit, with no atomics. The cost is
-// O((B*T)^2) integer comparisons, spread over B*T teams (small next to the GEMMs for B*T ~ 10^4).
+// of dout[b, t, :], from positions grouped by token.
+// Determinism: dwpe sums over b in order, one thread per (t, c). For dwte, one team per bucket
+// (token) adds dout[q, :] for the bucket's positions q in ascending order straight into the row
+// dwte[tok, :]. Each row is owned by one team and the additions happen in position order, so
+// the result equals the sequential loop over positions bit for bit, with no atomics; the work is
+// O(B*T*C) after an O(B*T log(B*T)) sort on the host.
 template <class Real, class Exec>
 void encoder_backward(const Exec& exec, Flat<Real, Exec> dwte,  // (Vp, C), accumulated
                       Flat<Real, Exec> dwpe,                    // (maxT, C), accumulated
                       ConstFlat<Real, Exec> dout,               // (B, T, C)
-                      ConstFlat<int, Exec> tokens,              // (B, T)
+                      const EncoderBuckets<Exec>& buckets,      // of the tokens (B, T)
                       int B, int T, int C) {
   const index_t BT = static_cast<index_t>(B) * T;
   detail::require_size(dout, BT * C, "encoder_backward", "dout");
-  detail::require_size(tokens, BT, "encoder_backward", "tokens");
   detail::require_size(dwpe, static_cast<index_t>(T) * C, "encoder_backward", "dwpe");
   Kokkos::parallel_for(
       "p2bw::encoder_backward_wpe", Kokkos::RangePolicy<Exec>(exec, 0, static_cast<index_t>(T) * C),
@@ -53,24 +113,36 @@ void encoder_backward(const Exec& exec, Flat<Real, Exec> dwte,  // (Vp, C), accu
         for (int b = 0; b < B; ++b) sum += dout(b * static_cast<index_t>(T) * C + i);
         dwpe(i) = sum;
       });
+  if (buckets.buckets() == 0) return;
+  const auto positions = buckets.positions();
+  const auto begin = buckets.begin();
+  const auto token = buckets.token();
   Kokkos::parallel_for(
-      "p2bw::encoder_backward_wte",
-      Kokkos::TeamPolicy<Exec>(exec, static_cast<int>(BT), Kokkos::AUTO),
+      "p2bw::encoder_backward_wte", Kokkos::TeamPolicy<Exec>(exec, buckets.buckets(), Kokkos::AUTO),
       KOKKOS_LAMBDA(const detail::Team<Exec>& team) {
-        const int p = team.league_rank();
-        const int token = tokens(p);
-        int earlier = 0;
-        Kokkos::parallel_reduce(
-            Kokkos::TeamThreadRange(team, p),
-            [&](const int q, int& count) { count += tokens(q) == token ? 1 : 0; }, earlier);
-        if (earlier != 0) return;  // uniform over the team: p is not the first occurrence
-        for (int q = p; q < BT; ++q) {
-          if (tokens(q) != token) continue;
-          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, C), [&](const int c) {
-            dwte(static_cast<index_t>(token) * C + c) += dout(static_cast<index_t>(q) * C + c);
-          });
-        }
+        const int k = team.league_rank();
+        const index_t row = static_cast<index_t>(token(k)) * C;
+        const int first = begin(k), end = begin(k + 1);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, C), [&](const int c) {
+          Real sum = dwte(row + c);
+          for (int i = first; i < end; ++i) sum += dout(static_cast<index_t>(positions(i)) * C + c);
+          dwte(row + c) = sum;
+        });
       });
+}
+
+// The same with buckets made for this one call (tests; a model keeps its EncoderBuckets).
+template <class Real, class Exec>
+void encoder_backward(const Exec& exec, Flat<Real, Exec> dwte,  // (Vp, C), accumulated
+                      Flat<Real, Exec> dwpe,                    // (maxT, C), accumulated
+                      ConstFlat<Real, Exec> dout,               // (B, T, C)
+                      ConstFlat<int, Exec> tokens,              // (B, T)
+                      int B, int T, int C) {
+  const index_t BT = static_cast<index_t>(B) * T;
+  detail::require_size(tokens, BT, "encoder_backward", "tokens");
+  EncoderBuckets<Exec> buckets(BT);
+  buckets.build(exec, tokens, BT);
+  encoder_backward<Real>(exec, dwte, dwpe, dout, buckets, B, T, C);
 }
 
 }  // namespace p2bw::kernels

@@ -28,10 +28,7 @@ PartSize ModelShape::block() const {
   PartSize part;
   // ln1 (2C), qkv (C, 3C) + 3C, attn proj (C, C) + C, ln2 (2C), fc (C, 4C) + 4C, proj (4C, C) + C
   part.params = 12 * C * C + 13 * C;
-  // Saved for backward: the input, ln1 out, qkv (3), attention output, attn residual, ln2 out,
-  // fc pre-GELU (4), GELU out (4) = 16·BTC; ln1/ln2 mean and rstd (4·BT); attention
-  // probabilities (B, NH, T, T).
-  part.activations = 16 * BT * C + 4 * BT + microbatch * heads * seq_len * seq_len;
+  slot_offsets(block_activations(), part.activations);
   part.input = BT * C;  // residual stream (B, T, C)
   part.flops_forward = 24.0 * BT * C * C + 4.0 * BT * seq_len * C;
   return part;
@@ -41,11 +38,40 @@ PartSize ModelShape::head() const {
   const std::int64_t C = hidden, BT = microbatch * seq_len;
   PartSize part;
   part.params = 2 * C + padded_vocab * hidden;  // lnf (2C), tied wte copy (Vp, C)
-  // the input and lnf out (2·BTC), lnf mean/rstd (2·BT), probabilities (B, T, Vp)
-  part.activations = 2 * BT * C + 2 * BT + BT * padded_vocab;
+  slot_offsets(head_activations(), part.activations);
   part.input = BT * C;
   part.flops_forward = 2.0 * BT * C * padded_vocab;
   return part;
+}
+
+BlockActivations<std::int64_t> ModelShape::block_activations() const {
+  const std::int64_t n = microbatch * seq_len * hidden, r = microbatch * seq_len;
+  BlockActivations<std::int64_t> a;
+  a.x = n;
+  a.ln1 = n;
+  a.ln1_mean = r;
+  a.ln1_rstd = r;
+  a.qkv = 3 * n;
+  a.att_lse = microbatch * heads * seq_len;
+  a.atty = n;
+  a.res2 = n;
+  a.ln2 = n;
+  a.ln2_mean = r;
+  a.ln2_rstd = r;
+  a.fch = 4 * n;
+  a.fch_gelu = 4 * n;
+  return a;
+}
+
+HeadActivations<std::int64_t> ModelShape::head_activations() const {
+  const std::int64_t n = microbatch * seq_len * hidden, r = microbatch * seq_len;
+  HeadActivations<std::int64_t> a;
+  a.x = n;
+  a.lnf = n;
+  a.lnf_mean = r;
+  a.lnf_rstd = r;
+  a.lse = r;
+  return a;
 }
 
 std::int64_t ModelShape::total_params() const {

@@ -33,36 +33,50 @@ bool ends_with(const std::string& text, const std::string& suffix) {
 
 }  // namespace
 
+EmbeddingParameters<TensorSpec> embedding_parameters(const ModelShape& shape) {
+  const std::int64_t C = shape.hidden;
+  return {{"wte", {shape.padded_vocab, C}, true}, {"wpe", {shape.seq_len, C}, true}};
+}
+
+BlockParameters<TensorSpec> block_parameters(const ModelShape& shape) {
+  const std::int64_t C = shape.hidden;
+  return {{"ln1/weight", {C}, false},
+          {"ln1/bias", {C}, false},
+          {"attn/qkv/weight", {3 * C, C}, true},
+          {"attn/qkv/bias", {3 * C}, false},
+          {"attn/proj/weight", {C, C}, true},
+          {"attn/proj/bias", {C}, false},
+          {"ln2/weight", {C}, false},
+          {"ln2/bias", {C}, false},
+          {"mlp/fc/weight", {4 * C, C}, true},
+          {"mlp/fc/bias", {4 * C}, false},
+          {"mlp/proj/weight", {C, 4 * C}, true},
+          {"mlp/proj/bias", {C}, false}};
+}
+
+HeadParameters<TensorSpec> head_parameters(const ModelShape& shape) {
+  const std::int64_t C = shape.hidden;
+  return {{"lnf/weight", {C}, false},
+          {"lnf/bias", {C}, false},
+          {"wte", {shape.padded_vocab, C}, true, true}};
+}
+
 std::vector<PartLayout> model_parts(const ModelShape& shape) {
-  const std::int64_t C = shape.hidden, Vp = shape.padded_vocab, T = shape.seq_len;
   std::vector<PartLayout> parts;
-  PartLayout embedding{PartKind::embedding, 0, {}, 0};
-  LayoutBuilder(embedding).add("embedding/wte", {Vp, C}, true);
-  LayoutBuilder(embedding).add("embedding/wpe", {T, C}, true);
-  parts.push_back(embedding);
-  for (int l = 0; l < shape.layers; ++l) {
-    PartLayout block{PartKind::block, l, {}, 0};
-    LayoutBuilder add(block);
-    const std::string p = "blocks/" + std::to_string(l) + "/";
-    add.add(p + "ln1/weight", {C}, false);
-    add.add(p + "ln1/bias", {C}, false);
-    add.add(p + "attn/qkv/weight", {3 * C, C}, true);
-    add.add(p + "attn/qkv/bias", {3 * C}, false);
-    add.add(p + "attn/proj/weight", {C, C}, true);
-    add.add(p + "attn/proj/bias", {C}, false);
-    add.add(p + "ln2/weight", {C}, false);
-    add.add(p + "ln2/bias", {C}, false);
-    add.add(p + "mlp/fc/weight", {4 * C, C}, true);
-    add.add(p + "mlp/fc/bias", {4 * C}, false);
-    add.add(p + "mlp/proj/weight", {C, 4 * C}, true);
-    add.add(p + "mlp/proj/bias", {C}, false);
-    parts.push_back(block);
-  }
-  PartLayout head{PartKind::head, 0, {}, 0};
-  LayoutBuilder(head).add("head/lnf/weight", {C}, false);
-  LayoutBuilder(head).add("head/lnf/bias", {C}, false);
-  LayoutBuilder(head).add("head/wte", {Vp, C}, true, true);  // last: the tied copy
-  parts.push_back(head);
+  // Lays the tensors of `specs` out one after another under the name prefix.
+  auto part = [&](PartKind kind, int index, const std::string& prefix, auto specs) {
+    PartLayout layout{kind, index, {}, 0};
+    decltype(specs)::zip(
+        [&](TensorSpec& spec) {
+          LayoutBuilder(layout).add(prefix + spec.name, spec.shape, spec.decay, spec.tied_copy);
+        },
+        specs);
+    parts.push_back(layout);
+  };
+  part(PartKind::embedding, 0, "embedding/", embedding_parameters(shape));
+  for (int l = 0; l < shape.layers; ++l)
+    part(PartKind::block, l, "blocks/" + std::to_string(l) + "/", block_parameters(shape));
+  part(PartKind::head, 0, "head/", head_parameters(shape));
   return parts;
 }
 

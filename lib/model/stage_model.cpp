@@ -29,73 +29,95 @@ ConstFlat<float, Exec> cflat(const float* p, std::int64_t n) {
   return ConstFlat<float, Exec>(p, static_cast<size_t>(n));
 }
 
-// Saved activations of a block, as offsets into its cache range (n = BTC, r = BT, a = B·NH·T·T).
-struct BlockCache {
-  std::int64_t x, ln1, ln1_mean, ln1_rstd, qkv, att, atty, res2, ln2, ln2_mean, ln2_rstd, fch,
-      fch_gelu, end;
-  BlockCache(std::int64_t n, std::int64_t r, std::int64_t a)
-      : x(0),
-        ln1(n),
-        ln1_mean(2 * n),
-        ln1_rstd(2 * n + r),
-        qkv(2 * n + 2 * r),
-        att(5 * n + 2 * r),
-        atty(5 * n + 2 * r + a),
-        res2(6 * n + 2 * r + a),
-        ln2(7 * n + 2 * r + a),
-        ln2_mean(8 * n + 2 * r + a),
-        ln2_rstd(8 * n + 3 * r + a),
-        fch(8 * n + 4 * r + a),
-        fch_gelu(12 * n + 4 * r + a),
-        end(16 * n + 4 * r + a) {}
+// Views of a part's tensors (slots in layout order) over the part's range at `base`.
+template <template <class> class Slots, class V, class P>
+Slots<V> tensor_views(P* base, const PartLayout& layout) {
+  Slots<V> views;
+  size_t k = 0;
+  Slots<V>::zip(
+      [&](V& view) {
+        const TensorInfo& tensor = layout.tensors[k++];
+        view = V(base + tensor.offset, static_cast<size_t>(tensor.count));
+      },
+      views);
+  P2BW_ASSERT(k == layout.tensors.size(), "tensor slots and part layout differ");
+  return views;
+}
+
+// Views of consecutive slots of the given sizes from `base` on (llm.c's one loop over sizes).
+template <template <class> class Slots>
+Slots<Flat<float, Exec>> slot_views(float* base, const Slots<std::int64_t>& sizes) {
+  Slots<Flat<float, Exec>> views;
+  Slots<std::int64_t> counts = sizes;
+  Slots<std::int64_t>::zip(
+      [&](Flat<float, Exec>& view, const std::int64_t& count) {
+        view = flat(base, count);
+        base += count;
+      },
+      views, counts);
+  return views;
+}
+
+// The transient buffers of forward and backward, shared by all microbatches.
+template <class S>
+struct WorkspaceSlots {
+  S losses;     // (B, T) per-position losses
+  S ping;       // (B, T, C) input gradient of every other part
+  S pong;       // (B, T, C) input gradient of the parts in between
+  S tmp;        // (B, T, C) LayerNorm input gradient
+  S dres2;      // (B, T, C) gradient of the residual stream after attention
+  S datty;      // (B, T, C) gradient of the attention output
+  S dln;        // (B, T, C) gradient of a LayerNorm output
+  S dqkv;       // (B, T, 3C)
+  S dfch;       // (B, T, 4C) gradient of the fc output (GELU in and out, in place)
+  S attention;  // attention kernels' scratch
+  S logits;     // (B, T, Vp) the head's logits, then their gradient (stages with the head)
+
+  template <class F, class... Each>
+  static void zip(F&& f, Each&... s) {
+    f(s.losses...), f(s.ping...), f(s.pong...), f(s.tmp...), f(s.dres2...), f(s.datty...),
+        f(s.dln...), f(s.dqkv...), f(s.dfch...), f(s.attention...), f(s.logits...);
+  }
 };
 
-// Saved activations of the head (p = B·T·Vp).
-struct HeadCache {
-  std::int64_t x, lnf, mean, rstd, probs, end;
-  HeadCache(std::int64_t n, std::int64_t r, std::int64_t p)
-      : x(0), lnf(n), mean(2 * n), rstd(2 * n + r), probs(2 * n + 2 * r), end(2 * n + 2 * r + p) {}
-};
-
-// Transient buffers, offsets into the workspace.
-struct Workspace {
-  std::int64_t losses, dlosses, ping, pong, tmp, dres2, datty, dln, dqkv, d4a, d4b, attention, end;
-  Workspace(std::int64_t n, std::int64_t r, std::int64_t attention_floats)
-      : losses(0),
-        dlosses(r),
-        ping(2 * r),
-        pong(2 * r + n),
-        tmp(2 * r + 2 * n),
-        dres2(2 * r + 3 * n),
-        datty(2 * r + 4 * n),
-        dln(2 * r + 5 * n),
-        dqkv(2 * r + 6 * n),
-        d4a(2 * r + 9 * n),
-        d4b(2 * r + 13 * n),
-        attention(2 * r + 17 * n),
-        end(2 * r + 17 * n + attention_floats) {}
-};
+WorkspaceSlots<std::int64_t> workspace_sizes(const ModelShape& shape, bool has_head) {
+  const int B = static_cast<int>(shape.microbatch), T = static_cast<int>(shape.seq_len);
+  const int C = static_cast<int>(shape.hidden), NH = static_cast<int>(shape.heads);
+  const std::int64_t n = shape.microbatch * shape.seq_len * shape.hidden;
+  const std::int64_t r = shape.microbatch * shape.seq_len;
+  WorkspaceSlots<std::int64_t> w;
+  w.losses = r;
+  w.ping = n;
+  w.pong = n;
+  w.tmp = n;
+  w.dres2 = n;
+  w.datty = n;
+  w.dln = n;
+  w.dqkv = 3 * n;
+  w.dfch = 4 * n;
+  w.attention = std::max(kernels::attention_forward_workspace(B, T, C, NH),
+                         kernels::attention_backward_workspace(B, T, C, NH));
+  w.logits = has_head ? r * shape.padded_vocab : 0;
+  return w;
+}
 
 }  // namespace
 
-std::int64_t stage_workspace_floats(const ModelShape& shape) {
-  const int B = static_cast<int>(shape.microbatch), T = static_cast<int>(shape.seq_len);
-  const int C = static_cast<int>(shape.hidden), NH = static_cast<int>(shape.heads);
-  const std::int64_t attention = std::max(kernels::attention_forward_workspace(B, T, C, NH),
-                                          kernels::attention_backward_workspace(B, T, C, NH));
-  return Workspace(shape.microbatch * shape.seq_len * shape.hidden,
-                   shape.microbatch * shape.seq_len, attention)
-      .end;
+std::int64_t stage_workspace_floats(const ModelShape& shape, bool has_head) {
+  std::int64_t total = 0;
+  slot_offsets(workspace_sizes(shape, has_head), total);
+  return total;
 }
 
 StageModel::StageModel(const config::ModelConfig& model, int microbatch_size, int first_part,
                        int end_part)
-    : shape_(model, microbatch_size), first_part_(first_part), end_part_(end_part) {
+    : shape_(model, microbatch_size),
+      first_part_(first_part),
+      end_part_(end_part),
+      buckets_(first_part == 0 ? shape_.microbatch * shape_.seq_len : 0) {
   const std::vector<PartLayout> all = model_parts(shape_);
   P2BW_ASSERT(0 <= first_part && first_part < end_part && end_part <= static_cast<int>(all.size()),
               "bad part range");
-  const std::int64_t n = boundary_floats(), r = shape_.microbatch * shape_.seq_len;
-  const std::int64_t a = shape_.microbatch * shape_.heads * shape_.seq_len * shape_.seq_len;
   for (int p = first_part; p < end_part; ++p) {
     const PartLayout& layout = all[static_cast<size_t>(p)];
     parts_.push_back({layout, params_, cache_floats_});
@@ -104,11 +126,10 @@ StageModel::StageModel(const config::ModelConfig& model, int microbatch_size, in
       tensors_.push_back(tensor);
     }
     params_ += layout.params;
-    if (layout.kind == PartKind::block) cache_floats_ += BlockCache(n, r, a).end;
-    if (layout.kind == PartKind::head)
-      cache_floats_ += HeadCache(n, r, r * shape_.padded_vocab).end;
+    if (layout.kind == PartKind::block) cache_floats_ += shape_.block().activations;
+    if (layout.kind == PartKind::head) cache_floats_ += shape_.head().activations;
   }
-  workspace_floats_ = stage_workspace_floats(shape_);
+  workspace_floats_ = stage_workspace_floats(shape_, has_head());
   workspace_ = FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::workspace"),
                          static_cast<size_t>(workspace_floats_));
 }
@@ -169,12 +190,12 @@ FloatView StageModel::input_slot(const Cache& cache) const {
   return Kokkos::subview(cache.floats, std::make_pair(std::int64_t{0}, boundary_floats()));
 }
 
-FloatView StageModel::probabilities(const Cache& cache) const {
-  P2BW_ASSERT(has_head(), "only the stage with the head has probabilities");
-  const std::int64_t n = boundary_floats(), r = shape_.microbatch * shape_.seq_len;
-  const HeadCache at(n, r, r * shape_.padded_vocab);
-  const std::int64_t begin = parts_.back().cache_offset + at.probs;
-  return Kokkos::subview(cache.floats, std::make_pair(begin, begin + r * shape_.padded_vocab));
+FloatView StageModel::logits() const {
+  P2BW_ASSERT(has_head(), "only the stage with the head has logits");
+  const WorkspaceSlots<std::int64_t> sizes = workspace_sizes(shape_, true);
+  std::int64_t total = 0;
+  const std::int64_t begin = slot_offsets(sizes, total).logits;
+  return Kokkos::subview(workspace_, std::make_pair(begin, begin + sizes.logits));
 }
 
 double StageModel::forward(const Exec& exec, ConstFloatView params, Cache& cache, FloatView out) {
@@ -188,10 +209,10 @@ double StageModel::forward(const Exec& exec, ConstFloatView params, Cache& cache
         i + 1 < parts_.size() ? cache.floats.data() + parts_[i + 1].cache_offset : out.data();
     switch (part.layout.kind) {
       case PartKind::embedding: {
-        const float* wte = params.data() + part.param_offset;
-        kernels::encoder_forward<float>(
-            exec, flat(next, boundary_floats()), cache.tokens, cflat(wte, shape_.padded_vocab * C),
-            cflat(wte + shape_.padded_vocab * C, shape_.seq_len * C), B, T, C);
+        const auto w = tensor_views<EmbeddingParameters, ConstFlat<float, Exec>>(
+            params.data() + part.param_offset, part.layout);
+        kernels::encoder_forward<float>(exec, flat(next, boundary_floats()), cache.tokens, w.wte,
+                                        w.wpe, B, T, C);
         break;
       }
       case PartKind::block:
@@ -209,37 +230,28 @@ void StageModel::block_forward(const Exec& exec, const PartRef& part, ConstFloat
                                Cache& cache, float* out) {
   const int B = static_cast<int>(shape_.microbatch), T = static_cast<int>(shape_.seq_len);
   const int C = static_cast<int>(shape_.hidden), NH = static_cast<int>(shape_.heads), N = B * T;
-  const std::int64_t n = boundary_floats(), r = N;
-  const BlockCache at(n, r, std::int64_t{B} * NH * T * T);
-  const Workspace ws(n, r, 0);
-  float* c = cache.floats.data() + part.cache_offset;
-  const float* w = params.data() + part.param_offset;
-  const auto& t = part.layout.tensors;  // ln1 w/b, qkv w/b, proj w/b, ln2 w/b, fc w/b, mlp proj w/b
-  auto param = [&](int k) { return cflat(w + t[k].offset, t[k].count); };
+  const std::int64_t n = boundary_floats();
+  const auto a = slot_views(cache.floats.data() + part.cache_offset, shape_.block_activations());
+  const auto w = tensor_views<BlockParameters, ConstFlat<float, Exec>>(
+      params.data() + part.param_offset, part.layout);
+  const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_, has_head()));
   const bool causal = shape_.kind == config::ModelKind::gpt;
-  kernels::layernorm_forward<float>(exec, flat(c + at.ln1, n), flat(c + at.ln1_mean, r),
-                                    flat(c + at.ln1_rstd, r), cflat(c + at.x, n), param(0),
-                                    param(1), N, C);
-  kernels::matmul_forward<float>(exec, flat(c + at.qkv, 3 * n), cflat(c + at.ln1, n), param(2),
-                                 param(3), N, C, 3 * C);
-  kernels::attention_forward<float>(
-      exec, flat(c + at.atty, n), flat(c + at.att, at.atty - at.att), cflat(c + at.qkv, 3 * n),
-      flat(workspace_.data() + ws.attention, workspace_floats_ - ws.attention), B, T, C, NH,
-      causal);
-  kernels::matmul_forward<float>(exec, flat(c + at.res2, n), cflat(c + at.atty, n), param(4),
-                                 param(5), N, C, C);
-  kernels::residual_forward<float>(exec, flat(c + at.res2, n), cflat(c + at.x, n),
-                                   cflat(c + at.res2, n), n);
-  kernels::layernorm_forward<float>(exec, flat(c + at.ln2, n), flat(c + at.ln2_mean, r),
-                                    flat(c + at.ln2_rstd, r), cflat(c + at.res2, n), param(6),
-                                    param(7), N, C);
-  kernels::matmul_forward<float>(exec, flat(c + at.fch, 4 * n), cflat(c + at.ln2, n), param(8),
-                                 ConstFlat<float, Exec>(), N, C, 4 * C);
-  kernels::bias_gelu_forward<float>(exec, flat(c + at.fch_gelu, 4 * n), flat(c + at.fch, 4 * n),
-                                    param(9), N, 4 * C);
-  kernels::matmul_forward<float>(exec, flat(out, n), cflat(c + at.fch_gelu, 4 * n), param(10),
-                                 param(11), N, 4 * C, C);
-  kernels::residual_forward<float>(exec, flat(out, n), cflat(c + at.res2, n), cflat(out, n), n);
+  kernels::layernorm_forward<float>(exec, a.ln1, a.ln1_mean, a.ln1_rstd, a.x, w.ln1_weight,
+                                    w.ln1_bias, N, C);
+  kernels::matmul_forward<float>(exec, a.qkv, a.ln1, w.qkv_weight, w.qkv_bias, N, C, 3 * C);
+  kernels::attention_forward<float>(exec, a.atty, a.att_lse, a.qkv, B, T, C, NH, causal);
+  kernels::matmul_forward<float>(exec, a.res2, a.atty, w.attn_proj_weight, w.attn_proj_bias, N, C,
+                                 C);
+  kernels::residual_forward<float>(exec, a.res2, a.x, a.res2, n);
+  kernels::layernorm_forward<float>(exec, a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, w.ln2_weight,
+                                    w.ln2_bias, N, C);
+  kernels::matmul_forward<float>(exec, a.fch, a.ln2, w.fc_weight, ConstFlat<float, Exec>(), N, C,
+                                 4 * C);
+  kernels::bias_gelu_forward<float>(exec, a.fch_gelu, a.fch, w.fc_bias, N, 4 * C);
+  const Flat<float, Exec> y = flat(out, n);  // (B, T, C)
+  kernels::matmul_forward<float>(exec, y, a.fch_gelu, w.mlp_proj_weight, w.mlp_proj_bias, N, 4 * C,
+                                 C);
+  kernels::residual_forward<float>(exec, y, a.res2, y, n);
 }
 
 double StageModel::head_forward(const Exec& exec, const PartRef& part, ConstFloatView params,
@@ -247,24 +259,16 @@ double StageModel::head_forward(const Exec& exec, const PartRef& part, ConstFloa
   const int N = static_cast<int>(shape_.microbatch * shape_.seq_len),
             C = static_cast<int>(shape_.hidden);
   const int V = static_cast<int>(shape_.vocab), Vp = static_cast<int>(shape_.padded_vocab);
-  const std::int64_t n = boundary_floats();
-  const HeadCache at(n, N, std::int64_t{N} * Vp);
-  const Workspace ws(n, N, 0);
-  float* c = cache.floats.data() + part.cache_offset;
-  const float* w = params.data() + part.param_offset;
-  const auto& t = part.layout.tensors;  // lnf w/b, tied wte
-  kernels::layernorm_forward<float>(exec, flat(c + at.lnf, n), flat(c + at.mean, N),
-                                    flat(c + at.rstd, N), cflat(c + at.x, n),
-                                    cflat(w + t[0].offset, C), cflat(w + t[1].offset, C), N, C);
-  const std::int64_t probs = std::int64_t{N} * Vp;
-  kernels::matmul_forward<float>(exec, flat(c + at.probs, probs), cflat(c + at.lnf, n),
-                                 cflat(w + t[2].offset, t[2].count), ConstFlat<float, Exec>(), N, C,
-                                 Vp);
-  float* losses = workspace_.data() + ws.losses;
-  kernels::crossentropy_forward<float>(exec, flat(losses, N), flat(c + at.probs, probs),
-                                       cflat(c + at.probs, probs), cache.targets, N, V, Vp);
+  const auto a = slot_views(cache.floats.data() + part.cache_offset, shape_.head_activations());
+  const auto w = tensor_views<HeadParameters, ConstFlat<float, Exec>>(
+      params.data() + part.param_offset, part.layout);
+  const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_, has_head()));
+  kernels::layernorm_forward<float>(exec, a.lnf, a.lnf_mean, a.lnf_rstd, a.x, w.lnf_weight,
+                                    w.lnf_bias, N, C);
+  kernels::matmul_forward<float>(exec, ws.logits, a.lnf, w.wte, ConstFlat<float, Exec>(), N, C, Vp);
+  kernels::classifier_forward<float>(exec, ws.losses, a.lse, ws.logits, cache.targets, N, V, Vp);
   // The mean over positions with a target, summed in position order on the host (deterministic).
-  auto host_losses = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), flat(losses, N));
+  auto host_losses = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), ws.losses);
   auto host_targets = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), cache.targets);
   double sum = 0.0;
   cache.loss_positions = 0;
@@ -281,19 +285,18 @@ void StageModel::backward(const Exec& exec, ConstFloatView params, FloatView gra
   const int B = static_cast<int>(shape_.microbatch), T = static_cast<int>(shape_.seq_len);
   const int C = static_cast<int>(shape_.hidden);
   const std::int64_t n = boundary_floats();
-  const Workspace ws(n, B * T, 0);
+  const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_, has_head()));
   // Part i's input gradient goes to a ping-pong buffer, the first part's into `din`.
   const float* upstream = dout.data();
   for (size_t k = parts_.size(); k-- > 0;) {
     const PartRef& part = parts_[k];
-    float* into =
-        k == 0 ? din.data() : workspace_.data() + ((parts_.size() - k) % 2 ? ws.ping : ws.pong);
+    float* into = k == 0 ? din.data() : ((parts_.size() - k) % 2 ? ws.ping : ws.pong).data();
     switch (part.layout.kind) {
       case PartKind::embedding: {
-        float* g = grads.data() + part.param_offset;
-        kernels::encoder_backward<float>(exec, flat(g, shape_.padded_vocab * C),
-                                         flat(g + shape_.padded_vocab * C, shape_.seq_len * C),
-                                         cflat(upstream, n), cache.tokens, B, T, C);
+        const auto g = tensor_views<EmbeddingParameters, Flat<float, Exec>>(
+            grads.data() + part.param_offset, part.layout);
+        buckets_.build(exec, cache.tokens, std::int64_t{B} * T);
+        kernels::encoder_backward<float>(exec, g.wte, g.wpe, cflat(upstream, n), buckets_, B, T, C);
         break;
       }
       case PartKind::block:
@@ -311,44 +314,34 @@ void StageModel::block_backward(const Exec& exec, const PartRef& part, ConstFloa
                                 FloatView grads, Cache& cache, const float* dout, float* din) {
   const int B = static_cast<int>(shape_.microbatch), T = static_cast<int>(shape_.seq_len);
   const int C = static_cast<int>(shape_.hidden), NH = static_cast<int>(shape_.heads), N = B * T;
-  const std::int64_t n = boundary_floats(), r = N;
-  const BlockCache at(n, r, std::int64_t{B} * NH * T * T);
-  const Workspace ws(n, r, 0);
-  const float* c = cache.floats.data() + part.cache_offset;
-  const float* w = params.data() + part.param_offset;
-  float* g = grads.data() + part.param_offset;
-  float* s = workspace_.data();
-  const auto& t = part.layout.tensors;
-  auto param = [&](int k) { return cflat(w + t[k].offset, t[k].count); };
-  auto grad = [&](int k) { return flat(g + t[k].offset, t[k].count); };
+  const std::int64_t n = boundary_floats();
+  const bool causal = shape_.kind == config::ModelKind::gpt;
+  const auto a = slot_views(cache.floats.data() + part.cache_offset, shape_.block_activations());
+  const auto w = tensor_views<BlockParameters, ConstFlat<float, Exec>>(
+      params.data() + part.param_offset, part.layout);
+  const auto g = tensor_views<BlockParameters, Flat<float, Exec>>(grads.data() + part.param_offset,
+                                                                  part.layout);
+  const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_, has_head()));
+  const ConstFlat<float, Exec> dy = cflat(dout, n);  // (B, T, C)
   // MLP: out = res2 + proj(gelu(fc(ln2(res2))))
-  kernels::matmul_backward<float>(exec, flat(s + ws.d4a, 4 * n), grad(10), grad(11), cflat(dout, n),
-                                  cflat(c + at.fch_gelu, 4 * n), param(10), N, 4 * C, C);
-  kernels::gelu_backward<float>(exec, flat(s + ws.d4a, 4 * n), cflat(s + ws.d4a, 4 * n),
-                                cflat(c + at.fch, 4 * n), 4 * n);
-  kernels::matmul_backward<float>(exec, flat(s + ws.dln, n), grad(8), grad(9),
-                                  cflat(s + ws.d4a, 4 * n), cflat(c + at.ln2, n), param(8), N, C,
-                                  4 * C);
-  kernels::layernorm_backward<float>(
-      exec, flat(s + ws.tmp, n), grad(6), grad(7), cflat(s + ws.dln, n), cflat(c + at.res2, n),
-      cflat(c + at.ln2_mean, r), cflat(c + at.ln2_rstd, r), param(6), N, C);
-  kernels::residual_forward<float>(exec, flat(s + ws.dres2, n), cflat(dout, n),
-                                   cflat(s + ws.tmp, n), n);
+  kernels::matmul_backward<float>(exec, ws.dfch, g.mlp_proj_weight, g.mlp_proj_bias, dy, a.fch_gelu,
+                                  w.mlp_proj_weight, N, 4 * C, C);
+  kernels::gelu_backward<float>(exec, ws.dfch, ws.dfch, a.fch, 4 * n);
+  kernels::matmul_backward<float>(exec, ws.dln, g.fc_weight, g.fc_bias, ws.dfch, a.ln2, w.fc_weight,
+                                  N, C, 4 * C);
+  kernels::layernorm_backward<float>(exec, ws.tmp, g.ln2_weight, g.ln2_bias, ws.dln, a.res2,
+                                     a.ln2_mean, a.ln2_rstd, w.ln2_weight, N, C);
+  kernels::residual_forward<float>(exec, ws.dres2, dy, ws.tmp, n);
   // Attention: res2 = x + proj(attention(qkv(ln1(x))))
-  kernels::matmul_backward<float>(exec, flat(s + ws.datty, n), grad(4), grad(5),
-                                  cflat(s + ws.dres2, n), cflat(c + at.atty, n), param(4), N, C, C);
-  kernels::attention_backward<float>(exec, flat(s + ws.dqkv, 3 * n), cflat(s + ws.datty, n),
-                                     cflat(c + at.qkv, 3 * n), cflat(c + at.att, at.atty - at.att),
-                                     flat(s + ws.attention, workspace_floats_ - ws.attention), B, T,
-                                     C, NH);
-  kernels::matmul_backward<float>(exec, flat(s + ws.dln, n), grad(2), grad(3),
-                                  cflat(s + ws.dqkv, 3 * n), cflat(c + at.ln1, n), param(2), N, C,
-                                  3 * C);
-  kernels::layernorm_backward<float>(
-      exec, flat(s + ws.tmp, n), grad(0), grad(1), cflat(s + ws.dln, n), cflat(c + at.x, n),
-      cflat(c + at.ln1_mean, r), cflat(c + at.ln1_rstd, r), param(0), N, C);
-  kernels::residual_forward<float>(exec, flat(din, n), cflat(s + ws.dres2, n), cflat(s + ws.tmp, n),
-                                   n);
+  kernels::matmul_backward<float>(exec, ws.datty, g.attn_proj_weight, g.attn_proj_bias, ws.dres2,
+                                  a.atty, w.attn_proj_weight, N, C, C);
+  kernels::attention_backward<float>(exec, ws.dqkv, ws.datty, a.qkv, a.atty, a.att_lse,
+                                     ws.attention, B, T, C, NH, causal);
+  kernels::matmul_backward<float>(exec, ws.dln, g.qkv_weight, g.qkv_bias, ws.dqkv, a.ln1,
+                                  w.qkv_weight, N, C, 3 * C);
+  kernels::layernorm_backward<float>(exec, ws.tmp, g.ln1_weight, g.ln1_bias, ws.dln, a.x,
+                                     a.ln1_mean, a.ln1_rstd, w.ln1_weight, N, C);
+  kernels::residual_forward<float>(exec, flat(din, n), ws.dres2, ws.tmp, n);
 }
 
 void StageModel::head_backward(const Exec& exec, const PartRef& part, ConstFloatView params,
@@ -356,29 +349,24 @@ void StageModel::head_backward(const Exec& exec, const PartRef& part, ConstFloat
   const int N = static_cast<int>(shape_.microbatch * shape_.seq_len),
             C = static_cast<int>(shape_.hidden);
   const int V = static_cast<int>(shape_.vocab), Vp = static_cast<int>(shape_.padded_vocab);
-  const std::int64_t n = boundary_floats(), probs = std::int64_t{N} * Vp;
-  const HeadCache at(n, N, probs);
-  const Workspace ws(n, N, 0);
-  float* c = cache.floats.data() + part.cache_offset;
-  const float* w = params.data() + part.param_offset;
-  float* g = grads.data() + part.param_offset;
-  const auto& t = part.layout.tensors;
+  const auto a = slot_views(cache.floats.data() + part.cache_offset, shape_.head_activations());
+  const auto w = tensor_views<HeadParameters, ConstFlat<float, Exec>>(
+      params.data() + part.param_offset, part.layout);
+  const auto g = tensor_views<HeadParameters, Flat<float, Exec>>(grads.data() + part.param_offset,
+                                                                 part.layout);
+  const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_, has_head()));
   // d(mean loss)/d(loss_i) = 1 / positions; ignored positions get no gradient in the kernel.
   const float scale =
       cache.loss_positions > 0 ? static_cast<float>(loss_scale / cache.loss_positions) : 0.0f;
-  Kokkos::deep_copy(exec, flat(workspace_.data() + ws.dlosses, N), scale);
-  // dlogits overwrite the probabilities in the cache (consumed).
-  kernels::crossentropy_backward<float>(exec, flat(c + at.probs, probs),
-                                        cflat(workspace_.data() + ws.dlosses, N),
-                                        cflat(c + at.probs, probs), cache.targets, N, V, Vp);
-  kernels::matmul_backward<float>(exec, flat(workspace_.data() + ws.dln, n),
-                                  flat(g + t[2].offset, t[2].count), Flat<float, Exec>(),
-                                  cflat(c + at.probs, probs), cflat(c + at.lnf, n),
-                                  cflat(w + t[2].offset, t[2].count), N, C, Vp);
-  kernels::layernorm_backward<float>(exec, flat(din, n), flat(g + t[0].offset, C),
-                                     flat(g + t[1].offset, C), cflat(workspace_.data() + ws.dln, n),
-                                     cflat(c + at.x, n), cflat(c + at.mean, N),
-                                     cflat(c + at.rstd, N), cflat(w + t[0].offset, C), N, C);
+  // The logits are recomputed (one GEMM) rather than kept per microbatch: the cache holds only
+  // their log-sum-exp. Their gradient overwrites them in the workspace.
+  kernels::matmul_forward<float>(exec, ws.logits, a.lnf, w.wte, ConstFlat<float, Exec>(), N, C, Vp);
+  kernels::classifier_backward<float>(exec, ws.logits, ws.logits, a.lse, cache.targets, scale, N, V,
+                                      Vp);
+  kernels::matmul_backward<float>(exec, ws.dln, g.wte, Flat<float, Exec>(), ws.logits, a.lnf, w.wte,
+                                  N, C, Vp);
+  kernels::layernorm_backward<float>(exec, flat(din, boundary_floats()), g.lnf_weight, g.lnf_bias,
+                                     ws.dln, a.x, a.lnf_mean, a.lnf_rstd, w.lnf_weight, N, C);
 }
 
 }  // namespace p2bw::model

@@ -9,6 +9,7 @@
 
 #include "config/deck.hpp"
 #include "core/device.hpp"
+#include "kernels/encoder.hpp"
 #include "model/model_shape.hpp"
 #include "model/parameters.hpp"
 
@@ -28,8 +29,9 @@ struct Cache {
   int loss_positions = 0;  // targets with a loss, counted by forward
 };
 
-// Floats of the transient buffers a StageModel of this shape allocates once (any part range).
-std::int64_t stage_workspace_floats(const ModelShape& shape);
+// Floats of the transient buffers a StageModel of this shape allocates once (any part range;
+// the stage with the head also holds one microbatch's logits).
+std::int64_t stage_workspace_floats(const ModelShape& shape, bool has_head);
 
 class StageModel {
  public:
@@ -74,8 +76,9 @@ class StageModel {
   // the microbatch's mean loss over the positions with targets (0 without the head).
   double forward(const Exec& exec, ConstFloatView params, Cache& cache, FloatView out);
 
-  // The head's softmax probabilities (B, T, Vp) after forward (before backward consumes them).
-  FloatView probabilities(const Cache& cache) const;
+  // The head's logits (B, T, Vp) of the latest forward, in the shared workspace: valid until the
+  // next forward or backward of any microbatch.
+  FloatView logits() const;
 
   // Backward of one microbatch; consumes the cache. Adds parameter gradients into `grads`.
   // With the head, the loss gradient is `loss_scale` times that of the mean loss (1/m for
@@ -107,6 +110,7 @@ class StageModel {
   std::int64_t cache_floats_ = 0;
   std::int64_t workspace_floats_ = 0;
   FloatView workspace_;  // transient buffers of forward and backward, shared by all microbatches
+  kernels::EncoderBuckets<Exec> buckets_;  // positions by token for the embedding's backward
 };
 
 }  // namespace p2bw::model

@@ -51,7 +51,7 @@ std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap
       if (!deck.pipeline.recompute) mem.activations += kFloat * stashed;
       if (s + 1 < depth) mem.buffers += kFloat * 2 * shape.block().input;
     }
-    mem.workspace = kFloat * model::stage_workspace_floats(shape);
+    mem.workspace = kFloat * model::stage_workspace_floats(shape, range.has_head);
     result.push_back(mem);
   }
   return result;

@@ -1,8 +1,13 @@
-// Tests of kernels/attention.hpp: forward (output and probabilities) against a naive per-head
-// loop implementation, causal and bidirectional, in double and float; finite-difference gradient
-// of qkv in double for both maskings; the contract and the workspace checks.
+// Tests of kernels/attention.hpp (flash style): forward output and log-sum-exp against a naive
+// per-head loop and against the former kernel (attention_reference.hpp), causal and
+// bidirectional, in double and float, at sizes below, at and beyond one tile; backward against
+// the reference kernel and against finite differences in double; bitwise repeatability;
+// the contract checks.
 #include "kernels/attention.hpp"
 
+#include <cstring>
+
+#include "attention_reference.hpp"
 #include "test_util.hpp"
 
 namespace p2bw::kernels::test {
@@ -17,13 +22,15 @@ constexpr Dims kSmall{2, 5, 8, 2};
 struct Reference {
   std::vector<double> out;  // (B, T, C)
   std::vector<double> att;  // (B, NH, T, T)
+  std::vector<double> lse;  // (B, NH, T)
 };
 
 Reference reference_attention(const std::vector<double>& qkv, const Dims& d, bool causal) {
   const int hs = d.C / d.NH, C3 = 3 * d.C;
   const double scale = 1.0 / std::sqrt(static_cast<double>(hs));
   Reference r{std::vector<double>(static_cast<std::size_t>(d.B) * d.T * d.C, 0.0),
-              std::vector<double>(static_cast<std::size_t>(d.B) * d.NH * d.T * d.T, 0.0)};
+              std::vector<double>(static_cast<std::size_t>(d.B) * d.NH * d.T * d.T, 0.0),
+              std::vector<double>(static_cast<std::size_t>(d.B) * d.NH * d.T, 0.0)};
   for (int b = 0; b < d.B; ++b) {
     for (int h = 0; h < d.NH; ++h) {
       for (int t = 0; t < d.T; ++t) {
@@ -41,6 +48,7 @@ Reference reference_attention(const std::vector<double>& qkv, const Dims& d, boo
         }
         double sum = 0.0;
         for (int t2 = 0; t2 < allowed; ++t2) sum += std::exp(s[t2] - maxv);
+        r.lse[(static_cast<std::size_t>(b) * d.NH + h) * d.T + t] = maxv + std::log(sum);
         double* att = &r.att[((static_cast<std::size_t>(b) * d.NH + h) * d.T + t) * d.T];
         for (int t2 = 0; t2 < allowed; ++t2) att[t2] = std::exp(s[t2] - maxv) / sum;
         for (int i = 0; i < hs; ++i) {
@@ -58,54 +66,92 @@ Reference reference_attention(const std::vector<double>& qkv, const Dims& d, boo
 
 template <class Real>
 void check_forward(const Dims& d, bool causal, unsigned seed) {
-  SCOPED_TRACE(causal ? "causal" : "bidirectional");
+  SCOPED_TRACE(std::string(causal ? "causal" : "bidirectional") + " T=" + std::to_string(d.T) +
+               " C=" + std::to_string(d.C) + " NH=" + std::to_string(d.NH));
   const std::size_t BTC = static_cast<std::size_t>(d.B) * d.T * d.C;
   Buf<Real> qkv(3 * BTC, "qkv"), out(BTC, "out");
-  Buf<Real> att(static_cast<std::size_t>(d.B) * d.NH * d.T * d.T, "att");
-  Buf<Real> ws(attention_forward_workspace(d.B, d.T, d.C, d.NH), "workspace");
+  Buf<Real> lse(attention_lse_size(d.B, d.T, d.NH), "lse");
   fill_random(qkv, seed, -2.0, 2.0);
-  attention_forward<Real>(Exec(), out.d, att.d, qkv.d, ws.d, d.B, d.T, d.C, d.NH, causal);
+  attention_forward<Real>(Exec(), out.d, lse.d, qkv.d, d.B, d.T, d.C, d.NH, causal);
   const Reference r = reference_attention(qkv.as_double(), d, causal);
   const double n_red = 4.0 * (d.T + d.C / d.NH);
   expect_close("attention out", out.values(), r.out, n_red);
-  const std::vector<Real> got_att = att.values();
-  expect_close("attention probabilities", got_att, r.att, n_red);
-  if (causal) {
-    for (int row = 0; row < d.B * d.NH * d.T; ++row) {
-      for (int t2 = row % d.T + 1; t2 < d.T; ++t2) {
-        EXPECT_EQ(got_att[static_cast<std::size_t>(row) * d.T + t2], Real(0)) << "masked entry";
-      }
+  expect_close("attention lse", lse.values(), r.lse, n_red);
+  // The former kernel agrees too.
+  Buf<Real> ref_out(BTC, "ref_out");
+  Buf<Real> att(static_cast<std::size_t>(d.B) * d.NH * d.T * d.T, "att");
+  Buf<Real> ws(reference::attention_forward_workspace(d.B, d.T, d.C, d.NH), "ws");
+  reference::attention_forward<Real>(Exec(), ref_out.d, att.d, qkv.d, ws.d, d.B, d.T, d.C, d.NH,
+                                     causal);
+  std::vector<double> ref_values;
+  for (Real x : ref_out.values()) ref_values.push_back(static_cast<double>(x));
+  expect_close("attention out vs reference kernel", out.values(), ref_values, 2 * n_red);
+}
+
+// Sizes below, at and beyond one tile (32 rows for hs <= 64 in float, 16 in double), with T not
+// a multiple of the tile.
+const Dims kShapes[] = {
+    {2, 5, 8, 2}, {2, 21, 48, 2}, {1, 33, 64, 4}, {1, 70, 32, 2}, {2, 16, 16, 1}};
+
+TEST(Attention, ForwardMatchesReference) {
+  unsigned seed = 1;
+  for (bool causal : {true, false}) {
+    for (const Dims& d : kShapes) {
+      check_forward<double>(d, causal, seed++);
+      check_forward<float>(d, causal, seed++);
     }
   }
 }
 
-TEST(Attention, ForwardMatchesReference) {
-  for (bool causal : {true, false}) {
-    check_forward<double>(kSmall, causal, 1);
-    check_forward<float>(kSmall, causal, 2);
-    // T and head size beyond one 16x16 GEMM tile.
-    check_forward<double>({2, 21, 48, 2}, causal, 3);
-    check_forward<float>({1, 33, 64, 4}, causal, 4);
-  }
+// Backward against the reference kernel's backward (double).
+void check_backward_against_reference(const Dims& d, bool causal, unsigned seed) {
+  SCOPED_TRACE(std::string(causal ? "causal" : "bidirectional") + " T=" + std::to_string(d.T));
+  const std::size_t BTC = static_cast<std::size_t>(d.B) * d.T * d.C;
+  Buf<double> qkv(3 * BTC, "qkv"), out(BTC, "out"), dout(BTC, "dout"), dqkv(3 * BTC, "dqkv");
+  Buf<double> lse(attention_lse_size(d.B, d.T, d.NH), "lse");
+  Buf<double> ws(attention_backward_workspace(d.B, d.T, d.C, d.NH), "ws");
+  fill_random(qkv, seed, -2.0, 2.0);
+  fill_random(dout, seed + 1);
+  dqkv.fill(nan());
+  ws.fill(nan());
+  const Exec exec;
+  attention_forward<double>(exec, out.d, lse.d, qkv.d, d.B, d.T, d.C, d.NH, causal);
+  attention_backward<double>(exec, dqkv.d, dout.d, qkv.d, out.d, lse.d, ws.d, d.B, d.T, d.C, d.NH,
+                             causal);
+  Buf<double> ref_out(BTC, "ref_out"), ref_dqkv(3 * BTC, "ref_dqkv");
+  Buf<double> att(static_cast<std::size_t>(d.B) * d.NH * d.T * d.T, "att");
+  Buf<double> ws_f(reference::attention_forward_workspace(d.B, d.T, d.C, d.NH), "ws_f");
+  Buf<double> ws_b(reference::attention_backward_workspace(d.B, d.T, d.C, d.NH), "ws_b");
+  reference::attention_forward<double>(exec, ref_out.d, att.d, qkv.d, ws_f.d, d.B, d.T, d.C, d.NH,
+                                       causal);
+  reference::attention_backward<double>(exec, ref_dqkv.d, dout.d, qkv.d, att.d, ws_b.d, d.B, d.T,
+                                        d.C, d.NH);
+  expect_close("attention dqkv vs reference kernel", dqkv.values(), ref_dqkv.values(),
+               8.0 * (d.T + d.C / d.NH));
 }
 
-void gradient_check(bool causal, unsigned seed) {
-  const Dims d = kSmall;
+TEST(Attention, BackwardMatchesReferenceKernel) {
+  unsigned seed = 100;
+  for (bool causal : {true, false})
+    for (const Dims& d : kShapes) check_backward_against_reference(d, causal, seed += 2);
+}
+
+void gradient_check(const Dims& d, bool causal, unsigned seed) {
   const std::size_t BTC = static_cast<std::size_t>(d.B) * d.T * d.C;
   Buf<double> qkv(3 * BTC, "qkv"), out(BTC, "out"), dqkv(3 * BTC, "dqkv"), dout(BTC, "dout");
-  Buf<double> att(static_cast<std::size_t>(d.B) * d.NH * d.T * d.T, "att");
-  Buf<double> ws_f(attention_forward_workspace(d.B, d.T, d.C, d.NH), "ws_f");
-  Buf<double> ws_b(attention_backward_workspace(d.B, d.T, d.C, d.NH), "ws_b");
+  Buf<double> lse(attention_lse_size(d.B, d.T, d.NH), "lse");
+  Buf<double> ws(attention_backward_workspace(d.B, d.T, d.C, d.NH), "ws");
   fill_random(qkv, seed, -2.0, 2.0);
   dqkv.fill(nan());
-  ws_b.fill(nan());  // scratch: its contents must not matter
+  ws.fill(nan());  // scratch: its contents must not matter
   const std::vector<double> R = random_vector(BTC, seed + 1);
   dout.assign(R);
   const Exec exec;
-  attention_forward<double>(exec, out.d, att.d, qkv.d, ws_f.d, d.B, d.T, d.C, d.NH, causal);
-  attention_backward<double>(exec, dqkv.d, dout.d, qkv.d, att.d, ws_b.d, d.B, d.T, d.C, d.NH);
+  attention_forward<double>(exec, out.d, lse.d, qkv.d, d.B, d.T, d.C, d.NH, causal);
+  attention_backward<double>(exec, dqkv.d, dout.d, qkv.d, out.d, lse.d, ws.d, d.B, d.T, d.C, d.NH,
+                             causal);
   auto loss = [&]() {
-    attention_forward<double>(exec, out.d, att.d, qkv.d, ws_f.d, d.B, d.T, d.C, d.NH, causal);
+    attention_forward<double>(exec, out.d, lse.d, qkv.d, d.B, d.T, d.C, d.NH, causal);
     return project(out, R);
   };
   check_gradient(causal ? "attention dqkv (causal)" : "attention dqkv (bidirectional)", qkv,
@@ -113,24 +159,52 @@ void gradient_check(bool causal, unsigned seed) {
 }
 
 TEST(Attention, GradientCheckCausal) {
-  gradient_check(true, 10);
+  gradient_check(kSmall, true, 10);
+  gradient_check({1, 37, 8, 2}, true, 11);  // three tiles of 16 in double, the last partial
 }
 TEST(Attention, GradientCheckBidirectional) {
-  gradient_check(false, 20);
+  gradient_check(kSmall, false, 20);
+  gradient_check({1, 37, 8, 2}, false, 21);
+}
+
+TEST(Attention, SameInputsGiveBitwiseSameResults) {
+  const Dims d{2, 45, 32, 2};
+  const std::size_t BTC = static_cast<std::size_t>(d.B) * d.T * d.C;
+  Buf<float> qkv(3 * BTC, "qkv"), out(BTC, "out"), dout(BTC, "dout"), dqkv(3 * BTC, "dqkv");
+  Buf<float> lse(attention_lse_size(d.B, d.T, d.NH), "lse");
+  Buf<float> ws(attention_backward_workspace(d.B, d.T, d.C, d.NH), "ws");
+  fill_random(qkv, 7, -2.0, 2.0);
+  fill_random(dout, 8);
+  std::vector<float> first;
+  for (int run = 0; run < 2; ++run) {
+    attention_forward<float>(Exec(), out.d, lse.d, qkv.d, d.B, d.T, d.C, d.NH, true);
+    attention_backward<float>(Exec(), dqkv.d, dout.d, qkv.d, out.d, lse.d, ws.d, d.B, d.T, d.C,
+                              d.NH, true);
+    std::vector<float> all = out.values();
+    for (float x : dqkv.values()) all.push_back(x);
+    if (run == 0)
+      first = all;
+    else
+      EXPECT_EQ(0, std::memcmp(first.data(), all.data(), all.size() * sizeof(float)));
+  }
+}
+
+TEST(Attention, MemoryIsLinearInT) {
+  // What a layer keeps and its scratch grow with B*NH*T, not T^2.
+  EXPECT_EQ(attention_lse_size(16, 1024, 12), 16 * 12 * 1024);
+  EXPECT_EQ(attention_forward_workspace(16, 1024, 768, 12), 0);
+  EXPECT_EQ(attention_backward_workspace(16, 1024, 768, 12), 16 * 12 * 1024);
 }
 
 TEST(Attention, ArgumentChecks) {
   const Dims d = kSmall;
   const std::size_t BTC = static_cast<std::size_t>(d.B) * d.T * d.C;
-  Buf<double> qkv(3 * BTC), out(BTC), att(static_cast<std::size_t>(d.B) * d.NH * d.T * d.T);
-  Buf<double> ws(attention_forward_workspace(d.B, d.T, d.C, d.NH) - 1);
-  EXPECT_THROW(
-      attention_forward<double>(Exec(), out.d, att.d, qkv.d, ws.d, d.B, d.T, d.C, d.NH, true),
-      std::invalid_argument);
-  Buf<double> ws_ok(attention_forward_workspace(d.B, d.T, d.C, 3));
-  EXPECT_THROW(
-      attention_forward<double>(Exec(), out.d, att.d, qkv.d, ws_ok.d, d.B, d.T, d.C, 3, true),
-      std::invalid_argument);  // 3 heads do not divide C = 8
+  Buf<double> qkv(3 * BTC), out(BTC), lse(attention_lse_size(d.B, d.T, d.NH) - 1);
+  EXPECT_THROW(attention_forward<double>(Exec(), out.d, lse.d, qkv.d, d.B, d.T, d.C, d.NH, true),
+               std::invalid_argument);  // lse one short
+  Buf<double> lse3(attention_lse_size(d.B, d.T, 3));
+  EXPECT_THROW(attention_forward<double>(Exec(), out.d, lse3.d, qkv.d, d.B, d.T, d.C, 3, true),
+               std::invalid_argument);  // 3 heads do not divide C = 8
 }
 
 }  // namespace

@@ -1,16 +1,20 @@
-// Tests of kernels/crossentropy.hpp: losses and probabilities against a naive softmax + CE over a
-// padded vocabulary with ignored positions (double and float), the finite-difference gradient of
-// the logits in double, exact zeros on padded columns and ignored rows, and in-place use.
+// Tests of kernels/crossentropy.hpp (the fused classifier): losses and log-sum-exp against a naive
+// softmax + CE over a padded vocabulary with ignored positions (double and float), rows wider
+// than the 32 lanes, the logits' gradient against the former kernels (crossentropy_reference.hpp)
+// and against finite differences in double, exact zeros on padded columns and ignored rows,
+// in-place use.
 #include "kernels/crossentropy.hpp"
 
+#include "crossentropy_reference.hpp"
 #include "test_util.hpp"
 
 namespace p2bw::kernels::test {
 namespace {
 
-constexpr int N = 10, V = 11, Vp = 16;  // N = B*T with B = 2, T = 5
+// N = B*T with B = 2, T = 5; V beyond the 32 lanes of a row, so lanes hold several columns.
+constexpr int N = 10, V = 75, Vp = 80;
 // Targets include the last real column and two ignored positions.
-const std::vector<int> kTargets = {3, kIgnoreIndex, 10, 0, 7, 7, kIgnoreIndex, 1, 9, 5};
+const std::vector<int> kTargets = {3, kIgnoreIndex, 74, 0, 7, 40, kIgnoreIndex, 1, 33, 5};
 
 Buf<int> make_targets() {
   Buf<int> targets(N, "targets");
@@ -32,46 +36,66 @@ void fill_logits(const Buf<Real>& logits, unsigned seed) {
 template <class Real>
 void check_forward(unsigned seed) {
   const Buf<int> targets = make_targets();
-  Buf<Real> logits(N * Vp, "logits"), probs(N * Vp, "probs"), losses(N, "losses");
+  Buf<Real> logits(N * Vp, "logits"), lse(N, "lse"), losses(N, "losses");
   fill_logits(logits, seed);
-  crossentropy_forward<Real>(Exec(), losses.d, probs.d, logits.d, targets.d, N, V, Vp);
-  std::vector<double> ref_probs(N * Vp, 0.0), ref_losses(N, 0.0);
+  classifier_forward<Real>(Exec(), losses.d, lse.d, logits.d, targets.d, N, V, Vp);
+  std::vector<double> ref_lse(N, 0.0), ref_losses(N, 0.0);
   for (int n = 0; n < N; ++n) {
     double maxv = -1e300, sum = 0.0;
     for (int j = 0; j < V; ++j) maxv = std::max(maxv, static_cast<double>(logits[n * Vp + j]));
     for (int j = 0; j < V; ++j) sum += std::exp(logits[n * Vp + j] - maxv);
-    for (int j = 0; j < V; ++j) ref_probs[n * Vp + j] = std::exp(logits[n * Vp + j] - maxv) / sum;
-    if (kTargets[n] >= 0) ref_losses[n] = -std::log(ref_probs[n * Vp + kTargets[n]]);
+    ref_lse[n] = maxv + std::log(sum);
+    if (kTargets[n] >= 0) ref_losses[n] = ref_lse[n] - logits[n * Vp + kTargets[n]];
   }
-  const std::vector<Real> p = probs.values(), l = losses.values();
-  expect_close("crossentropy probs", p, ref_probs, 2 * V);
-  expect_close("crossentropy losses", l, ref_losses, 2 * V);
+  const std::vector<Real> l = losses.values();
+  expect_close("classifier lse", lse.values(), ref_lse, 2 * V);
+  expect_close("classifier losses", l, ref_losses, 2 * V);
   for (int n = 0; n < N; ++n) {
-    for (int j = V; j < Vp; ++j) EXPECT_EQ(p[n * Vp + j], Real(0)) << "padded probability";
     if (kTargets[n] < 0) {
       EXPECT_EQ(l[n], Real(0)) << "ignored position";
     }
   }
 }
 
-TEST(CrossEntropy, ForwardMatchesReferenceDouble) {
+TEST(Classifier, ForwardMatchesReferenceDouble) {
   check_forward<double>(1);
 }
-TEST(CrossEntropy, ForwardMatchesReferenceFloat) {
+TEST(Classifier, ForwardMatchesReferenceFloat) {
   check_forward<float>(2);
 }
 
-TEST(CrossEntropy, GradientCheck) {
+TEST(Classifier, BackwardMatchesReferenceKernels) {
   const Buf<int> targets = make_targets();
-  Buf<double> logits(N * Vp, "logits"), probs(N * Vp, "probs"), losses(N, "losses");
-  Buf<double> dlogits(N * Vp, "dlogits"), dlosses(N, "dlosses");
+  Buf<double> logits(N * Vp, "logits"), lse(N, "lse"), losses(N, "losses"), dlogits(N * Vp);
+  Buf<double> probs(N * Vp, "probs"), ref_dlogits(N * Vp), dlosses(N);
+  fill_logits(logits, 5);
+  const double scale = 0.125;
+  dlosses.fill(scale);
+  const Exec exec;
+  classifier_forward<double>(exec, losses.d, lse.d, logits.d, targets.d, N, V, Vp);
+  classifier_backward<double>(exec, dlogits.d, logits.d, lse.d, targets.d, scale, N, V, Vp);
+  Buf<double> ref_losses(N);
+  reference::crossentropy_forward<double>(exec, ref_losses.d, probs.d, logits.d, targets.d, N, V,
+                                          Vp);
+  reference::crossentropy_backward<double>(exec, ref_dlogits.d, dlosses.d, probs.d, targets.d, N, V,
+                                           Vp);
+  expect_close("classifier losses vs reference kernel", losses.values(), ref_losses.values(),
+               2 * V);
+  expect_close("classifier dlogits vs reference kernel", dlogits.values(), ref_dlogits.values(),
+               2 * V);
+}
+
+TEST(Classifier, GradientCheck) {
+  const Buf<int> targets = make_targets();
+  Buf<double> logits(N * Vp, "logits"), lse(N, "lse"), losses(N, "losses");
+  Buf<double> dlogits(N * Vp, "dlogits");
   fill_logits(logits, 10);
   dlogits.fill(nan());
-  const std::vector<double> R = random_vector(N, 11);  // per-position loss weights
-  dlosses.assign(R);
+  const double scale = 0.3;
+  const std::vector<double> R(N, scale);  // the loss is scale * the sum of the losses
   const Exec exec;
-  crossentropy_forward<double>(exec, losses.d, probs.d, logits.d, targets.d, N, V, Vp);
-  crossentropy_backward<double>(exec, dlogits.d, dlosses.d, probs.d, targets.d, N, V, Vp);
+  classifier_forward<double>(exec, losses.d, lse.d, logits.d, targets.d, N, V, Vp);
+  classifier_backward<double>(exec, dlogits.d, logits.d, lse.d, targets.d, scale, N, V, Vp);
   const std::vector<double> grad = dlogits.values();
   for (int n = 0; n < N; ++n) {
     for (int j = 0; j < Vp; ++j) {
@@ -81,35 +105,34 @@ TEST(CrossEntropy, GradientCheck) {
     }
   }
   auto loss = [&]() {
-    crossentropy_forward<double>(exec, losses.d, probs.d, logits.d, targets.d, N, V, Vp);
+    classifier_forward<double>(exec, losses.d, lse.d, logits.d, targets.d, N, V, Vp);
     return project(losses, R);
   };
-  check_gradient("crossentropy dlogits", logits, grad, 2 * V, loss);
+  check_gradient("classifier dlogits", logits, grad, 2 * V, loss);
 }
 
-TEST(CrossEntropy, InPlace) {
-  // probs written over logits, dlogits over probs: the memory-saving use in the LM head.
+TEST(Classifier, InPlace) {
+  // dlogits written over the logits: the LM head's use.
   const Buf<int> targets = make_targets();
-  Buf<double> logits(N * Vp), probs(N * Vp), losses(N), dlogits(N * Vp), dlosses(N);
-  Buf<double> shared(N * Vp), shared_losses(N);
+  Buf<double> logits(N * Vp), lse(N), losses(N), dlogits(N * Vp), shared(N * Vp);
   fill_logits(logits, 20);
-  fill_random(dlosses, 21);
   const Exec exec;
-  crossentropy_forward<double>(exec, losses.d, probs.d, logits.d, targets.d, N, V, Vp);
-  crossentropy_backward<double>(exec, dlogits.d, dlosses.d, probs.d, targets.d, N, V, Vp);
+  classifier_forward<double>(exec, losses.d, lse.d, logits.d, targets.d, N, V, Vp);
+  classifier_backward<double>(exec, dlogits.d, logits.d, lse.d, targets.d, 0.5, N, V, Vp);
   Kokkos::deep_copy(shared.d, logits.d);
-  crossentropy_forward<double>(exec, shared_losses.d, shared.d, shared.d, targets.d, N, V, Vp);
-  EXPECT_EQ(shared.values(), probs.values());
-  EXPECT_EQ(shared_losses.values(), losses.values());
-  crossentropy_backward<double>(exec, shared.d, dlosses.d, shared.d, targets.d, N, V, Vp);
+  classifier_backward<double>(exec, shared.d, shared.d, lse.d, targets.d, 0.5, N, V, Vp);
   EXPECT_EQ(shared.values(), dlogits.values());
 }
 
-TEST(CrossEntropy, ArgumentChecks) {
+TEST(Classifier, ArgumentChecks) {
   const Buf<int> targets = make_targets();
-  Buf<double> logits(N * Vp), probs(N * Vp), losses(N);
+  Buf<double> logits(N * Vp), lse(N), losses(N);
   EXPECT_THROW(
-      crossentropy_forward<double>(Exec(), losses.d, probs.d, logits.d, targets.d, N, Vp + 1, Vp),
+      classifier_forward<double>(Exec(), losses.d, lse.d, logits.d, targets.d, N, Vp + 1, Vp),
+      std::invalid_argument);
+  Buf<double> short_lse(N - 1);
+  EXPECT_THROW(
+      classifier_forward<double>(Exec(), losses.d, short_lse.d, logits.d, targets.d, N, V, Vp),
       std::invalid_argument);
 }
 
