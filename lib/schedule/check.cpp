@@ -1,11 +1,14 @@
 // The schedule checker: per-stage rules (order, versions, buffers, in-flight bound, batch
-// structure), message matching per channel, and a deadlock-finding replay.
+// structure), message matching per channel, NCCL's order rule per pair of ranks, and a
+// deadlock-finding replay.
 #include "schedule/check.hpp"
 
+#include <algorithm>
 #include <array>
 #include <map>
 #include <set>
 #include <string>
+#include <utility>
 
 #include "schedule/replay.hpp"
 #include "schedule/text.hpp"
@@ -461,6 +464,76 @@ bool check_channels(const Schedule& s, std::vector<Finding>& out) {
   return ok;
 }
 
+std::string message_text(int channel, int mb) {
+  return std::string("the ") + detail::channel_name(channel) + " of mb " + num(mb);
+}
+
+// NCCL's matching rule. Between two ranks NCCL pairs the n-th send one issues to the other with
+// the n-th receive the other issues from it, whatever the buffers hold: there is no tag. The
+// executor issues the halves of each message action in list order, an exchange's send before its
+// receive (ops_of's order; PipelineTrainer::run, Transport::post_exchange), so for every ordered
+// pair of stages (from, to) the n-th message `from` issues to `to` must be the n-th message `to`
+// issues from `from`, naming the same kind (activation or gradient) of the same microbatch. The
+// key is the pair of ranks, not the kind of message: if the previous and the next stage were one
+// rank, its activations and gradients would be one sequence. The replicas of a pipeline repeat
+// its pairs on their own ranks (rank_of_stage keeps the replica), so the stages stand for them.
+bool check_peer_order(const Schedule& s, std::vector<Finding>& out) {
+  struct Issued {
+    int stage;
+    int action;
+    int mb;
+    int channel;
+  };
+  std::map<std::pair<int, int>, std::array<std::vector<Issued>, 2>>
+      pairs;  // [0] sent, [1] received
+  for (int stage = 0; stage < s.stages; ++stage) {
+    for (size_t i = 0; i < s.actions[stage].size(); ++i) {
+      const detail::Ops ops = detail::ops_of(s.actions[stage][i], stage);
+      for (int k = 0; k < ops.count; ++k) {
+        const detail::Op& op = ops.op[k];
+        const std::pair<int, int> pair =
+            op.send ? std::make_pair(stage, op.peer) : std::make_pair(op.peer, stage);
+        pairs[pair][op.send ? 0 : 1].push_back({stage, static_cast<int>(i), op.mb, op.channel});
+      }
+    }
+  }
+  bool ok = true;
+  const auto at = [&s](const Issued& h) {
+    return "[" + to_string(s.actions[h.stage][h.action]) + "] ";
+  };
+  for (const auto& [pair, sides] : pairs) {
+    const std::vector<Issued>& sent = sides[0];
+    const std::vector<Issued>& received = sides[1];
+    const std::string between = "stage " + num(pair.first) + " to stage " + num(pair.second);
+    for (size_t n = 0; n < std::max(sent.size(), received.size()); ++n) {
+      const std::string nth = "message " + num(static_cast<int>(n + 1)) + " from " + between;
+      if (n < sent.size() && n < received.size()) {
+        const Issued& send = sent[n];
+        const Issued& recv = received[n];
+        if (send.mb == recv.mb && send.channel == recv.channel) continue;
+        out.push_back({recv.stage, recv.action,
+                       at(recv) + "NCCL order: " + nth + " is received as " +
+                           message_text(recv.channel, recv.mb) + " but sent as " +
+                           message_text(send.channel, send.mb) + " (stage " + num(send.stage) +
+                           " action " + num(send.action) + " [" +
+                           to_string(s.actions[send.stage][send.action]) +
+                           "]); NCCL matches the messages between two ranks by their order, not "
+                           "by tag"});
+      } else {
+        const Issued& h = n < sent.size() ? sent[n] : received[n];
+        out.push_back(
+            {h.stage, h.action,
+             at(h) + "NCCL order: " + nth + " is " +
+                 (n < sent.size() ? "sent but never received" : "received but never sent") + " (" +
+                 num(static_cast<int>(sent.size())) + " sends, " +
+                 num(static_cast<int>(received.size())) + " receives)"});
+      }
+      ok = false;
+    }
+  }
+  return ok;
+}
+
 }  // namespace
 
 std::string to_string(const Finding& f) {
@@ -481,9 +554,9 @@ CheckResult check(const Schedule& schedule) {
   if (!check_header(schedule, out)) return result;
   for (int s = 0; s < schedule.stages; ++s) StageChecker(schedule, s, out).run();
   if (!check_channels(schedule, out)) return result;
+  if (!check_peer_order(schedule, out)) return result;
   const detail::ReplayResult replay = detail::replay(
       schedule, [](int, const Action&) { return 0.0; }, [](int) { return 0.0; });
-  out.insert(out.end(), replay.mismatches.begin(), replay.mismatches.end());
   out.insert(out.end(), replay.blocked.begin(), replay.blocked.end());
   return result;
 }
