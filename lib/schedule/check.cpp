@@ -8,7 +8,6 @@
 #include <map>
 #include <set>
 #include <string>
-#include <utility>
 
 #include "schedule/replay.hpp"
 #include "schedule/text.hpp"
@@ -484,16 +483,20 @@ bool check_peer_order(const Schedule& s, std::vector<Finding>& out) {
     int mb;
     int channel;
   };
-  std::map<std::pair<int, int>, std::array<std::vector<Issued>, 2>>
-      pairs;  // [0] sent, [1] received
+  // Messages go to neighbours only (ops_of), so the ordered pair (from, to) is slot
+  // 2 * from + (to > from); [0] what `from` sent, [1] what `to` received, in issue order.
+  std::vector<std::array<std::vector<Issued>, 2>> pairs(2 * static_cast<size_t>(s.stages));
+  const size_t messages = static_cast<size_t>(s.total_microbatches() - s.first_microbatch() + 1);
+  for (auto& sides : pairs)
+    for (auto& side : sides) side.reserve(messages);  // one per microbatch on each pair
   for (int stage = 0; stage < s.stages; ++stage) {
     for (size_t i = 0; i < s.actions[stage].size(); ++i) {
       const detail::Ops ops = detail::ops_of(s.actions[stage][i], stage);
       for (int k = 0; k < ops.count; ++k) {
         const detail::Op& op = ops.op[k];
-        const std::pair<int, int> pair =
-            op.send ? std::make_pair(stage, op.peer) : std::make_pair(op.peer, stage);
-        pairs[pair][op.send ? 0 : 1].push_back({stage, static_cast<int>(i), op.mb, op.channel});
+        const int from = op.send ? stage : op.peer, to = op.send ? op.peer : stage;
+        pairs[2 * static_cast<size_t>(from) + (to > from)][op.send ? 0 : 1].push_back(
+            {stage, static_cast<int>(i), op.mb, op.channel});
       }
     }
   }
@@ -501,16 +504,18 @@ bool check_peer_order(const Schedule& s, std::vector<Finding>& out) {
   const auto at = [&s](const Issued& h) {
     return "[" + to_string(s.actions[h.stage][h.action]) + "] ";
   };
-  for (const auto& [pair, sides] : pairs) {
-    const std::vector<Issued>& sent = sides[0];
-    const std::vector<Issued>& received = sides[1];
-    const std::string between = "stage " + num(pair.first) + " to stage " + num(pair.second);
+  for (size_t slot = 0; slot < pairs.size(); ++slot) {
+    const std::vector<Issued>& sent = pairs[slot][0];
+    const std::vector<Issued>& received = pairs[slot][1];
+    const int from = static_cast<int>(slot / 2), to = slot % 2 ? from + 1 : from - 1;
     for (size_t n = 0; n < std::max(sent.size(), received.size()); ++n) {
-      const std::string nth = "message " + num(static_cast<int>(n + 1)) + " from " + between;
-      if (n < sent.size() && n < received.size()) {
+      const bool both = n < sent.size() && n < received.size();
+      if (both && sent[n].mb == received[n].mb && sent[n].channel == received[n].channel) continue;
+      const std::string nth = "message " + num(static_cast<int>(n + 1)) + " from stage " +
+                              num(from) + " to stage " + num(to);
+      if (both) {
         const Issued& send = sent[n];
         const Issued& recv = received[n];
-        if (send.mb == recv.mb && send.channel == recv.channel) continue;
         out.push_back({recv.stage, recv.action,
                        at(recv) + "NCCL order: " + nth + " is received as " +
                            message_text(recv.channel, recv.mb) + " but sent as " +
