@@ -202,8 +202,6 @@ int run_train(const Context& context, const std::string& path,
     transport = comm::choose_transport(deck.pipeline.transport, gpus, comm::build_has_nccl(),
                                        config::where_set(deck, "pipeline.transport"));
   });
-  P2BW_ASSERT(transport.backend == comm::TransportBackend::mpi,
-              "the executor has only the MPI transport");
   const std::string& resume_from = request.resume_from;
   const std::string checkpoints = (std::filesystem::path(deck.output.dir) / "checkpoints").string();
   std::unique_ptr<io::CheckpointReader> checkpoint;
@@ -241,8 +239,8 @@ int run_train(const Context& context, const std::string& path,
   });
   std::unique_ptr<pipeline::PipelineTrainer> trainer_owner;
   collectively(context, [&] {
-    trainer_owner =
-        std::make_unique<pipeline::PipelineTrainer>(deck, grid, tokens, checkpoint.get());
+    trainer_owner = std::make_unique<pipeline::PipelineTrainer>(
+        deck, grid, tokens, checkpoint.get(), transport.backend);
   });
   pipeline::PipelineTrainer& trainer = *trainer_owner;
   if (deck.output.trace) trainer.enable_trace();

@@ -49,7 +49,11 @@ std::string TransportChoice::text() const {
 }
 
 bool build_has_nccl() {
+#ifdef P2BW_HAVE_NCCL_TRANSPORT
+  return true;
+#else
   return false;
+#endif
 }
 
 TransportChoice choose_transport(config::TransportKind requested, const RankGpus& gpus,

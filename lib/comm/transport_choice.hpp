@@ -32,7 +32,7 @@ struct TransportChoice {
   std::string text() const;  // "mpi (no rank has a GPU)": the stage map and metrics.h5
 };
 
-// Whether this build has the NCCL transport: false on every build so far (it is not written yet).
+// Whether this build has the NCCL transport (CUDA builds configured with -DP2BW_NCCL=ON).
 bool build_has_nccl();
 
 // auto: nccl when has_nccl and every rank has a GPU no other rank has, else mpi with the first
