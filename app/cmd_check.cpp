@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "comm/deck_broadcast.hpp"
+#include "comm/transport_choice.hpp"
 #include "command.hpp"
 #include "config/deck_io.hpp"
 #include "core/bytes_text.hpp"
@@ -62,7 +63,20 @@ int run_check(const Context& context, const std::string& path,
   const pipeline::MemoryAvailable available = context.size > 1
                                                   ? pipeline::available_memory(context.world)
                                                   : pipeline::available_memory_for(ranks);
+  // Inside its launch every rank reports its GPU; alone, this rank stands for all only when
+  // the deck has one rank (or the GPUs do not matter: no NCCL, or mpi asked for).
+  const comm::RankGpus gpus = comm::gather_rank_gpus(context.world);
   if (!context.root()) return 0;
+  const bool decided_here = context.size > 1 || ranks == 1 || !comm::build_has_nccl() ||
+                            deck.pipeline.transport == config::TransportKind::mpi;
+  const std::string transport =
+      decided_here
+          ? comm::choose_transport(deck.pipeline.transport, gpus, comm::build_has_nccl(),
+                                   config::where_set(deck, "pipeline.transport"))
+                .text()
+          : fmt::format(
+                "{}: decided by the launch (nccl when each of the {} ranks has its own GPU)",
+                to_string(deck.pipeline.transport), ranks);
 
   const auto map = pipeline::make_stage_map(deck);
   const auto memory = pipeline::predict_memory(deck, map);
@@ -78,6 +92,7 @@ int run_check(const Context& context, const std::string& path,
   for (size_t s = 0; s < map.stages.size(); ++s)
     fmt::print("{:>5}  {:>6}  {:>14}  {}\n", s, map.stages[s].blocks, memory[s].params,
                parts(map.stages[s]));
+  fmt::print("transport: {}\n", transport);
   fmt::print("\n# predicted memory per rank of each stage ({}, b = {}, m = {}{})\n",
              to_string(deck.pipeline.schedule), deck.train.microbatch_size,
              deck.pipeline.microbatches, deck.pipeline.recompute ? ", recompute" : "");

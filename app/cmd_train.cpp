@@ -17,6 +17,7 @@
 
 #include "comm/deck_broadcast.hpp"
 #include "comm/process_grid.hpp"
+#include "comm/transport_choice.hpp"
 #include "command.hpp"
 #include "core/build_info.hpp"
 #include "core/error.hpp"
@@ -62,7 +63,8 @@ void collectively(const Context& context, Body&& body) {
 class Metrics {
  public:
   Metrics(const Context& context, const config::Deck& deck,
-          const pipeline::PipelineTrainer& trainer, bool resumed)
+          const pipeline::PipelineTrainer& trainer, const comm::TransportChoice& transport,
+          bool resumed)
       : context_(context), deck_(deck) {
     if (!context.root()) return;
     io::MetricsHeader header;
@@ -72,6 +74,7 @@ class Metrics {
     header.start_time = io::utc_timestamp();
     header.depth = deck.pipeline.depth;
     header.width = deck.pipeline.width;
+    header.transport = transport.text();
     const auto& stages = trainer.stage_map().stages;
     const auto predicted = pipeline::predict_memory(deck, trainer.stage_map());
     for (size_t s = 0; s < stages.size(); ++s) {
@@ -200,6 +203,13 @@ int run_train(const Context& context, const std::string& path,
   options.world_size = context.size;
   const config::Deck deck = comm::load_deck_collective(path, options, context.world);
   const comm::ProcessGrid grid(context.world, deck.pipeline.depth, deck.pipeline.width);
+  // Every rank's GPU decides the transport; nccl asked for but impossible is the user's error.
+  const comm::RankGpus gpus = comm::gather_rank_gpus(context.world);
+  comm::TransportChoice transport;
+  collectively(context, [&] {
+    transport = comm::choose_transport(deck.pipeline.transport, gpus, comm::build_has_nccl(),
+                                       config::where_set(deck, "pipeline.transport"));
+  });
   const std::string& resume_from = request.resume_from;
   const std::string checkpoints = (std::filesystem::path(deck.output.dir) / "checkpoints").string();
   std::unique_ptr<io::CheckpointReader> checkpoint;
@@ -237,8 +247,8 @@ int run_train(const Context& context, const std::string& path,
   });
   std::unique_ptr<pipeline::PipelineTrainer> trainer_owner;
   collectively(context, [&] {
-    trainer_owner =
-        std::make_unique<pipeline::PipelineTrainer>(deck, grid, tokens, checkpoint.get());
+    trainer_owner = std::make_unique<pipeline::PipelineTrainer>(
+        deck, grid, tokens, checkpoint.get(), transport.backend);
   });
   pipeline::PipelineTrainer& trainer = *trainer_owner;
   if (deck.output.trace) trainer.enable_trace();
@@ -267,13 +277,14 @@ int run_train(const Context& context, const std::string& path,
                  (s + 1) * deck.pipeline.width - 1, stages[s].has_embedding ? "embedding + " : "",
                  stages[s].first_block, stages[s].first_block + stages[s].blocks - 1,
                  stages[s].has_head ? " + head" : "");
+    fmt::print("  transport: {}\n", transport.text());
     fmt::print("outputs: {} (run {})\n", deck.output.dir, run_dir->run_id());
     if (checkpoint)
       fmt::print("resumed after step {} from {}\n", checkpoint->state().step,
                  io::resolve_checkpoint(checkpoints, resume_from));
     std::fflush(stdout);
   }
-  Metrics metrics(context, deck, trainer, checkpoint != nullptr);
+  Metrics metrics(context, deck, trainer, transport, checkpoint != nullptr);
   auto save = [&](const char* why) {
     const std::string folder = trainer.save_checkpoint(checkpoints, deck.checkpoint.keep);
     if (context.root())

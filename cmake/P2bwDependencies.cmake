@@ -75,6 +75,13 @@ if(P2BW_CUDA)
   target_link_libraries(p2bw_nccl INTERFACE ${P2BW_NCCL_LIBRARY})
 endif()
 
+# The NCCL transport and collectives (lib/comm/nccl.cpp): CUDA builds only, off until they have
+# run on GPUs; with it, pipeline.transport: auto picks NCCL where every rank has its own GPU.
+option(P2BW_NCCL "Build the NCCL transport and collectives (CUDA builds; never run on a GPU yet)" OFF)
+if(P2BW_NCCL AND NOT P2BW_CUDA)
+  message(FATAL_ERROR "P2BW_NCCL needs Kokkos with the CUDA backend")
+endif()
+
 if(P2BW_BUILD_TESTS)
   # Debian ships GoogleTest built; Ubuntu's googletest package may hold only its sources.
   find_package(GTest QUIET)

@@ -2,8 +2,10 @@
 // are identified by (microbatch, direction) in the MPI tag, never by arrival order alone; sends
 // and receives are non-blocking and waited for with a deadline, so a run that cannot progress
 // fails with a message naming the stage, the action and the peer instead of hanging. Buffers in
-// device memory are staged through host memory (the MPI need not be CUDA-aware). MPI is the only
-// implementation so far; collectives live beside it in collectives.hpp.
+// device memory are staged through host memory (the MPI need not be CUDA-aware). NCCL's
+// implementation (nccl.hpp, CUDA builds with P2BW_NCCL) has no tags: it relies on the checker's
+// proof that both sides of every pair of ranks issue their messages in the same order.
+// Collectives live beside it in collectives.hpp.
 #pragma once
 
 #include <mpi.h>

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,8 @@ enum class ModelKind { gpt, bert };
 enum class OptimizerKind { adamw, sgd };
 enum class LrDecay { cosine, linear, constant };
 enum class DataFormat { text, tokens, llmc };
+// pipeline.transport: auto picks NCCL when every rank has a GPU of its own (comm/transport_choice).
+enum class TransportKind { automatic, nccl, mpi };
 
 struct ModelConfig {
   ModelKind kind = ModelKind::gpt;
@@ -35,6 +38,7 @@ struct PipelineConfig {
   std::vector<int> partition;    // blocks per stage; empty = balanced automatically
   int sync_warmup_steps = 1000;  // 2bw only: first K optimizer steps with flush semantics
   double timeout_s = 300.0;      // a rank that cannot progress for this long fails the run
+  TransportKind transport = TransportKind::automatic;  // activations and reductions: NCCL or MPI
 };
 
 struct OptimizerConfig {
@@ -87,6 +91,10 @@ struct Deck {
   CheckpointConfig checkpoint;
 
   std::string source;  // the deck file it was read from (for messages)
+  // Where each key given was set ("deck.yaml:12", "--set 'key=value'"), for the checks only a
+  // launch can make (pipeline.transport needs every rank's GPU); keys left at their default are
+  // absent. On the ranks that re-parse rank 0's resolved deck it names lines of that echo.
+  std::map<std::string, std::string> set_at;
 };
 
 // Names used in decks and messages.
@@ -94,6 +102,10 @@ const char* to_string(ModelKind kind);
 const char* to_string(OptimizerKind kind);
 const char* to_string(LrDecay decay);
 const char* to_string(DataFormat format);
+const char* to_string(TransportKind kind);  // "auto", "nccl", "mpi"
+
+// Where `key` was set (Deck::set_at), or the deck file when it was left at its default.
+std::string where_set(const Deck& deck, const std::string& key);
 
 // Vocabulary padded to a multiple of 64 (rows of the embedding and the LM head).
 inline int padded_vocab(int vocab) {

@@ -50,6 +50,22 @@ const char* to_string(DataFormat format) {
   }
   return "?";
 }
+const char* to_string(TransportKind kind) {
+  switch (kind) {
+    case TransportKind::automatic:
+      return "auto";
+    case TransportKind::nccl:
+      return "nccl";
+    case TransportKind::mpi:
+      return "mpi";
+  }
+  return "?";
+}
+
+std::string where_set(const Deck& deck, const std::string& key) {
+  const auto it = deck.set_at.find(key);
+  return it != deck.set_at.end() ? it->second : deck.source;
+}
 
 namespace {
 
@@ -332,6 +348,11 @@ const std::vector<Spec>& specs() {
           "pipeline.timeout_s", +[](Deck& d) -> double& { return d.pipeline.timeout_s; }, 0, true,
           kInf,
           "seconds a rank may wait on a peer before the run fails with a message naming both"),
+      choice_key(
+          "pipeline.transport", +[](Deck& d) -> TransportKind& { return d.pipeline.transport; },
+          {TransportKind::automatic, TransportKind::nccl, TransportKind::mpi},
+          "activations and reductions: auto = NCCL when every rank has a GPU of its own (and the "
+          "build has NCCL), else MPI through host memory; nccl refuses to run otherwise"),
       integer_key(
           "train.microbatch_size", +[](Deck& d) -> int& { return d.train.microbatch_size; }, 1,
           kBig, "b: sequences per microbatch"),
@@ -702,6 +723,7 @@ Deck parse_deck(const std::string& yaml_text, const std::string& source,
   read_map(deck, root, "", origins, base_dir);
   for (const std::string& text : options.overrides) apply_override(deck, text, origins);
   validate(deck, origins, options);
+  for (const auto& [key, where] : origins.where) deck.set_at[key] = where.text;
   return deck;
 }
 

@@ -94,8 +94,9 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsHeader& heade
     file_.set_attribute("/", "resumed_at_steps", resumed);
     std::string log =
         file_.has_attribute("/", "resume_log") ? file_.string_attribute("/", "resume_log") : "";
-    log += fmt::format("step {}: depth {}, width {}, p2bw {}, started {}\n", first_step,
-                       header.depth, header.width, header.p2bw_version, header.start_time);
+    log += fmt::format("step {}: depth {}, width {}, transport {}, p2bw {}, started {}\n",
+                       first_step, header.depth, header.width, header.transport,
+                       header.p2bw_version, header.start_time);
     file_.set_attribute("/", "resume_log", log);
   } else {
     file_.set_attribute("/", "format", std::string(kMetricsFormat));
@@ -107,6 +108,7 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsHeader& heade
     file_.set_attribute("/", "stage_map", header.stage_map);
     file_.set_attribute("/", "kokkos", header.kokkos);
     file_.set_attribute("/", "start_time", header.start_time);
+    file_.set_attribute("/", "transport", header.transport);
     file_.create_series<std::int64_t>("/steps/step", kStepChunk);
     for (const char* name : {"loss", "lr", "grad_norm", "tokens_per_s", "time_s"})
       file_.create_series<double>(std::string("/steps/") + name, kStepChunk);
@@ -239,6 +241,8 @@ MetricsContents read_metrics(const std::string& path) {
     c.resumed_at_steps = file.int_list_attribute("/", "resumed_at_steps");
   if (file.has_attribute("/", "resume_log"))
     c.resume_log = file.string_attribute("/", "resume_log");
+  if (file.has_attribute("/", "transport"))  // absent in files written before it was recorded
+    c.transport = file.string_attribute("/", "transport");
 
   common_length(file, "/steps", kStepSeries);
   c.steps.step = file.read<std::int64_t>("/steps/step");

@@ -8,8 +8,10 @@
 //
 // Layout (names are fixed; analysis scripts rely on them):
 //   /                 attributes format = "p2bw-metrics", format_version = 1, p2bw_version, deck,
-//                     depth, width, stage_map, kokkos, start_time; after a resume also
-//                     resumed_at_steps (int64 list) and resume_log (one line per resume)
+//                     depth, width, stage_map, kokkos, start_time, transport (the run's choice
+//                     and why, e.g. "mpi (no rank has a GPU)"); after a resume also
+//                     resumed_at_steps (int64 list) and resume_log (one line per resume, with
+//                     its layout and transport)
 //   /steps/           extendible 1-D: step (int64, 1-based), loss, lr, grad_norm, tokens_per_s,
 //                     time_s (float64), skipped (uint8, 1 for a non-finite step)
 //   /stages/<s>/      extendible 1-D: step (int64), compute_s, wait_s, idle_s (float64),
@@ -43,6 +45,7 @@ struct MetricsHeader {
   std::string kokkos;        // kokkos_description()
   std::string start_time;    // ISO 8601 UTC, e.g. utc_timestamp()
   std::string stage_map;     // one line per stage
+  std::string transport;     // comm::TransportChoice::text()
   int depth = 1, width = 1;
   std::vector<PredictedMemory> predicted;  // one per stage: depth entries
   std::string action_names;  // for traces: comma-separated names indexed by TraceEvent::kind
@@ -117,6 +120,7 @@ struct MetricsContents {
   std::string path;
   std::int64_t format_version = 0;
   std::string p2bw_version, deck_yaml, stage_map, kokkos, start_time, resume_log;
+  std::string transport;  // "" in files written before the attribute existed
   std::int64_t depth = 0, width = 0;
   std::vector<std::int64_t> resumed_at_steps;
   struct Steps {

@@ -6,6 +6,9 @@
 #include <cmath>
 
 #include "core/error.hpp"
+#ifdef P2BW_HAVE_NCCL_TRANSPORT
+#include "comm/nccl.hpp"
+#endif
 #include "model/lr_schedule.hpp"
 #include "pipeline/stage_checkpoint.hpp"
 #include "pipeline/test_hooks.hpp"
@@ -56,7 +59,7 @@ void timed(double& total, Body&& body) {
 
 PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGrid& grid,
                                  std::shared_ptr<const data::Tokens> tokens,
-                                 const io::CheckpointReader* resume)
+                                 const io::CheckpointReader* resume, comm::TransportBackend backend)
     : deck_(deck),
       grid_(grid),
       map_(make_stage_map(deck)),
@@ -73,8 +76,17 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
                                                end_part);
   optimizer_ =
       std::make_unique<model::Optimizer>(deck.train, model_->tensors(), model_->num_params());
-  transport_ = comm::make_mpi_transport(grid.world(), deck.pipeline.timeout_s, grid.stage());
-  collectives_ = comm::make_mpi_collectives(grid, deck.pipeline.timeout_s);
+  if (backend == comm::TransportBackend::nccl) {
+#ifdef P2BW_HAVE_NCCL_TRANSPORT
+    transport_ = comm::make_nccl_transport(grid, deck.pipeline.timeout_s, exec_);
+    collectives_ = comm::make_nccl_collectives(grid, deck.pipeline.timeout_s, exec_);
+#else
+    P2BW_INTERNAL_ERROR("NCCL chosen in a build without the NCCL transport");
+#endif
+  } else {
+    transport_ = comm::make_mpi_transport(grid.world(), deck.pipeline.timeout_s, grid.stage());
+    collectives_ = comm::make_mpi_collectives(grid, deck.pipeline.timeout_s);
+  }
   reduction_ = std::make_unique<StepReduction>(deck_, grid_, *collectives_, *model_, first_part);
   if (range.has_embedding || range.has_head) {
     P2BW_ASSERT(tokens != nullptr, "the first and the last stage need the data");

@@ -23,6 +23,7 @@
 #include "comm/collectives.hpp"
 #include "comm/process_grid.hpp"
 #include "comm/transport.hpp"
+#include "comm/transport_choice.hpp"
 #include "config/deck.hpp"
 #include "core/memory_bytes.hpp"
 #include "data/loader.hpp"
@@ -43,9 +44,11 @@ class PipelineTrainer {
   // `tokens` is needed on the first and the last stage (others may pass nullptr).
   // With `resume`, the run continues after the checkpoint's step with its weights (both versions
   // under 2bw) and optimizer state, whatever layout and schedule wrote it; the pipeline refills.
+  // `backend` is the run's comm::choose_transport() (nccl only in builds with the NCCL transport).
   PipelineTrainer(const config::Deck& deck, const comm::ProcessGrid& grid,
                   std::shared_ptr<const data::Tokens> tokens,
-                  const io::CheckpointReader* resume = nullptr);
+                  const io::CheckpointReader* resume = nullptr,
+                  comm::TransportBackend backend = comm::TransportBackend::mpi);
   ~PipelineTrainer();
 
   // Runs this stage's actions of the next batch. `stop_requested` is this rank's vote to stop (a

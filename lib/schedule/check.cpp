@@ -1,7 +1,9 @@
 // The schedule checker: per-stage rules (order, versions, buffers, in-flight bound, batch
-// structure), message matching per channel, and a deadlock-finding replay.
+// structure), message matching per channel, NCCL's order rule per pair of ranks, and a
+// deadlock-finding replay.
 #include "schedule/check.hpp"
 
+#include <algorithm>
 #include <array>
 #include <map>
 #include <set>
@@ -480,6 +482,82 @@ bool check_channels(const Schedule& s, std::vector<Finding>& out) {
   return ok;
 }
 
+std::string message_text(int channel, int mb) {
+  return std::string("the ") + detail::channel_name(channel) + " of mb " + num(mb);
+}
+
+// NCCL's matching rule. Between two ranks NCCL pairs the n-th send one issues to the other with
+// the n-th receive the other issues from it, whatever the buffers hold: there is no tag. The
+// executor issues the halves of each message action in list order, an exchange's send before its
+// receive (ops_of's order; PipelineTrainer::run, Transport::post_exchange), so for every ordered
+// pair of stages (from, to) the n-th message `from` issues to `to` must be the n-th message `to`
+// issues from `from`, naming the same kind (activation or gradient) of the same microbatch. The
+// key is the pair of ranks, not the kind of message: if the previous and the next stage were one
+// rank, its activations and gradients would be one sequence. The replicas of a pipeline repeat
+// its pairs on their own ranks (rank_of_stage keeps the replica), so the stages stand for them.
+bool check_peer_order(const Schedule& s, std::vector<Finding>& out) {
+  struct Issued {
+    int stage;
+    int action;
+    int mb;
+    int channel;
+  };
+  // Messages go to neighbours only (ops_of), so the ordered pair (from, to) is slot
+  // 2 * from + (to > from); [0] what `from` sent, [1] what `to` received, in issue order.
+  std::vector<std::array<std::vector<Issued>, 2>> pairs(2 * static_cast<size_t>(s.stages));
+  const size_t messages = static_cast<size_t>(s.total_microbatches() - s.first_microbatch() + 1);
+  for (auto& sides : pairs)
+    for (auto& side : sides) side.reserve(messages);  // one per microbatch on each pair
+  for (int stage = 0; stage < s.stages; ++stage) {
+    for (size_t i = 0; i < s.actions[stage].size(); ++i) {
+      const detail::Ops ops = detail::ops_of(s.actions[stage][i], stage);
+      for (int k = 0; k < ops.count; ++k) {
+        const detail::Op& op = ops.op[k];
+        const int from = op.send ? stage : op.peer, to = op.send ? op.peer : stage;
+        pairs[2 * static_cast<size_t>(from) + (to > from)][op.send ? 0 : 1].push_back(
+            {stage, static_cast<int>(i), op.mb, op.channel});
+      }
+    }
+  }
+  bool ok = true;
+  const auto at = [&s](const Issued& h) {
+    return "[" + to_string(s.actions[h.stage][h.action]) + "] ";
+  };
+  for (size_t slot = 0; slot < pairs.size(); ++slot) {
+    const std::vector<Issued>& sent = pairs[slot][0];
+    const std::vector<Issued>& received = pairs[slot][1];
+    const int from = static_cast<int>(slot / 2), to = slot % 2 ? from + 1 : from - 1;
+    for (size_t n = 0; n < std::max(sent.size(), received.size()); ++n) {
+      const bool both = n < sent.size() && n < received.size();
+      if (both && sent[n].mb == received[n].mb && sent[n].channel == received[n].channel) continue;
+      const std::string nth = "message " + num(static_cast<int>(n + 1)) + " from stage " +
+                              num(from) + " to stage " + num(to);
+      if (both) {
+        const Issued& send = sent[n];
+        const Issued& recv = received[n];
+        out.push_back({recv.stage, recv.action,
+                       at(recv) + "NCCL order: " + nth + " is received as " +
+                           message_text(recv.channel, recv.mb) + " but sent as " +
+                           message_text(send.channel, send.mb) + " (stage " + num(send.stage) +
+                           " action " + num(send.action) + " [" +
+                           to_string(s.actions[send.stage][send.action]) +
+                           "]); NCCL matches the messages between two ranks by their order, not "
+                           "by tag"});
+      } else {
+        const Issued& h = n < sent.size() ? sent[n] : received[n];
+        out.push_back(
+            {h.stage, h.action,
+             at(h) + "NCCL order: " + nth + " is " +
+                 (n < sent.size() ? "sent but never received" : "received but never sent") + " (" +
+                 num(static_cast<int>(sent.size())) + " sends, " +
+                 num(static_cast<int>(received.size())) + " receives)"});
+      }
+      ok = false;
+    }
+  }
+  return ok;
+}
+
 }  // namespace
 
 std::string to_string(const Finding& f) {
@@ -500,9 +578,9 @@ CheckResult check(const Schedule& schedule) {
   if (!check_header(schedule, out)) return result;
   for (int s = 0; s < schedule.stages; ++s) StageChecker(schedule, s, out).run();
   if (!check_channels(schedule, out)) return result;
+  if (!check_peer_order(schedule, out)) return result;
   const detail::ReplayResult replay = detail::replay(
       schedule, [](int, const Action&) { return 0.0; }, [](int) { return 0.0; });
-  out.insert(out.end(), replay.mismatches.begin(), replay.mismatches.end());
   out.insert(out.end(), replay.blocked.begin(), replay.blocked.end());
   return result;
 }

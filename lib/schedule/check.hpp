@@ -14,6 +14,15 @@
 //   exchange likewise offers its receive and its send at once, so two exchanges facing each
 //   other complete together, where two plain sends facing each other deadlock.
 // - Compute, allreduce, step and markers are local and never wait.
+// - NCCL's matching rule. NCCL pairs the messages between two ranks by the order each side
+//   issues them, with no tag. A stage issues its message actions in list order, an exchange's
+//   send before its receive (what PipelineTrainer and Transport::post_exchange issue), so for
+//   each ordered pair of stages the n-th message one issues to the other must be the n-th the
+//   other issues from it: the same kind of the same microbatch. The rule is keyed by the pair of
+//   ranks, not the kind: on a rank whose previous and next stage were the same rank, activations
+//   and gradients would form one sequence. (MPI matches by tag and would tolerate a mismatch;
+//   NCCL would silently deliver the wrong tensor.) The blocking rendezvous is also the safe model
+//   of one NCCL communication stream, whose operations (or groups) run one after another.
 // The checker replays all stages under these rules; a schedule that cannot run to the end
 // deadlocks, and every blocked stage is reported with the action it waits in.
 //
@@ -22,7 +31,9 @@
 //   covers batches first_batch .. batches-1 and microbatches first_batch*m+1 .. batches*m);
 // - messages: only to existing neighbours; each microbatch's activation/gradient sent once after
 //   its forward/backward and received once before it is used; every send has exactly one
-//   matching receive and vice versa; in-order matching delivers the right microbatch; no deadlock;
+//   matching receive and vice versa; per ordered pair of stages the sends and the receives come
+//   in the same order (NCCL's rule), so in-order matching delivers the right microbatch; no
+//   deadlock;
 // - compute: every microbatch of the schedule forwarded and backwarded exactly once per stage,
 //   each backward after its forward (Bw after Bi for split backwards), activations in flight
 //   within activation_bound();

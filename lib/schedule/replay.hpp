@@ -31,15 +31,15 @@ const char* channel_name(int channel);  // "activation" or "gradient"
 
 struct ReplayResult {
   std::vector<std::vector<Event>> events;  // per stage, every executed action except markers
-  std::vector<Finding> mismatches;         // in-order matching paired different microbatches
   std::vector<Finding> blocked;            // one per stage that cannot finish (deadlock)
 };
 
 // Local actions take duration(stage, action). A message on link l is matched when both sides
-// have posted; the send half completes then, the receive half link_time(l) later. With
-// `global_sync`, the allreduce of a batch is also a collective over all stages: each stage does
-// its own part, then waits (Event::wait) until the last stage has done its part; a stage that
-// never gets there leaves the others blocked. Requires every op's peer to exist.
+// have posted (in post order per channel; check() has proved that this pairs the same message); the
+// send half completes then, the receive half link_time(l) later. With `global_sync`, the allreduce
+// of a batch is also a collective over all stages: each stage does its own part, then waits
+// (Event::wait) until the last stage has done its part; a stage that never gets there leaves the
+// others blocked. Requires every op's peer to exist.
 ReplayResult replay(const Schedule& schedule,
                     const std::function<double(int, const Action&)>& duration,
                     const std::function<double(int)>& link_time, bool global_sync = false);

@@ -26,6 +26,9 @@ def check(name, condition, detail=""):
 for deck in sorted((ROOT / "inputs").glob("*.yaml")):
     r = run("check", str(deck.relative_to(ROOT)))
     check(f"check {deck.name}", r.returncode == 0 and "# stage map" in r.stdout, r.stderr)
+r = run("check", "inputs/demo.yaml", "--set", "pipeline.transport=mpi")
+check("check prints the transport in the stage map",
+      r.returncode == 0 and "\ntransport: mpi (pipeline.transport = mpi)\n" in r.stdout, r.stdout + r.stderr)
 
 r = run("check", "--keys")
 reference = (ROOT / "docs" / "deck.md").read_text()

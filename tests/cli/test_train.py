@@ -40,6 +40,8 @@ r, _ = train(4, "inputs/gpt-tiny.yaml", "--set", "pipeline.depth=4", "--set", "p
 check("mpiexec -n 4 p2bw train inputs/gpt-tiny.yaml --set pipeline.depth=4 --set pipeline.schedule=2bw",
       r.returncode == 0 and "step      6/6" in r.stdout and "stage 3 on ranks 3..3: blocks 3-3 + head" in r.stdout,
       r.stdout[-800:] + r.stderr[-800:])
+check("the train log names the transport and why (no build has the NCCL transport yet)",
+      "  transport: mpi (this build has no NCCL transport)\n" in r.stdout, r.stdout[:1200])
 
 r, _ = train(2, "inputs/demo.yaml", "--set", "train.steps=30", "--set", f"output.dir={out}/demo")
 curve = losses(r.stdout)

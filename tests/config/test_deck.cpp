@@ -100,6 +100,22 @@ TEST_F(DeckTest, ResolvedYamlRoundTrips) {
   EXPECT_TRUE(again.output.trace);
 }
 
+TEST_F(DeckTest, TransportKeyAndWhereItWasSet) {
+  EXPECT_EQ(parse(kBase).pipeline.transport, TransportKind::automatic);
+  EXPECT_EQ(where_set(parse(kBase), "pipeline.transport"), "deck.yaml");  // the default
+  const Deck deck =
+      parse(replace(kBase, "  microbatches: 4\n", "  microbatches: 4\n  transport: nccl\n"));
+  EXPECT_EQ(deck.pipeline.transport, TransportKind::nccl);
+  EXPECT_EQ(where_set(deck, "pipeline.transport"), "deck.yaml:11");
+  EXPECT_EQ(where_set(deck, "pipeline.depth"), "deck.yaml:8");
+  const Deck mpi = parse(kBase, {"pipeline.transport=mpi"});
+  EXPECT_EQ(mpi.pipeline.transport, TransportKind::mpi);
+  EXPECT_EQ(where_set(mpi, "pipeline.transport"), "--set 'pipeline.transport=mpi'");
+  EXPECT_EQ(error_of(kBase, {"pipeline.transport=gloo"}),
+            "--set 'pipeline.transport=gloo': pipeline.transport: 'gloo' is not a choice (allowed: "
+            "auto | nccl | mpi)");
+}
+
 TEST_F(DeckTest, OverridesWinOverTheFile) {
   const Deck deck =
       parse(kBase, {"model.layers=8", "pipeline.schedule=gpipe", "train.optimizer.kind=sgd"});

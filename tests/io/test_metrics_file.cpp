@@ -47,6 +47,7 @@ MetricsHeader header(int depth = 2) {
   h.start_time = "2025-01-31T12:00:00Z";
   h.depth = depth;
   h.width = 1;
+  h.transport = "mpi (no rank has a GPU)";
   for (int s = 0; s < depth; ++s) {
     h.stage_map += fmt::format("stage {}: blocks {}-{}\n", s, 2 * s, 2 * s + 1);
     PredictedMemory p;
@@ -142,6 +143,7 @@ TEST_F(MetricsFile, RowsRoundTrip) {
   EXPECT_EQ(c.stages[0].predicted.weights, 1000);
   EXPECT_EQ(c.stages[0].predicted_total, 3000);
   EXPECT_EQ(c.stage_map, "stage 0: blocks 0-1\nstage 1: blocks 2-3\n");
+  EXPECT_EQ(c.transport, "mpi (no rank has a GPU)");
 }
 
 TEST_F(MetricsFile, ResumeTruncatesRecomputedSteps) {
@@ -187,7 +189,8 @@ TEST_F(MetricsFile, ResumeTruncatesRecomputedSteps) {
   ASSERT_EQ(c.stages.size(), 3u);
   EXPECT_EQ(c.stages[2].step, (std::vector<std::int64_t>{2}));
   EXPECT_EQ(c.stages[1].step, (std::vector<std::int64_t>{1, 2}));
-  EXPECT_TRUE(contains(c.resume_log, "step 4: depth 2"));
+  EXPECT_TRUE(
+      contains(c.resume_log, "step 4: depth 2, width 1, transport mpi (no rank has a GPU)"));
   EXPECT_TRUE(contains(c.resume_log, "step 2: depth 3"));
   // Appending an old step again is a bug of the caller.
   MetricsWriter writer(file, header(3), 3, true);

@@ -1,0 +1,313 @@
+// NCCL transport and collectives; see nccl.hpp.
+#include "comm/nccl.hpp"
+
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+#include <nccl.h>
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "core/error.hpp"
+
+namespace p2bw::comm {
+
+namespace {
+
+// The compute stream of an execution space instance (the default stream on non-CUDA spaces,
+// which only a syntax check of this file ever sees).
+cudaStream_t stream_of(const Exec& exec) {
+#ifdef KOKKOS_ENABLE_CUDA
+  return exec.cuda_stream();
+#else
+  (void)exec;
+  return nullptr;
+#endif
+}
+
+// An NCCL communicator over the ranks of an MPI communicator (its rank 0 makes the id).
+ncclComm_t make_comm(MPI_Comm comm) {
+  int rank = 0, size = 0;
+  P2BW_MPI_CHECK(MPI_Comm_rank(comm, &rank));
+  P2BW_MPI_CHECK(MPI_Comm_size(comm, &size));
+  ncclUniqueId id;
+  if (rank == 0) P2BW_NCCL_CHECK(ncclGetUniqueId(&id));
+  P2BW_MPI_CHECK(MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, comm));
+  ncclComm_t nccl = nullptr;
+  P2BW_NCCL_CHECK(ncclCommInitRank(&nccl, size, id, rank));
+  return nccl;
+}
+
+// An event recorded on `stream` now.
+cudaEvent_t record(cudaStream_t stream) {
+  cudaEvent_t event = nullptr;
+  P2BW_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  P2BW_CUDA_CHECK(cudaEventRecord(event, stream));
+  return event;
+}
+
+// Makes `stream` wait for the work queued on `compute` so far (the kernels that wrote, or still
+// read, a buffer a message or reduction is about to use).
+void order_after(cudaStream_t compute, cudaStream_t stream) {
+  cudaEvent_t ready = record(compute);
+  P2BW_CUDA_CHECK(cudaStreamWaitEvent(stream, ready, 0));
+  P2BW_CUDA_CHECK(cudaEventDestroy(ready));  // released once the wait has happened
+}
+
+// Whether `event` completed; throws for a CUDA error or an asynchronous NCCL error.
+bool completed(cudaEvent_t event, ncclComm_t comm) {
+  const cudaError_t state = cudaEventQuery(event);
+  if (state == cudaSuccess) return true;
+  if (state != cudaErrorNotReady) P2BW_CUDA_CHECK(state);
+  ncclResult_t async = ncclSuccess;
+  P2BW_NCCL_CHECK(ncclCommGetAsyncError(comm, &async));
+  if (async != ncclInProgress) P2BW_NCCL_CHECK(async);
+  return false;
+}
+
+// Polls `event` until it completes (true) or timeout_s passes (false: the communicator is then
+// aborted, so that no kernel of it stays behind).
+bool poll(cudaEvent_t event, ncclComm_t comm, double timeout_s) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  while (!completed(event, comm)) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ncclCommAbort(comm);  // the run ends with the RunError; its result cannot help anymore
+      return false;
+    }
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+cudaStream_t make_stream() {
+  cudaStream_t stream = nullptr;
+  P2BW_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  return stream;
+}
+
+class NcclTransport : public Transport {
+ public:
+  NcclTransport(const ProcessGrid& grid, double timeout_s, const Exec& compute)
+      : comm_(make_comm(grid.world())),
+        stream_(make_stream()),
+        compute_(stream_of(compute)),
+        timeout_s_(timeout_s),
+        stage_(grid.stage()) {}
+
+  ~NcclTransport() override {
+    // After a timeout the communicator is already aborted; otherwise a run ends with wait_all.
+    for (auto& entry : pending_) cudaEventDestroy(entry.second.done);
+    if (!aborted_) ncclCommDestroy(comm_);
+    cudaStreamDestroy(stream_);
+  }
+
+  int post_send(const Message& message) override {
+    order_after(compute_, stream_);
+    P2BW_NCCL_CHECK(ncclSend(message.buffer.data(), message.buffer.extent(0), ncclFloat,
+                             message.peer, comm_, stream_));
+    return add(message, true);
+  }
+
+  int post_receive(const Message& message) override {
+    order_after(compute_, stream_);  // kernels may still read the buffer's previous contents
+    P2BW_NCCL_CHECK(ncclRecv(message.buffer.data(), message.buffer.extent(0), ncclFloat,
+                             message.peer, comm_, stream_));
+    return add(message, false);
+  }
+
+  // One group: NCCL progresses both halves together, so two exchanges facing each other
+  // complete (the checker's exchange rule).
+  std::pair<int, int> post_exchange(const Message& send, const Message& receive) override {
+    order_after(compute_, stream_);
+    P2BW_NCCL_CHECK(ncclGroupStart());
+    P2BW_NCCL_CHECK(
+        ncclSend(send.buffer.data(), send.buffer.extent(0), ncclFloat, send.peer, comm_, stream_));
+    P2BW_NCCL_CHECK(ncclRecv(receive.buffer.data(), receive.buffer.extent(0), ncclFloat,
+                             receive.peer, comm_, stream_));
+    P2BW_NCCL_CHECK(ncclGroupEnd());
+    const int sent = add(send, true);
+    return {sent, add(receive, false)};
+  }
+
+  void wait(int handle, const std::string& what) override {
+    auto it = pending_.find(handle);
+    P2BW_ASSERT(it != pending_.end(), "waiting for an unknown transfer");
+    const Operation& op = it->second;
+    if (!poll(op.done, comm_, timeout_s_)) {
+      aborted_ = true;
+      throw RunError(fmt::format(
+          "stage {}: {}: no progress for {} s waiting to {} the {} of microbatch {} {} rank {} "
+          "(pipeline.timeout_s)",
+          stage_, what, timeout_s_, op.send ? "send" : "receive",
+          op.message.direction == Direction::activation ? "activation" : "gradient",
+          op.message.microbatch, op.send ? "to" : "from", op.message.peer));
+    }
+    finish(it);
+  }
+
+  bool test(int handle) override {
+    auto it = pending_.find(handle);
+    P2BW_ASSERT(it != pending_.end(), "testing an unknown transfer");
+    if (!completed(it->second.done, comm_)) return false;
+    finish(it);
+    return true;
+  }
+
+  void wait_all(const std::string& what) override {
+    while (!pending_.empty()) wait(pending_.begin()->first, what);
+  }
+
+ private:
+  struct Operation {
+    Message message;
+    bool send;
+    cudaEvent_t done;  // recorded on the communication stream after the operation
+  };
+  int add(const Message& message, bool send) {
+    pending_.emplace(next_, Operation{message, send, record(stream_)});
+    return next_++;
+  }
+  void finish(std::map<int, Operation>::iterator it) {
+    P2BW_CUDA_CHECK(cudaEventDestroy(it->second.done));
+    pending_.erase(it);
+  }
+
+  ncclComm_t comm_;
+  cudaStream_t stream_;   // communication stream
+  cudaStream_t compute_;  // the executor's compute stream
+  double timeout_s_;
+  int stage_;
+  bool aborted_ = false;
+  std::map<int, Operation> pending_;
+  int next_ = 0;
+};
+
+class NcclCollectives : public Collectives {
+ public:
+  NcclCollectives(const ProcessGrid& grid, double timeout_s, const Exec& compute)
+      : grid_(grid), stream_(make_stream()), compute_(stream_of(compute)), timeout_s_(timeout_s) {
+    comms_[Group::world] = make_comm(grid.world());
+    comms_[Group::replicas] = make_comm(grid.replicas());
+    if (grid.tied() != MPI_COMM_NULL) comms_[Group::tied] = make_comm(grid.tied());
+  }
+
+  ~NcclCollectives() override {
+    for (auto& entry : pending_) cudaEventDestroy(entry.second.done);
+    for (auto& entry : comms_) {
+      if (aborted_)
+        ncclCommAbort(entry.second);
+      else
+        ncclCommDestroy(entry.second);
+    }
+    cudaStreamDestroy(stream_);
+  }
+
+  int post_sum(FloatView data, Group group, const std::string& what) override {
+    return post(data.data(), data.extent(0), ncclFloat, group, what);
+  }
+  int post_sum(DoubleView data, Group group, const std::string& what) override {
+    return post(data.data(), data.extent(0), ncclDouble, group, what);
+  }
+
+  bool test(int handle) override {
+    auto it = find(handle);
+    if (!completed(it->second.done, comm(it->second.group))) return false;
+    finish(it);
+    return true;
+  }
+
+  void wait(int handle) override {
+    auto it = find(handle);
+    const Reduction& r = it->second;
+    if (!poll(r.done, comm(r.group), timeout_s_)) {
+      aborted_ = true;
+      throw RunError(fmt::format("stage {}: {} over {}: no progress for {} s (pipeline.timeout_s)",
+                                 grid_.stage(), r.what, describe(r.group), timeout_s_));
+    }
+    finish(it);
+  }
+
+  void barrier(Group group, const std::string& what) override {
+    const MPI_Comm c = group == Group::world      ? grid_.world()
+                       : group == Group::replicas ? grid_.replicas()
+                                                  : grid_.tied();
+    P2BW_ASSERT(c != MPI_COMM_NULL, "a barrier over a group this rank is not in");
+    MPI_Request request;
+    P2BW_MPI_CHECK(MPI_Ibarrier(c, &request));
+    wait_with_deadline(request, timeout_s_, grid_.stage(),
+                       fmt::format("{}: barrier over {}", what, describe(group)));
+  }
+
+  bool pending() const override { return !pending_.empty(); }
+
+ private:
+  struct Reduction {
+    Group group;
+    std::string what;
+    cudaEvent_t done;
+  };
+
+  ncclComm_t comm(Group group) const {
+    auto it = comms_.find(group);
+    P2BW_ASSERT(it != comms_.end(), "a collective over a group this rank is not in");
+    return it->second;
+  }
+
+  std::string describe(Group group) const {
+    const int d = grid_.depth(), w = grid_.width();
+    switch (group) {
+      case Group::world:
+        return fmt::format("all {} ranks", d * w);
+      case Group::replicas:
+        return fmt::format("the replicas of stage {} (ranks {}..{})", grid_.stage(),
+                           grid_.stage() * w, grid_.stage() * w + w - 1);
+      case Group::tied:
+        return fmt::format("the tied embedding (ranks {} and {})", grid_.rank_of_stage(0),
+                           grid_.rank_of_stage(d - 1));
+    }
+    return "?";
+  }
+
+  int post(void* data, size_t count, ncclDataType_t type, Group group, const std::string& what) {
+    order_after(compute_, stream_);
+    P2BW_NCCL_CHECK(ncclAllReduce(data, data, count, type, ncclSum, comm(group), stream_));
+    pending_.emplace(next_, Reduction{group, what, record(stream_)});
+    return next_++;
+  }
+
+  std::map<int, Reduction>::iterator find(int handle) {
+    auto it = pending_.find(handle);
+    P2BW_ASSERT(it != pending_.end(), "an unknown reduction");
+    return it;
+  }
+  void finish(std::map<int, Reduction>::iterator it) {
+    P2BW_CUDA_CHECK(cudaEventDestroy(it->second.done));
+    pending_.erase(it);
+  }
+
+  const ProcessGrid& grid_;
+  std::map<Group, ncclComm_t> comms_;
+  cudaStream_t stream_;   // one stream for every group: reductions complete in posting order
+  cudaStream_t compute_;  // the executor's compute stream
+  double timeout_s_;
+  bool aborted_ = false;
+  std::map<int, Reduction> pending_;
+  int next_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Transport> make_nccl_transport(const ProcessGrid& grid, double timeout_s,
+                                               const Exec& compute) {
+  return std::make_unique<NcclTransport>(grid, timeout_s, compute);
+}
+
+std::unique_ptr<Collectives> make_nccl_collectives(const ProcessGrid& grid, double timeout_s,
+                                                   const Exec& compute) {
+  return std::make_unique<NcclCollectives>(grid, timeout_s, compute);
+}
+
+}  // namespace p2bw::comm
