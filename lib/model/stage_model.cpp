@@ -178,10 +178,26 @@ FloatView StageModel::probabilities(const Cache& cache) const {
 }
 
 double StageModel::forward(const Exec& exec, ConstFloatView params, Cache& cache, FloatView out) {
+  forward_to_head(exec, params, cache, out);
+  return has_head() ? head_forward(exec, parts_.back(), params, cache) : 0.0;
+}
+
+void StageModel::forward_logits(const Exec& exec, ConstFloatView params, Cache& cache,
+                                FloatView logits) {
+  P2BW_ASSERT(has_head(), "only the stage with the head has logits");
+  P2BW_ASSERT(static_cast<std::int64_t>(logits.extent(0)) ==
+                  shape_.microbatch * shape_.seq_len * shape_.padded_vocab,
+              "logits must be (B, T, Vp)");
+  forward_to_head(exec, params, cache, FloatView());
+  head_logits(exec, parts_.back(), params, cache, logits.data());
+}
+
+void StageModel::forward_to_head(const Exec& exec, ConstFloatView params, Cache& cache,
+                                 FloatView out) {
   const int B = static_cast<int>(shape_.microbatch), T = static_cast<int>(shape_.seq_len);
   const int C = static_cast<int>(shape_.hidden);
-  double loss = 0.0;
-  for (size_t i = 0; i < parts_.size(); ++i) {
+  const size_t body = has_head() ? parts_.size() - 1 : parts_.size();
+  for (size_t i = 0; i < body; ++i) {
     const PartRef& part = parts_[i];
     // A part writes its output into the next part's input slot (the start of its cache range).
     float* next =
@@ -198,11 +214,10 @@ double StageModel::forward(const Exec& exec, ConstFloatView params, Cache& cache
         block_forward(exec, part, params, cache, next);
         break;
       case PartKind::head:
-        loss = head_forward(exec, part, params, cache);
+        P2BW_ASSERT(false, "the head is the stage's last part");
         break;
     }
   }
-  return loss;
 }
 
 void StageModel::block_forward(const Exec& exec, const PartRef& part, ConstFloatView params,
@@ -242,24 +257,34 @@ void StageModel::block_forward(const Exec& exec, const PartRef& part, ConstFloat
   kernels::residual_forward<float>(exec, flat(out, n), cflat(c + at.res2, n), cflat(out, n), n);
 }
 
-double StageModel::head_forward(const Exec& exec, const PartRef& part, ConstFloatView params,
-                                Cache& cache) {
+void StageModel::head_logits(const Exec& exec, const PartRef& part, ConstFloatView params,
+                             Cache& cache, float* logits) {
   const int N = static_cast<int>(shape_.microbatch * shape_.seq_len),
             C = static_cast<int>(shape_.hidden);
-  const int V = static_cast<int>(shape_.vocab), Vp = static_cast<int>(shape_.padded_vocab);
+  const int Vp = static_cast<int>(shape_.padded_vocab);
   const std::int64_t n = boundary_floats();
   const HeadCache at(n, N, std::int64_t{N} * Vp);
-  const Workspace ws(n, N, 0);
   float* c = cache.floats.data() + part.cache_offset;
   const float* w = params.data() + part.param_offset;
   const auto& t = part.layout.tensors;  // lnf w/b, tied wte
   kernels::layernorm_forward<float>(exec, flat(c + at.lnf, n), flat(c + at.mean, N),
                                     flat(c + at.rstd, N), cflat(c + at.x, n),
                                     cflat(w + t[0].offset, C), cflat(w + t[1].offset, C), N, C);
-  const std::int64_t probs = std::int64_t{N} * Vp;
-  kernels::matmul_forward<float>(exec, flat(c + at.probs, probs), cflat(c + at.lnf, n),
+  kernels::matmul_forward<float>(exec, flat(logits, std::int64_t{N} * Vp), cflat(c + at.lnf, n),
                                  cflat(w + t[2].offset, t[2].count), ConstFlat<float, Exec>(), N, C,
                                  Vp);
+}
+
+double StageModel::head_forward(const Exec& exec, const PartRef& part, ConstFloatView params,
+                                Cache& cache) {
+  const int N = static_cast<int>(shape_.microbatch * shape_.seq_len);
+  const int V = static_cast<int>(shape_.vocab), Vp = static_cast<int>(shape_.padded_vocab);
+  const std::int64_t n = boundary_floats();
+  const HeadCache at(n, N, std::int64_t{N} * Vp);
+  const Workspace ws(n, N, 0);
+  float* c = cache.floats.data() + part.cache_offset;
+  const std::int64_t probs = std::int64_t{N} * Vp;
+  head_logits(exec, part, params, cache, c + at.probs);
   float* losses = workspace_.data() + ws.losses;
   kernels::crossentropy_forward<float>(exec, flat(losses, N), flat(c + at.probs, probs),
                                        cflat(c + at.probs, probs), cache.targets, N, V, Vp);

@@ -74,6 +74,11 @@ class StageModel {
   // the microbatch's mean loss over the positions with targets (0 without the head).
   double forward(const Exec& exec, ConstFloatView params, Cache& cache, FloatView out);
 
+  // Forward without loss, for inference (a stage with the head): as forward, but the head writes
+  // its logits into `logits` (B, T, Vp) and cache.targets is not read. The cache is not ready for
+  // backward afterwards.
+  void forward_logits(const Exec& exec, ConstFloatView params, Cache& cache, FloatView logits);
+
   // The head's softmax probabilities (B, T, Vp) after forward (before backward consumes them).
   FloatView probabilities(const Cache& cache) const;
 
@@ -91,6 +96,12 @@ class StageModel {
     std::int64_t cache_offset;  // in Cache::floats
   };
 
+  // Every part but the head (which is always the stage's last part): the output goes into the
+  // head's input slot, or into `out` (B, T, C) without a head.
+  void forward_to_head(const Exec& exec, ConstFloatView params, Cache& cache, FloatView out);
+  // The head's final layernorm and LM head: logits (B, T, Vp).
+  void head_logits(const Exec& exec, const PartRef& part, ConstFloatView params, Cache& cache,
+                   float* logits);
   double head_forward(const Exec& exec, const PartRef& part, ConstFloatView params, Cache& cache);
   void block_forward(const Exec& exec, const PartRef& part, ConstFloatView params, Cache& cache,
                      float* out);
