@@ -61,6 +61,7 @@ Command add_bench(CLI::App& app);
 Command add_inspect(CLI::App& app);
 Command add_plan(CLI::App& app);
 Command add_profile(CLI::App& app);
+Command add_generate(CLI::App& app);
 
 // The repeatable --set key.path=value option shared by the commands that read a deck.
 void add_set_option(CLI::App& command, std::vector<std::string>& overrides);

@@ -36,7 +36,7 @@ int run_cli(int argc, char** argv, const p2bw::app::Context& context) {
   std::vector<p2bw::app::Command> commands = {
       p2bw::app::add_check(app),    p2bw::app::add_prepare_data(app), p2bw::app::add_train(app),
       p2bw::app::add_simulate(app), p2bw::app::add_bench(app),        p2bw::app::add_inspect(app),
-      p2bw::app::add_plan(app),     p2bw::app::add_profile(app)};
+      p2bw::app::add_plan(app),     p2bw::app::add_profile(app),      p2bw::app::add_generate(app)};
   const char* kokkos_footer =
       "Kokkos's own options (--kokkos-threads, --kokkos-device-id, ...) are accepted too: "
       "p2bw --kokkos-help lists them.";

@@ -19,11 +19,6 @@ std::uint64_t splitmix64(std::uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// Uniform in [0, 1) from 53 random bits.
-double uniform(std::uint64_t bits) {
-  return static_cast<double>(bits >> 11) * 0x1.0p-53;
-}
-
 // Random streams of the loader.
 enum Stream : std::uint64_t { kPermutation = 1, kMaskChoice = 2, kMaskKind = 3, kMaskToken = 4 };
 
@@ -31,6 +26,10 @@ enum Stream : std::uint64_t { kPermutation = 1, kMaskChoice = 2, kMaskKind = 3, 
 
 std::uint64_t random_bits(std::uint64_t seed, std::uint64_t stream, std::uint64_t counter) {
   return splitmix64(splitmix64(splitmix64(seed) ^ stream) ^ counter);
+}
+
+double uniform01(std::uint64_t bits) {
+  return static_cast<double>(bits >> 11) * 0x1.0p-53;
 }
 
 DataSplits split_data(std::shared_ptr<const Tokens> all, const config::Deck& deck) {
@@ -114,9 +113,9 @@ void Loader::sample(std::int64_t index, std::int32_t* inputs, std::int32_t* targ
         (static_cast<std::uint64_t>(index) << 24) ^ static_cast<std::uint64_t>(t);
     inputs[t] = window[t];
     targets[t] = kIgnore;
-    if (uniform(random_bits(seed, kMaskChoice, position)) >= 0.15) continue;
+    if (uniform01(random_bits(seed, kMaskChoice, position)) >= 0.15) continue;
     targets[t] = window[t];
-    const double kind = uniform(random_bits(seed, kMaskKind, position));
+    const double kind = uniform01(random_bits(seed, kMaskKind, position));
     if (kind < 0.8)
       inputs[t] = mask;
     else if (kind < 0.9)

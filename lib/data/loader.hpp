@@ -18,6 +18,10 @@ constexpr std::int32_t kIgnore = -1;  // target of a position without loss
 // A counter-based random number: the same (seed, stream, counter) always gives the same value.
 std::uint64_t random_bits(std::uint64_t seed, std::uint64_t stream, std::uint64_t counter);
 
+// Uniform in [0, 1) from the top 53 of 64 random bits: the same on every platform (unlike
+// std::uniform_real_distribution).
+double uniform01(std::uint64_t bits);
+
 // The token streams of a run: without data.val_fraction all of the data trains; otherwise the
 // last floor(N · data.val_fraction) tokens are the validation split, never trained on.
 struct DataSplits {

@@ -10,6 +10,7 @@
 #include <system_error>
 
 #include "core/error.hpp"
+#include "core/utf8.hpp"
 
 namespace p2bw::data {
 
@@ -95,6 +96,28 @@ Tokens tokenize_bytes(const std::string& text) {
   tokens.ids.reserve(text.size());
   for (unsigned char byte : text) tokens.ids.push_back(byte);
   return tokens;
+}
+
+std::string bytes_to_text(const std::vector<std::int32_t>& ids) {
+  std::string bytes;
+  bytes.reserve(ids.size());
+  for (std::int32_t id : ids) {
+    P2BW_ASSERT(0 <= id && id < 256, "a byte token beyond 255");
+    bytes.push_back(static_cast<char>(id));
+  }
+  std::string text;
+  text.reserve(bytes.size());
+  for (size_t i = 0; i < bytes.size();) {
+    const size_t length = utf8_printable_length(bytes, i);
+    if (length > 0) {
+      text.append(bytes, i, length);
+      i += length;
+    } else {
+      text += bytes[i] == '\n' || bytes[i] == '\t' ? std::string(1, bytes[i]) : "\xef\xbf\xbd";
+      ++i;
+    }
+  }
+  return text;
 }
 
 Tokens load_tokens(const std::string& path, config::DataFormat format) {

@@ -31,6 +31,11 @@ Tokens load_tokens(const std::string& path, config::DataFormat format);
 // Byte-level tokenizer: one token per byte (vocab 256).
 Tokens tokenize_bytes(const std::string& text);
 
+// Its inverse for printing: the bytes `ids` (each 0..255) as text that is safe on a terminal.
+// Valid UTF-8 characters, newlines and tabs stay as they are; every other byte (a control
+// character, a byte of an invalid or cut UTF-8 sequence) becomes U+FFFD, one per byte.
+std::string bytes_to_text(const std::vector<std::int32_t>& ids);
+
 // Writes a p2bw token file (atomically: to a temporary name, then renamed).
 void write_token_file(const std::string& path, const Tokens& tokens);
 

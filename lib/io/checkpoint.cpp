@@ -101,6 +101,23 @@ bool parse_step_name(const std::string& name, std::int64_t& step) {
   return name == step_name(step);
 }
 
+// The manifest of checkpoint `folder`, its format and version checked.
+std::unique_ptr<H5File> open_manifest(const std::string& folder) {
+  const std::string manifest = (fs::path(folder) / "manifest.h5").string();
+  auto file = std::make_unique<H5File>(manifest, H5File::Mode::read);
+  if (!file->has_attribute("/", "format") ||
+      file->string_attribute("/", "format") != "p2bw-checkpoint")
+    throw UserError(manifest +
+                    ": not a p2bw checkpoint manifest (allowed: checkpoints/step_<N>/manifest.h5)");
+  const std::int64_t version = file->int_attribute("/", "format_version");
+  if (version != kCheckpointFormatVersion)
+    throw UserError(fmt::format(
+        "{}: checkpoint format version {} (allowed: {}; version 1 checkpoints record no step and "
+        "run in their stage files and are not loaded; train again or keep the older p2bw)",
+        manifest, version, kCheckpointFormatVersion));
+  return file;
+}
+
 }  // namespace
 
 void write_stage_file(const std::string& run_checkpoints, std::int64_t step, int stage,
@@ -175,18 +192,20 @@ std::string commit_checkpoint(const std::string& run_checkpoints, std::int64_t s
   return final_folder.string();
 }
 
-std::string resolve_checkpoint(const std::string& run_checkpoints, const std::string& which) {
+std::string resolve_checkpoint(const std::string& run_checkpoints, const std::string& which,
+                               const std::string& request, const std::string& pick) {
   if (which.empty())
     throw UserError(
-        "--resume: empty (allowed: latest, or a checkpoints/step_<N> folder; --start-over to "
-        "train again from step 1)");
+        fmt::format("{}: empty (allowed: latest, or a checkpoints/step_<N> folder; --start-over to "
+                    "train again from step 1)",
+                    request));
   if (which != "latest") {
     std::error_code error;
     if (!fs::is_directory(which, error))
       throw UserError(
-          fmt::format("--resume {}: no such checkpoint folder (allowed: latest, or a "
+          fmt::format("{} {}: no such checkpoint folder (allowed: latest, or a "
                       "checkpoints/step_<N> folder)",
-                      which));
+                      request, which));
     return which;
   }
   const fs::path pointer = fs::path(run_checkpoints) / "latest";
@@ -200,22 +219,30 @@ std::string resolve_checkpoint(const std::string& run_checkpoints, const std::st
   }
   if (!file && name.empty())
     throw UserError(fmt::format(
-        "--resume latest: {} does not exist or is empty (allowed: a run folder with a checkpoint)",
-        pointer.string()));
+        "{} latest: {} does not exist or is empty (allowed: a run folder with a checkpoint)",
+        request, pointer.string()));
   std::int64_t step = 0;
   if (!parse_step_name(name, step))
     throw UserError(fmt::format(
-        "--resume latest: {} names '{}' (allowed: a step_<N> folder of this run, as p2bw writes "
-        "it; --resume checkpoints/step_<N> picks one)",
-        pointer.string(), name.substr(0, 40)));
+        "{} latest: {} names '{}' (allowed: a step_<N> folder of this run, as p2bw writes "
+        "it; {} picks one)",
+        request, pointer.string(), name.substr(0, 40), pick));
   const fs::path folder = fs::path(run_checkpoints) / name;
   std::error_code error;
   if (!fs::is_directory(folder, error))
-    throw UserError(fmt::format(
-        "--resume latest: {} names {}, which does not exist (allowed: a complete checkpoint; "
-        "--resume checkpoints/step_<N> picks another)",
-        pointer.string(), folder.string()));
+    throw UserError(
+        fmt::format("{} latest: {} names {}, which does not exist (allowed: a complete checkpoint; "
+                    "{} picks another)",
+                    request, pointer.string(), folder.string(), pick));
   return folder.string();
+}
+
+config::Deck read_checkpoint_deck(const std::string& folder) {
+  const std::unique_ptr<H5File> manifest = open_manifest(folder);
+  config::LoadOptions options;
+  options.require_data = false;
+  return config::parse_deck(manifest->string_attribute("/", "deck"),
+                            manifest->path() + " (attribute deck)", folder, options);
 }
 
 struct CheckpointReader::Files {
@@ -228,17 +255,8 @@ struct CheckpointReader::Files {
 CheckpointReader::CheckpointReader(const std::string& folder, const config::Deck& deck)
     : folder_(folder), files_(std::make_unique<Files>()) {
   const std::string manifest = (fs::path(folder) / "manifest.h5").string();
-  files_->manifest = std::make_unique<H5File>(manifest, H5File::Mode::read);
+  files_->manifest = open_manifest(folder);
   H5File& m = *files_->manifest;
-  if (m.string_attribute("/", "format") != "p2bw-checkpoint")
-    throw UserError(manifest +
-                    ": not a p2bw checkpoint manifest (allowed: checkpoints/step_<N>/manifest.h5)");
-  const std::int64_t version = m.int_attribute("/", "format_version");
-  if (version != kCheckpointFormatVersion)
-    throw UserError(fmt::format(
-        "{}: checkpoint format version {} (allowed: {}; version 1 checkpoints record no step and "
-        "run in their stage files and are not loaded; train again or keep the older p2bw)",
-        manifest, version, kCheckpointFormatVersion));
   const auto expect = [&](const char* key, std::int64_t wanted) {
     const std::int64_t got = m.int_attribute("/", key);
     if (got != wanted)

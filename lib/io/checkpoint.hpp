@@ -60,8 +60,17 @@ std::string commit_checkpoint(const std::string& run_checkpoints, std::int64_t s
                               int keep);
 
 // The folder of `which`: "latest" (read from the pointer file, which may only name a step_<N>
-// folder inside `run_checkpoints`) or a path to a checkpoint folder.
-std::string resolve_checkpoint(const std::string& run_checkpoints, const std::string& which);
+// folder inside `run_checkpoints`) or a path to a checkpoint folder. Messages start with
+// `request` and `which` ("--resume latest: ...") and name `pick` as the way to choose a
+// checkpoint folder instead.
+std::string resolve_checkpoint(const std::string& run_checkpoints, const std::string& which,
+                               const std::string& request = "--resume",
+                               const std::string& pick = "--resume checkpoints/step_<N>");
+
+// The resolved deck a checkpoint was written with (its manifest's `deck`), for commands that
+// start from a checkpoint alone (`p2bw generate`); the data file need not exist any more.
+// CheckpointReader then validates the rest of the checkpoint against it.
+config::Deck read_checkpoint_deck(const std::string& folder);
 
 // A checkpoint opened for reading: validates the manifest against the deck's model on open and
 // each tensor's type, shape and checksum on read. Every problem is a UserError naming the file

@@ -198,6 +198,17 @@ FloatView StageModel::logits() const {
   return Kokkos::subview(workspace_, std::make_pair(begin, begin + sizes.logits));
 }
 
+void StageModel::forward_logits(const Exec& exec, ConstFloatView params, Cache& cache,
+                                FloatView logits) {
+  P2BW_ASSERT(has_head(), "only the stage with the head has logits");
+  P2BW_ASSERT(static_cast<std::int64_t>(logits.extent(0)) ==
+                  shape_.microbatch * shape_.seq_len * shape_.padded_vocab,
+              "logits must be (B, T, Vp)");
+  Kokkos::deep_copy(exec, cache.targets, -1);  // data::kIgnore: no loss anywhere
+  forward(exec, params, cache, FloatView());
+  Kokkos::deep_copy(exec, logits, this->logits());
+}
+
 double StageModel::forward(const Exec& exec, ConstFloatView params, Cache& cache, FloatView out) {
   const int B = static_cast<int>(shape_.microbatch), T = static_cast<int>(shape_.seq_len);
   const int C = static_cast<int>(shape_.hidden);

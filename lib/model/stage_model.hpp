@@ -80,6 +80,11 @@ class StageModel {
   // next forward or backward of any microbatch.
   FloatView logits() const;
 
+  // Forward for inference (a stage with the head): writes the head's logits (B, T, Vp) into
+  // `logits`; cache.targets is overwritten (no position has a target). The cache is not ready for
+  // backward afterwards.
+  void forward_logits(const Exec& exec, ConstFloatView params, Cache& cache, FloatView logits);
+
   // Backward of one microbatch; consumes the cache. Adds parameter gradients into `grads`.
   // With the head, the loss gradient is `loss_scale` times that of the mean loss (1/m for
   // accumulation over m microbatches); otherwise `dout` (B, T, C) is the output gradient. Writes

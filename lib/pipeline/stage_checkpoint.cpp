@@ -53,6 +53,14 @@ std::string save_stage_checkpoint(const std::string& checkpoints, int keep, std:
   return folder;
 }
 
+void load_stage_tensors(const io::CheckpointReader& checkpoint, const std::string& group,
+                        const model::StageModel& model, FloatView into) {
+  auto host = Kokkos::create_mirror_view(into);
+  for (const model::TensorInfo& tensor : model.tensors())
+    checkpoint.read(group, tensor, host.data() + tensor.offset);
+  Kokkos::deep_copy(into, host);
+}
+
 void restore_stage(const io::CheckpointReader& checkpoint, int oldest_needed,
                    const model::StageModel& model, WeightVersions& versions,
                    model::Optimizer& optimizer) {
@@ -62,24 +70,20 @@ void restore_stage(const io::CheckpointReader& checkpoint, int oldest_needed,
     throw UserError(fmt::format(
         "checkpoint after step {}: its newest weights are version {} (allowed: version {})", step,
         state.newest_version, step));
-  auto load = [&](const std::string& group, FloatView into) {
-    auto host = Kokkos::create_mirror_view(into);
-    for (const model::TensorInfo& tensor : model.tensors())
-      checkpoint.read(group, tensor, host.data() + tensor.offset);
-    Kokkos::deep_copy(into, host);
-  };
-  load("params", versions.add(step));
+  load_stage_tensors(checkpoint, "params", model, versions.add(step));
   if (oldest_needed < step) {
     P2BW_ASSERT(oldest_needed == step - 1,
                 "a resumed schedule needs W(step) and W(step-1) at most");
     FloatView old = versions.add(oldest_needed);
     if (state.old_version == oldest_needed)
-      load("params_old", old);
+      load_stage_tensors(checkpoint, "params_old", model, old);
     else
       Kokkos::deep_copy(old, versions.at(step));  // flush or gpipe -> 2bw: one version to start
   }
-  if (optimizer.first().data()) load("optimizer/first", optimizer.first());
-  if (optimizer.second().data()) load("optimizer/second", optimizer.second());
+  if (optimizer.first().data())
+    load_stage_tensors(checkpoint, "optimizer/first", model, optimizer.first());
+  if (optimizer.second().data())
+    load_stage_tensors(checkpoint, "optimizer/second", model, optimizer.second());
   optimizer.set_steps_taken(state.optimizer_steps);
 }
 

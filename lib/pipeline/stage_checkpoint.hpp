@@ -24,6 +24,12 @@ std::string save_stage_checkpoint(const std::string& checkpoints, int keep, std:
                                   const WeightVersions& versions,
                                   const model::Optimizer& optimizer);
 
+// Reads every tensor of `model` from the checkpoint's `group` ("params", "params_old",
+// "optimizer/first", "optimizer/second") into `into` (num_params), whichever stage file of
+// whichever layout holds it.
+void load_stage_tensors(const io::CheckpointReader& checkpoint, const std::string& group,
+                        const model::StageModel& model, FloatView into);
+
 // Loads the checkpoint's W(step) into `versions` and, when `oldest_needed` is step - 1 (2bw past
 // its warm-up), W(step-1): the checkpoint's old version, or a copy of W(step) when it has none
 // (a flush or gpipe checkpoint resumed under 2bw starts from its one version); and the optimizer

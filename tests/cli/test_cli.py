@@ -43,7 +43,8 @@ check("--version names p2bw, Kokkos, MPI, HDF5, NCCL",
 
 r = run("--help")
 check("--help lists the subcommands", r.returncode == 0 and all(
-    c in r.stdout for c in ("check", "train", "simulate", "plan", "profile", "inspect", "prepare-data", "bench")), r.stdout)
+    c in r.stdout for c in ("check", "train", "simulate", "plan", "profile", "inspect", "prepare-data", "bench",
+                            "generate")), r.stdout)
 
 r = run("check", "inputs/demo.yaml", "--no-such-flag")
 check("unknown flag: one line, exit 2", r.returncode == 2 and r.stderr.count("\n") == 1 and "--no-such-flag" in r.stderr,

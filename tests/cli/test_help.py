@@ -9,7 +9,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 P2BW = sys.argv[1]
-SUBCOMMANDS = ("check", "train", "simulate", "plan", "profile", "inspect", "prepare-data", "bench")
+SUBCOMMANDS = ("check", "train", "simulate", "plan", "profile", "inspect", "prepare-data", "bench", "generate")
 KOKKOS_HELP = ("Kokkos command line arguments", "--kokkos-numa", "--kokkos-tools-args")  # lines of Kokkos's help
 results = []
 

@@ -68,6 +68,17 @@ TEST_F(DataTest, TokenFileRoundTrips) {
   EXPECT_FALSE(fs::exists(path("a.tok.tmp")));
 }
 
+TEST(ByteText, ValidUtf8NewlinesAndTabsStayEveryOtherByteIsAReplacementCharacter) {
+  const std::string text = "A\xff\n\t\x1b\xc3\xa9\xe2\x82 \xc2\x85z\xe2\x82";
+  std::vector<std::int32_t> bytes;
+  for (unsigned char c : text) bytes.push_back(c);
+  // \xff stray, \x1b control, \xe2\x82 cut short (twice), \xc2\x85 the C1 control U+0085.
+  const std::string r = "\xef\xbf\xbd";
+  EXPECT_EQ(bytes_to_text(bytes),
+            "A" + r + "\n\t" + r + "\xc3\xa9" + r + r + " " + r + r + "z" + r + r);
+  EXPECT_EQ(bytes_to_text(tokenize_bytes("plain text\n").ids), "plain text\n");
+}
+
 TEST_F(DataTest, TokenFileWithLargeVocabularyUsesFourBytes) {
   Tokens tokens;
   tokens.vocab = 100000;
