@@ -213,10 +213,16 @@ void compare_with_torch(config::ModelKind kind) {
   }
   EXPECT_GT(ref_norms[0], deck.train.grad_clip) << "the test must exercise clipping";
   // Weights after 5 steps: AdamW moves each weight by at most about lr per step, so errors are
-  // measured against the sum of the learning rates.
+  // measured against the sum of the learning rates: 1e-4 of it, plus what float rounding of the
+  // gradient does to AdamW's normalised step. Its first step is lr·g/(|g| + ε), whose derivative
+  // in g is lr·ε/(|g| + ε)²: a gradient error δg (the float bound of the gradient check above)
+  // moves the weight by lr·ε·δg/(|g| + ε)², which matters only where |g| is near ε, i.e. for the
+  // few weights whose gradient is below the gradient's own rounding (their direction is not
+  // determined by float precision). |g| is the reference's first-step gradient.
   double lr_sum = 0;
   for (int step = 0; step < deck.train.steps; ++step)
     lr_sum += model::learning_rate(deck.train, step);
+  const double adam_eps = deck.train.optimizer.eps;
   const auto final_weights = to_host(trainer.weights(), 0, model.num_params());
   for (const model::TensorInfo& t : model.tensors()) {
     const std::string name = t.tied_copy ? "embedding/wte" : t.name;
@@ -224,11 +230,22 @@ void compare_with_torch(config::ModelKind kind) {
     std::vector<float> mine(
         final_weights.begin() + t.offset,
         final_weights.begin() + t.offset + static_cast<std::int64_t>(expected.size()));
-    double error = 0;
-    for (size_t i = 0; i < expected.size(); ++i)
-      error = std::max(error, std::abs(mine[i] - expected[i]));
-    EXPECT_LE(error, 1e-4 * lr_sum)
-        << "weights of " << t.name << " after " << deck.train.steps << " steps";
+    const auto first_grads = ref.read<double>("/grads/" + name);
+    double grad_scale = 1e-6;
+    for (double g : first_grads) grad_scale = std::max(grad_scale, std::abs(g));
+    const double grad_error = 4 * eps * std::sqrt(double(b * T * m * C)) * grad_scale;
+    double worst = 0;  // error / allowed
+    size_t at = 0;
+    for (size_t i = 0; i < expected.size(); ++i) {
+      const double g = std::abs(first_grads[i]);
+      const double allowed =
+          lr_sum * (1e-4 + adam_eps * grad_error / ((g + adam_eps) * (g + adam_eps)));
+      const double ratio = std::abs(mine[i] - expected[i]) / std::min(allowed, 2 * lr_sum);
+      if (ratio > worst) worst = ratio, at = i;
+    }
+    EXPECT_LE(worst, 1.0) << "weights of " << t.name << " after " << deck.train.steps
+                          << " steps: element " << at << " is " << mine[at] << ", reference "
+                          << expected[at] << " (first-step gradient " << first_grads[at] << ")";
   }
   fs::remove_all(dir);
 }
