@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/error.hpp"
+#include "kernels/gemm.hpp"
 #include "model/lr_schedule.hpp"
 #include "pipeline/stage_checkpoint.hpp"
 #include "pipeline/test_hooks.hpp"
@@ -65,6 +66,7 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
       versions_(0, 2) {
   if (!stream_.proof().ok())
     P2BW_INTERNAL_ERROR("the schedule fails the checker: " + stream_.proof().summary());
+  kernels::set_tf32(deck.train.tf32);  // train.tf32: TF32 tensor-core GEMMs for the whole run
   const StageRange& range = map_.stages[static_cast<size_t>(grid.stage())];
   const int first_part = range.has_embedding ? 0 : 1 + range.first_block;
   const int end_part = 1 + range.first_block + range.blocks + (range.has_head ? 1 : 0);
