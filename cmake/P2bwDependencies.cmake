@@ -38,7 +38,17 @@ find_package(CLI11 REQUIRED)
 find_package(fmt REQUIRED)
 find_package(nlohmann_json 3 REQUIRED)  # nlohmann-json3-dev (p2bw plan --format json)
 
-# Host BLAS through CBLAS (OpenBLAS on Debian and Ubuntu).
+# Host BLAS through CBLAS (OpenBLAS on Debian and Ubuntu): required on host builds, optional with
+# the CUDA backend (GEMMs run on cuBLAS there; host-space GEMMs fall back to the native kernel).
+# -DP2BW_CBLAS=OFF leaves it out of a CUDA build (the bundle does: libopenblas is 36 MB).
+option(P2BW_CBLAS "Link a CBLAS (OpenBLAS) for host-space GEMMs" ON)
+add_library(p2bw_blas INTERFACE)
+if(P2BW_CUDA AND NOT P2BW_CBLAS)
+  message(STATUS "p2bw: no CBLAS (P2BW_CBLAS=OFF): host-space GEMMs use the native Kokkos kernel")
+else()
+if(NOT P2BW_CBLAS)
+  message(FATAL_ERROR "P2BW_CBLAS=OFF needs the CUDA backend: host builds compute their GEMMs with CBLAS")
+endif()
 set(BLA_VENDOR OpenBLAS CACHE STRING "BLAS vendor")
 find_package(BLAS REQUIRED)
 # OpenBLAS's own cblas.h first: Debian's reference BLAS (libblas-dev) puts netlib's cblas.h on the
@@ -52,9 +62,10 @@ find_path(P2BW_CBLAS_INCLUDE_DIR cblas.h PATH_SUFFIXES openblas openblas-pthread
 if(NOT P2BW_CBLAS_INCLUDE_DIR)
   message(FATAL_ERROR "cblas.h not found: install libopenblas-dev")
 endif()
-add_library(p2bw_blas INTERFACE)
 target_include_directories(p2bw_blas INTERFACE ${P2BW_CBLAS_INCLUDE_DIR})
 target_link_libraries(p2bw_blas INTERFACE ${BLAS_LIBRARIES})
+target_compile_definitions(p2bw_blas INTERFACE P2BW_HAVE_CBLAS)
+endif()
 
 # yaml-cpp 0.7 exports the target "yaml-cpp", 0.8 "yaml-cpp::yaml-cpp".
 if(TARGET yaml-cpp::yaml-cpp)

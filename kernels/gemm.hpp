@@ -1,13 +1,16 @@
 // GEMM dispatch: one row-major interface, C = alpha * op(A) * op(B) + beta * C, and its
 // strided-batched variant. The backend is chosen at compile time from the execution space:
-// cuBLAS for Kokkos::Cuda, CBLAS (OpenBLAS) for host spaces, a native Kokkos kernel otherwise
+// cuBLAS for Kokkos::Cuda, CBLAS (OpenBLAS) for host spaces when linked (P2BW_HAVE_CBLAS, optional
+// in CUDA builds), a native Kokkos kernel otherwise
 // (and for scalar types BLAS does not know). The native kernel is public so tests can compare.
 // As in BLAS, beta == 0 means C is not read (NaN in C does not propagate).
 #pragma once
 
 #include <atomic>
 
+#ifdef P2BW_HAVE_CBLAS
 #include <cblas.h>
+#endif
 
 #include "kernels/types.hpp"  // first: Kokkos defines KOKKOS_ENABLE_CUDA
 
@@ -161,6 +164,7 @@ void gemm_native(const Exec& exec, Trans ta, Trans tb, Real alpha,
 // Host BLAS (CBLAS, row-major). Only for host memory spaces and float / double.
 
 namespace detail {
+#ifdef P2BW_HAVE_CBLAS
 
 inline void cblas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, float alpha,
                        const float* A, int lda, const float* B, int ldb, float beta, float* C,
@@ -191,6 +195,7 @@ void gemm_cblas_batched(const Exec& exec, Trans ta, Trans tb, Real alpha,
                leading_dim(C));
   }
 }
+#endif  // P2BW_HAVE_CBLAS
 
 // ---------------------------------------------------------------------------------------------
 // cuBLAS: one handle per CUDA stream, created on first use and bound to that stream.
@@ -296,10 +301,12 @@ constexpr GemmBackend gemm_backend() {
     return GemmBackend::cublas;
   }
 #endif
+#ifdef P2BW_HAVE_CBLAS
   if (std::is_same<typename Exec::memory_space, Kokkos::HostSpace>::value &&
       is_blas_scalar<Real>::value) {
     return GemmBackend::cblas;
   }
+#endif
   return GemmBackend::native;
 }
 }  // namespace detail
@@ -324,7 +331,9 @@ void gemm_batched(const Exec& exec, Trans ta, Trans tb, Real alpha,
     detail::gemm_cublas_batched<Real>(exec, ta, tb, alpha, A, B, beta, C);
 #endif
   } else if constexpr (backend == detail::GemmBackend::cblas) {
+#ifdef P2BW_HAVE_CBLAS
     detail::gemm_cblas_batched<Real, Exec>(exec, ta, tb, alpha, A, B, beta, C);
+#endif
   } else {
     gemm_native_batched<Real>(exec, ta, tb, alpha, A, B, beta, C);
   }

@@ -8,6 +8,7 @@
 #include <map>
 #include <utility>
 
+#include "comm/staging.hpp"
 #include "comm/transport.hpp"
 #include "core/error.hpp"
 
@@ -91,28 +92,24 @@ class MpiCollectives : public Collectives {
     return "?";
   }
 
-  // Staging buffers by device buffer, reused across steps (the executor reduces the same few
-  // buffers every step).
+  // Staging buffers (pinned on CUDA builds), reused across steps: the executor reduces the same
+  // few buffers every step.
   template <class T>
-  using Staging =
-      std::map<std::pair<const T*, size_t>, typename Kokkos::View<T*, Memory>::HostMirror>;
-
-  template <class T>
-  int post(Kokkos::View<T*, Memory> data, MPI_Datatype type, Staging<T>& staging, Group group,
+  int post(Kokkos::View<T*, Memory> data, MPI_Datatype type, StagingPool<T>& staging, Group group,
            const std::string& what) {
     // MPI counts elements in an int; a larger buffer would need a chunked reduction.
     P2BW_ASSERT(data.extent(0) <= static_cast<size_t>(std::numeric_limits<int>::max()),
                 "an all-reduce of more than 2^31 - 1 elements");
-    auto key = std::make_pair(static_cast<const T*>(data.data()), data.extent(0));
-    auto found = staging.find(key);
-    if (found == staging.end())
-      found = staging.emplace(key, Kokkos::create_mirror_view(data)).first;
-    auto host = found->second;
+    const typename StagingPool<T>::Buffer host = staging.take(data);
     Kokkos::deep_copy(host, data);  // also orders the reduction after the kernels that wrote it
     Reduction r;
     r.group = group;
     r.what = what;
-    if (host.data() != data.data()) r.copy_back = [data, host] { Kokkos::deep_copy(data, host); };
+    if (StagingPool<T>::copies)
+      r.copy_back = [data, host, &staging] {
+        Kokkos::deep_copy(data, host);
+        staging.give_back(host);
+      };
     P2BW_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, host.data(), static_cast<int>(host.extent(0)), type,
                                   MPI_SUM, comm(group), &r.request));
     pending_.emplace(next_, std::move(r));
@@ -132,8 +129,8 @@ class MpiCollectives : public Collectives {
   const ProcessGrid& grid_;
   double timeout_s_;
   std::map<int, Reduction> pending_;
-  Staging<float> floats_;
-  Staging<double> doubles_;
+  StagingPool<float> floats_;
+  StagingPool<double> doubles_;
   int next_ = 0;
 };
 

@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "comm/staging.hpp"
 #include "core/error.hpp"
 
 namespace p2bw::comm {
@@ -58,9 +59,9 @@ class MpiTransport : public Transport {
   }
 
   int post_send(const Message& message) override {
-    Operation op{message, Kokkos::create_mirror_view(message.buffer), true, MPI_REQUEST_NULL};
+    Operation op{message, staging_.take(message.buffer), true, MPI_REQUEST_NULL};
     // Also orders the send after the kernels that wrote the buffer.
-    Kokkos::deep_copy(op.staging, message.buffer);
+    if (StagingPool<float>::copies) Kokkos::deep_copy(op.staging, message.buffer);
     P2BW_MPI_CHECK(MPI_Isend(op.staging.data(), static_cast<int>(op.staging.extent(0)), MPI_FLOAT,
                              message.peer, tag_of(message.microbatch, message.direction), world_,
                              &op.request));
@@ -68,7 +69,7 @@ class MpiTransport : public Transport {
   }
 
   int post_receive(const Message& message) override {
-    Operation op{message, Kokkos::create_mirror_view(message.buffer), false, MPI_REQUEST_NULL};
+    Operation op{message, staging_.take(message.buffer), false, MPI_REQUEST_NULL};
     P2BW_MPI_CHECK(MPI_Irecv(op.staging.data(), static_cast<int>(op.staging.extent(0)), MPI_FLOAT,
                              message.peer, tag_of(message.microbatch, message.direction), world_,
                              &op.request));
@@ -94,8 +95,7 @@ class MpiTransport : public Transport {
           : op.message.direction == Direction::activation ? "activation"
                                                           : "evaluation activation",
           op.message.microbatch, op.send ? "to" : "from", op.message.peer));
-    if (!op.send) Kokkos::deep_copy(op.message.buffer, op.staging);
-    pending_.erase(it);
+    finish(it);
   }
 
   bool test(int handle) override {
@@ -104,8 +104,7 @@ class MpiTransport : public Transport {
     int done = 0;
     P2BW_MPI_CHECK(MPI_Test(&it->second.request, &done, MPI_STATUS_IGNORE));
     if (!done) return false;
-    if (!it->second.send) Kokkos::deep_copy(it->second.message.buffer, it->second.staging);
-    pending_.erase(it);
+    finish(it);
     return true;
   }
 
@@ -116,7 +115,7 @@ class MpiTransport : public Transport {
  private:
   struct Operation {
     Message message;
-    FloatView::HostMirror staging;  // the buffer itself on host builds
+    StagingPool<float>::Buffer staging;  // the buffer itself on host builds
     bool send;
     MPI_Request request;
   };
@@ -124,11 +123,19 @@ class MpiTransport : public Transport {
     pending_.emplace(next_, std::move(op));
     return next_++;
   }
+  // A completed operation: a receive's data to its device buffer, the staging back to the pool.
+  void finish(std::map<int, Operation>::iterator it) {
+    Operation& op = it->second;
+    if (StagingPool<float>::copies && !op.send) Kokkos::deep_copy(op.message.buffer, op.staging);
+    staging_.give_back(op.staging);
+    pending_.erase(it);
+  }
 
   MPI_Comm world_;
   double timeout_s_;
   int stage_;
   std::map<int, Operation> pending_;
+  StagingPool<float> staging_;
   int next_ = 0;
 };
 

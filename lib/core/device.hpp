@@ -13,4 +13,9 @@ using ConstFloatView = Kokkos::View<const float*, Memory>;
 using DoubleView = Kokkos::View<double*, Memory>;  // flat
 using IntView = Kokkos::View<int*, Memory>;        // flat
 
+// A View's host mirror type: `host_mirror_type` exists from Kokkos 3.4 on; `HostMirror` is
+// deprecated in Kokkos 5. Write HostMirror<V>, never V::HostMirror.
+template <class V>
+using HostMirror = typename V::host_mirror_type;
+
 }  // namespace p2bw

@@ -9,6 +9,7 @@
 #ifdef P2BW_HAVE_NCCL_TRANSPORT
 #include "comm/nccl.hpp"
 #endif
+#include "kernels/gemm.hpp"
 #include "model/lr_schedule.hpp"
 #include "pipeline/stage_checkpoint.hpp"
 #include "pipeline/test_hooks.hpp"
@@ -69,6 +70,7 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
       versions_(0, 2) {
   if (!stream_.proof().ok())
     P2BW_INTERNAL_ERROR("the schedule fails the checker: " + stream_.proof().summary());
+  kernels::set_tf32(deck.train.tf32);  // train.tf32: TF32 tensor-core GEMMs for the whole run
   const StageRange& range = map_.stages[static_cast<size_t>(grid.stage())];
   const int first_part = range.has_embedding ? 0 : 1 + range.first_block;
   const int end_part = 1 + range.first_block + range.blocks + (range.has_head ? 1 : 0);
@@ -174,6 +176,7 @@ std::vector<StepResult> PipelineTrainer::step(bool stop_requested) {
     // The pending reductions advance between actions, while the stage computes.
     if (reduction_->active()) timed(compute_s_, [&] { reduction_->progress(exec_); });
   }
+  compute_s_ += compute_clock_.collect();
   ++steps_done_;
   if (steps_done_ == deck_.train.steps) {
     timed(wait_s_, [&] { transport_->wait_all("the end of the run"); });
@@ -200,6 +203,7 @@ std::vector<StepResult> PipelineTrainer::take_results() {
 
 std::vector<StepResult> PipelineTrainer::synchronize() {
   if (reduction_->active()) apply_update();
+  compute_clock_.collect();  // the update's time: after the last step's row
   // The timing of the steps no reduction has carried yet (the last one), in one world sum.
   while (timed_through_ < steps_done_) {
     const std::int64_t step = ++timed_through_;
@@ -472,7 +476,7 @@ void PipelineTrainer::forward(int mb, int version) {
   Microbatch& record = microbatch(mb);
   await_receive(record.activation_in, "forward", mb);
   const model::FloatView w = weights(version);
-  const double start = now();
+  compute_clock_.begin();
   if (loader_) load_data(mb, record.stash);
   if (!model_->has_head()) record.output = take_boundary();
   double loss;
@@ -482,10 +486,7 @@ void PipelineTrainer::forward(int mb, int version) {
   } else {
     loss = model_->forward(exec_, w, record.stash, record.output);
   }
-  exec_.fence();  // kernels are asynchronous on GPUs: time them to completion
-  const double end = now();
-  compute_s_ += end - start;
-  trace_event(schedule::ActionKind::forward, mb, version, start, end);
+  compute_clock_.end(schedule::ActionKind::forward, mb, version);
   if (model_->has_head()) losses_[(mb - 1) / deck_.pipeline.microbatches] += loss;
 }
 
@@ -493,7 +494,7 @@ void PipelineTrainer::backward(int mb, int version) {
   Microbatch& record = in_flight_.at(mb);
   await_receive(record.gradient_in, "backward", mb);
   const model::FloatView w = weights(version);
-  const double start = now();
+  compute_clock_.begin();
   if (!model_->has_embedding()) record.input_grad = take_boundary();
   const double scale =
       1.0 / (static_cast<double>(deck_.pipeline.microbatches) * deck_.pipeline.width);
@@ -506,10 +507,7 @@ void PipelineTrainer::backward(int mb, int version) {
     model_->backward(exec_, w, versions_.gradients(), record.stash, record.output_grad,
                      record.input_grad, scale);
   }
-  exec_.fence();
-  const double end = now();
-  compute_s_ += end - start;
-  trace_event(schedule::ActionKind::backward, mb, version, start, end);
+  compute_clock_.end(schedule::ActionKind::backward, mb, version);
   if (record.output_grad.data()) free_boundaries_.push_back(record.output_grad);
   record.output_grad = model::FloatView();
   free_stashes_.push_back(record.stash);
@@ -580,7 +578,7 @@ void PipelineTrainer::apply_update() {
   r.stop = totals.stop_votes > 0;
   // W(batch + 1) is written over the batch's gradients (the elementwise optimizer reads each
   // gradient before it writes the weight).
-  const double start = now();
+  compute_clock_.begin();
   const model::FloatView newest = versions_.at(versions_.newest());
   const model::FloatView out = reduction_->gradients();
   if (r.skipped)
@@ -589,10 +587,7 @@ void PipelineTrainer::apply_update() {
     optimizer_->step(exec_, out, newest, out, r.lr,
                      model::clip_scale(r.grad_norm, deck_.train.grad_clip));
   versions_.hold(batch + 1, out);
-  exec_.fence();
-  const double end = now();
-  compute_s_ += end - start;
-  trace_event(schedule::ActionKind::step, -1, batch + 1, start, end);
+  compute_clock_.end(schedule::ActionKind::step, -1, batch + 1);
   known_.push_back(r);
   if (!totals.stages.empty()) stage_rows_.push_back(std::move(totals.stages));
 }

@@ -31,6 +31,7 @@
 #include "io/metrics_file.hpp"
 #include "model/optimizer.hpp"
 #include "model/stage_model.hpp"
+#include "pipeline/compute_clock.hpp"
 #include "pipeline/partition.hpp"
 #include "pipeline/single_rank_trainer.hpp"
 #include "pipeline/step_reduction.hpp"
@@ -171,6 +172,10 @@ class PipelineTrainer {
 
   std::int64_t steps_done_ = 0;
   double compute_s_ = 0, wait_s_ = 0;  // this step so far
+  ComputeClock compute_clock_{exec_, [this] { return now(); },
+                              [this](const ComputeClock::Interval& i) {
+                                trace_event(i.kind, i.mb, i.version, i.start, i.end);
+                              }};  // forward, backward and the optimizer step
   MemoryBytes peak_;
   bool tracing_ = false;
   bool started_ = false;

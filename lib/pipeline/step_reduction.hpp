@@ -76,7 +76,7 @@ class StepReduction {
   int first_part_;
   FloatView tied_;  // this stage's copy of the tied embedding's gradient (d > 1), else empty
   DoubleView totals_;
-  DoubleView::HostMirror host_;
+  HostMirror<DoubleView> host_;
 
   Phase phase_ = Phase::idle;
   int handle_ = -1;

@@ -28,8 +28,8 @@ constexpr bool kHostKernels = std::is_same<Exec::memory_space, Kokkos::HostSpace
 template <class T>
 struct Buf {
   using Device = Kokkos::View<T*, Kokkos::LayoutRight, Exec::memory_space>;
-  Device d;                       // (n)
-  typename Device::HostMirror h;  // (n)
+  Device d;                             // (n)
+  typename Device::host_mirror_type h;  // (n)
 
   explicit Buf(std::size_t n, const std::string& label = "buf")
       : d(label, n), h(Kokkos::create_mirror_view(d)) {}

@@ -1,0 +1,59 @@
+// Host staging buffers for MPI (which need not be CUDA-aware), kept and reused across steps, so a
+// steady-state step allocates none. On CUDA builds they are pinned host memory
+// (Kokkos::CudaHostPinnedSpace: the device copies them by DMA at full speed); on host builds the
+// device buffer is host memory already and is handed to MPI itself, with no copy.
+#pragma once
+
+#include <cstddef>
+#include <map>
+#include <type_traits>
+
+#include "core/device.hpp"
+
+namespace p2bw::comm {
+
+#ifdef KOKKOS_ENABLE_CUDA
+using StagingSpace = Kokkos::CudaHostPinnedSpace;
+#else
+using StagingSpace = Kokkos::HostSpace;
+#endif
+
+// Free staging buffers by length. take() hands out a buffer for a device View (the View itself
+// when it lives in host memory), give_back() returns it when MPI is done with it.
+template <class T>
+class StagingPool {
+ public:
+  using Buffer = Kokkos::View<T*, StagingSpace>;  // (n)
+  // Whether device buffers need a host copy at all (false on host builds).
+  static constexpr bool copies = !std::is_same<StagingSpace, Memory>::value;
+
+  template <class DeviceView>
+  Buffer take(const DeviceView& data) {
+    if constexpr (!copies) {
+      return data;
+    } else {
+      const std::size_t n = data.extent(0);
+      auto found = free_.find(n);
+      if (found != free_.end()) {
+        Buffer buffer = found->second;
+        free_.erase(found);
+        return buffer;
+      }
+      ++allocations_;
+      return Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::staging"), n);
+    }
+  }
+
+  void give_back(const Buffer& buffer) {
+    if constexpr (copies) free_.emplace(buffer.extent(0), buffer);
+  }
+
+  // Staging buffers allocated so far: constant once every message size has been seen.
+  std::size_t allocations() const { return allocations_; }
+
+ private:
+  std::multimap<std::size_t, Buffer> free_;
+  std::size_t allocations_ = 0;
+};
+
+}  // namespace p2bw::comm
