@@ -343,7 +343,7 @@ const std::vector<Spec>& specs() {
           "pipeline.sync_warmup_steps",
           +[](Deck& d) -> int& { return d.pipeline.sync_warmup_steps; }, 0, kBig,
           "2bw: the first K optimizer steps use flush semantics, then 2bw; 0 = the paper's 2bw "
-          "from step 0; ignored by flush and gpipe"),
+          "from step 0; ignored by flush and gpipe; the default is measured (docs/convergence.md)"),
       number_key(
           "pipeline.timeout_s", +[](Deck& d) -> double& { return d.pipeline.timeout_s; }, 0, true,
           kInf,
@@ -606,9 +606,10 @@ void validate(Deck& deck, const Origins& origins, const LoadOptions& options) {
          fmt::format("1 .. model.layers = {}", model.layers));
   if (!given(origins, "pipeline.microbatches")) pipe.microbatches = 2 * pipe.depth;
   // Only 2bw has a warm-up; a value given for another schedule stays inert, so that switching
-  // schedules is a one-key change.
-  if (!given(origins, "pipeline.sync_warmup_steps") && pipe.schedule != ScheduleKind::two_bw)
-    pipe.sync_warmup_steps = 0;
+  // schedules is a one-key change. The default is measured (docs/convergence.md).
+  if (!given(origins, "pipeline.sync_warmup_steps"))
+    pipe.sync_warmup_steps =
+        pipe.schedule == ScheduleKind::two_bw ? default_sync_warmup_steps(deck.train.steps) : 0;
   if (pipe.schedule == ScheduleKind::two_bw && pipe.microbatches < pipe.depth)
     fail(origins.locate({"pipeline.microbatches", "pipeline.depth", "pipeline.schedule"}),
          "pipeline.microbatches",
@@ -784,6 +785,7 @@ std::vector<KeyInfo> deck_keys() {
       else
         fallback = spec.write(defaults);
       if (spec.path == "pipeline.microbatches") fallback = "2·pipeline.depth";
+      if (spec.path == "pipeline.sync_warmup_steps") fallback = "min(1000, ⌈3·train.steps/4⌉)";
       if (spec.path == "output.dir") fallback = "runs/<deck name>";
     }
     keys.push_back({spec.path, type_name(spec.type), spec.allowed, fallback, spec.help});
