@@ -85,8 +85,12 @@ TEST_F(DeckTest, MicrobatchesDefaultToTwiceTheDepth) {
 }
 
 TEST_F(DeckTest, TwoBwKeepsItsDefaultWarmup) {
-  const Deck deck = parse(replace(kBase, "schedule: flush", "schedule: 2bw"));
-  EXPECT_EQ(deck.pipeline.sync_warmup_steps, 1000);
+  // min(1000, ⌈3·steps/4⌉): three quarters of a short run, 1000 steps of a long one.
+  const std::string two_bw = replace(kBase, "schedule: flush", "schedule: 2bw");
+  EXPECT_EQ(parse(two_bw, {"train.steps=200"}).pipeline.sync_warmup_steps, 150);
+  EXPECT_EQ(parse(two_bw, {"train.steps=5"}).pipeline.sync_warmup_steps, 4);
+  EXPECT_EQ(parse(two_bw, {"train.steps=100000"}).pipeline.sync_warmup_steps, 1000);
+  EXPECT_EQ(parse(kBase, {"train.steps=200"}).pipeline.sync_warmup_steps, 0);  // flush
 }
 
 TEST_F(DeckTest, ResolvedYamlRoundTrips) {
