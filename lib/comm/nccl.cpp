@@ -141,8 +141,7 @@ class NcclTransport : public Transport {
       throw RunError(fmt::format(
           "stage {}: {}: no progress for {} s waiting to {} the {} of microbatch {} {} rank {} "
           "(pipeline.timeout_s)",
-          stage_, what, timeout_s_, op.send ? "send" : "receive",
-          op.message.direction == Direction::activation ? "activation" : "gradient",
+          stage_, what, timeout_s_, op.send ? "send" : "receive", to_string(op.message.direction),
           op.message.microbatch, op.send ? "to" : "from", op.message.peer));
     }
     finish(it);

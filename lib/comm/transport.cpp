@@ -14,6 +14,18 @@
 
 namespace p2bw::comm {
 
+const char* to_string(Direction direction) {
+  switch (direction) {
+    case Direction::activation:
+      return "activation";
+    case Direction::gradient:
+      return "gradient";
+    case Direction::evaluation:
+      return "evaluation activation";
+  }
+  return "?";
+}
+
 namespace {
 
 // Tags repeat after this many microbatches (far beyond d in flight); the largest tag stays below
@@ -90,10 +102,7 @@ class MpiTransport : public Transport {
       throw RunError(fmt::format(
           "stage {}: {}: no progress for {} s waiting to {} the {} of microbatch {} {} rank {} "
           "(pipeline.timeout_s)",
-          stage_, what, timeout_s_, op.send ? "send" : "receive",
-          op.message.direction == Direction::gradient     ? "gradient"
-          : op.message.direction == Direction::activation ? "activation"
-                                                          : "evaluation activation",
+          stage_, what, timeout_s_, op.send ? "send" : "receive", to_string(op.message.direction),
           op.message.microbatch, op.send ? "to" : "from", op.message.peer));
     finish(it);
   }

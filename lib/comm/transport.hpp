@@ -22,6 +22,9 @@ namespace p2bw::comm {
 // evaluation: the activations of a forward-only pass, numbered apart from training's microbatches.
 enum class Direction { activation = 0, gradient = 1, evaluation = 2 };
 
+// "activation", "gradient" or "evaluation activation", for messages.
+const char* to_string(Direction direction);
+
 // One half of a transfer: a buffer, the world rank of the peer, and the message's identity.
 struct Message {
   FloatView buffer;
