@@ -65,6 +65,9 @@ def make(runs, out, formats=("png", "svg"), dpi=100):
     def fmt(x, spec):
         return "—" if x is None else format(x, spec)
 
+    def pct(x, spec):
+        return "—" if x is None else format(100 * x, spec) + "%"
+
     for (size, lr), variants in sorted(groups.items()):
         flush, default, step0 = (variants.get(v, {}) for v in VARIANTS)
         f_val, d_val, z_val = (mean(v, "final") for v in (flush, default, step0))
@@ -79,16 +82,15 @@ def make(runs, out, formats=("png", "svg"), dpi=100):
         steps = sorted({r["steps"] for v in variants.values() for r in v.values()})
         lines.append(
             f"| {size} ({'/'.join(map(str, steps))} steps) | {lr:g} | {len(seeds)} | "
-            f"{fmt(f_val, '.4f')} | {fmt(d_val, '.4f')} | {fmt(gap and 100 * gap, '+.2f')}% | "
-            f"{fmt(z_val, '.4f')} | {fmt(gap0 and 100 * gap0, '+.2f')}% | "
-            f"{'/'.join(map(str, warm)) or '—'} | {fmt(gain and 100 * gain, '+.1f')}% | "
-            f"{fmt(gain0 and 100 * gain0, '+.1f')}% | {fmt(kept and 100 * kept, '.0f')}% |")
+            f"{fmt(f_val, '.4f')} | {fmt(d_val, '.4f')} | {pct(gap, '+.2f')} | "
+            f"{fmt(z_val, '.4f')} | {pct(gap0, '+.2f')} | "
+            f"{'/'.join(map(str, warm)) or '—'} | {pct(gain, '+.1f')} | "
+            f"{pct(gain0, '+.1f')} | {pct(kept, '.0f')} |")
         summary.append((size, lr, gap, kept))
     text = "\n".join(lines) + "\n"
     if summary:
         worst = max((g for _, _, g, _ in summary if g is not None), default=None)
-        text += (f"\nworst gap of the default: {fmt(worst and 100 * worst, '+.2f')}% "
-                 f"(target: at most +1%)\n")
+        text += f"\nworst gap of the default: {pct(worst, '+.2f')} (target: at most +1%)\n"
 
     plt = ph.pyplot()
     keys = sorted(groups)

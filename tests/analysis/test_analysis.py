@@ -123,7 +123,7 @@ def tests(p2bw, mpiexec, flags, tmp):
     dirs = [runs["2bw"], runs["flush"]]
 
     for name in ("p2bw_h5.py", "loss_curves.py", "throughput.py", "timeline.py", "memory.py",
-                 "report.py", "planner.py", "planner_validation.py"):
+                 "report.py", "planner.py", "planner_validation.py", "convergence.py"):
         r = script(name, "--help")
         check(f"{name} --help", r.returncode == 0 and "usage" in r.stdout, r.stderr[-300:])
 
@@ -149,6 +149,30 @@ def tests(p2bw, mpiexec, flags, tmp):
         check(f"loss_curves {k}: final smoothed loss equals EMA(0.9) = {s:.4f}",
               close(number(r"final smoothed loss ([\d.]+)", line), s, 1e-4), line)
     figures_ok(out, ["loss_curves"], "loss_curves")
+    # convergence.py: flush and 2bw with a validation split; the gap from /eval's last values
+    val = {}
+    for sched in ("flush", "2bw"):
+        d = os.path.join(tmp, f"val-{sched}")
+        r = run([mpiexec, "-n", "2", *flags, p2bw, "train", DECK, "--set", "pipeline.depth=2",
+                 "--set", f"pipeline.schedule={sched}", "--set", f"train.steps={STEPS}",
+                 "--set", "data.val_fraction=0.01", "--set", "train.eval_every=4",
+                 "--set", f"output.dir={d}"], timeout=180)
+        if check(f"train {sched} with a validation split", r.returncode == 0, r.stderr[-500:]):
+            with h5py.File(os.path.join(d, "metrics.h5"), "r") as f:
+                val[sched] = (d, float(f["eval/loss"][-1]), list(f["eval/step"][:]))
+    if len(val) == 2:
+        check("the validation loss after steps 4 and 8", val["2bw"][2] == [4, STEPS], str(val))
+        r = script("convergence.py", "--run", "tiny", "3e-4", "1", "flush", val["flush"][0],
+                   "--run", "tiny", "3e-4", "1", "2bw", val["2bw"][0], "--out", out)
+        gap = val["2bw"][1] / val["flush"][1] - 1
+        check(f"convergence.py: the gap {100 * gap:+.2f}% from /eval",
+              r.returncode == 0 and f"| {val['flush'][1]:.4f} | {val['2bw'][1]:.4f} | "
+              f"{100 * gap:+.2f}% |" in r.stdout, r.stdout[-800:] + r.stderr[-300:])
+        figures_ok(out, ["convergence"], "convergence")
+    r = script("convergence.py", "--run", "tiny", "3e-4", "1", "flush", runs["flush"], "--out", out)
+    check("convergence.py on a run without /eval: exit 2, one line",
+          r.returncode == 2 and "no validation loss" in r.stderr and
+          len(r.stderr.strip().splitlines()) == 1, r.stderr)
     r = script("loss_curves.py", *dirs, "--out", out, "--x", "tokens", "--labels", "A", "B")
     check("loss_curves.py --x tokens --labels", r.returncode == 0 and "  A: steps" in r.stdout,
           r.stderr[-300:])
