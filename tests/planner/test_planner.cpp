@@ -363,7 +363,10 @@ TEST(Search, GpipeTriesTheLargestMicrobatchCountThatFits) {
   EXPECT_TRUE(found) << "no fitting m whose m + 1 does not fit";
 }
 
-TEST(Search, ThousandDevicesInSeconds) {
+// The search's cost is its schedule simulations (each one a full replay); the bound below is what
+// keeps it to seconds on one core. Wall time is printed, not asserted: timing belongs to
+// benchmarks, and a loaded CI machine would make a time limit flaky.
+TEST(Search, ThousandDevicesWithBoundedSimulations) {
   const config::Deck deck = deck_from(kDeck355m);
   const Cluster cluster = cluster_of(128, 8, 16, 150, 3.125, 14e12);
   const Profile profile =
@@ -376,7 +379,7 @@ TEST(Search, ThousandDevicesInSeconds) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("search on 1024 devices: %lld configurations, %lld simulations, %.2f s\n",
               static_cast<long long>(r.candidates), static_cast<long long>(r.simulations), seconds);
-  EXPECT_LT(seconds, 20.0);
+  EXPECT_LE(r.simulations, 20000) << "the pruning no longer bounds the search";
   ASSERT_FALSE(r.fitting.empty());
   check_invariants(deck, cluster, r, options.memory_headroom);
 }
