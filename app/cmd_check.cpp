@@ -38,6 +38,11 @@ std::string semantics(const config::Deck& deck) {
     text +=
         fmt::format("steps {}..{}: 2bw, {} (one-step delay; the first two 2bw batches use W({}))\n",
                     warm + 1, deck.train.steps, delayed, warm);
+  if (warm < deck.train.steps && pipe.weight_prediction > 0)
+    text += fmt::format(
+        "  with weight prediction: from step {}, the gradient is taken at W(t-1) + {:g}·(W(t-1) - "
+        "W(t-2)) instead of W(t-1)\n",
+        warm + 3, pipe.weight_prediction);
   return text;
 }
 

@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "kernels/decay_ranges.hpp"
+#include "kernels/prediction.hpp"
 #include "kernels/reduce.hpp"
 #include "kernels/types.hpp"
 
@@ -18,7 +19,8 @@ namespace p2bw::kernels {
 //   m = beta1 m + (1 - beta1) g,  v = beta2 v + (1 - beta2) g^2
 //   w_out = w_in - lr (m / (1 - beta1^t) / (sqrt(v / (1 - beta2^t)) + eps) + wd_i w_in)
 // with wd_i = weight_decay inside the decay ranges, else 0. Arithmetic in float for float
-// weights (double for double); m and v are stored in float.
+// weights (double for double); m and v are stored in float. With a prediction, also
+// prediction.out = w_out + gamma (w_out - w_in) (kernels/prediction.hpp).
 template <class Real, class Exec>
 void adamw_update(const Exec& exec, Flat<Real, Exec> w_out,  // (n), may be w_in
                   ConstFlat<Real, Exec> w_in,                // (n)
@@ -27,7 +29,8 @@ void adamw_update(const Exec& exec, Flat<Real, Exec> w_out,  // (n), may be w_in
                   Flat<float, Exec> v,                       // (n), second moment
                   const DecayRanges<Exec>& decay,            // elements with weight decay
                   double lr, double beta1, double beta2, double eps, double weight_decay,
-                  std::int64_t step, double grad_scale) {
+                  std::int64_t step, double grad_scale,
+                  const Prediction<Real, Exec>& prediction = {}) {
   const index_t n = static_cast<index_t>(w_in.extent(0));
   detail::require(step >= 1, "adamw_update", "step counts from 1");
   detail::require_size(w_out, n, "adamw_update", "w_out");
@@ -45,6 +48,7 @@ void adamw_update(const Exec& exec, Flat<Real, Exec> w_out,  // (n), may be w_in
   const Acc correction1 = static_cast<Acc>(1.0 - std::pow(beta1, t));
   const Acc correction2 = static_cast<Acc>(1.0 - std::pow(beta2, t));
   const DecayRanges<Exec> ranges = decay;
+  const detail::Predict<Real, Exec> predict(prediction, n, "adamw_update");
   Kokkos::parallel_for(
       "p2bw::adamw_update", Kokkos::RangePolicy<Exec>(exec, 0, n), KOKKOS_LAMBDA(const index_t i) {
         const Acc g = static_cast<Acc>(grad(i)) * scale;
@@ -56,8 +60,10 @@ void adamw_update(const Exec& exec, Flat<Real, Exec> w_out,  // (n), may be w_in
         const Acc v_hat = vi / correction2;
         const Acc w = static_cast<Acc>(w_in(i));
         const Acc decay_i = ranges.contains(i) ? wd : Acc(0);
-        w_out(i) =
+        const Real next =
             static_cast<Real>(w - rate * (m_hat / (math::sqrt(v_hat) + epsilon) + decay_i * w));
+        w_out(i) = next;
+        predict(i, w, next);
       });
 }
 

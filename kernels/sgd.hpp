@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "kernels/decay_ranges.hpp"
+#include "kernels/prediction.hpp"
 #include "kernels/reduce.hpp"
 #include "kernels/types.hpp"
 
@@ -13,14 +14,16 @@ namespace p2bw::kernels {
 
 // For i < n = w_in.extent(0): g = grad[i] * grad_scale + wd_i w_in[i]; with momentum, buf =
 // momentum buf + g and g = buf (buf starts at 0, which equals PyTorch's first step buf = g); w_out
-// = w_in - lr g. momentum_buf may be empty when momentum == 0.
+// = w_in - lr g. momentum_buf may be empty when momentum == 0. With a prediction, also
+// prediction.out = w_out + gamma (w_out - w_in) (kernels/prediction.hpp).
 template <class Real, class Exec>
 void sgd_update(const Exec& exec, Flat<Real, Exec> w_out,  // (n), may be w_in
                 ConstFlat<Real, Exec> w_in,                // (n)
                 ConstFlat<Real, Exec> grad,                // (n)
                 Flat<float, Exec> momentum_buf,            // (n) or empty when momentum == 0
                 const DecayRanges<Exec>& decay,            // elements with weight decay
-                double lr, double momentum, double weight_decay, double grad_scale) {
+                double lr, double momentum, double weight_decay, double grad_scale,
+                const Prediction<Real, Exec>& prediction = {}) {
   const index_t n = static_cast<index_t>(w_in.extent(0));
   detail::require_size(w_out, n, "sgd_update", "w_out");
   detail::require_size(w_in, n, "sgd_update", "w_in");
@@ -31,6 +34,7 @@ void sgd_update(const Exec& exec, Flat<Real, Exec> w_out,  // (n), may be w_in
   const Acc rate = static_cast<Acc>(lr), mu = static_cast<Acc>(momentum);
   const Acc wd = static_cast<Acc>(weight_decay), scale = static_cast<Acc>(grad_scale);
   const DecayRanges<Exec> ranges = decay;
+  const detail::Predict<Real, Exec> predict(prediction, n, "sgd_update");
   Kokkos::parallel_for(
       "p2bw::sgd_update", Kokkos::RangePolicy<Exec>(exec, 0, n), KOKKOS_LAMBDA(const index_t i) {
         const Acc w = static_cast<Acc>(w_in(i));
@@ -40,7 +44,9 @@ void sgd_update(const Exec& exec, Flat<Real, Exec> w_out,  // (n), may be w_in
           g = mu * static_cast<Acc>(momentum_buf(i)) + g;
           momentum_buf(i) = static_cast<float>(g);
         }
-        w_out(i) = static_cast<Real>(w - rate * g);
+        const Real next = static_cast<Real>(w - rate * g);
+        w_out(i) = next;
+        predict(i, w, next);
       });
 }
 

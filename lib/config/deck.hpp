@@ -34,12 +34,13 @@ struct PipelineConfig {
   int depth = 1;  // d: stages
   int width = 1;  // w: data-parallel replicas of every stage
   ScheduleKind schedule = ScheduleKind::two_bw;
-  int microbatches = 0;          // m per batch per pipeline; 0 in the struct = 2·d
-  bool recompute = false;        // stash stage inputs only, re-run forward in backward
-  std::vector<int> partition;    // blocks per stage; empty = balanced automatically
-  int sync_warmup_steps = 1000;  // 2bw only: first K optimizer steps with flush semantics (a deck
-                                 // without the key gets default_sync_warmup_steps)
-  double timeout_s = 300.0;      // a rank that cannot progress for this long fails the run
+  int microbatches = 0;            // m per batch per pipeline; 0 in the struct = 2·d
+  bool recompute = false;          // stash stage inputs only, re-run forward in backward
+  std::vector<int> partition;      // blocks per stage; empty = balanced automatically
+  int sync_warmup_steps = 1000;    // 2bw only: first K optimizer steps with flush semantics (a deck
+                                   // without the key gets default_sync_warmup_steps)
+  double weight_prediction = 0.0;  // 2bw only: gamma of the prediction (weight_versions.hpp)
+  double timeout_s = 300.0;        // a rank that cannot progress for this long fails the run
   TransportKind transport = TransportKind::automatic;  // activations and reductions: NCCL or MPI
 };
 

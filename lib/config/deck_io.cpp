@@ -345,6 +345,12 @@ const std::vector<Spec>& specs() {
           "2bw: the first K optimizer steps use flush semantics, then 2bw; 0 = the paper's 2bw "
           "from step 0; ignored by flush and gpipe; the default is measured (docs/convergence.md)"),
       number_key(
+          "pipeline.weight_prediction",
+          +[](Deck& d) -> double& { return d.pipeline.weight_prediction; }, 0, false, 2,
+          "2bw: gamma of the weight prediction; after the warm-up, a batch runs on W(t) + "
+          "gamma (W(t) - W(t-1)) instead of the stale W(t); 0 = the paper's 2bw; costs one more "
+          "weight copy per stage; ignored by flush and gpipe (docs/convergence.md)"),
+      number_key(
           "pipeline.timeout_s", +[](Deck& d) -> double& { return d.pipeline.timeout_s; }, 0, true,
           kInf,
           "seconds a rank may wait on a peer before the run fails with a message naming both"),

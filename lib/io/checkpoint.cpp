@@ -134,6 +134,7 @@ void write_stage_file(const std::string& run_checkpoints, std::int64_t step, int
     file.set_attribute("/", "run_id", run_id_of(run_checkpoints));
     write_group(file, "params", *data.tensors, data.newest);
     write_group(file, "params_old", *data.tensors, data.old);
+    write_group(file, "params_predicted", *data.tensors, data.predicted);
     write_group(file, "optimizer/first", *data.tensors, data.first);
     write_group(file, "optimizer/second", *data.tensors, data.second);
   }
@@ -156,6 +157,7 @@ std::string commit_checkpoint(const std::string& run_checkpoints, std::int64_t s
     file.set_attribute("/", "optimizer_steps", state.optimizer_steps);
     file.set_attribute("/", "newest_version", std::int64_t{state.newest_version});
     file.set_attribute("/", "old_version", std::int64_t{state.old_version});
+    file.set_attribute("/", "predicted_version", std::int64_t{state.predicted_version});
     file.set_attribute("/", "optimizer", std::string(to_string(deck.train.optimizer.kind)));
     file.set_attribute("/", "stage_files", std::int64_t{stages});
     file.set_attribute("/", "run_id", run_id_of(run_checkpoints));
@@ -295,6 +297,13 @@ CheckpointReader::CheckpointReader(const std::string& folder, const config::Deck
   state_.optimizer_steps = ranged("optimizer_steps", 0, state_.step);
   state_.newest_version = static_cast<int>(ranged("newest_version", 0, state_.step));
   state_.old_version = static_cast<int>(ranged("old_version", -1, state_.newest_version - 1));
+  if (m.has_attribute("/", "predicted_version")) {
+    state_.predicted_version = static_cast<int>(ranged("predicted_version", -1, state_.step));
+    if (state_.predicted_version >= 0 && state_.predicted_version != state_.newest_version)
+      throw UserError(fmt::format(
+          "{}: predicted_version = {} but newest_version = {} (allowed: -1 or newest_version)",
+          manifest, state_.predicted_version, state_.newest_version));
+  }
   state_.run_id = m.string_attribute("/", "run_id");
   std::int64_t folder_step = 0;
   const std::string folder_name = fs::path(folder).lexically_normal().filename().string();

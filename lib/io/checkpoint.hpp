@@ -6,7 +6,10 @@
 //                          files and each one's FNV-1a 64 checksum (stage_<s>_checksum)
 //   step_<N>/stage_<s>.h5  attributes step, stage and run_id (the files of one checkpoint prove
 //                          they belong together); /params/<name> (the newest weights W(N)),
-//                          /params_old/<name> (W(N-1), 2bw only), /optimizer/first/<name>,
+//                          /params_old/<name> (the version batch N runs on, 2bw only; a
+//                          predicted one under weight prediction), /params_predicted/<name>
+//                          (C(N), the predicted weights of pipeline.weight_prediction, when they
+//                          differ from W(N)), /optimizer/first/<name>,
 //                          /optimizer/second/<name> (AdamW moments or SGD momentum); every tensor
 //                          under its global name (e.g. blocks/7/attn/qkv/weight) with its FNV-1a
 //                          checksum as an attribute
@@ -36,16 +39,17 @@ constexpr std::int64_t kCheckpointFormatVersion = 2;
 struct RunState {
   std::int64_t step = 0;  // completed optimizer steps; the next batch is `step`
   std::int64_t optimizer_steps =
-      0;                   // updates applied (skipped steps excluded): AdamW's bias correction
-  int newest_version = 0;  // W(newest) is /params
-  int old_version = -1;    // W(old) is /params_old, -1 without
-  std::string run_id;      // of the run that wrote it (read from the manifest)
+      0;                       // updates applied (skipped steps excluded): AdamW's bias correction
+  int newest_version = 0;      // W(newest) is /params
+  int old_version = -1;        // W(old) is /params_old, -1 without
+  int predicted_version = -1;  // C(newest) is /params_predicted, -1 without (optional)
+  std::string run_id;          // of the run that wrote it (read from the manifest)
 };
 
 // One stage's tensors, on the host.
 struct StageTensors {
-  const std::vector<model::TensorInfo>* tensors = nullptr;  // offsets into the flat vectors below
-  std::vector<float> newest, old, first, second;            // old, first, second may be empty
+  const std::vector<model::TensorInfo>* tensors = nullptr;   // offsets into the flat vectors below
+  std::vector<float> newest, old, predicted, first, second;  // all but newest may be empty
 };
 
 // Writes stage `stage`'s file into the temporary folder of checkpoint `step`.

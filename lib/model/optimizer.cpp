@@ -38,15 +38,16 @@ Optimizer::Optimizer(const config::TrainConfig& train, const std::vector<TensorI
 }
 
 void Optimizer::step(const Exec& exec, FloatView w_out, ConstFloatView w_in, ConstFloatView grad,
-                     double lr, double grad_scale) {
+                     double lr, double grad_scale, FloatView predicted, double gamma) {
   ++steps_;
+  const kernels::Prediction<float, Exec> prediction{predicted, gamma};
   if (config_.kind == config::OptimizerKind::adamw)
     kernels::adamw_update<float>(exec, w_out, w_in, grad, first_, second_, decay_, lr,
                                  config_.beta1, config_.beta2, config_.eps, config_.weight_decay,
-                                 steps_, grad_scale);
+                                 steps_, grad_scale, prediction);
   else
     kernels::sgd_update<float>(exec, w_out, w_in, grad, first_, decay_, lr, config_.momentum,
-                               config_.weight_decay, grad_scale);
+                               config_.weight_decay, grad_scale, prediction);
 }
 
 double clip_scale(double norm, double clip) {

@@ -19,9 +19,11 @@ class Optimizer {
   Optimizer(const config::TrainConfig& train, const std::vector<TensorInfo>& tensors,
             std::int64_t params);
 
-  // w_out = update(w_in, grad_scale · grad) with learning rate lr; counts one step.
+  // w_out = update(w_in, grad_scale · grad) with learning rate lr; counts one step. With a
+  // prediction (2bw's pipeline.weight_prediction), also predicted = w_out + gamma (w_out - w_in);
+  // `predicted` may be `grad` itself.
   void step(const Exec& exec, FloatView w_out, ConstFloatView w_in, ConstFloatView grad, double lr,
-            double grad_scale);
+            double grad_scale, FloatView predicted = FloatView(), double gamma = 0.0);
 
   std::int64_t steps_taken() const { return steps_; }
   void set_steps_taken(std::int64_t steps) { steps_ = steps; }  // when resuming

@@ -5,6 +5,7 @@
 
 #include "model/model_shape.hpp"
 #include "model/stage_model.hpp"
+#include "pipeline/weight_versions.hpp"
 #include "schedule/schedule.hpp"
 
 namespace p2bw::pipeline {
@@ -29,7 +30,10 @@ std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap
       mem.params += shape.head().params;
       stashed += shape.head().activations;
     }
-    mem.versions = deck.pipeline.schedule == config::ScheduleKind::two_bw ? 2 : 1;
+    // 2bw: two versions; under weight prediction two predicted ones beside the true weights.
+    mem.versions = predicts_weights(deck)                                   ? 3
+                   : deck.pipeline.schedule == config::ScheduleKind::two_bw ? 2
+                                                                            : 1;
     mem.in_flight =
         schedule::activation_bound(deck.pipeline.schedule, depth, deck.pipeline.microbatches, s);
     mem.weights = mem.params * kFloat * mem.versions;

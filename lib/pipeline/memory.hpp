@@ -16,7 +16,7 @@ namespace p2bw::pipeline {
 // or 1 floats per parameter, ...) and what they follow from.
 struct StageMemory : MemoryBytes {
   std::int64_t params = 0;  // parameters of the stage
-  int versions = 1;         // weight versions alive (2 under 2bw)
+  int versions = 1;         // weight versions alive (2 under 2bw, 3 with weight prediction)
   int in_flight = 0;        // most microbatches whose activations are stashed at once
 };
 

@@ -107,7 +107,7 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
     eval_totals_ = DoubleView("p2bw::eval_totals",
                               static_cast<size_t>(2 * per_pipeline * deck.pipeline.width));
   }
-  versions_ = WeightVersions(model_->num_params(), buffers_needed(deck));
+  versions_ = WeightVersions(model_->num_params(), buffers_needed(deck), predicts_weights(deck));
   if (resume) {
     steps_done_ = timed_through_ = resume->state().step;
     const int first_mb = static_cast<int>(steps_done_) * deck.pipeline.microbatches + 1;
@@ -117,6 +117,7 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
                   *model_, versions_, *optimizer_);
   } else {
     model_->init(versions_.add(0), deck.train.seed);
+    if (versions_.master().data()) Kokkos::deep_copy(exec_, versions_.master(), versions_.at(0));
   }
   versions_.make_gradients(exec_);
   timing_totals_ =
@@ -233,7 +234,7 @@ std::string PipelineTrainer::save_checkpoint(const std::string& checkpoints, int
 double PipelineTrainer::evaluate() {
   P2BW_ASSERT(has_validation(), "an evaluation needs a validation split");
   P2BW_ASSERT(!reduction_->active(), "an evaluation needs synchronize() first");
-  const model::FloatView w = versions_.at(versions_.newest());
+  const model::FloatView w = versions_.true_weights();
   const int m = deck_.pipeline.microbatches, width = deck_.pipeline.width;
   auto totals = Kokkos::create_mirror_view(eval_totals_);
   for (size_t i = 0; i < totals.extent(0); ++i) totals(i) = 0.0;
@@ -577,12 +578,18 @@ void PipelineTrainer::apply_update() {
              deck_.train.microbatch_size * deck_.model.seq_len;
   r.stop = totals.stop_votes > 0;
   // W(batch + 1) is written over the batch's gradients (the elementwise optimizer reads each
-  // gradient before it writes the weight).
+  // gradient before it writes the weight). Under weight prediction the master is updated in place
+  // and the compute version C(batch + 1) written over the gradients.
   compute_clock_.begin();
-  const model::FloatView newest = versions_.at(versions_.newest());
+  const model::FloatView master = versions_.master();
+  const model::FloatView newest = versions_.true_weights();
   const model::FloatView out = reduction_->gradients();
   if (r.skipped)
-    Kokkos::deep_copy(exec_, out, newest);  // versions still rotate
+    Kokkos::deep_copy(exec_, out, newest);  // versions still rotate; W(batch + 1) = W(batch)
+  else if (master.data())
+    optimizer_->step(exec_, master, master, out, r.lr,
+                     model::clip_scale(r.grad_norm, deck_.train.grad_clip), out,
+                     prediction_gamma(deck_, batch + 1));
   else
     optimizer_->step(exec_, out, newest, out, r.lr,
                      model::clip_scale(r.grad_norm, deck_.train.grad_clip));
@@ -594,7 +601,8 @@ void PipelineTrainer::apply_update() {
 
 void PipelineTrainer::account() {
   MemoryBytes use;
-  use.weights = (versions_.buffers() - 1) * versions_.floats() * 4;
+  use.weights =
+      (versions_.buffers() - 1 + (versions_.master().data() ? 1 : 0)) * versions_.floats() * 4;
   use.gradients = versions_.floats() * 4;
   use.optimizer = bytes(optimizer_->first()) + bytes(optimizer_->second());
   model::Cache probe = free_stashes_.empty() ? model::Cache{} : free_stashes_.front();

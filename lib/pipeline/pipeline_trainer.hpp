@@ -82,7 +82,7 @@ class PipelineTrainer {
   const StageMap& stage_map() const { return map_; }
   model::StageModel& model() { return *model_; }
   // W(newest): after synchronize(), the weights the next update starts from.
-  model::FloatView newest_weights() const { return versions_.at(versions_.newest()); }
+  model::FloatView newest_weights() const { return versions_.true_weights(); }
   // High-water mark of this rank's allocations.
   const MemoryBytes& memory() const { return peak_; }
   // Every stage's timing (replica 0) of the steps that became known, one vector per step in

@@ -7,6 +7,7 @@
 #include "core/error.hpp"
 #include "model/lr_schedule.hpp"
 #include "pipeline/test_hooks.hpp"
+#include "pipeline/weight_versions.hpp"
 
 namespace p2bw::pipeline {
 
@@ -21,6 +22,10 @@ SingleRankTrainer::SingleRankTrainer(const config::Deck& deck,
   w_new_ = model::FloatView("p2bw::weights_a", n);
   model_.init(w_new_, deck.train.seed);
   w_old_ = w_new_;  // one version until 2bw starts
+  if (predicts_weights(deck)) {
+    master_ = model::FloatView("p2bw::weights_master", n);
+    Kokkos::deep_copy(master_, w_new_);
+  }
   grads_ = model::FloatView("p2bw::grads", n);
   cache_ = model_.make_cache();
 }
@@ -39,7 +44,7 @@ double SingleRankTrainer::evaluate() {
         loader.microbatch(t, j, r, host_tokens.data(), host_targets.data());
         Kokkos::deep_copy(exec_, cache_.tokens, host_tokens);
         Kokkos::deep_copy(exec_, cache_.targets, host_targets);
-        const double mean = model_.forward(exec_, w_new_, cache_, model::FloatView());
+        const double mean = model_.forward(exec_, weights(), cache_, model::FloatView());
         loss += mean * cache_.loss_positions;
         positions += cache_.loss_positions;
       }
@@ -82,20 +87,26 @@ StepResult SingleRankTrainer::step() {
   result.lr = model::learning_rate(deck_.train, t);
   result.skipped = !std::isfinite(result.grad_norm);
 
+  const double scale = model::clip_scale(result.grad_norm, deck_.train.grad_clip);
+  // Under weight prediction every update writes the master in place and the compute version
+  // C(t + 1) into the buffer the next version lives in.
+  const double gamma = prediction_gamma(deck_, static_cast<int>(t + 1));
   if (!delayed(t)) {
-    // Vanilla: one buffer updated in place.
-    if (!result.skipped)
-      optimizer_.step(exec_, w_new_, w_new_, grads_, result.lr,
-                      model::clip_scale(result.grad_norm, deck_.train.grad_clip));
+    // Vanilla: one buffer updated in place (C(t + 1) = W(t + 1) in the warm-up).
+    if (!result.skipped && master_.data())
+      optimizer_.step(exec_, master_, master_, grads_, result.lr, scale, w_new_, gamma);
+    else if (!result.skipped)
+      optimizer_.step(exec_, w_new_, w_new_, grads_, result.lr, scale);
   } else {
     // 2bw: the gradient was taken at W_old; W_next = Opt(W_new, g) goes into the retired buffer.
     if (!spare_.data()) spare_ = model::FloatView("p2bw::weights_b", w_new_.extent(0));
     model::FloatView next = w_old_.data() == w_new_.data() ? spare_ : w_old_;
     if (result.skipped)
-      Kokkos::deep_copy(exec_, next, w_new_);  // still rotate the versions
+      Kokkos::deep_copy(exec_, next, weights());  // still rotate the versions
+    else if (master_.data())
+      optimizer_.step(exec_, master_, master_, grads_, result.lr, scale, next, gamma);
     else
-      optimizer_.step(exec_, next, w_new_, grads_, result.lr,
-                      model::clip_scale(result.grad_norm, deck_.train.grad_clip));
+      optimizer_.step(exec_, next, w_new_, grads_, result.lr, scale);
     w_old_ = w_new_;
     w_new_ = next;
   }

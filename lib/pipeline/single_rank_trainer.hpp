@@ -2,7 +2,9 @@
 // accumulation, the tied-embedding gradient sum, global-norm clipping with a non-finite check,
 // and the optimizer. It is the semantic reference for every pipelined layout: flush and gpipe are
 // plain minibatch training; 2bw applies W(t+1) = W(t) - lr·∇f(W(t-1)) with two weight buffers
-// swapped by handle, after pipeline.sync_warmup_steps steps of flush semantics.
+// swapped by handle, after pipeline.sync_warmup_steps steps of flush semantics; with
+// pipeline.weight_prediction the two buffers hold predicted compute versions beside a master of
+// the true weights (pipeline/weight_versions.hpp).
 #pragma once
 
 #include <cstdint>
@@ -38,7 +40,7 @@ class SingleRankTrainer {
   std::int64_t steps_done() const { return steps_done_; }
   model::StageModel& model() { return model_; }
   // The newest weights W(t) (what the next update starts from).
-  model::FloatView weights() const { return w_new_; }
+  model::FloatView weights() const { return master_.data() ? master_ : w_new_; }
   // The weights the next step's gradient is taken at (W(t-1) under 2bw, else W(t)).
   model::FloatView gradient_weights() const { return w_old_; }
   model::FloatView gradients() const { return grads_; }
@@ -53,6 +55,7 @@ class SingleRankTrainer {
   model::Optimizer optimizer_;
   model::Exec exec_;
   model::FloatView w_old_, w_new_, spare_;  // spare_ is the second buffer once 2bw starts
+  model::FloatView master_;                 // the true W(t) under weight prediction
   model::FloatView grads_;
   model::Cache cache_;
   std::int64_t steps_done_ = 0;

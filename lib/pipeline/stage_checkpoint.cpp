@@ -32,8 +32,10 @@ std::string save_stage_checkpoint(const std::string& checkpoints, int keep, std:
   if (grid.replica() == 0) {
     io::StageTensors data;
     data.tensors = &model.tensors();
-    data.newest = to_host(versions.at(static_cast<int>(step)));
+    data.newest = to_host(versions.true_weights());
     if (old >= 0) data.old = to_host(versions.at(old));
+    if (prediction_gamma(deck, static_cast<int>(step)) > 0)
+      data.predicted = to_host(versions.at(static_cast<int>(step)));
     if (optimizer.first().data()) data.first = to_host(optimizer.first());
     if (optimizer.second().data()) data.second = to_host(optimizer.second());
     io::write_stage_file(checkpoints, step, grid.stage(), data);
@@ -47,6 +49,8 @@ std::string save_stage_checkpoint(const std::string& checkpoints, int keep, std:
     state.optimizer_steps = optimizer.steps_taken();
     state.newest_version = static_cast<int>(step);
     state.old_version = old;
+    state.predicted_version =
+        prediction_gamma(deck, static_cast<int>(step)) > 0 ? static_cast<int>(step) : -1;
     folder = io::commit_checkpoint(checkpoints, step, deck, state, grid.depth(), keep);
   }
   collectives.barrier(comm::Group::world, what + " (committed)");
@@ -70,7 +74,13 @@ void restore_stage(const io::CheckpointReader& checkpoint, int oldest_needed,
     throw UserError(fmt::format(
         "checkpoint after step {}: its newest weights are version {} (allowed: version {})", step,
         state.newest_version, step));
-  load_stage_tensors(checkpoint, "params", model, versions.add(step));
+  const FloatView newest = versions.add(step);
+  load_stage_tensors(checkpoint, "params", model, newest);
+  if (versions.master().data()) {
+    Kokkos::deep_copy(versions.master(), newest);
+    if (state.predicted_version == step)
+      load_stage_tensors(checkpoint, "params_predicted", model, newest);
+  }
   if (oldest_needed < step) {
     P2BW_ASSERT(oldest_needed == step - 1,
                 "a resumed schedule needs W(step) and W(step-1) at most");

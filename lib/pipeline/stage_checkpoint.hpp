@@ -17,7 +17,9 @@
 namespace p2bw::pipeline {
 
 // Collective: writes checkpoint `step` (no update may be pending: W(step) is the newest version;
-// under 2bw W(step-1) is saved too) and returns its folder on rank 0 ("" elsewhere).
+// under 2bw the version batch `step` runs on is saved too, and under weight prediction the true
+// W(step) as /params with C(step) as /params_predicted) and returns its folder on rank 0 (""
+// elsewhere).
 std::string save_stage_checkpoint(const std::string& checkpoints, int keep, std::int64_t step,
                                   const config::Deck& deck, const comm::ProcessGrid& grid,
                                   comm::Collectives& collectives, const model::StageModel& model,
@@ -34,6 +36,8 @@ void load_stage_tensors(const io::CheckpointReader& checkpoint, const std::strin
 // its warm-up), W(step-1): the checkpoint's old version, or a copy of W(step) when it has none
 // (a flush or gpipe checkpoint resumed under 2bw starts from its one version); and the optimizer
 // state. An old version the schedule does not need (2bw resumed under flush) is not loaded.
+// Under weight prediction the master gets W(step) and version `step` the checkpoint's C(step)
+// (W(step) when it has none: the prediction restarts from the true weights).
 void restore_stage(const io::CheckpointReader& checkpoint, int oldest_needed,
                    const model::StageModel& model, WeightVersions& versions,
                    model::Optimizer& optimizer);

@@ -8,13 +8,27 @@
 
 namespace p2bw::pipeline {
 
-WeightVersions::WeightVersions(std::int64_t floats, int buffers)
+bool predicts_weights(const config::Deck& deck) {
+  return deck.pipeline.schedule == config::ScheduleKind::two_bw &&
+         deck.pipeline.weight_prediction > 0 && deck.pipeline.sync_warmup_steps < deck.train.steps;
+}
+
+double prediction_gamma(const config::Deck& deck, int version) {
+  return predicts_weights(deck) && version > deck.pipeline.sync_warmup_steps
+             ? deck.pipeline.weight_prediction
+             : 0.0;
+}
+
+WeightVersions::WeightVersions(std::int64_t floats, int buffers, bool master)
     : floats_(floats), buffers_(buffers) {
   P2BW_ASSERT(buffers >= 2 && buffers <= 3, "a stage has 2 or 3 weight and gradient buffers");
   for (int b = 0; b < buffers; ++b)
     free_.emplace_back(Kokkos::view_alloc(Kokkos::WithoutInitializing,
                                           fmt::format("p2bw::weights_{}", char('a' + b))),
                        static_cast<size_t>(floats));
+  if (master)
+    master_ = FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::weights_master"),
+                        static_cast<size_t>(floats));
 }
 
 FloatView WeightVersions::at(int version) const {

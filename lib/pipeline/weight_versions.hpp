@@ -5,21 +5,34 @@
 // then W(t+1), and the buffer of a version no microbatch needs any more is zeroed to accumulate
 // the next batch's gradients. So a deferred update (2bw) needs no extra copy either: batch t+1
 // accumulates into the retired version's buffer while batch t's gradients are still reduced.
+//
+// With weight prediction (2bw's pipeline.weight_prediction = gamma > 0) the versions are compute
+// versions: C(v) = W(v) + gamma (W(v) - W(v-1)) for v > K (K = the flush warm-up), W(v) itself
+// up to K, and a fourth buffer, the master, holds the true W(newest). Each update writes the
+// master in place and C(v) over the batch's gradients, so the rotation above is unchanged.
 #pragma once
 
 #include <map>
 #include <string>
 #include <vector>
 
+#include "config/deck.hpp"
 #include "core/device.hpp"
 
 namespace p2bw::pipeline {
 
+// Whether a run keeps a master copy: 2bw with a weight prediction and a 2bw phase.
+bool predicts_weights(const config::Deck& deck);
+// The gamma with which the update that writes W(version) writes compute version C(version): the
+// deck's for versions after the warm-up (a batch runs on C(v) only when W(v) is stale), else 0.
+double prediction_gamma(const config::Deck& deck, int version);
+
 class WeightVersions {
  public:
   // `buffers` flat buffers of `floats` each (2 or 3), named for Kokkos's tools; the first holds
-  // nothing yet, the others are free until used.
-  WeightVersions(std::int64_t floats, int buffers);
+  // nothing yet, the others are free until used. With `master`, one more buffer for the true
+  // weights.
+  WeightVersions(std::int64_t floats, int buffers, bool master = false);
 
   bool holds(int version) const { return held_.count(version) != 0; }
   // The buffer of W(version); InternalError naming the versions held when it is not held.
@@ -42,7 +55,12 @@ class WeightVersions {
   // Frees the buffers of every version older than `version`, the newest excepted.
   void retire_older_than(int version);
 
-  int buffers() const { return buffers_; }  // allocated, in use or free
+  // The true W(newest) under weight prediction; empty without.
+  FloatView master() const { return master_; }
+  // The newest true weights: the master, or else the newest version.
+  FloatView true_weights() const { return master_.data() ? master_ : at(newest()); }
+
+  int buffers() const { return buffers_; }  // allocated, in use or free; the master excepted
   std::int64_t floats() const { return floats_; }
 
  private:
@@ -53,6 +71,7 @@ class WeightVersions {
   std::map<int, FloatView> held_;  // version -> buffer
   FloatView gradients_;
   std::vector<FloatView> free_;
+  FloatView master_;
 };
 
 }  // namespace p2bw::pipeline

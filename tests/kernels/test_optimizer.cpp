@@ -1,6 +1,7 @@
 // Tests of kernels/adamw.hpp, kernels/sgd.hpp and kernels/decay_ranges.hpp: several steps against
 // hand-written scalar loops (bias correction, decay ranges, grad_scale), out of place (the input
-// version stays untouched) and in place, for float and double weights.
+// version stays untouched) and in place, for float and double weights; the weight prediction
+// written beside the update (kernels/prediction.hpp), over the gradient buffer.
 #include "kernels/adamw.hpp"
 #include "kernels/sgd.hpp"
 
@@ -198,6 +199,40 @@ TEST(Sgd, MatchesScalarLoop) {
     check_sgd<float>(SgdConfig(), in_place, 60);
     check_sgd<double>(SgdConfig(), in_place, 61);
     check_sgd<float>(plain, in_place, 62);
+  }
+}
+
+// The prediction over the gradient (as 2bw's executor writes it): the weights are the same bits
+// as without a prediction, and out = w' + gamma (w' - w) from the rounded w'.
+TEST(Prediction, WrittenOverTheGradientBesideAnInPlaceUpdate) {
+  for (bool adamw : {true, false}) {
+    Buf<float> w(kN), grad(kN), w_plain(kN), grad_copy(kN), m(kN), v(kN), m2(kN), v2(kN);
+    fill_random(w, 70);
+    fill_random(w_plain, 70);
+    fill_random(grad, 71);
+    fill_random(grad_copy, 71);
+    for (Buf<float>* b : {&m, &v, &m2, &v2}) b->fill(0.0f);
+    const std::vector<float> before = w.values();
+    const DecayRanges<Exec> ranges(Exec(), kDecay);
+    const double gamma = 0.75;
+    const Prediction<float, Exec> prediction{grad.d, gamma};
+    if (adamw) {
+      adamw_update<float>(Exec(), w.d, w.d, grad.d, m.d, v.d, ranges, 1e-2, 0.9, 0.95, 1e-8, 0.1, 1,
+                          0.5, prediction);
+      adamw_update<float>(Exec(), w_plain.d, w_plain.d, grad_copy.d, m2.d, v2.d, ranges, 1e-2, 0.9,
+                          0.95, 1e-8, 0.1, 1, 0.5);
+    } else {
+      sgd_update<float>(Exec(), w.d, w.d, grad.d, m.d, ranges, 5e-2, 0.9, 0.01, 0.5, prediction);
+      sgd_update<float>(Exec(), w_plain.d, w_plain.d, grad_copy.d, m2.d, ranges, 5e-2, 0.9, 0.01,
+                        0.5);
+    }
+    const std::vector<float> after = w.values(), predicted = grad.values();
+    EXPECT_EQ(after, w_plain.values()) << (adamw ? "adamw" : "sgd");
+    for (int i = 0; i < kN; ++i) {
+      const float want = after[i] + static_cast<float>(gamma) * (after[i] - before[i]);
+      EXPECT_EQ(predicted[i], want) << (adamw ? "adamw " : "sgd ") << i;
+      EXPECT_NE(predicted[i], after[i]) << i;
+    }
   }
 }
 

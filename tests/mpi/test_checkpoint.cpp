@@ -120,13 +120,19 @@ bool same_bits(double a, double b) {
 
 TEST(Checkpoint, ResumeEqualsTheUninterruptedRunBitForBit) {
   const int d = world_size();
-  for (auto [schedule, warmup] :
-       std::vector<std::pair<config::ScheduleKind, int>>{{config::ScheduleKind::flush, 0},
-                                                         {config::ScheduleKind::gpipe, 0},
-                                                         {config::ScheduleKind::two_bw, 0},
-                                                         {config::ScheduleKind::two_bw, 2},
-                                                         {config::ScheduleKind::two_bw, 4}}) {
-    const config::Deck dk = deck(schedule, warmup, d, 1, 2 * d);
+  // (schedule, warm-up, weight prediction): with prediction the checkpoint after step 3 holds the
+  // true W(3), the predicted C(3) and the version batch 3 runs on (predicted without a warm-up).
+  for (auto [schedule, warmup, prediction] :
+       std::vector<std::tuple<config::ScheduleKind, int, double>>{
+           {config::ScheduleKind::flush, 0, 0.0},
+           {config::ScheduleKind::gpipe, 0, 0.0},
+           {config::ScheduleKind::two_bw, 0, 0.0},
+           {config::ScheduleKind::two_bw, 2, 0.0},
+           {config::ScheduleKind::two_bw, 4, 0.0},
+           {config::ScheduleKind::two_bw, 0, 1.0},
+           {config::ScheduleKind::two_bw, 2, 1.0}}) {
+    config::Deck dk = deck(schedule, warmup, d, 1, 2 * d);
+    dk.pipeline.weight_prediction = prediction;
     const std::string folder = shared_folder("p2bw_ckpt_resume");
     Outcome whole, resumed;
     with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
@@ -145,7 +151,7 @@ TEST(Checkpoint, ResumeEqualsTheUninterruptedRunBitForBit) {
       resumed = finish(trainer, dk.train.steps);
     });
     const std::string label =
-        std::string(to_string(schedule)) + " warm-up " + std::to_string(warmup);
+        fmt::format("{} warm-up {} prediction {}", to_string(schedule), warmup, prediction);
     ASSERT_EQ(resumed.losses.size(), 4u) << label;
     for (size_t i = 0; i < 4; ++i)
       EXPECT_TRUE(same_bits(resumed.losses[i], whole.losses[3 + i])) << label << " step " << 4 + i;

@@ -27,8 +27,11 @@ TEST(PipelineMemory, MeasuredMatchesPredicted) {
     text += "All happy families are alike; each unhappy family is unhappy in its own way. ";
   auto tokens = std::make_shared<data::Tokens>(data::tokenize_bytes(text));
   const int d = world_size();
-  for (auto schedule :
-       {config::ScheduleKind::flush, config::ScheduleKind::gpipe, config::ScheduleKind::two_bw}) {
+  // (schedule, weight prediction): with prediction 2bw keeps a third weight copy.
+  for (auto [schedule, prediction] :
+       {std::pair{config::ScheduleKind::flush, 0.0}, std::pair{config::ScheduleKind::gpipe, 0.0},
+        std::pair{config::ScheduleKind::two_bw, 0.0},
+        std::pair{config::ScheduleKind::two_bw, 1.0}}) {
     for (auto [recompute, validation] : {std::pair{false, false}, std::pair{true, false},
                                          std::pair{false, true}, std::pair{true, true}}) {
       config::Deck deck;
@@ -38,6 +41,7 @@ TEST(PipelineMemory, MeasuredMatchesPredicted) {
       deck.pipeline.microbatches = 2 * d;
       deck.pipeline.recompute = recompute;
       deck.pipeline.sync_warmup_steps = 0;
+      deck.pipeline.weight_prediction = prediction;
       deck.train.microbatch_size = 2;
       deck.train.steps = 3;
       deck.data.val_fraction = validation ? 0.2 : 0.0;  // with an evaluation after the steps
@@ -50,9 +54,9 @@ TEST(PipelineMemory, MeasuredMatchesPredicted) {
       const StageMemory predicted =
           predict_memory(deck, trainer.stage_map())[static_cast<size_t>(grid.stage())];
       const MemoryBytes& measured = trainer.memory();
-      const std::string label = fmt::format("{} {}{} stage {} of {}", to_string(schedule),
-                                            recompute ? "recompute" : "stash",
-                                            validation ? " with validation" : "", grid.stage(), d);
+      const std::string label = fmt::format(
+          "{}{} {}{} stage {} of {}", to_string(schedule), prediction > 0 ? " prediction" : "",
+          recompute ? "recompute" : "stash", validation ? " with validation" : "", grid.stage(), d);
       EXPECT_LE(trainer.peak_in_flight(),
                 schedule::activation_bound(schedule, d, deck.pipeline.microbatches, grid.stage()))
           << label;
