@@ -791,7 +791,7 @@ std::vector<KeyInfo> deck_keys() {
       else
         fallback = spec.write(defaults);
       if (spec.path == "pipeline.microbatches") fallback = "2·pipeline.depth";
-      if (spec.path == "pipeline.sync_warmup_steps") fallback = "min(1000, ⌈3·train.steps/4⌉)";
+      if (spec.path == "pipeline.sync_warmup_steps") fallback = "min(1000, ⌈train.steps/2⌉)";
       if (spec.path == "output.dir") fallback = "runs/<deck name>";
     }
     keys.push_back({spec.path, type_name(spec.type), spec.allowed, fallback, spec.help});

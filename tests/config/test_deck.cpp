@@ -84,13 +84,16 @@ TEST_F(DeckTest, MicrobatchesDefaultToTwiceTheDepth) {
   EXPECT_EQ(deck.pipeline.microbatches, 6);
 }
 
-TEST_F(DeckTest, TwoBwKeepsItsDefaultWarmup) {
-  // min(1000, ⌈3·steps/4⌉): three quarters of a short run, 1000 steps of a long one.
+TEST_F(DeckTest, TwoBwKeepsItsDefaultWarmupAndPrediction) {
+  // min(1000, ⌈steps/2⌉): half of a short run, 1000 steps of a long one; then 2bw with weight
+  // prediction 1.5.
   const std::string two_bw = replace(kBase, "schedule: flush", "schedule: 2bw");
-  EXPECT_EQ(parse(two_bw, {"train.steps=200"}).pipeline.sync_warmup_steps, 150);
-  EXPECT_EQ(parse(two_bw, {"train.steps=5"}).pipeline.sync_warmup_steps, 4);
+  EXPECT_EQ(parse(two_bw, {"train.steps=200"}).pipeline.sync_warmup_steps, 100);
+  EXPECT_EQ(parse(two_bw, {"train.steps=5"}).pipeline.sync_warmup_steps, 3);
   EXPECT_EQ(parse(two_bw, {"train.steps=100000"}).pipeline.sync_warmup_steps, 1000);
   EXPECT_EQ(parse(kBase, {"train.steps=200"}).pipeline.sync_warmup_steps, 0);  // flush
+  EXPECT_EQ(parse(two_bw).pipeline.weight_prediction, 1.5);
+  EXPECT_EQ(parse(two_bw, {"pipeline.weight_prediction=0"}).pipeline.weight_prediction, 0.0);
 }
 
 TEST_F(DeckTest, ResolvedYamlRoundTrips) {
