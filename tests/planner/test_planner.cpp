@@ -538,5 +538,86 @@ TEST(CostModel, StepTimeComesFromTheProfile) {
   EXPECT_NEAR(p.batch_time_s, before + p.step_time_s, 1e-12);
 }
 
+// The paper's setting (shared/design/pipedream-2bw.md, "The paper's results"): 8 nodes x 8
+// V100-16GB (inputs/clusters/v100-p3.yaml), mixed precision (bf16 for the paper's fp16: the file
+// says why), GPT-2.2B and GPT-3.8B (inputs/gpt-2.2b.yaml, gpt-3.8b.yaml: the paper's shapes,
+// T = 512), global batch B = 512, the analytic profile of p2bw plan (b = 1 .. 64), 2bw (the
+// paper's planner plans 2bw). The paper's planner chose (w, d) = (8, 8) for 2.2B and (4, 16) for
+// 3.8B and measured about 160 and 127 sequences/s. p2bw agrees on 2.2B. On 3.8B it keeps w = 8
+// (d = 7 and 8 tie): at b = 1 their first stage fits 16 GB with about 0.5 GB to spare in p2bw's
+// memory model, which stashes no attention probabilities or dropout masks (flash-style
+// attention) where the paper's Megatron-based prototype kept several GB more activations per
+// stage; the paper's (4, 16) fits with room and is predicted within 10% of its measured rate
+// (docs/planner.md, "The paper's setting").
+SearchResult paper_search(const config::Deck& deck, const Cluster& cluster) {
+  const Profile profile = analytic_profile(deck.model, cluster.flops_for(config::Precision::bf16),
+                                           {1, 2, 4, 8, 16, 32, 64});
+  SearchOptions options;
+  options.global_batch_max = 512;
+  options.schedules = {config::ScheduleKind::two_bw};
+  return search(deck, cluster, profile, options);
+}
+
+config::Deck paper_deck(const std::string& name) {
+  config::LoadOptions load;
+  load.require_data = false;
+  load.overrides = {"model.precision=bf16"};
+  return config::load_deck(std::string(P2BW_SOURCE_DIR) + "/inputs/" + name, load);
+}
+
+std::int64_t worst_stage(const Prediction& p) {
+  return *std::max_element(p.peak_memory_bytes.begin(), p.peak_memory_bytes.end());
+}
+
+void print_top(const char* name, const SearchResult& r) {
+  for (size_t i = 0; i < std::min<size_t>(r.fitting.size(), 3); ++i) {
+    const Prediction& p = r.fitting[i];
+    std::printf("%s #%zu: w %d d %d b %d m %d%s: %.1f sequences/s, worst stage %.2f GB\n", name,
+                i + 1, p.candidate.width, p.candidate.depth, p.candidate.microbatch_size,
+                p.candidate.microbatches, p.candidate.recompute ? " recompute" : "",
+                p.samples_per_s, worst_stage(p) / 1e9);
+  }
+}
+
+TEST(Search, PaperSettingOnSixtyFourV100s) {
+  const Cluster cluster =
+      load_cluster(std::string(P2BW_SOURCE_DIR) + "/inputs/clusters/v100-p3.yaml");
+  const auto two_bw = config::ScheduleKind::two_bw;
+  {
+    const config::Deck deck = paper_deck("gpt-2.2b.yaml");
+    const SearchResult r = paper_search(deck, cluster);
+    ASSERT_FALSE(r.fitting.empty());
+    print_top("gpt-2.2b", r);
+    EXPECT_EQ(r.fitting.front().candidate.width, 8);
+    EXPECT_EQ(r.fitting.front().candidate.depth, 8);
+  }
+  const config::Deck deck = paper_deck("gpt-3.8b.yaml");
+  const SearchResult r = paper_search(deck, cluster);
+  ASSERT_FALSE(r.fitting.empty());
+  print_top("gpt-3.8b", r);
+  const Candidate& best = r.fitting.front().candidate;
+  EXPECT_EQ(best.width, 8);
+  EXPECT_TRUE(best.depth == 7 || best.depth == 8) << best.depth;
+  EXPECT_EQ(best.microbatch_size, 1);
+  EXPECT_FALSE(best.recompute);
+  // Why not (4, 16): (8, 8) at b = 1 fits, but within 5% of the memory limit ...
+  const Prediction eight = evaluate(apply(deck, Candidate{8, 8, 1, 64, two_bw, false}), cluster,
+                                    analytic_profile(deck.model, cluster.flops_bf16, {1}));
+  ASSERT_TRUE(eight.fits());
+  EXPECT_GT(worst_stage(eight), 0.95 * eight.memory_limit_bytes);
+  // ... and b = 2 does not fit: the stash of 8 microbatches in flight is what decides.
+  EXPECT_EQ(evaluate(apply(deck, Candidate{8, 8, 2, 32, two_bw, false}), cluster,
+                     analytic_profile(deck.model, cluster.flops_bf16, {2}))
+                .rejection,
+            Rejection::memory);
+  // The paper's (4, 16) fits with room and is predicted within 10% of its measured 127/s.
+  const Prediction paper = evaluate(apply(deck, Candidate{4, 16, 1, 128, two_bw, false}), cluster,
+                                    analytic_profile(deck.model, cluster.flops_bf16, {1}));
+  ASSERT_TRUE(paper.fits());
+  EXPECT_LT(worst_stage(paper), 0.7 * paper.memory_limit_bytes);
+  EXPECT_NEAR(paper.samples_per_s, 127, 12.7);
+  EXPECT_LT(paper.samples_per_s, eight.samples_per_s);
+}
+
 }  // namespace
 }  // namespace p2bw::planner
