@@ -35,13 +35,13 @@ r = run("check", "inputs/gpt-tiny.yaml", "--set", "model.precision=bf16")
 check("check predicts bf16 memory: bf16 compute versions plus one fp32 master",
       r.returncode == 0 and ", bf16)\n#   bf16: weights = 2 bf16 compute version(s) + one fp32 master" in r.stdout,
       r.stdout[-1500:] + r.stderr)
-for command in ("train", "bench"):
+for command in ("train", "bench", "profile"):
     r = run(command, "inputs/gpt-tiny.yaml", "--set", "model.precision=bf16", "--set", "output.dir=/tmp/p2bw-cli-bf16")
     check(f"{command} refuses bf16 with one line naming the key, exit 2",
           r.returncode == 2 and r.stderr.count("\n") == 1 and not r.stdout and
           f"model.precision: bf16 is not implemented in p2bw {command} yet" in r.stderr,
           f"exit {r.returncode}: {r.stdout[:300]} {r.stderr}")
-check("the refused train created no output folder", not os.path.exists("/tmp/p2bw-cli-bf16"))
+check("the refused commands created no output folder", not os.path.exists("/tmp/p2bw-cli-bf16"))
 r = run("plan", "inputs/gpt-tiny.yaml", "--cluster", "inputs/clusters/h100.yaml", "--set", "model.precision=bf16",
         "--top", "1")
 check("plan accepts bf16 with the cluster's bf16 rate", r.returncode == 0 and "4e+14 FLOP/s per device, bf16" in r.stdout,
