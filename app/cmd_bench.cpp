@@ -41,7 +41,7 @@ int run_bench(const Context& context, const std::string& path,
   alone.pipeline.depth = alone.pipeline.width = alone.pipeline.microbatches = 1;
   alone.pipeline.partition.clear();
   require_memory_for(alone, MPI_COMM_SELF, "p2bw bench");
-  kernels::set_tf32(deck.train.tf32);
+  model::set_kernel_precision(deck, "p2bw bench");
   char host[256] = {0};
   gethostname(host, sizeof(host) - 1);
   const int L = deck.model.layers, b = deck.train.microbatch_size, T = deck.model.seq_len;

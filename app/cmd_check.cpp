@@ -98,9 +98,15 @@ int run_check(const Context& context, const std::string& path,
     fmt::print("{:>5}  {:>6}  {:>14}  {}\n", s, map.stages[s].blocks, memory[s].params,
                parts(map.stages[s]));
   fmt::print("transport: {}\n", transport);
-  fmt::print("\n# predicted memory per rank of each stage ({}, b = {}, m = {}{})\n",
+  fmt::print("\n# predicted memory per rank of each stage ({}, b = {}, m = {}{}, {})\n",
              to_string(deck.pipeline.schedule), deck.train.microbatch_size,
-             deck.pipeline.microbatches, deck.pipeline.recompute ? ", recompute" : "");
+             deck.pipeline.microbatches, deck.pipeline.recompute ? ", recompute" : "",
+             to_string(deck.model.precision));
+  if (deck.model.precision == config::Precision::bf16)
+    fmt::print(
+        "#   bf16: weights = {} bf16 compute version(s) + one fp32 master; activations and "
+        "boundary buffers bf16; gradients, optimizer state and workspace fp32\n",
+        memory.front().versions);
   fmt::print("{:>5}  {:>8}  {:>9}  {:>11}  {:>11}  {:>11}  {:>11}  {:>11}  {:>11}\n", "stage",
              "versions", "in flight", "weights", "gradients", "optimizer", "activations", "buffers",
              "total");

@@ -100,7 +100,9 @@ int run_generate(const Context& context, const GenerateOptions& options) {
   const io::CheckpointReader checkpoint(folder, deck);
   const bool bytes = deck.model.vocab == 256;
   const std::vector<std::int32_t> prompt = prompt_ids(options, deck.model.vocab);
-  kernels::set_tf32(deck.train.tf32);
+  // The checkpoint holds fp32 weights in every precision; generation computes in fp32 (TF32
+  // GEMMs for a tf32 run), also for a bf16 run.
+  kernels::set_tf32(deck.model.precision == config::Precision::tf32);
   // The whole model, whichever layout wrote the checkpoint: tensors have global names.
   const int L = deck.model.layers;
   model::StageModel model(deck.model, 1, 0, L + 2);

@@ -104,11 +104,13 @@ int run_plan(const Context& context, const PlanOptions& options) {
     throw UserError(
         "--write-deck: writes the search's best configuration; --evaluate predicts the deck as it "
         "is (allowed: one of them)");
-  if (options.profile.empty() && !(cluster.flops_per_device > 0))
+  const config::Precision precision = deck.model.precision;
+  const double flops = cluster.flops_for(precision);
+  if (options.profile.empty() && !(flops > 0))
     throw UserError(fmt::format(
-        "{}: flops_per_device: is required without --profile (allowed: a number > 0 in the "
-        "cluster file, or --profile profile.h5 from p2bw profile)",
-        options.cluster));
+        "{}: flops_per_device.{}: is required without --profile for model.precision: {} (allowed: "
+        "a number > 0 in the cluster file, or --profile profile.h5 from p2bw profile)",
+        options.cluster, config::to_string(precision), config::to_string(precision)));
 
   planner::Profile profile;
   if (options.profile.empty()) {
@@ -116,15 +118,15 @@ int run_plan(const Context& context, const PlanOptions& options) {
     for (int b = 1; b <= kAnalyticLargestMicrobatch; b *= 2) sizes.push_back(b);
     if (options.evaluate && deck.train.microbatch_size > 0)
       sizes.push_back(deck.train.microbatch_size);
-    profile = planner::analytic_profile(deck.model, cluster.flops_per_device, sizes);
+    profile = planner::analytic_profile(deck.model, flops, sizes);
   } else {
     profile = planner::read_profile(options.profile);
     planner::check_profile_matches(profile, deck);
   }
   const bool json = options.format == "json";
   const std::string mode = profile.measured ? "measured profile " + options.profile
-                                            : fmt::format("analytic ({:.3g} FLOP/s per device)",
-                                                          cluster.flops_per_device);
+                                            : fmt::format("analytic ({:.3g} FLOP/s per device, {})",
+                                                          flops, config::to_string(precision));
 
   if (options.evaluate) {
     planner::EvaluateOptions evaluate_options;

@@ -27,6 +27,7 @@
 #include "io/metrics_file.hpp"
 #include "io/paths.hpp"
 #include "io/run_dir.hpp"
+#include "model/stage_model.hpp"
 #include "pipeline/memory.hpp"
 #include "pipeline/memory_limit.hpp"
 #include "pipeline/partition.hpp"
@@ -202,6 +203,8 @@ int run_train(const Context& context, const std::string& path,
   options.overrides = overrides;
   options.world_size = context.size;
   const config::Deck deck = comm::load_deck_collective(path, options, context.world);
+  // A precision the kernels lack is refused first, on every rank alike (rank 0 reports it).
+  model::set_kernel_precision(deck, "p2bw train");
   const comm::ProcessGrid grid(context.world, deck.pipeline.depth, deck.pipeline.width);
   // Every rank's GPU decides the transport; nccl asked for but impossible is the user's error.
   const comm::RankGpus gpus = comm::gather_rank_gpus(context.world);

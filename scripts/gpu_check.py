@@ -195,7 +195,7 @@ def main():
                        mpiexec + ["-n", str(n), c.bin("test_pipeline_exact")], 150)
         part_demo(c, mpiexec)
         part_bench(c, "fp32", [])
-        part_bench(c, "TF32", ["--set", "train.tf32=true"])
+        part_bench(c, "TF32", ["--set", "model.precision=tf32"])
         part_torch(c)
     write(c, env)
     failed = [r for r in c.rows if r["status"].startswith("FAIL")]

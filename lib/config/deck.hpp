@@ -20,6 +20,11 @@ enum class LrDecay { cosine, linear, constant };
 enum class DataFormat { text, tokens, llmc };
 // pipeline.transport: auto picks NCCL when every rank has a GPU of its own (comm/transport_choice).
 enum class TransportKind { automatic, nccl, mpi };
+// model.precision: what activations and the weights used in compute are stored in, and what the
+// GEMMs run in. fp32: everything fp32; tf32: fp32 storage, GEMMs on TF32 tensor cores (CUDA);
+// bf16: activations and compute copies of the weights in bf16, fp32 master weights, optimizer
+// state and gradient reduction (docs/deck.md, "Precision").
+enum class Precision { fp32, tf32, bf16 };
 
 struct ModelConfig {
   ModelKind kind = ModelKind::gpt;
@@ -28,6 +33,7 @@ struct ModelConfig {
   int heads = 0;    // NH; divides hidden
   int seq_len = 0;  // T
   int vocab = 256;  // V (padded to a multiple of 64 inside the model)
+  Precision precision = Precision::fp32;
 };
 
 struct PipelineConfig {
@@ -65,7 +71,6 @@ struct TrainConfig {
   double lr_min = 0.0;
   double grad_clip = 1.0;  // global gradient-norm clip; 0 disables
   int log_every = 10;      // steps between log lines
-  bool tf32 = false;       // allow TF32 tensor-core GEMMs on CUDA
   int eval_every = 0;      // steps between validation evaluations; 0 = after the last step only
   int eval_batches = 4;    // global batches of validation sequences per evaluation
 };
@@ -106,10 +111,17 @@ const char* to_string(ModelKind kind);
 const char* to_string(OptimizerKind kind);
 const char* to_string(LrDecay decay);
 const char* to_string(DataFormat format);
-const char* to_string(TransportKind kind);  // "auto", "nccl", "mpi"
+const char* to_string(TransportKind kind);   // "auto", "nccl", "mpi"
+const char* to_string(Precision precision);  // "fp32", "tf32", "bf16"
 
 // Where `key` was set (Deck::set_at), or the deck file when it was left at its default.
 std::string where_set(const Deck& deck, const std::string& key);
+
+// Bytes of one activation value and of one value of a weight copy used in compute: 2 in bf16,
+// else 4. Master weights, gradients and optimizer state are fp32 (4 bytes) in every precision.
+inline int compute_bytes(Precision precision) {
+  return precision == Precision::bf16 ? 2 : 4;
+}
 
 // Vocabulary padded to a multiple of 64 (rows of the embedding and the LM head).
 inline int padded_vocab(int vocab) {

@@ -62,6 +62,18 @@ const char* to_string(TransportKind kind) {
   return "?";
 }
 
+const char* to_string(Precision precision) {
+  switch (precision) {
+    case Precision::fp32:
+      return "fp32";
+    case Precision::tf32:
+      return "tf32";
+    case Precision::bf16:
+      return "bf16";
+  }
+  return "?";
+}
+
 std::string where_set(const Deck& deck, const std::string& key) {
   const auto it = deck.set_at.find(key);
   return it != deck.set_at.end() ? it->second : deck.source;
@@ -319,6 +331,12 @@ const std::vector<Spec>& specs() {
           "model.vocab", +[](Deck& d) -> int& { return d.model.vocab; }, 2, 1 << 24,
           "vocabulary size V (the byte tokenizer needs 256, BERT one more for its mask token); "
           "padded to a multiple of 64 internally"),
+      choice_key(
+          "model.precision", +[](Deck& d) -> Precision& { return d.model.precision; },
+          {Precision::fp32, Precision::tf32, Precision::bf16},
+          "fp32; tf32 = fp32 storage, TF32 tensor-core GEMMs (CUDA builds); bf16 = activations "
+          "and compute copies of the weights in bf16, fp32 master weights, optimizer state and "
+          "gradient reduction (check and plan only: the kernels are fp32 for now)"),
       integer_key(
           "pipeline.depth", +[](Deck& d) -> int& { return d.pipeline.depth; }, 1, 4096,
           "d: pipeline stages"),
@@ -408,9 +426,6 @@ const std::vector<Spec>& specs() {
       integer_key(
           "train.log_every", +[](Deck& d) -> int& { return d.train.log_every; }, 1, kBig,
           "steps between log lines"),
-      boolean_key(
-          "train.tf32", +[](Deck& d) -> bool& { return d.train.tf32; },
-          "allow TF32 tensor-core GEMMs (CUDA builds)"),
       integer_key(
           "train.eval_every", +[](Deck& d) -> int& { return d.train.eval_every; }, 0, kBig,
           "steps between validation-loss evaluations (needs data.val_fraction > 0); 0 = only "
@@ -517,9 +532,37 @@ std::string keys_under(const std::string& section) {
   return fmt::format("{}", fmt::join(names, ", "));
 }
 
+// Keys of earlier p2bw versions and what replaced them. A deck a user gives that still has one
+// is refused with the replacement (one line, exit 2); a deck that an earlier p2bw wrote (a
+// checkpoint's echo, LoadOptions::earlier_keys) is translated, so its runs stay readable.
+struct RetiredKey {
+  const char* path;
+  const char* replacement;  // what to write instead, for the message
+  const char* allowed;
+  void (*translate)(Deck& deck, const std::string& value);
+};
+
+const std::vector<RetiredKey>& retired_keys() {
+  static const std::vector<RetiredKey> keys = {
+      {"train.tf32", "was replaced by model.precision (train.tf32: true is model.precision: tf32)",
+       "model.precision: fp32 | tf32 | bf16",
+       [](Deck& deck, const std::string& value) {
+         if (value == "true" || value == "True") deck.model.precision = Precision::tf32;
+       }},
+  };
+  return keys;
+}
+
+const RetiredKey* find_retired(const std::string& path) {
+  for (const RetiredKey& key : retired_keys())
+    if (path == key.path) return &key;
+  return nullptr;
+}
+
 // Everything parse_deck learns besides the values: where each key was set.
 struct Origins {
   std::string source;
+  bool earlier_keys = false;           // translate retired keys (LoadOptions::earlier_keys)
   std::map<std::string, Where> where;  // key -> where it was set (absent: default)
   std::map<std::string, Where> sections;
 
@@ -552,6 +595,9 @@ void read_map(Deck& deck, const YAML::Node& map, const std::string& prefix, Orig
     if (const Spec* spec = find_spec(path)) {
       spec->read(deck, item.second, where);
       origins.where[path] = where;
+    } else if (const RetiredKey* retired = find_retired(path)) {
+      if (!origins.earlier_keys) fail(where, path, retired->replacement, retired->allowed);
+      if (item.second.IsScalar()) retired->translate(deck, item.second.Scalar());
     } else if (is_section(path)) {
       origins.sections[path] = where;
       if (item.second.IsNull()) continue;  // an empty section: all defaults
@@ -574,6 +620,8 @@ void apply_override(Deck& deck, const std::string& text, Origins& origins) {
   if (equals == std::string::npos || equals == 0)
     fail(where, text, "expected key.path=value", "e.g. --set pipeline.depth=4");
   const std::string path = text.substr(0, equals);
+  if (const RetiredKey* retired = find_retired(path))
+    fail(where, path, retired->replacement, retired->allowed);
   const Spec* spec = find_spec(path);
   if (!spec) {
     const std::string suggestion = did_you_mean(path);
@@ -716,6 +764,7 @@ Deck parse_deck(const std::string& yaml_text, const std::string& source,
                 const std::string& base_dir, const LoadOptions& options) {
   Origins origins;
   origins.source = source;
+  origins.earlier_keys = options.earlier_keys;
   YAML::Node root;
   try {
     root = YAML::Load(yaml_text);

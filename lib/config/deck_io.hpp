@@ -13,6 +13,9 @@ struct LoadOptions {
   std::vector<std::string> overrides;  // "key.path=value", applied after the file, in order
   int world_size = 0;                  // MPI ranks the run has; 0 = do not check d·w against it
   bool require_data = true;            // data.path must name an existing file
+  // The deck was written by p2bw, maybe an earlier version (a checkpoint's echo): keys that were
+  // replaced since are translated (train.tf32: true -> model.precision: tf32), not refused.
+  bool earlier_keys = false;
 };
 
 // Reads the deck file, applies the overrides, fills defaults and validates. Throws UserError.

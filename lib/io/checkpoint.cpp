@@ -243,6 +243,7 @@ config::Deck read_checkpoint_deck(const std::string& folder) {
   const std::unique_ptr<H5File> manifest = open_manifest(folder);
   config::LoadOptions options;
   options.require_data = false;
+  options.earlier_keys = true;  // written by the p2bw that trained, maybe an earlier version
   return config::parse_deck(manifest->string_attribute("/", "deck"),
                             manifest->path() + " (attribute deck)", folder, options);
 }

@@ -18,7 +18,9 @@ PartSize ModelShape::embedding() const {
   PartSize part;
   part.params = padded_vocab * hidden + seq_len * hidden;  // wte (Vp, C), wpe (T, C)
   part.activations = BT;  // backward needs only the token ids (B, T), stored as 32-bit integers
+  part.activations_32bit = BT;
   part.input = BT;
+  part.input_32bit = BT;
   part.flops_forward = static_cast<double>(BT) * hidden;
   return part;
 }
@@ -28,7 +30,9 @@ PartSize ModelShape::block() const {
   PartSize part;
   // ln1 (2C), qkv (C, 3C) + 3C, attn proj (C, C) + C, ln2 (2C), fc (C, 4C) + 4C, proj (4C, C) + C
   part.params = 12 * C * C + 13 * C;
-  slot_offsets(block_activations(), part.activations);
+  const BlockActivations<std::int64_t> a = block_activations();
+  slot_offsets(a, part.activations);
+  part.activations_32bit = a.ln1_mean + a.ln1_rstd + a.att_lse + a.ln2_mean + a.ln2_rstd;
   part.input = BT * C;  // residual stream (B, T, C)
   part.flops_forward = 24.0 * BT * C * C + 4.0 * BT * seq_len * C;
   return part;
@@ -38,7 +42,9 @@ PartSize ModelShape::head() const {
   const std::int64_t C = hidden, BT = microbatch * seq_len;
   PartSize part;
   part.params = 2 * C + padded_vocab * hidden;  // lnf (2C), tied wte copy (Vp, C)
-  slot_offsets(head_activations(), part.activations);
+  const HeadActivations<std::int64_t> a = head_activations();
+  slot_offsets(a, part.activations);
+  part.activations_32bit = a.lnf_mean + a.lnf_rstd + a.lse;
   part.input = BT * C;
   part.flops_forward = 2.0 * BT * C * padded_vocab;
   return part;

@@ -12,13 +12,26 @@
 
 namespace p2bw::model {
 
-// What one part holds. All tensors are fp32.
+// What one part holds, in values. The kernels keep every tensor in fp32 today; for
+// model.precision: bf16 the byte counts below put activations and stage-boundary tensors in bf16
+// and keep per-row statistics (LayerNorm mean and rstd, log-sum-exps) and token ids 32-bit.
 struct PartSize {
-  std::int64_t params = 0;  // parameters (the tied LM head counts its own copy)
-  std::int64_t activations =
-      0;                     // floats kept from forward for backward per microbatch, input included
-  std::int64_t input = 0;    // floats of the part's input per microbatch (a stage boundary)
-  double flops_forward = 0;  // per microbatch (2 per multiply-add)
+  std::int64_t params = 0;             // parameters (the tied LM head counts its own copy)
+  std::int64_t activations = 0;        // values kept for backward per microbatch, input included
+  std::int64_t activations_32bit = 0;  // of them, 32-bit in every precision (statistics, tokens)
+  std::int64_t input = 0;        // values of the part's input per microbatch (a stage boundary)
+  std::int64_t input_32bit = 0;  // of them, 32-bit in every precision (token ids)
+  double flops_forward = 0;      // per microbatch (2 per multiply-add)
+
+  // Bytes per microbatch in `precision`: the 32-bit values at 4 bytes, the others at
+  // config::compute_bytes(precision).
+  std::int64_t activation_bytes(config::Precision precision) const {
+    return 4 * activations_32bit +
+           config::compute_bytes(precision) * (activations - activations_32bit);
+  }
+  std::int64_t input_bytes(config::Precision precision) const {
+    return 4 * input_32bit + config::compute_bytes(precision) * (input - input_32bit);
+  }
 };
 
 // What one block keeps from forward for backward, one slot per tensor, in cache order. S is the

@@ -2,6 +2,8 @@
 // (llm.c's structure); see stage_model.hpp.
 #include "model/stage_model.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 
 #include "core/error.hpp"
@@ -9,6 +11,7 @@
 #include "kernels/crossentropy.hpp"
 #include "kernels/encoder.hpp"
 #include "kernels/gelu.hpp"
+#include "kernels/gemm.hpp"
 #include "kernels/layernorm.hpp"
 #include "kernels/matmul.hpp"
 #include "kernels/reduce.hpp"
@@ -102,6 +105,16 @@ WorkspaceSlots<std::int64_t> workspace_sizes(const ModelShape& shape, bool has_h
 }
 
 }  // namespace
+
+void set_kernel_precision(const config::Deck& deck, const std::string& who) {
+  if (deck.model.precision == config::Precision::bf16)
+    throw UserError(fmt::format(
+        "{}: model.precision: bf16 is not implemented in {} yet: the kernels compute in fp32 "
+        "only (bf16 kernels belong to the CUDA build, issue 18); p2bw check and p2bw plan "
+        "predict bf16 runs (allowed: fp32 | tf32)",
+        config::where_set(deck, "model.precision"), who));
+  kernels::set_tf32(deck.model.precision == config::Precision::tf32);
+}
 
 std::int64_t stage_workspace_floats(const ModelShape& shape, bool has_head) {
   std::int64_t total = 0;

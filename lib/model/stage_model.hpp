@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "config/deck.hpp"
@@ -28,6 +29,11 @@ struct Cache {
   IntView targets;         // (B, T) targets, data::kIgnore without loss (stage with the head)
   int loss_positions = 0;  // targets with a loss, counted by forward
 };
+
+// Sets the kernels up for the deck's model.precision before a StageModel computes: TF32 GEMMs for
+// tf32. The kernels compute in fp32 only for now, so bf16 is refused, `who` (p2bw train, bench,
+// profile) naming what refuses: UserError "WHERE: model.precision: ..." (exit 2).
+void set_kernel_precision(const config::Deck& deck, const std::string& who);
 
 // Floats of the transient buffers a StageModel of this shape allocates once (any part range;
 // the stage with the head also holds one microbatch's logits).

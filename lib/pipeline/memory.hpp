@@ -1,6 +1,7 @@
 // Predicted memory per pipeline stage (the paper's per-stage memory model): weights times
 // versions, gradients, optimizer state, stashed activations of the microbatches in flight and the
-// boundary buffers. The executor measures the same categories (MemoryBytes).
+// boundary buffers, in the deck's model.precision. The executor measures the same categories
+// (MemoryBytes).
 #pragma once
 
 #include <cstdint>
@@ -12,12 +13,22 @@
 
 namespace p2bw::pipeline {
 
-// The bytes by category (weights = params · 4 · versions, gradients = params · 4, optimizer = 2
-// or 1 floats per parameter, ...) and what they follow from.
+// The bytes by category and what they follow from. Per parameter:
+// - weights: fp32 and tf32 keep every version in fp32 (4 · versions bytes; the newest version is
+//   what the optimizer updates). bf16 keeps every version as a bf16 compute copy plus ONE fp32
+//   master of the newest version (2 · versions + 4 bytes): the optimizer updates the master in
+//   place and writes the next bf16 copy into the retired one; the older 2bw version is only read
+//   by forwards and backwards, never stepped, so it needs no master. 2bw: 8 bytes in every
+//   precision; flush and gpipe: 4 (fp32) or 6 (bf16). 2bw's weight prediction keeps the two
+//   versions as predicted copies beside an fp32 master: 12 bytes in fp32, still 8 in bf16.
+// - gradients: 4 (accumulated and all-reduced in fp32); optimizer: 8 (AdamW) or 4 (SGD).
+// Activations and boundary buffers: config::compute_bytes per value, statistics and token ids 4.
+// Workspace: 4 bytes per value (the fp32 kernels' transient buffers).
 struct StageMemory : MemoryBytes {
-  std::int64_t params = 0;  // parameters of the stage
-  int versions = 1;         // weight versions alive (2 under 2bw, 3 with weight prediction)
-  int in_flight = 0;        // most microbatches whose activations are stashed at once
+  std::int64_t params = 0;          // parameters of the stage
+  int versions = 1;                 // weight versions (compute copies) alive: 2 under 2bw
+  std::int64_t master_weights = 0;  // of weights: the fp32 master (bf16, or weight prediction)
+  int in_flight = 0;                // most microbatches whose activations are stashed at once
 };
 
 std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap& map);

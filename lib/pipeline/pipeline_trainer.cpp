@@ -9,7 +9,6 @@
 #ifdef P2BW_HAVE_NCCL_TRANSPORT
 #include "comm/nccl.hpp"
 #endif
-#include "kernels/gemm.hpp"
 #include "model/lr_schedule.hpp"
 #include "pipeline/stage_checkpoint.hpp"
 #include "pipeline/test_hooks.hpp"
@@ -70,7 +69,7 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
       versions_(0, 2) {
   if (!stream_.proof().ok())
     P2BW_INTERNAL_ERROR("the schedule fails the checker: " + stream_.proof().summary());
-  kernels::set_tf32(deck.train.tf32);  // train.tf32: TF32 tensor-core GEMMs for the whole run
+  model::set_kernel_precision(deck, "p2bw train");  // for the whole run
   const StageRange& range = map_.stages[static_cast<size_t>(grid.stage())];
   const int first_part = range.has_embedding ? 0 : 1 + range.first_block;
   const int end_part = 1 + range.first_block + range.blocks + (range.has_head ? 1 : 0);

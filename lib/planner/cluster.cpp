@@ -15,8 +15,29 @@
 
 namespace p2bw::planner {
 
+double Cluster::flops_for(config::Precision precision) const {
+  switch (precision) {
+    case config::Precision::fp32:
+      return flops_fp32;
+    case config::Precision::tf32:
+      return flops_tf32;
+    case config::Precision::bf16:
+      return flops_bf16;
+  }
+  return 0;
+}
+
+void Cluster::set_flops(config::Precision precision, double flops) {
+  (precision == config::Precision::fp32   ? flops_fp32
+   : precision == config::Precision::tf32 ? flops_tf32
+                                          : flops_bf16) = flops;
+}
+
 const std::vector<ClusterKey>& cluster_keys() {
   static const std::vector<ClusterKey> keys = {
+      {"format_version", "2", false,
+       "cluster file format; without it the file is format 1 (flops_per_device one number, the "
+       "fp32 rate)"},
       {"name", "any text", false, "a label for reports"},
       {"nodes", "an integer >= 1", true, "machines in the cluster"},
       {"devices_per_node", "an integer >= 1", true, "devices (= ranks) per machine"},
@@ -27,9 +48,9 @@ const std::vector<ClusterKey>& cluster_keys() {
        "effective bandwidth between devices of different nodes, GB/s"},
       {"intra_node_latency_us", "a number >= 0", true, "per-message latency inside a node, us"},
       {"inter_node_latency_us", "a number >= 0", true, "per-message latency across nodes, us"},
-      {"flops_per_device", "a number > 0", false,
-       "sustained FLOP/s of one device on the model's kernels (needed by the analytic cost "
-       "model, i.e. p2bw plan without --profile)"},
+      {"flops_per_device", "a map of fp32, tf32, bf16 to numbers > 0, each optional", false,
+       "sustained FLOP/s of one device on the model's kernels per model.precision (the analytic "
+       "cost model, p2bw plan without --profile, needs the deck's)"},
       {"gpus", "true or false", false, "devices are GPUs (default true; false: CPU ranks)"},
   };
   return keys;
@@ -89,6 +110,46 @@ double read_number(const std::string& source, const YAML::Node& node, const Clus
   return value;
 }
 
+const std::vector<config::Precision>& precisions() {
+  static const std::vector<config::Precision> all = {
+      config::Precision::fp32, config::Precision::tf32, config::Precision::bf16};
+  return all;
+}
+
+// flops_per_device: format 1 one number (the fp32 rate), format 2 a map precision -> FLOP/s.
+// `name` is the key's own node (messages about the whole value point at its line).
+void read_flops(const std::string& source, const YAML::Node& name, const YAML::Node& node,
+                const ClusterKey& key, Cluster& cluster) {
+  if (cluster.format_version == 1) {
+    if (node.IsMap())
+      fail(source, name, key.key,
+           "a map of rates per precision needs format_version: 2 (without it the file is format "
+           "1: one number, the fp32 rate)",
+           "format_version: 2 with the map, or one number > 0");
+    cluster.flops_fp32 = read_number(source, node, key, false);
+    return;
+  }
+  if (!node.IsMap())
+    fail(source, name, key.key,
+         "expected a map of precision: FLOP/s, got " +
+             (node.IsScalar() ? "'" + node.Scalar() + "'" : "a list"),
+         key.allowed);
+  std::set<std::string> seen;
+  for (const auto& entry : node) {
+    const std::string name = entry.first.IsScalar() ? entry.first.Scalar() : "?";
+    const ClusterKey rate{key.key + "." + name, "a number > 0", false, ""};
+    bool known = false;
+    for (config::Precision precision : precisions()) {
+      if (name != config::to_string(precision)) continue;
+      known = true;
+      if (!seen.insert(name).second)
+        fail(source, entry.first, rate.key, "is given twice", "each precision once");
+      cluster.set_flops(precision, read_number(source, entry.second, rate, false));
+    }
+    if (!known) fail(source, entry.first, rate.key, "unknown precision", "fp32 | tf32 | bf16");
+  }
+}
+
 }  // namespace
 
 Cluster parse_cluster(const std::string& yaml_text, const std::string& source) {
@@ -104,14 +165,17 @@ Cluster parse_cluster(const std::string& yaml_text, const std::string& source) {
                                 allowed_keys()));
   std::set<std::string> known, seen;
   for (const ClusterKey& key : cluster_keys()) known.insert(key.key);
+  YAML::Node flops_name;  // the flops_per_device key itself, for its line
   for (const auto& entry : root) {
     const std::string name = entry.first.Scalar();
     if (!known.count(name)) fail(source, entry.first, name, "unknown key", allowed_keys());
     if (!seen.insert(name).second)
       fail(source, entry.first, name, "is given twice", "each key once");
+    if (name == "flops_per_device") flops_name = entry.first;
   }
   Cluster cluster;
   cluster.source = source;
+  cluster.format_version = 1;  // a file without format_version predates it
   for (const ClusterKey& key : cluster_keys()) {
     const YAML::Node node = root[key.key];
     if (!node.IsDefined() || node.IsNull()) {
@@ -123,6 +187,13 @@ Cluster parse_cluster(const std::string& yaml_text, const std::string& source) {
       continue;
     }
     const std::string& k = key.key;
+    if (k == "format_version") {
+      const long long version = read_integer(source, node, key, 1);
+      if (version != kClusterFormatVersion)
+        fail(source, node, key.key, fmt::format("{} is not supported", version),
+             fmt::format("{}, or no format_version for format 1", kClusterFormatVersion));
+      cluster.format_version = static_cast<int>(version);
+    }
     if (k == "name") cluster.name = scalar_text(source, node, key);
     if (k == "nodes") cluster.nodes = static_cast<int>(read_integer(source, node, key, 1));
     if (k == "devices_per_node")
@@ -137,7 +208,7 @@ Cluster parse_cluster(const std::string& yaml_text, const std::string& source) {
       cluster.intra_node_latency_us = read_number(source, node, key, true);
     if (k == "inter_node_latency_us")
       cluster.inter_node_latency_us = read_number(source, node, key, true);
-    if (k == "flops_per_device") cluster.flops_per_device = read_number(source, node, key, false);
+    if (k == "flops_per_device") read_flops(source, flops_name, node, key, cluster);
     if (k == "gpus") {
       const std::string text = scalar_text(source, node, key);
       if (text != "true" && text != "false")

@@ -1,13 +1,20 @@
 // The cluster file of `p2bw plan`: how many nodes and devices, device memory, link bandwidths and
-// latencies, and the sustained FLOP/s used by the analytic cost model. Read from YAML and
-// validated like the deck: every mistake is a one-line UserError "FILE:LINE: key: problem
-// (allowed: ...)".
+// latencies, and the sustained FLOP/s per precision used by the analytic cost model. Read from
+// YAML and validated like the deck: every mistake is a one-line UserError "FILE:LINE: key:
+// problem (allowed: ...)".
+// Format 2 (format_version: 2): flops_per_device is a map precision -> FLOP/s (fp32, tf32, bf16,
+// each optional). Format 1 (no format_version key) is still read: its flops_per_device is one
+// number, the fp32 rate (as every format-1 file shipped with p2bw stated).
 #pragma once
 
 #include <string>
 #include <vector>
 
+#include "config/deck.hpp"
+
 namespace p2bw::planner {
+
+constexpr int kClusterFormatVersion = 2;
 
 struct Cluster {
   std::string name;                      // free text, for reports
@@ -18,11 +25,16 @@ struct Cluster {
   double inter_node_bandwidth_gbps = 0;  // GB/s between ranks of different nodes
   double intra_node_latency_us = 0;      // microseconds per message inside a node
   double inter_node_latency_us = 0;      // microseconds per message across nodes
-  double flops_per_device = 0;  // sustained FLOP/s of one device (analytic mode); 0: not given
-  bool gpus = true;             // devices are GPUs (jobscripts ask for them)
-  std::string source;           // the file it was read from
+  int format_version = kClusterFormatVersion;  // of the file it was read from
+  // Sustained FLOP/s of one device on the model's kernels in each model.precision (analytic
+  // mode); 0: not given.
+  double flops_fp32 = 0, flops_tf32 = 0, flops_bf16 = 0;
+  bool gpus = true;    // devices are GPUs (jobscripts ask for them)
+  std::string source;  // the file it was read from
 
   int devices() const { return nodes * devices_per_node; }
+  double flops_for(config::Precision precision) const;
+  void set_flops(config::Precision precision, double flops);
   double memory_bytes() const { return memory_per_device_gb * 1e9; }
   // Node of a world rank: devices_per_node consecutive ranks per node, as mpiexec/srun place them.
   int node_of(int rank) const { return rank / devices_per_node; }

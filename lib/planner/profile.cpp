@@ -10,7 +10,6 @@
 #include "config/deck_io.hpp"
 #include "core/error.hpp"
 #include "io/hdf5_file.hpp"
-#include "kernels/gemm.hpp"
 #include "model/model_shape.hpp"
 #include "model/optimizer.hpp"
 #include "model/stage_model.hpp"
@@ -33,12 +32,13 @@ namespace {
 
 constexpr std::int64_t kFloat = 4;
 
-// Sizes of a part from the shared accounting (ModelShape). The embedding's input is token ids
-// (int32, 4 bytes each like a float).
-void fill_sizes(PartProfile& part, const model::PartSize& size) {
+// Sizes of a part from the shared accounting (ModelShape) in model.precision: the gradient the
+// all-reduce sums is fp32 in every precision; the boundary tensor and the stash follow the
+// precision (the embedding's input is token ids, int32).
+void fill_sizes(PartProfile& part, const model::PartSize& size, config::Precision precision) {
   part.weight_bytes = kFloat * size.params;
-  part.boundary_bytes = kFloat * size.input;
-  part.stash_bytes = kFloat * size.activations;
+  part.boundary_bytes = size.input_bytes(precision);
+  part.stash_bytes = size.activation_bytes(precision);
 }
 
 // Deterministic inputs that vary like real ones: a constant input would make every LayerNorm
@@ -80,7 +80,7 @@ Profile analytic_profile(const config::ModelConfig& model, double flops_per_devi
     MicrobatchProfile entry;
     entry.microbatch_size = b;
     auto fill = [&](PartProfile& part, const model::PartSize& size) {
-      fill_sizes(part, size);
+      fill_sizes(part, size, model.precision);
       part.forward_s = size.flops_forward / flops_per_device;
       part.backward_s = 2 * part.forward_s;
       part.backward_recompute_s = part.forward_s + part.backward_s;
@@ -163,21 +163,20 @@ void time_parts(const config::Deck& deck, int b, int first, int end, int repeats
 
 Profile measure_profile(const config::Deck& deck, const std::vector<int>& microbatch_sizes,
                         int repeats) {
-  kernels::set_tf32(deck.train.tf32);
+  model::set_kernel_precision(deck, "p2bw profile");
   Profile profile;
   profile.measured = true;
   profile.model = deck.model;
   profile.source = "measured";
   profile.optimizer = deck.train.optimizer.kind;
-  profile.tf32 = deck.train.tf32;
   const int L = deck.model.layers;
   for (int b : sorted_unique(microbatch_sizes)) {
     const model::ModelShape shape(deck.model, b);
     MicrobatchProfile entry;
     entry.microbatch_size = b;
-    fill_sizes(entry.embedding, shape.embedding());
-    fill_sizes(entry.block, shape.block());
-    fill_sizes(entry.head, shape.head());
+    fill_sizes(entry.embedding, shape.embedding(), deck.model.precision);
+    fill_sizes(entry.block, shape.block(), deck.model.precision);
+    fill_sizes(entry.head, shape.head(), deck.model.precision);
     time_parts(deck, b, 0, 1, repeats, entry.embedding);
     const int chain = std::min(L, kChainBlocks);
     time_parts(deck, b, 1, 1 + chain, repeats, entry.block);
@@ -201,7 +200,7 @@ void write_profile(const std::string& path, const Profile& profile, const config
   file.set_attribute("/", "link_latency_us", profile.link_latency_us);
   file.set_attribute("/", "link_bandwidth_gbps", profile.link_bandwidth_gbps);
   file.set_attribute("/", "optimizer", std::string(config::to_string(profile.optimizer)));
-  file.set_attribute("/", "tf32", std::int64_t{profile.tf32 ? 1 : 0});
+  file.set_attribute("/", "precision", std::string(config::to_string(profile.model.precision)));
   file.set_attribute("/", "model_kind", std::string(config::to_string(profile.model.kind)));
   file.set_attribute("/", "hidden", std::int64_t{profile.model.hidden});
   file.set_attribute("/", "heads", std::int64_t{profile.model.heads});
@@ -248,7 +247,7 @@ Profile read_profile(const std::string& path) {
   if (!file.has_attribute("/", "format") || file.string_attribute("/", "format") != "p2bw-profile")
     throw bad("not a p2bw profile");
   const std::int64_t version = file.int_attribute("/", "format_version");
-  if (version != kProfileFormatVersion)
+  if (version != kProfileFormatVersion && version != 3)
     throw bad(fmt::format("format_version {} is not supported", version));
   Profile profile;
   profile.source = path;
@@ -262,7 +261,21 @@ Profile read_profile(const std::string& path) {
     throw bad(fmt::format("optimizer '{}' is not adamw or sgd", optimizer));
   profile.optimizer =
       optimizer == "sgd" ? config::OptimizerKind::sgd : config::OptimizerKind::adamw;
-  profile.tf32 = file.int_attribute("/", "tf32") != 0;
+  if (version == 3) {  // a flag for TF32 GEMMs; otherwise fp32
+    profile.model.precision =
+        file.int_attribute("/", "tf32") != 0 ? config::Precision::tf32 : config::Precision::fp32;
+  } else {
+    const std::string precision = file.string_attribute("/", "precision");
+    bool known = false;
+    for (config::Precision p :
+         {config::Precision::fp32, config::Precision::tf32, config::Precision::bf16}) {
+      if (precision == config::to_string(p)) {
+        profile.model.precision = p;
+        known = true;
+      }
+    }
+    if (!known) throw bad(fmt::format("precision '{}' is not fp32, tf32 or bf16", precision));
+  }
   const std::string kind = file.string_attribute("/", "model_kind");
   profile.model.kind = kind == "bert" ? config::ModelKind::bert : config::ModelKind::gpt;
   profile.model.hidden = static_cast<int>(file.int_attribute("/", "hidden"));
@@ -315,14 +328,15 @@ void check_profile_matches(const Profile& profile, const config::Deck& deck) {
         "shape; layers may differ)",
         profile.source, config::to_string(p.kind), p.hidden, p.heads, p.seq_len, p.vocab,
         config::to_string(model.kind), model.hidden, model.heads, model.seq_len, model.vocab));
-  if (profile.measured &&
-      (profile.optimizer != deck.train.optimizer.kind || profile.tf32 != deck.train.tf32))
+  if (profile.measured && (profile.optimizer != deck.train.optimizer.kind ||
+                           profile.model.precision != deck.model.precision))
     throw UserError(fmt::format(
-        "{}: the profile was measured with optimizer {} and tf32 {}; the deck has optimizer {} "
-        "and tf32 {} (allowed: a profile taken with the deck's train.optimizer.kind and "
-        "train.tf32)",
-        profile.source, config::to_string(profile.optimizer), profile.tf32,
-        config::to_string(deck.train.optimizer.kind), deck.train.tf32));
+        "{}: the profile was measured with optimizer {} and precision {}; the deck has optimizer "
+        "{} and precision {} (allowed: a profile taken with the deck's train.optimizer.kind and "
+        "model.precision)",
+        profile.source, config::to_string(profile.optimizer),
+        config::to_string(profile.model.precision), config::to_string(deck.train.optimizer.kind),
+        config::to_string(deck.model.precision)));
 }
 
 }  // namespace p2bw::planner

@@ -18,9 +18,10 @@ struct PartProfile {
   double backward_s = 0;            // backward of one microbatch, activations stashed
   double backward_recompute_s = 0;  // backward under recomputation: re-forward + backward
   double step_s = 0;  // per batch: gradient norm, optimizer step and gradient zeroing of the part
-  std::int64_t weight_bytes = 0;    // parameters · 4 (one copy)
-  std::int64_t boundary_bytes = 0;  // the part's input per microbatch (a stage boundary)
+  std::int64_t weight_bytes = 0;    // parameters · 4: the fp32 gradient the all-reduce sums
+  std::int64_t boundary_bytes = 0;  // the part's input per microbatch (a stage boundary message)
   std::int64_t stash_bytes = 0;     // activations kept from forward for backward, input included
+                                    // (boundary and stash in model.precision)
 };
 
 struct MicrobatchProfile {
@@ -39,19 +40,21 @@ struct Profile {
   // 0): one-way latency and large-message bandwidth, for the cluster file's link keys.
   double link_latency_us = 0;
   double link_bandwidth_gbps = 0;
-  // What else the times depend on: the step's optimizer and TF32 GEMMs (measured profiles).
+  // What else the times depend on: the step's optimizer and model.precision (in `model`).
   config::OptimizerKind optimizer = config::OptimizerKind::adamw;
-  bool tf32 = false;
 
   const MicrobatchProfile* find(int microbatch_size) const;  // nullptr if absent
   std::vector<int> microbatch_sizes() const;
 };
 
-// 2: step_s, ranks, chained blocks; 3: link_latency_us, link_bandwidth_gbps, optimizer, tf32
-constexpr std::int64_t kProfileFormatVersion = 3;
+// 2: step_s, ranks, chained blocks; 3: link_latency_us, link_bandwidth_gbps, optimizer, tf32;
+// 4: precision (fp32 | tf32 | bf16) in place of tf32. Version 3 is still read (tf32 1 is tf32).
+constexpr std::int64_t kProfileFormatVersion = 4;
 
 // Closed-form profile: forward = flops_forward / flops_per_device, backward = 2 x forward,
 // backward under recomputation = forward + backward (so recomputing costs 4/3 of F + B).
+// flops_per_device is the rate of model.precision (Cluster::flops_for); the byte sizes follow
+// it too (boundary activations in the compute type).
 Profile analytic_profile(const config::ModelConfig& model, double flops_per_device,
                          const std::vector<int>& microbatch_sizes);
 
@@ -77,7 +80,7 @@ Profile measure_profile(const config::Deck& deck, const std::vector<int>& microb
                         int repeats);
 
 // profile.h5: attributes format "p2bw-profile", format_version, deck (YAML), machine, ranks
-// (processes that measured at once), link_latency_us, link_bandwidth_gbps, optimizer, tf32,
+// (processes that measured at once), link_latency_us, link_bandwidth_gbps, optimizer, precision,
 // model keys, microbatch_sizes; per size a group
 // /microbatch_<b> with datasets over the parts [embedding, block, head]: forward_s, backward_s,
 // backward_recompute_s, step_s (float64), weight_bytes, boundary_bytes, stash_bytes (int64).
@@ -87,7 +90,7 @@ Profile read_profile(const std::string& path);
 
 // UserError unless the profile was taken on the same model shape (kind, hidden, heads, seq_len,
 // vocab; layers may differ, the parts are per block) and, when measured, with the deck's
-// optimizer and TF32 setting (they change the step and GEMM times).
+// optimizer and model.precision (they change the step and GEMM times).
 void check_profile_matches(const Profile& profile, const config::Deck& deck);
 
 }  // namespace p2bw::planner

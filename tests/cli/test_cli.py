@@ -30,6 +30,27 @@ r = run("check", "inputs/demo.yaml", "--set", "pipeline.transport=mpi")
 check("check prints the transport in the stage map",
       r.returncode == 0 and "\ntransport: mpi (pipeline.transport = mpi)\n" in r.stdout, r.stdout + r.stderr)
 
+# model.precision: bf16 is predicted (check, plan) but not trained: the kernels are fp32.
+r = run("check", "inputs/gpt-tiny.yaml", "--set", "model.precision=bf16")
+check("check predicts bf16 memory: bf16 compute versions plus one fp32 master",
+      r.returncode == 0 and ", bf16)\n#   bf16: weights = 2 bf16 compute version(s) + one fp32 master" in r.stdout,
+      r.stdout[-1500:] + r.stderr)
+for command in ("train", "bench", "profile"):
+    r = run(command, "inputs/gpt-tiny.yaml", "--set", "model.precision=bf16", "--set", "output.dir=/tmp/p2bw-cli-bf16")
+    check(f"{command} refuses bf16 with one line naming the key, exit 2",
+          r.returncode == 2 and r.stderr.count("\n") == 1 and not r.stdout and
+          f"model.precision: bf16 is not implemented in p2bw {command} yet" in r.stderr,
+          f"exit {r.returncode}: {r.stdout[:300]} {r.stderr}")
+check("the refused commands created no output folder", not os.path.exists("/tmp/p2bw-cli-bf16"))
+r = run("plan", "inputs/gpt-tiny.yaml", "--cluster", "inputs/clusters/h100.yaml", "--set", "model.precision=bf16",
+        "--top", "1")
+check("plan accepts bf16 with the cluster's bf16 rate", r.returncode == 0 and "4e+14 FLOP/s per device, bf16" in r.stdout,
+      r.stdout[:600] + r.stderr)
+r = run("plan", "inputs/gpt-tiny.yaml", "--cluster", "inputs/clusters/cpu.yaml", "--set", "model.precision=bf16")
+check("plan without the deck's precision rate: one line, exit 2",
+      r.returncode == 2 and r.stderr.count("\n") == 1 and
+      "flops_per_device.bf16: is required without --profile for model.precision: bf16" in r.stderr, r.stderr)
+
 r = run("check", "--keys")
 reference = (ROOT / "docs" / "deck.md").read_text()
 begin, end = "<!-- keys:begin -->\n", "<!-- keys:end -->"
@@ -91,13 +112,15 @@ with tempfile.TemporaryDirectory() as tmp:
     check("plan with a missing cluster file: one line, exit 2", r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr)
     cpu = (ROOT / "inputs" / "clusters" / "cpu.yaml").read_text()
     (pathlib.Path(tmp) / "twice.yaml").write_text(cpu + "nodes: 3\n")
-    (pathlib.Path(tmp) / "noflops.yaml").write_text("\n".join(l for l in cpu.splitlines() if not l.startswith("flops")))
+    # Without flops_per_device (the key and its map of rates per precision).
+    (pathlib.Path(tmp) / "noflops.yaml").write_text(
+        "\n".join(l for l in cpu.splitlines() if not l.startswith(("flops", "  fp32", "  tf32", "  bf16"))))
     user_errors = [
         ("a key given twice in the cluster file", ["--cluster", f"{tmp}/twice.yaml"], "nodes: is given twice"),
         ("--nodes beyond the device limit", ["--cluster", "inputs/clusters/cpu.yaml", "--nodes", "2147483647"],
          "too many devices"),
         ("analytic mode without flops_per_device", ["--cluster", f"{tmp}/noflops.yaml"],
-         "flops_per_device: is required without --profile"),
+         "flops_per_device.fp32: is required without --profile"),
         ("a profile of another model", ["--cluster", "inputs/clusters/cpu.yaml", "--profile", f"{tmp}/profile.h5",
                                         "--set", "model.hidden=64"], "the profile is of another model"),
         ("--evaluate with a microbatch size the profile lacks",

@@ -134,12 +134,45 @@ TEST_F(DeckTest, OverridesWinOverTheFile) {
 TEST_F(DeckTest, UnknownKeySuggestsTheClosest) {
   EXPECT_EQ(error_of(replace(kBase, "  heads: 4", "  head: 4")),
             "deck.yaml:5: model.head: unknown key; did you mean 'model.heads'? "
-            "(allowed: kind, layers, hidden, heads, seq_len, vocab)");
+            "(allowed: kind, layers, hidden, heads, seq_len, vocab, precision)");
   EXPECT_NE(error_of(replace(kBase, "train:\n", "train:\n  depth: 2\n"))
                 .find("did you mean 'pipeline.depth'"),
             std::string::npos);
   EXPECT_NE(error_of(kBase + std::string("modle:\n  kind: gpt\n")).find("did you mean 'model'"),
             std::string::npos);
+}
+
+TEST_F(DeckTest, PrecisionIsOneKeyAndTrainTf32IsRetired) {
+  EXPECT_EQ(parse(kBase).model.precision, Precision::fp32);
+  EXPECT_EQ(parse(kBase, {"model.precision=bf16"}).model.precision, Precision::bf16);
+  EXPECT_EQ(parse(replace(kBase, "  seq_len: 16\n", "  seq_len: 16\n  precision: tf32\n"))
+                .model.precision,
+            Precision::tf32);
+  EXPECT_EQ(error_of(kBase, {"model.precision=fp16"}),
+            "--set 'model.precision=fp16': model.precision: 'fp16' is not a choice (allowed: fp32 "
+            "| tf32 | bf16)");
+  // train.tf32 of earlier versions: refused in a deck or --set, with the replacement ...
+  const std::string old = replace(kBase, "  steps: 10\n", "  steps: 10\n  tf32: true\n");
+  EXPECT_EQ(error_of(old),
+            "deck.yaml:13: train.tf32: was replaced by model.precision (train.tf32: true is "
+            "model.precision: tf32) (allowed: model.precision: fp32 | tf32 | bf16)");
+  EXPECT_EQ(error_of(kBase, {"train.tf32=false"}),
+            "--set 'train.tf32=false': train.tf32: was replaced by model.precision (train.tf32: "
+            "true is model.precision: tf32) (allowed: model.precision: fp32 | tf32 | bf16)");
+  // ... and translated in a deck an earlier p2bw wrote (a checkpoint's echo).
+  LoadOptions earlier;
+  earlier.earlier_keys = true;
+  earlier.require_data = false;
+  EXPECT_EQ(parse_deck(old, "manifest.h5", dir_.string(), earlier).model.precision,
+            Precision::tf32);
+  EXPECT_EQ(
+      parse_deck(replace(old, "tf32: true", "tf32: false"), "manifest.h5", dir_.string(), earlier)
+          .model.precision,
+      Precision::fp32);
+  // The echo names the precision and re-parses to it.
+  const Deck bf16 = parse(kBase, {"model.precision=bf16"});
+  EXPECT_NE(to_yaml(bf16).find("  precision: bf16\n"), std::string::npos);
+  EXPECT_EQ(parse(to_yaml(bf16)).model.precision, Precision::bf16);
 }
 
 TEST_F(DeckTest, UnknownOverrideKey) {

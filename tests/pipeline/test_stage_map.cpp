@@ -115,6 +115,42 @@ TEST(Memory, ActivationsAreInFlightTimesPerMicrobatch) {
   EXPECT_LT(recompute[1].activations, memory[1].activations);
 }
 
+TEST(Memory, Bf16ByHand) {
+  // tiny_deck: C = 32, NH = 4, T = 16, b = 2, 4 layers on 2 stages of 2 blocks; AdamW.
+  constexpr std::int64_t C = 32, NH = 4, BT = 2 * 16, n = BT * C,
+                         block_params = 12 * C * C + 13 * C;
+  for (auto schedule : {config::ScheduleKind::two_bw, config::ScheduleKind::flush}) {
+    auto fp32 = tiny_deck(4, 2, schedule, 4);
+    auto bf16 = fp32;
+    bf16.model.precision = config::Precision::bf16;
+    const auto map = make_stage_map(fp32);
+    ASSERT_EQ(map.stages[1].blocks, 2);
+    const auto a = predict_memory(fp32, map);
+    const auto b = predict_memory(bf16, map);
+    const int versions = schedule == config::ScheduleKind::two_bw ? 2 : 1;
+    for (size_t s = 0; s < a.size(); ++s) {
+      const std::int64_t P = a[s].params;
+      // Compute versions in bf16 plus one fp32 master; gradients and AdamW state stay fp32.
+      EXPECT_EQ(b[s].master_weights, 4 * P);
+      EXPECT_EQ(b[s].weights, 2 * versions * P + 4 * P);
+      EXPECT_EQ(a[s].weights, 4 * versions * P);
+      EXPECT_EQ(a[s].master_weights, 0);
+      EXPECT_EQ(b[s].gradients, 4 * P);
+      EXPECT_EQ(b[s].optimizer, 8 * P);
+      EXPECT_EQ(b[s].workspace, a[s].workspace);
+      EXPECT_EQ(b[s].buffers, a[s].buffers / 2);  // (B, T, C) messages at 2 bytes
+    }
+    // Last stage, 2 blocks + head, 1 microbatch in flight: per block 16 values per (B, T, C)
+    // position at 2 bytes, 4 row statistics (B, T) and the attention log-sum-exps (B, NH, T) at
+    // 4; the head's x and lnf at 2, its mean, rstd and log-sum-exp at 4.
+    ASSERT_EQ(b[1].in_flight, 1);
+    const std::int64_t block = 2 * (16 * n) + 4 * (4 * BT + NH * BT);
+    const std::int64_t head = 2 * (2 * n) + 4 * (3 * BT);
+    EXPECT_EQ(b[1].activations, 2 * block + head);
+    EXPECT_EQ(b[1].params, 2 * block_params + 2 * C + 256 * C);
+  }
+}
+
 TEST(ModelShape, Gpt2SmallHasItsKnownParameterCount) {
   // GPT-2 124M: 12 layers, 768 hidden, 1024 positions, vocabulary 50257 padded to 50304 (llm.c).
   const model::ModelShape shape({config::ModelKind::gpt, 12, 768, 12, 1024, 50257}, 1);
