@@ -90,6 +90,11 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
     collectives_ = comm::make_mpi_collectives(grid, deck.pipeline.timeout_s);
   }
   reduction_ = std::make_unique<StepReduction>(deck_, grid_, *collectives_, *model_, first_part);
+  if (range.has_head) loss_sums_ = DoubleView("p2bw::loss_sums", kLossSlots);
+  const auto positions =
+      static_cast<size_t>(deck.train.microbatch_size) * static_cast<size_t>(deck.model.seq_len);
+  host_tokens_.resize(positions);
+  host_targets_.resize(positions);
   if (range.has_embedding || range.has_head) {
     P2BW_ASSERT(tokens != nullptr, "the first and the last stage need the data");
     data::DataSplits splits = data::split_data(std::move(tokens), deck);
@@ -413,14 +418,31 @@ void PipelineTrainer::load_data(int mb, model::Cache& cache) {
   const int m = deck_.pipeline.microbatches;
   const std::int64_t t = (mb - 1) / m;
   const int j = (mb - 1) % m;
-  const auto r =
-      static_cast<size_t>(deck_.train.microbatch_size) * static_cast<size_t>(deck_.model.seq_len);
-  std::vector<std::int32_t> tokens(r), targets(r);
-  loader_->microbatch(t, j, grid_.replica(), tokens.data(), targets.data());
+  const size_t r = host_tokens_.size();
+  loader_->microbatch(t, j, grid_.replica(), host_tokens_.data(), host_targets_.data());
   using HostInts = Kokkos::View<const int*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>;
-  if (model_->has_embedding()) Kokkos::deep_copy(exec_, cache.tokens, HostInts(tokens.data(), r));
-  if (model_->has_head()) Kokkos::deep_copy(exec_, cache.targets, HostInts(targets.data(), r));
-  exec_.fence();  // the host vectors go out of scope
+  if (model_->has_embedding())
+    Kokkos::deep_copy(exec_, cache.tokens, HostInts(host_tokens_.data(), r));
+  if (model_->has_head())
+    Kokkos::deep_copy(exec_, cache.targets, HostInts(host_targets_.data(), r));
+  exec_.fence();  // the host buffers are refilled by the next load
+}
+
+DoubleView PipelineTrainer::loss_slot(int batch) {
+  auto it = loss_slots_.find(batch);
+  if (it == loss_slots_.end()) {
+    auto taken = [this](int slot) {
+      for (const auto& entry : loss_slots_)
+        if (entry.second == slot) return true;
+      return false;
+    };
+    int slot = 0;
+    while (slot < kLossSlots && taken(slot)) ++slot;
+    P2BW_ASSERT(slot < kLossSlots, "more batches in flight on the last stage than loss slots");
+    it = loss_slots_.emplace(batch, slot).first;
+    Kokkos::deep_copy(exec_, Kokkos::subview(loss_sums_, slot), 0.0);
+  }
+  return Kokkos::subview(loss_sums_, std::make_pair(it->second, it->second + 1));
 }
 
 void PipelineTrainer::copy_stash(const model::Cache& from, model::Cache& to) const {
@@ -479,15 +501,16 @@ void PipelineTrainer::forward(int mb, int version) {
   compute_clock_.begin();
   if (loader_) load_data(mb, record.stash);
   if (!model_->has_head()) record.output = take_boundary();
-  double loss;
+  // The last stage adds the microbatch's mean loss to its batch's slot on the device.
+  const DoubleView loss_sum =
+      model_->has_head() ? loss_slot((mb - 1) / deck_.pipeline.microbatches) : DoubleView();
   if (deck_.pipeline.recompute) {
     copy_stash(record.stash, scratch_);
-    loss = model_->forward(exec_, w, scratch_, record.output);
+    model_->forward(exec_, w, scratch_, record.output, loss_sum);
   } else {
-    loss = model_->forward(exec_, w, record.stash, record.output);
+    model_->forward(exec_, w, record.stash, record.output, loss_sum);
   }
   compute_clock_.end(schedule::ActionKind::forward, mb, version);
-  if (model_->has_head()) losses_[(mb - 1) / deck_.pipeline.microbatches] += loss;
 }
 
 void PipelineTrainer::backward(int mb, int version) {
@@ -500,7 +523,8 @@ void PipelineTrainer::backward(int mb, int version) {
       1.0 / (static_cast<double>(deck_.pipeline.microbatches) * deck_.pipeline.width);
   if (deck_.pipeline.recompute) {
     copy_stash(record.stash, scratch_);
-    model_->forward(exec_, w, scratch_, scratch_out_);  // the same version: the same activations
+    // The same version: the same activations; the loss was counted by the first forward.
+    model_->forward(exec_, w, scratch_, scratch_out_, DoubleView());
     model_->backward(exec_, w, versions_.gradients(), scratch_, record.output_grad,
                      record.input_grad, scale);
   } else {
@@ -539,10 +563,10 @@ void PipelineTrainer::post_reductions(int batch) {
     timing = timing_.at(timing_step);
     timing_.erase(timing_step);
   }
-  double loss_sum = 0.0;
+  DoubleView loss_sum;
   if (model_->has_head()) {
-    loss_sum = losses_.at(batch);
-    losses_.erase(batch);
+    loss_sum = loss_slot(batch);
+    loss_slots_.erase(batch);  // post copies the sum on the device: the slot is free again
   }
   timed(compute_s_, [&] {
     reduction_->post(exec_, batch, versions_.detach_gradients(), loss_sum, stop_vote_, timing_step,
