@@ -43,14 +43,17 @@ void column_sum_add(const Exec& exec, Flat<Real, Exec> dst,  // (C)
         const int nc = C - c0 < kColumnBlock ? C - c0 : kColumnBlock;
         TeamScratch<Real, Exec> partial(team.team_scratch(0),
                                         kRowChunks * kColumnBlock);  // (kRowChunks, kColumnBlock)
+        // Row by row, the columns in the inner loop: contiguous reads on the host, coalesced
+        // ones across the vector lanes on a GPU; each column still sums its rows in order.
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kRowChunks), [&](const int chunk) {
           const int n0 = chunk * rows_per_chunk;
           const int n1 = N - n0 < rows_per_chunk ? N : n0 + rows_per_chunk;
-          Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, nc), [&](const int j) {
-            Real sum = Real(0);
-            for (int n = n0; n < n1; ++n) sum += f(n, c0 + j);
-            partial(chunk * kColumnBlock + j) = sum;
-          });
+          Real* sums = &partial(chunk * kColumnBlock);  // (nc) this chunk's column sums
+          Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, nc),
+                               [&](const int j) { sums[j] = Real(0); });
+          for (int n = n0; n < n1; ++n)
+            Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, nc),
+                                 [&](const int j) { sums[j] += f(n, c0 + j); });
         });
         team.team_barrier();
         Kokkos::parallel_for(Kokkos::TeamVectorRange(team, nc), [&](const int j) {

@@ -124,6 +124,9 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
     model_->init(versions_.add(0), deck.train.seed);
   }
   versions_.make_gradients(exec_);
+  // The boundary buffers exist from the start: when a send completes decides which step would
+  // otherwise make the last of them.
+  for (int b = 0; b < 2 * links(); ++b) free_boundaries_.push_back(new_boundary());
   timing_totals_ =
       DoubleView("p2bw::timing_totals", static_cast<size_t>(kTimingValues * grid.depth()));
   if (deck.pipeline.recompute) {
@@ -382,22 +385,29 @@ PipelineTrainer::Microbatch& PipelineTrainer::microbatch(int mb) {
   return in_flight_.emplace(mb, record).first->second;
 }
 
+int PipelineTrainer::links() const {
+  return (grid_.stage() > 0) + (grid_.stage() + 1 < grid_.depth());
+}
+
+model::FloatView PipelineTrainer::new_boundary() {
+  ++boundaries_;
+  return model::FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::boundary"),
+                          static_cast<size_t>(model_->boundary_floats()));
+}
+
 model::FloatView PipelineTrainer::take_boundary() {
   reap_sends();
-  // Two (B, T, C) buffers per link to a neighbour, as predicted (memory.hpp): when they are all
-  // in flight, the oldest send is waited for instead of allocating another. The schedule is
-  // deadlock-free with blocking sends, so this wait always ends.
-  const int links = (grid_.stage() > 0) + (grid_.stage() + 1 < grid_.depth());
+  // Two (B, T, C) buffers per link to a neighbour, as predicted (memory.hpp), made with the
+  // trainer: when they are all in flight, the oldest send is waited for instead of allocating
+  // another (a buffer more only when none is in flight). The schedule is deadlock-free with
+  // blocking sends, so this wait always ends.
+  const int links = this->links();
   while (free_boundaries_.empty() && boundaries_ >= 2 * links && !sending_.empty()) {
     timed(wait_s_, [&] { transport_->wait(sending_.front().first, "a free boundary buffer"); });
     free_boundaries_.push_back(sending_.front().second);
     sending_.erase(sending_.begin());
   }
-  if (free_boundaries_.empty()) {
-    ++boundaries_;
-    return model::FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::boundary"),
-                            static_cast<size_t>(model_->boundary_floats()));
-  }
+  if (free_boundaries_.empty()) return new_boundary();
   model::FloatView buffer = free_boundaries_.back();
   free_boundaries_.pop_back();
   return buffer;

@@ -108,8 +108,10 @@ class PipelineTrainer {
   };
 
   void run(const schedule::Action& action);
-  Microbatch& microbatch(int mb);  // its record, made (with a stash from the free list) if new
-  model::FloatView take_boundary();
+  Microbatch& microbatch(int mb);    // its record, made (with a stash from the free list) if new
+  int links() const;                 // neighbouring stages (0, 1 or 2)
+  model::FloatView new_boundary();   // allocates one (B, T, C) boundary buffer
+  model::FloatView take_boundary();  // a free boundary buffer
   void reap_sends();
   void load_data(int mb, model::Cache& cache);
   void copy_stash(const model::Cache& from, model::Cache& to) const;
