@@ -1,20 +1,27 @@
 // Multi-head scaled dot-product attention, causal (GPT) or bidirectional (BERT), flash style: from
 // the fused qkv projection (B, T, 3C) (llm.c layout: q, k, v blocks of C channels, head h at
 // channels [h*hs, (h+1)*hs), hs = C / NH) to the attention output (B, T, C), before the output
-// projection. One team per (batch, head, tile of query rows) walks the key tiles with an online
-// softmax (running max and sum per row), so no (T, T) matrix exists anywhere; under causal
-// masking the key tiles above the diagonal are never visited. Forward saves only the log-sum-exp
-// of each query row (B, NH, T); backward recomputes the probabilities tile by tile from q, k and
-// that log-sum-exp, in two deterministic passes without atomics: one team per key tile for dk
-// and dv, one per query tile for dq. Memory per layer: the lse (B*NH*T) and D = rowsum(dy * y)
-// (B*NH*T) in the workspace. The summation order depends only on the shape and the tile size,
-// which depends only on hs and the scalar type, so results are bitwise reproducible.
-// The former kernel (probabilities (B, NH, T, T) through batched GEMMs) is the tests' reference,
-// tests/kernels/attention_reference.hpp.
+// projection. Query tiles walk the key tiles with an online softmax (running max and sum per
+// row), so no (T, T) matrix exists anywhere; under causal masking the key tiles above the
+// diagonal are never visited. Forward saves only the log-sum-exp of each query row (B, NH, T);
+// backward recomputes the probabilities tile by tile from q, k and that log-sum-exp. Memory per
+// layer: the lse (B*NH*T) and D = rowsum(dy * y) (B*NH*T) in the workspace, plus O(tile^2)
+// scratch per team.
+// Two implementations behind the GEMM dispatch (kernels/gemm.hpp), chosen at compile time:
+//  - native (any execution space, what a GPU runs): one team per (batch, head, tile of query
+//    rows) with scalar tile loops in team scratch; backward in two passes without atomics, one
+//    team per key tile for dk and dv, one per query tile for dq. Tiles of 32 rows or fewer.
+//  - blas (host spaces with CBLAS): the same tiles, 64 rows, with every tile product (scores,
+//    P v, and backward's dp, dv, dk, dq) one sgemm straight on the strided (B, T, 3C) buffers;
+//    backward in one pass per (batch, head).
+// The summation order depends only on the shape, the tile size and the backend, so results are
+// bitwise reproducible. The former kernel (probabilities (B, NH, T, T) through batched GEMMs) is
+// the tests' reference, tests/kernels/attention_reference.hpp.
 #pragma once
 
 #include <string>
 
+#include "kernels/gemm.hpp"
 #include "kernels/types.hpp"
 
 namespace p2bw::kernels {
@@ -72,18 +79,68 @@ KOKKOS_INLINE_FUNCTION index_t btc_index(int b, int t, int h, int d, int T, int 
 
 }  // namespace detail
 
-// out = concat over heads of softmax(mask(q k^T / sqrt(hs))) v; lse[b, h, t] = log sum_j
-// exp(score[t, j]) over the allowed keys j.
+namespace detail {
+
 template <class Real, class Exec>
-void attention_forward(const Exec& exec, Flat<Real, Exec> out,  // (B, T, C)
-                       Flat<Real, Exec> lse,                    // (B, NH, T), saved for backward
-                       ConstFlat<Real, Exec> qkv,               // (B, T, 3C)
-                       int B, int T, int C, int NH, bool causal) {
-  detail::check_attention_dims(B, T, C, NH, "attention_forward");
+void check_forward_args(const Flat<Real, Exec>& out, const Flat<Real, Exec>& lse,
+                        const ConstFlat<Real, Exec>& qkv, int B, int T, int C, int NH) {
+  check_attention_dims(B, T, C, NH, "attention_forward");
   const index_t BTC = static_cast<index_t>(B) * T * C;
-  detail::require_size(out, BTC, "attention_forward", "out");
-  detail::require_size(lse, attention_lse_size(B, T, NH), "attention_forward", "lse");
-  detail::require_size(qkv, 3 * BTC, "attention_forward", "qkv");
+  require_size(out, BTC, "attention_forward", "out");
+  require_size(lse, attention_lse_size(B, T, NH), "attention_forward", "lse");
+  require_size(qkv, 3 * BTC, "attention_forward", "qkv");
+}
+
+template <class Real, class Exec>
+void check_backward_args(const Flat<Real, Exec>& dqkv, const ConstFlat<Real, Exec>& dout,
+                         const ConstFlat<Real, Exec>& qkv, const ConstFlat<Real, Exec>& out,
+                         const ConstFlat<Real, Exec>& lse, const Flat<Real, Exec>& workspace, int B,
+                         int T, int C, int NH) {
+  check_attention_dims(B, T, C, NH, "attention_backward");
+  const index_t BTC = static_cast<index_t>(B) * T * C;
+  require_size(dqkv, 3 * BTC, "attention_backward", "dqkv");
+  require_size(dout, BTC, "attention_backward", "dout");
+  require_size(qkv, 3 * BTC, "attention_backward", "qkv");
+  require_size(out, BTC, "attention_backward", "out");
+  require_size(lse, attention_lse_size(B, T, NH), "attention_backward", "lse");
+  require_size(workspace, attention_backward_workspace(B, T, C, NH), "attention_backward",
+               "workspace");
+}
+
+// D[b, h, t] = sum_d dout[b, t, h, d] * out[b, t, h, d], the softmax backward's row term.
+template <class Real, class Exec>
+void attention_row_dots(const Exec& exec, const Flat<Real, Exec>& D,  // (B, NH, T)
+                        const ConstFlat<Real, Exec>& dout,            // (B, T, C)
+                        const ConstFlat<Real, Exec>& out,             // (B, T, C)
+                        int B, int T, int C, int NH) {
+  const int hs = C / NH;
+  Kokkos::parallel_for(
+      "p2bw::attention_backward_D",
+      Kokkos::RangePolicy<Exec>(exec, 0, attention_lse_size(B, T, NH)),
+      KOKKOS_LAMBDA(const index_t r) {
+        const int t = static_cast<int>(r % T);
+        const int bh = static_cast<int>(r / T);
+        const int b = bh / NH, h = bh % NH;
+        Real sum = Real(0);
+        for (int d = 0; d < hs; ++d) {
+          const index_t i = btc_index(b, t, h, d, T, C, hs);
+          sum += dout(i) * out(i);
+        }
+        D(r) = sum;
+      });
+}
+
+}  // namespace detail
+
+// out = concat over heads of softmax(mask(q k^T / sqrt(hs))) v; lse[b, h, t] = log sum_j
+// exp(score[t, j]) over the allowed keys j. The portable team kernel (see the top of the file).
+template <class Real, class Exec>
+void attention_forward_native(const Exec& exec, Flat<Real, Exec> out,  // (B, T, C)
+                              Flat<Real, Exec> lse,       // (B, NH, T), saved for backward
+                              ConstFlat<Real, Exec> qkv,  // (B, T, 3C)
+                              int B, int T, int C, int NH, bool causal) {
+  detail::check_forward_args<Real, Exec>(out, lse, qkv, B, T, C, NH);
+  const index_t BTC = static_cast<index_t>(B) * T * C;
   if (BTC == 0) return;
   const int hs = C / NH;
   const int tile = detail::attention_tile<Real>(hs);
@@ -169,44 +226,25 @@ void attention_forward(const Exec& exec, Flat<Real, Exec> out,  // (B, T, C)
       });
 }
 
-// dqkv (assigned) from dout, given the forward's qkv, its output `out` and the saved lse.
+// dqkv (assigned) from dout, given the forward's qkv, its output `out` and the saved lse. The
+// portable team kernels (see the top of the file).
 template <class Real, class Exec>
-void attention_backward(const Exec& exec, Flat<Real, Exec> dqkv,  // (B, T, 3C), assigned
-                        ConstFlat<Real, Exec> dout,               // (B, T, C)
-                        ConstFlat<Real, Exec> qkv,                // (B, T, 3C)
-                        ConstFlat<Real, Exec> out,                // (B, T, C) forward output
-                        ConstFlat<Real, Exec> lse,                // (B, NH, T)
-                        Flat<Real, Exec> workspace,  // (attention_backward_workspace(B, T, C, NH))
-                        int B, int T, int C, int NH, bool causal) {
-  detail::check_attention_dims(B, T, C, NH, "attention_backward");
+void attention_backward_native(const Exec& exec, Flat<Real, Exec> dqkv,  // (B, T, 3C), assigned
+                               ConstFlat<Real, Exec> dout,               // (B, T, C)
+                               ConstFlat<Real, Exec> qkv,                // (B, T, 3C)
+                               ConstFlat<Real, Exec> out,                // (B, T, C) forward output
+                               ConstFlat<Real, Exec> lse,                // (B, NH, T)
+                               Flat<Real, Exec> workspace,  // (attention_backward_workspace)
+                               int B, int T, int C, int NH, bool causal) {
+  detail::check_backward_args<Real, Exec>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH);
   const index_t BTC = static_cast<index_t>(B) * T * C;
-  detail::require_size(dqkv, 3 * BTC, "attention_backward", "dqkv");
-  detail::require_size(dout, BTC, "attention_backward", "dout");
-  detail::require_size(qkv, 3 * BTC, "attention_backward", "qkv");
-  detail::require_size(out, BTC, "attention_backward", "out");
-  detail::require_size(lse, attention_lse_size(B, T, NH), "attention_backward", "lse");
-  detail::require_size(workspace, attention_backward_workspace(B, T, C, NH), "attention_backward",
-                       "workspace");
   if (BTC == 0) return;
   const int hs = C / NH;
   const int tile = detail::attention_tile<Real>(hs);
   const int tiles = (T + tile - 1) / tile;
   const Real scale = Real(1) / math::sqrt(static_cast<Real>(hs));
   const Flat<Real, Exec> D = workspace;  // (B, NH, T) D[t] = sum_d dout[t, d] * out[t, d]
-  Kokkos::parallel_for(
-      "p2bw::attention_backward_D",
-      Kokkos::RangePolicy<Exec>(exec, 0, attention_lse_size(B, T, NH)),
-      KOKKOS_LAMBDA(const index_t r) {
-        const int t = static_cast<int>(r % T);
-        const int bh = static_cast<int>(r / T);
-        const int b = bh / NH, h = bh % NH;
-        Real sum = Real(0);
-        for (int d = 0; d < hs; ++d) {
-          const index_t i = detail::btc_index(b, t, h, d, T, C, hs);
-          sum += dout(i) * out(i);
-        }
-        D(r) = sum;
-      });
+  detail::attention_row_dots<Real, Exec>(exec, D, dout, out, B, T, C, NH);
   const index_t scratch = detail::attention_scratch_elements(tile, hs);
   const auto policy = Kokkos::TeamPolicy<Exec>(exec, B * NH * tiles, Kokkos::AUTO)
                           .set_scratch_size(0, Kokkos::PerTeam(static_cast<size_t>(
@@ -365,6 +403,210 @@ void attention_backward(const Exec& exec, Flat<Real, Exec> dqkv,  // (B, T, 3C),
             dqkv(detail::qkv_index(b, q0 + i, h, d, 0, T, C, hs)) = dq[i * hs + d];
         });
       });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host path: the tile products as CBLAS GEMMs on the strided (B, T, 3C) and (B, T, C) buffers.
+
+namespace detail {
+
+constexpr int kHostAttentionTile = 64;  // query and key rows per tile on the host path
+
+#ifdef P2BW_HAVE_CBLAS
+
+// One team (of one thread) per (batch, head, query tile): scores S = scale q k^T per key tile,
+// the online softmax on S, then out_tile = alpha * out_tile + P v accumulated in `out` itself.
+template <class Real, class Exec>
+void attention_forward_blas(const Exec& exec, const Flat<Real, Exec>& out,  // (B, T, C)
+                            const Flat<Real, Exec>& lse,                    // (B, NH, T)
+                            const ConstFlat<Real, Exec>& qkv,               // (B, T, 3C)
+                            int B, int T, int C, int NH, bool causal) {
+  const int hs = C / NH, tile = kHostAttentionTile, ld = 3 * C;
+  const int tiles = (T + tile - 1) / tile;
+  const Real scale = Real(1) / math::sqrt(static_cast<Real>(hs));
+  // s (tile, tile) scores then probabilities, m and l (tile) running max and sum
+  const index_t scratch = static_cast<index_t>(tile) * tile + 2 * tile;
+  const auto policy = Kokkos::TeamPolicy<Exec>(exec, B * NH * tiles, 1)
+                          .set_scratch_size(0, Kokkos::PerTeam(static_cast<size_t>(
+                                                   TeamScratch<Real, Exec>::shmem_size(scratch))));
+  exec.fence();  // BLAS runs outside Kokkos: earlier kernels on this instance must be done
+  Kokkos::parallel_for("p2bw::attention_forward_blas", policy, [=](const Team<Exec>& team) {
+    const int qt = team.league_rank() % tiles;
+    const int bh = team.league_rank() / tiles;
+    const int b = bh / NH, h = bh % NH;
+    const int q0 = qt * tile;
+    const int rows = T - q0 < tile ? T - q0 : tile;
+    TeamScratch<Real, Exec> mem(team.team_scratch(0), scratch);
+    Real* s = mem.data();                                              // (rows, tile)
+    Real* m = s + tile * tile;                                         // (rows)
+    Real* l = m + tile;                                                // (rows)
+    const Real* q = qkv.data() + qkv_index(b, q0, h, 0, 0, T, C, hs);  // (rows, hs), ld 3C
+    Real* o = out.data() + btc_index(b, q0, h, 0, T, C, hs);           // (rows, hs), ld C
+    for (int i = 0; i < rows; ++i) {
+      for (int d = 0; d < hs; ++d) o[static_cast<index_t>(i) * C + d] = Real(0);
+      m[i] = math::lowest<Real>();
+      l[i] = Real(0);
+    }
+    const int key_tiles = causal ? qt + 1 : tiles;
+    for (int ktile = 0; ktile < key_tiles; ++ktile) {
+      const int k0 = ktile * tile;
+      const int cols = T - k0 < tile ? T - k0 : tile;
+      const Real* k = qkv.data() + qkv_index(b, k0, h, 0, 1, T, C, hs);  // (cols, hs)
+      const Real* v = qkv.data() + qkv_index(b, k0, h, 0, 2, T, C, hs);  // (cols, hs)
+      cblas_gemm(CblasNoTrans, CblasTrans, rows, cols, hs, scale, q, ld, k, ld, Real(0), s, tile);
+      for (int i = 0; i < rows; ++i) {
+        Real* si = s + i * tile;
+        const int last = q0 + i - k0 + 1;  // keys j < allowed take part
+        const int allowed = causal && last < cols ? last : cols;
+        Real mx = m[i];
+        for (int j = 0; j < allowed; ++j) mx = math::max(mx, si[j]);
+        const Real alpha = math::exp(m[i] - mx);
+        Real sum = Real(0);
+        for (int j = 0; j < allowed; ++j) {
+          si[j] = math::exp(si[j] - mx);
+          sum += si[j];
+        }
+        for (int j = allowed; j < cols; ++j) si[j] = Real(0);
+        m[i] = mx;
+        l[i] = l[i] * alpha + sum;
+        Real* oi = o + static_cast<index_t>(i) * C;
+        for (int d = 0; d < hs; ++d) oi[d] *= alpha;
+      }
+      cblas_gemm(CblasNoTrans, CblasNoTrans, rows, hs, cols, Real(1), s, tile, v, ld, Real(1), o,
+                 C);
+    }
+    for (int i = 0; i < rows; ++i) {
+      const Real inv = Real(1) / l[i];
+      Real* oi = o + static_cast<index_t>(i) * C;
+      for (int d = 0; d < hs; ++d) oi[d] *= inv;
+      lse(static_cast<index_t>(bh) * T + q0 + i) = m[i] + math::log(l[i]);
+    }
+  });
+}
+
+// One team (of one thread) per (batch, head), over its (query tile, key tile) pairs in order: P
+// from S and the lse, dS = P * (dy v^T - D) * scale, then dv += P^T dy, dk += dS^T q and
+// dq += dS k, accumulated in dqkv itself.
+template <class Real, class Exec>
+void attention_backward_blas(const Exec& exec, const Flat<Real, Exec>& dqkv,  // (B, T, 3C)
+                             const ConstFlat<Real, Exec>& dout,               // (B, T, C)
+                             const ConstFlat<Real, Exec>& qkv,                // (B, T, 3C)
+                             const ConstFlat<Real, Exec>& lse,                // (B, NH, T)
+                             const ConstFlat<Real, Exec>& D,                  // (B, NH, T)
+                             int B, int T, int C, int NH, bool causal) {
+  const int hs = C / NH, tile = kHostAttentionTile, ld = 3 * C;
+  const int tiles = (T + tile - 1) / tile;
+  const Real scale = Real(1) / math::sqrt(static_cast<Real>(hs));
+  const index_t scratch = 2 * static_cast<index_t>(tile) * tile;  // p and ds (tile, tile)
+  const auto policy = Kokkos::TeamPolicy<Exec>(exec, B * NH, 1)
+                          .set_scratch_size(0, Kokkos::PerTeam(static_cast<size_t>(
+                                                   TeamScratch<Real, Exec>::shmem_size(scratch))));
+  exec.fence();  // BLAS runs outside Kokkos: earlier kernels on this instance must be done
+  Kokkos::parallel_for("p2bw::attention_backward_blas", policy, [=](const Team<Exec>& team) {
+    const int bh = team.league_rank();
+    const int b = bh / NH, h = bh % NH;
+    TeamScratch<Real, Exec> mem(team.team_scratch(0), scratch);
+    Real* p = mem.data();        // (rows, tile) probabilities
+    Real* ds = p + tile * tile;  // (rows, tile) dp, then dscores
+    for (int t = 0; t < T; ++t)
+      for (int which = 0; which < 3; ++which)
+        for (int d = 0; d < hs; ++d) dqkv(qkv_index(b, t, h, d, which, T, C, hs)) = Real(0);
+    for (int qtile = 0; qtile < tiles; ++qtile) {
+      const int q0 = qtile * tile;
+      const int rows = T - q0 < tile ? T - q0 : tile;
+      const Real* q = qkv.data() + qkv_index(b, q0, h, 0, 0, T, C, hs);  // (rows, hs)
+      const Real* dy = dout.data() + btc_index(b, q0, h, 0, T, C, hs);   // (rows, hs), ld C
+      Real* dq = dqkv.data() + qkv_index(b, q0, h, 0, 0, T, C, hs);      // (rows, hs)
+      const Real* ls = lse.data() + static_cast<index_t>(bh) * T + q0;   // (rows)
+      const Real* Ds = D.data() + static_cast<index_t>(bh) * T + q0;     // (rows)
+      const int key_tiles = causal ? qtile + 1 : tiles;
+      for (int ktile = 0; ktile < key_tiles; ++ktile) {
+        const int k0 = ktile * tile;
+        const int cols = T - k0 < tile ? T - k0 : tile;
+        const Real* k = qkv.data() + qkv_index(b, k0, h, 0, 1, T, C, hs);  // (cols, hs)
+        const Real* v = qkv.data() + qkv_index(b, k0, h, 0, 2, T, C, hs);  // (cols, hs)
+        Real* dk = dqkv.data() + qkv_index(b, k0, h, 0, 1, T, C, hs);      // (cols, hs)
+        Real* dv = dqkv.data() + qkv_index(b, k0, h, 0, 2, T, C, hs);      // (cols, hs)
+        cblas_gemm(CblasNoTrans, CblasTrans, rows, cols, hs, scale, q, ld, k, ld, Real(0), p, tile);
+        cblas_gemm(CblasNoTrans, CblasTrans, rows, cols, hs, Real(1), dy, C, v, ld, Real(0), ds,
+                   tile);
+        for (int i = 0; i < rows; ++i) {
+          Real* pi = p + i * tile;
+          Real* dsi = ds + i * tile;
+          const int last = q0 + i - k0 + 1;  // keys j < allowed take part
+          const int allowed = causal && last < cols ? last : cols;
+          for (int j = 0; j < allowed; ++j) {
+            pi[j] = math::exp(pi[j] - ls[i]);
+            dsi[j] = pi[j] * (dsi[j] - Ds[i]) * scale;
+          }
+          for (int j = allowed; j < cols; ++j) pi[j] = dsi[j] = Real(0);
+        }
+        cblas_gemm(CblasTrans, CblasNoTrans, cols, hs, rows, Real(1), p, tile, dy, C, Real(1), dv,
+                   ld);
+        cblas_gemm(CblasTrans, CblasNoTrans, cols, hs, rows, Real(1), ds, tile, q, ld, Real(1), dk,
+                   ld);
+        cblas_gemm(CblasNoTrans, CblasNoTrans, rows, hs, cols, Real(1), ds, tile, k, ld, Real(1),
+                   dq, ld);
+      }
+    }
+  });
+}
+
+#endif  // P2BW_HAVE_CBLAS
+
+// The host path where gemm() calls CBLAS for this scalar and execution space.
+template <class Real, class Exec>
+constexpr bool attention_uses_blas() {
+  return gemm_backend<Real, Exec>() == GemmBackend::cblas;
+}
+
+}  // namespace detail
+
+// The implementation attention_forward and attention_backward use: "blas" or "native".
+template <class Real, class Exec>
+constexpr const char* attention_backend_name() {
+  return detail::attention_uses_blas<Real, Exec>() ? "blas" : "native";
+}
+
+// out = concat over heads of softmax(mask(q k^T / sqrt(hs))) v; lse[b, h, t] = log sum_j
+// exp(score[t, j]) over the allowed keys j.
+template <class Real, class Exec>
+void attention_forward(const Exec& exec, Flat<Real, Exec> out,  // (B, T, C)
+                       Flat<Real, Exec> lse,                    // (B, NH, T), saved for backward
+                       ConstFlat<Real, Exec> qkv,               // (B, T, 3C)
+                       int B, int T, int C, int NH, bool causal) {
+  if constexpr (detail::attention_uses_blas<Real, Exec>()) {
+#ifdef P2BW_HAVE_CBLAS
+    detail::check_forward_args<Real, Exec>(out, lse, qkv, B, T, C, NH);
+    if (static_cast<index_t>(B) * T * C == 0) return;
+    detail::attention_forward_blas<Real, Exec>(exec, out, lse, qkv, B, T, C, NH, causal);
+#endif
+  } else {
+    attention_forward_native<Real>(exec, out, lse, qkv, B, T, C, NH, causal);
+  }
+}
+
+// dqkv (assigned) from dout, given the forward's qkv, its output `out` and the saved lse.
+template <class Real, class Exec>
+void attention_backward(const Exec& exec, Flat<Real, Exec> dqkv,  // (B, T, 3C), assigned
+                        ConstFlat<Real, Exec> dout,               // (B, T, C)
+                        ConstFlat<Real, Exec> qkv,                // (B, T, 3C)
+                        ConstFlat<Real, Exec> out,                // (B, T, C) forward output
+                        ConstFlat<Real, Exec> lse,                // (B, NH, T)
+                        Flat<Real, Exec> workspace,  // (attention_backward_workspace(B, T, C, NH))
+                        int B, int T, int C, int NH, bool causal) {
+  if constexpr (detail::attention_uses_blas<Real, Exec>()) {
+#ifdef P2BW_HAVE_CBLAS
+    detail::check_backward_args<Real, Exec>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH);
+    if (static_cast<index_t>(B) * T * C == 0) return;
+    const Flat<Real, Exec> D = workspace;  // (B, NH, T)
+    detail::attention_row_dots<Real, Exec>(exec, D, dout, out, B, T, C, NH);
+    detail::attention_backward_blas<Real, Exec>(exec, dqkv, dout, qkv, lse, D, B, T, C, NH, causal);
+#endif
+  } else {
+    attention_backward_native<Real>(exec, dqkv, dout, qkv, out, lse, workspace, B, T, C, NH,
+                                    causal);
+  }
 }
 
 }  // namespace p2bw::kernels

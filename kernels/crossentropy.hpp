@@ -3,11 +3,14 @@
 // never enter the softmax and get gradient exactly 0. A target of kIgnoreIndex (any negative
 // value) marks a position without loss (BERT's unmasked positions): loss 0 and zero gradient.
 // Forward reads each row once (online max and sum) and keeps only its log-sum-exp; backward
-// writes the logits' gradient from the logits and that log-sum-exp in one pass, in place.
+// writes the logits' gradient from the logits and that log-sum-exp in one pass, in place. The
+// microbatch's mean loss is summed on the device (classifier_mean_loss), so nothing is copied
+// to the host per microbatch.
 // The former kernels (probabilities, then their gradient) are the tests' reference,
 // tests/kernels/crossentropy_reference.hpp.
 #pragma once
 
+#include "kernels/reduce.hpp"
 #include "kernels/types.hpp"
 
 namespace p2bw::kernels {
@@ -72,30 +75,73 @@ void classifier_forward(const Exec& exec, Flat<Real, Exec> losses,  // (N)
       });
 }
 
+// Doubles of scratch classifier_mean_loss needs for N rows.
+inline index_t classifier_mean_loss_workspace(int N) {
+  return detail::fixed_order_sum_partials(N, detail::kNormChunk) + 1;
+}
+
+// On the device, without blocking: positions(0) = the number of rows with a target (targets >= 0)
+// and loss_sum(0) += the mean of losses over those rows (nothing added without any). The losses
+// (0 on ignored rows) are summed in double in the fixed order of detail::fixed_order_sum.
+template <class Real, class Exec>
+void classifier_mean_loss(const Exec& exec, Flat<double, Exec> loss_sum,  // (1), accumulated
+                          Flat<double, Exec> positions,                   // (1), assigned
+                          ConstFlat<Real, Exec> losses,                   // (N)
+                          ConstFlat<int, Exec> targets,                   // (N)
+                          Flat<double, Exec> workspace,  // (classifier_mean_loss_workspace(N))
+                          int N) {
+  detail::require_size(loss_sum, 1, "classifier_mean_loss", "loss_sum");
+  detail::require_size(positions, 1, "classifier_mean_loss", "positions");
+  detail::require_size(losses, N, "classifier_mean_loss", "losses");
+  detail::require_size(targets, N, "classifier_mean_loss", "targets");
+  detail::require_size(workspace, classifier_mean_loss_workspace(N), "classifier_mean_loss",
+                       "workspace");
+  const index_t partials = detail::fixed_order_sum_partials(N, detail::kNormChunk);
+  const Flat<double, Exec> sum(workspace.data() + partials, 1);  // (1)
+  detail::fixed_order_sum<false, Real>(exec, losses, N, detail::kNormChunk,
+                                       Flat<double, Exec>(workspace.data(), partials), sum);
+  // A count of ones is exact in double, whatever the order.
+  Kokkos::parallel_reduce(
+      "p2bw::classifier_positions", Kokkos::RangePolicy<Exec>(exec, 0, N),
+      KOKKOS_LAMBDA(const int i, double& count) { count += targets(i) >= 0 ? 1.0 : 0.0; },
+      Kokkos::subview(positions, 0));
+  Kokkos::parallel_for(
+      "p2bw::classifier_mean_loss", Kokkos::RangePolicy<Exec>(exec, 0, 1),
+      KOKKOS_LAMBDA(const int) {
+        if (positions(0) > 0) loss_sum(0) += sum(0) / positions(0);
+      });
+}
+
 // dlogits[n, j] = (exp(logits[n, j] - lse[n]) - [j == targets[n]]) * scale for j < V; 0 on padded
-// columns and ignored rows (assigned; dlogits may alias logits). scale is d(loss)/d(loss_n), e.g.
-// 1 / (number of positions with a loss).
+// columns and ignored rows (assigned; dlogits may alias logits). scale = d(loss)/d(loss_n) =
+// loss_scale / positions(0), the device count of rows with a loss (classifier_mean_loss): the
+// gradient of loss_scale times the mean loss; 0 when positions(0) is 0.
 template <class Real, class Exec>
 void classifier_backward(const Exec& exec, Flat<Real, Exec> dlogits,  // (N, Vp), assigned
                          ConstFlat<Real, Exec> logits,                // (N, Vp)
                          ConstFlat<Real, Exec> lse,                   // (N)
                          ConstFlat<int, Exec> targets,                // (N)
-                         Real scale, int N, int V, int Vp) {
+                         ConstFlat<double, Exec> positions,           // (1)
+                         double loss_scale, int N, int V, int Vp) {
   const index_t NV = static_cast<index_t>(N) * Vp;
   detail::require(0 < V && V <= Vp, "classifier_backward", "needs 0 < V <= Vp");
   detail::require_size(dlogits, NV, "classifier_backward", "dlogits");
   detail::require_size(logits, NV, "classifier_backward", "logits");
   detail::require_size(lse, N, "classifier_backward", "lse");
   detail::require_size(targets, N, "classifier_backward", "targets");
+  detail::require_size(positions, 1, "classifier_backward", "positions");
   Kokkos::parallel_for(
       "p2bw::classifier_backward", Kokkos::RangePolicy<Exec>(exec, 0, NV),
       KOKKOS_LAMBDA(const index_t i) {
         const index_t row = i / Vp;
         const int j = static_cast<int>(i % Vp);
         const int target = targets(row);
+        const double count = positions(0);
         Real d = Real(0);
-        if (target >= 0 && j < V)
+        if (target >= 0 && j < V && count > 0) {
+          const Real scale = static_cast<Real>(loss_scale / count);
           d = (math::exp(logits(i) - lse(row)) - (j == target ? Real(1) : Real(0))) * scale;
+        }
         dlogits(i) = d;
       });
 }

@@ -26,9 +26,14 @@ void matmul_forward(const Exec& exec, Flat<Real, Exec> out,  // (N, OC)
              ConstMatrix<Real, Exec>(weight.data(), OC, C), Real(0),
              Matrix<Real, Exec>(out.data(), N, OC));
   if (!has_bias) return;
+  // One team per row, no division per element.
   Kokkos::parallel_for(
-      "p2bw::matmul_forward_bias", Kokkos::RangePolicy<Exec>(exec, 0, NOC),
-      KOKKOS_LAMBDA(const index_t i) { out(i) += bias(i % OC); });
+      "p2bw::matmul_forward_bias", Kokkos::TeamPolicy<Exec>(exec, N, Kokkos::AUTO),
+      KOKKOS_LAMBDA(const detail::Team<Exec>& team) {
+        const index_t row = static_cast<index_t>(team.league_rank()) * OC;
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, OC),
+                             [&](const int o) { out(row + o) += bias(o); });
+      });
 }
 
 // dinp = dout * weight (assigned); dweight += dout^T * inp; dbias += sum over rows of dout

@@ -1,5 +1,7 @@
 // Deterministic reductions shared by the layers and the optimizers: column sums over rows (bias
-// and LayerNorm parameter gradients) and the squared global norm of a gradient buffer.
+// and LayerNorm parameter gradients), fixed-order sums (the loss) and the squared global norm of a
+// gradient buffer. The non-blocking forms write their result into device memory with scratch the
+// caller keeps, so a training step allocates nothing and copies to the host once.
 // Both fix the summation order by the problem size alone (fixed chunks summed sequentially, then
 // the chunk sums in order), so results are bitwise identical run to run and independent of the
 // team size, the vector length and the number of threads.
@@ -41,14 +43,17 @@ void column_sum_add(const Exec& exec, Flat<Real, Exec> dst,  // (C)
         const int nc = C - c0 < kColumnBlock ? C - c0 : kColumnBlock;
         TeamScratch<Real, Exec> partial(team.team_scratch(0),
                                         kRowChunks * kColumnBlock);  // (kRowChunks, kColumnBlock)
+        // Row by row, the columns in the inner loop: contiguous reads on the host, coalesced
+        // ones across the vector lanes on a GPU; each column still sums its rows in order.
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kRowChunks), [&](const int chunk) {
           const int n0 = chunk * rows_per_chunk;
           const int n1 = N - n0 < rows_per_chunk ? N : n0 + rows_per_chunk;
-          Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, nc), [&](const int j) {
-            Real sum = Real(0);
-            for (int n = n0; n < n1; ++n) sum += f(n, c0 + j);
-            partial(chunk * kColumnBlock + j) = sum;
-          });
+          Real* sums = &partial(chunk * kColumnBlock);  // (nc) this chunk's column sums
+          Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, nc),
+                               [&](const int j) { sums[j] = Real(0); });
+          for (int n = n0; n < n1; ++n)
+            Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, nc),
+                                 [&](const int j) { sums[j] += f(n, c0 + j); });
         });
         team.team_barrier();
         Kokkos::parallel_for(Kokkos::TeamVectorRange(team, nc), [&](const int j) {
@@ -97,34 +102,78 @@ void chunk_sums(const Exec& exec, ConstFlat<Real, Exec> in, index_t n, index_t c
       });
 }
 
-// global_norm_squared with a given chunk size (exposed so tests can exercise several levels).
+// Doubles of the partial sums fixed_order_sum keeps for n elements in chunks of `chunk`: the
+// first level and the second (later levels reuse them).
+inline index_t fixed_order_sum_partials(index_t n, index_t chunk) {
+  const index_t level1 = (n + chunk - 1) / chunk;
+  return level1 + (level1 + chunk - 1) / chunk;
+}
+
+// result(0) = sum of in[i]^2 (Square) or in[i] over i < n, in double, on the device without
+// blocking: chunk sums (chunk_sums), then chunk sums of those, until one value is left, in
+// `partials` (fixed_order_sum_partials(n, chunk)). Only the problem size fixes the order.
+template <bool Square, class Real, class Exec>
+void fixed_order_sum(const Exec& exec, ConstFlat<Real, Exec> in, index_t n, index_t chunk,
+                     Flat<double, Exec> partials, Flat<double, Exec> result) {
+  require(chunk >= 2, "fixed_order_sum", "chunk must be at least 2");
+  require_size(in, n, "fixed_order_sum", "in");
+  require_size(partials, fixed_order_sum_partials(n, chunk), "fixed_order_sum", "partials");
+  require_size(result, 1, "fixed_order_sum", "result");
+  if (n == 0) {
+    Kokkos::parallel_for(
+        "p2bw::fixed_order_sum_empty", Kokkos::RangePolicy<Exec>(exec, 0, 1),
+        KOKKOS_LAMBDA(const int) { result(0) = 0.0; });
+    return;
+  }
+  const index_t level1 = (n + chunk - 1) / chunk;
+  Flat<double, Exec> a(partials.data(), static_cast<size_t>(level1));  // (level1)
+  Flat<double, Exec> b(partials.data() + level1,
+                       static_cast<size_t>((level1 + chunk - 1) / chunk));  // (level2)
+  chunk_sums<Square, Real>(exec, in, n, chunk, level1 == 1 ? result : a);
+  index_t count = level1;
+  while (count > 1) {
+    const index_t next = (count + chunk - 1) / chunk;
+    chunk_sums<false, double>(exec, a, count, chunk, next == 1 ? result : b);
+    count = next;
+    std::swap(a, b);
+  }
+}
+
+// global_norm_squared with a given chunk size (exposed so tests can exercise several levels);
+// blocking, with partials allocated for this one call.
 template <class Real, class Exec>
 double global_norm_squared_chunked(const Exec& exec, ConstFlat<Real, Exec> grad, index_t chunk) {
   require(chunk >= 2, "global_norm_squared", "chunk must be at least 2");
   const index_t n = static_cast<index_t>(grad.extent(0));
-  if (n == 0) return 0.0;
-  const index_t level1 = (n + chunk - 1) / chunk;
-  const index_t level2 = (level1 + chunk - 1) / chunk;
   using Work = Kokkos::View<double*, Kokkos::LayoutRight, typename Exec::memory_space>;
-  Work a(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::norm_partials_a"), level1);
-  Work b(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::norm_partials_b"), level2);
-  chunk_sums<true, Real>(exec, grad, n, chunk, a);
-  index_t count = level1;
-  while (count > 1) {
-    chunk_sums<false, double>(exec, a, count, chunk, b);
-    count = (count + chunk - 1) / chunk;
-    std::swap(a, b);
-  }
-  Kokkos::View<double, Kokkos::HostSpace> result("p2bw::norm");
-  Kokkos::deep_copy(exec, result, Kokkos::subview(a, 0));
-  exec.fence();
-  return result();
+  Work partials(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::norm_partials"),
+                static_cast<size_t>(fixed_order_sum_partials(n, chunk)));
+  Work result("p2bw::norm", 1);
+  fixed_order_sum<true, Real>(exec, grad, n, chunk, partials, result);
+  auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), result);
+  return host(0);
 }
 }  // namespace detail
 
-// Sum of squares of all elements of grad, in double, blocking until done. Fixed-order
-// multi-level reduction: sums of kNormChunk-element chunks (see detail::chunk_sums), then chunk
-// sums of those, until one value is left; bitwise the same on every run and thread count.
+// Doubles of the partials global_norm_squared needs for n elements.
+inline index_t global_norm_partials(index_t n) {
+  return detail::fixed_order_sum_partials(n, detail::kNormChunk);
+}
+
+// result(0) = sum of squares of all elements of grad, in double, on the device without blocking,
+// with `partials` (global_norm_partials(n)) kept by the caller so that nothing is allocated per
+// call. Fixed-order multi-level reduction: sums of kNormChunk-element chunks (see
+// detail::chunk_sums), then chunk sums of those, until one value is left; bitwise the same on
+// every run and thread count.
+template <class Real, class Exec>
+void global_norm_squared(const Exec& exec, ConstFlat<Real, Exec> grad,  // (n)
+                         Flat<double, Exec> partials,  // (global_norm_partials(n)), scratch
+                         Flat<double, Exec> result) {  // (1)
+  detail::fixed_order_sum<true, Real>(exec, grad, static_cast<index_t>(grad.extent(0)),
+                                      detail::kNormChunk, partials, result);
+}
+
+// The same, blocking, with partials allocated for this one call (tests and one-off callers).
 template <class Real, class Exec>
 double global_norm_squared(const Exec& exec, ConstFlat<Real, Exec> grad) {  // (n)
   return detail::global_norm_squared_chunked<Real>(exec, grad, detail::kNormChunk);

@@ -145,6 +145,15 @@ StageModel::StageModel(const config::ModelConfig& model, int microbatch_size, in
   workspace_floats_ = stage_workspace_floats(shape_, has_head());
   workspace_ = FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::workspace"),
                          static_cast<size_t>(workspace_floats_));
+  std::int64_t largest_part = 0;
+  for (const PartRef& part : parts_) largest_part = std::max(largest_part, part.layout.params);
+  const int N = static_cast<int>(shape_.microbatch * shape_.seq_len);
+  reduction_scratch_ =
+      DoubleView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::reduction_scratch"),
+                 static_cast<size_t>(std::max(kernels::global_norm_partials(largest_part),
+                                              kernels::classifier_mean_loss_workspace(N))));
+  loss_scratch_ = DoubleView("p2bw::loss_scratch", 1);
+  host_loss_ = HostMirror<DoubleView>("p2bw::host_loss", 2);
 }
 
 void StageModel::init(FloatView params, std::uint64_t seed) const {
@@ -154,16 +163,16 @@ void StageModel::init(FloatView params, std::uint64_t seed) const {
   Kokkos::deep_copy(params, host);
 }
 
-std::vector<double> StageModel::grad_square_sums(const Exec& exec, ConstFloatView grads) const {
-  std::vector<double> sums;
-  for (const PartRef& part : parts_) {
+void StageModel::grad_square_sums(const Exec& exec, ConstFloatView grads, DoubleView sums) const {
+  P2BW_ASSERT(static_cast<int>(sums.extent(0)) >= parts(), "one square sum per part");
+  for (size_t p = 0; p < parts_.size(); ++p) {
+    const PartRef& part = parts_[p];
     std::int64_t count = part.layout.params;
     for (const TensorInfo& tensor : part.layout.tensors)
       if (tensor.tied_copy) count -= tensor.count;  // the tied copy is the part's last tensor
-    sums.push_back(
-        kernels::global_norm_squared<float>(exec, cflat(grads.data() + part.param_offset, count)));
+    kernels::global_norm_squared<float>(exec, cflat(grads.data() + part.param_offset, count),
+                                        reduction_scratch_, Flat<double, Exec>(sums.data() + p, 1));
   }
-  return sums;
 }
 
 bool StageModel::sum_tied_gradients(const Exec& exec, FloatView grads) const {
@@ -194,7 +203,10 @@ Cache StageModel::make_cache() const {
   cache.floats = FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::cache"),
                            static_cast<size_t>(cache_floats_));
   if (has_embedding()) cache.tokens = IntView("p2bw::tokens", r);
-  if (has_head()) cache.targets = IntView("p2bw::targets", r);
+  if (has_head()) {
+    cache.targets = IntView("p2bw::targets", r);
+    cache.positions = DoubleView("p2bw::positions", 1);
+  }
   return cache;
 }
 
@@ -218,14 +230,28 @@ void StageModel::forward_logits(const Exec& exec, ConstFloatView params, Cache& 
                   shape_.microbatch * shape_.seq_len * shape_.padded_vocab,
               "logits must be (B, T, Vp)");
   Kokkos::deep_copy(exec, cache.targets, -1);  // data::kIgnore: no loss anywhere
-  forward(exec, params, cache, FloatView());
+  forward(exec, params, cache, FloatView(), DoubleView());
   Kokkos::deep_copy(exec, logits, this->logits());
 }
 
 double StageModel::forward(const Exec& exec, ConstFloatView params, Cache& cache, FloatView out) {
+  if (!has_head()) {
+    forward(exec, params, cache, out, DoubleView());
+    return 0.0;
+  }
+  Kokkos::deep_copy(exec, loss_scratch_, 0.0);
+  forward(exec, params, cache, out, loss_scratch_);
+  Kokkos::deep_copy(exec, Kokkos::subview(host_loss_, std::make_pair(0, 1)), loss_scratch_);
+  Kokkos::deep_copy(exec, Kokkos::subview(host_loss_, std::make_pair(1, 2)), cache.positions);
+  exec.fence();
+  cache.loss_positions = static_cast<int>(host_loss_(1));
+  return host_loss_(0);
+}
+
+void StageModel::forward(const Exec& exec, ConstFloatView params, Cache& cache, FloatView out,
+                         DoubleView loss_sum) {
   const int B = static_cast<int>(shape_.microbatch), T = static_cast<int>(shape_.seq_len);
   const int C = static_cast<int>(shape_.hidden);
-  double loss = 0.0;
   for (size_t i = 0; i < parts_.size(); ++i) {
     const PartRef& part = parts_[i];
     // A part writes its output into the next part's input slot (the start of its cache range).
@@ -243,11 +269,10 @@ double StageModel::forward(const Exec& exec, ConstFloatView params, Cache& cache
         block_forward(exec, part, params, cache, next);
         break;
       case PartKind::head:
-        loss = head_forward(exec, part, params, cache);
+        head_forward(exec, part, params, cache, loss_sum);
         break;
     }
   }
-  return loss;
 }
 
 void StageModel::block_forward(const Exec& exec, const PartRef& part, ConstFloatView params,
@@ -278,8 +303,8 @@ void StageModel::block_forward(const Exec& exec, const PartRef& part, ConstFloat
   kernels::residual_forward<float>(exec, y, a.res2, y, n);
 }
 
-double StageModel::head_forward(const Exec& exec, const PartRef& part, ConstFloatView params,
-                                Cache& cache) {
+void StageModel::head_forward(const Exec& exec, const PartRef& part, ConstFloatView params,
+                              Cache& cache, DoubleView loss_sum) {
   const int N = static_cast<int>(shape_.microbatch * shape_.seq_len),
             C = static_cast<int>(shape_.hidden);
   const int V = static_cast<int>(shape_.vocab), Vp = static_cast<int>(shape_.padded_vocab);
@@ -291,17 +316,11 @@ double StageModel::head_forward(const Exec& exec, const PartRef& part, ConstFloa
                                     w.lnf_bias, N, C);
   kernels::matmul_forward<float>(exec, ws.logits, a.lnf, w.wte, ConstFlat<float, Exec>(), N, C, Vp);
   kernels::classifier_forward<float>(exec, ws.losses, a.lse, ws.logits, cache.targets, N, V, Vp);
-  // The mean over positions with a target, summed in position order on the host (deterministic).
-  auto host_losses = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), ws.losses);
-  auto host_targets = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), cache.targets);
-  double sum = 0.0;
-  cache.loss_positions = 0;
-  for (int i = 0; i < N; ++i) {
-    if (host_targets(i) < 0) continue;
-    sum += host_losses(i);
-    ++cache.loss_positions;
-  }
-  return cache.loss_positions > 0 ? sum / cache.loss_positions : 0.0;
+  // The mean over positions with a target, summed in a fixed order on the device; a dropped loss
+  // still counts the positions (backward's scale).
+  kernels::classifier_mean_loss<float>(exec, loss_sum.data() ? loss_sum : loss_scratch_,
+                                       cache.positions, ws.losses, cache.targets,
+                                       reduction_scratch_, N);
 }
 
 void StageModel::backward(const Exec& exec, ConstFloatView params, FloatView grads, Cache& cache,
@@ -379,14 +398,13 @@ void StageModel::head_backward(const Exec& exec, const PartRef& part, ConstFloat
   const auto g = tensor_views<HeadParameters, Flat<float, Exec>>(grads.data() + part.param_offset,
                                                                  part.layout);
   const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_, has_head()));
-  // d(mean loss)/d(loss_i) = 1 / positions; ignored positions get no gradient in the kernel.
-  const float scale =
-      cache.loss_positions > 0 ? static_cast<float>(loss_scale / cache.loss_positions) : 0.0f;
+  // d(mean loss)/d(loss_i) = loss_scale / positions (counted by forward on the device); ignored
+  // positions get no gradient in the kernel.
   // The logits are recomputed (one GEMM) rather than kept per microbatch: the cache holds only
   // their log-sum-exp. Their gradient overwrites them in the workspace.
   kernels::matmul_forward<float>(exec, ws.logits, a.lnf, w.wte, ConstFlat<float, Exec>(), N, C, Vp);
-  kernels::classifier_backward<float>(exec, ws.logits, ws.logits, a.lse, cache.targets, scale, N, V,
-                                      Vp);
+  kernels::classifier_backward<float>(exec, ws.logits, ws.logits, a.lse, cache.targets,
+                                      cache.positions, loss_scale, N, V, Vp);
   kernels::matmul_backward<float>(exec, ws.dln, g.wte, Flat<float, Exec>(), ws.logits, a.lnf, w.wte,
                                   N, C, Vp);
   kernels::layernorm_backward<float>(exec, flat(din, boundary_floats()), g.lnf_weight, g.lnf_bias,

@@ -27,7 +27,8 @@ struct Cache {
   FloatView floats;        // (cache_floats) saved activations of every part, the stage input first
   IntView tokens;          // (B, T) input tokens (stage with the embedding)
   IntView targets;         // (B, T) targets, data::kIgnore without loss (stage with the head)
-  int loss_positions = 0;  // targets with a loss, counted by forward
+  DoubleView positions;    // (1) targets with a loss, counted on the device by forward (head)
+  int loss_positions = 0;  // the same on the host: set by the blocking forward only
 };
 
 // Sets the kernels up for the deck's model.precision before a StageModel computes: TF32 GEMMs for
@@ -58,9 +59,13 @@ class StageModel {
   std::int64_t cache_floats() const { return cache_floats_; }
   std::int64_t workspace_floats() const { return workspace_floats_; }
 
-  // Squared L2 norm of each part's gradient in part order, the head's tied copy of the embedding
-  // excluded (it is counted once, in the embedding). Deterministic.
-  std::vector<double> grad_square_sums(const Exec& exec, ConstFloatView grads) const;
+  // Parts of this stage (the length of grad_square_sums' result).
+  int parts() const { return static_cast<int>(parts_.size()); }
+
+  // sums(p) = the squared L2 norm of part p's gradient, in part order, the head's tied copy of
+  // the embedding excluded (it is counted once, in the embedding). On the device without
+  // blocking, in scratch the model keeps; deterministic.
+  void grad_square_sums(const Exec& exec, ConstFloatView grads, DoubleView sums) const;
 
   // When the stage holds both copies of the tied embedding (d = 1), gives both the sum of their
   // gradients (a + b, as the two-rank all-reduce of a pipeline computes it). Returns false when
@@ -78,8 +83,13 @@ class StageModel {
   FloatView input_slot(const Cache& cache) const;
 
   // Forward of one microbatch. Reads cache.tokens (embedding) or input_slot (otherwise), fills
-  // the cache and writes the stage output `out` (B, T, C) unless the stage has the head. Returns
-  // the microbatch's mean loss over the positions with targets (0 without the head).
+  // the cache and writes the stage output `out` (B, T, C) unless the stage has the head. With the
+  // head, adds the microbatch's mean loss over the positions with targets to loss_sum(0) on the
+  // device, without blocking (loss_sum may be empty: the loss is dropped, e.g. recomputation).
+  void forward(const Exec& exec, ConstFloatView params, Cache& cache, FloatView out,
+               DoubleView loss_sum);
+  // The same, blocking (evaluation, tests, profiling): returns the mean loss (0 without the
+  // head) and sets cache.loss_positions, with one copy to the host.
   double forward(const Exec& exec, ConstFloatView params, Cache& cache, FloatView out);
 
   // The head's logits (B, T, Vp) of the latest forward, in the shared workspace: valid until the
@@ -105,7 +115,8 @@ class StageModel {
     std::int64_t cache_offset;  // in Cache::floats
   };
 
-  double head_forward(const Exec& exec, const PartRef& part, ConstFloatView params, Cache& cache);
+  void head_forward(const Exec& exec, const PartRef& part, ConstFloatView params, Cache& cache,
+                    DoubleView loss_sum);
   void block_forward(const Exec& exec, const PartRef& part, ConstFloatView params, Cache& cache,
                      float* out);
   void head_backward(const Exec& exec, const PartRef& part, ConstFloatView params, FloatView grads,
@@ -121,6 +132,9 @@ class StageModel {
   std::int64_t cache_floats_ = 0;
   std::int64_t workspace_floats_ = 0;
   FloatView workspace_;  // transient buffers of forward and backward, shared by all microbatches
+  DoubleView reduction_scratch_;           // partials of grad_square_sums and of the mean loss
+  DoubleView loss_scratch_;                // (1) where a dropped or blocking forward's loss goes
+  HostMirror<DoubleView> host_loss_;       // (2) the blocking forward's copy: loss, positions
   kernels::EncoderBuckets<Exec> buckets_;  // positions by token for the embedding's backward
 };
 

@@ -89,6 +89,11 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
     collectives_ = comm::make_mpi_collectives(grid, deck.pipeline.timeout_s);
   }
   reduction_ = std::make_unique<StepReduction>(deck_, grid_, *collectives_, *model_, first_part);
+  if (range.has_head) loss_sums_ = DoubleView("p2bw::loss_sums", kLossSlots);
+  const auto positions =
+      static_cast<size_t>(deck.train.microbatch_size) * static_cast<size_t>(deck.model.seq_len);
+  host_tokens_.resize(positions);
+  host_targets_.resize(positions);
   if (range.has_embedding || range.has_head) {
     P2BW_ASSERT(tokens != nullptr, "the first and the last stage need the data");
     data::DataSplits splits = data::split_data(std::move(tokens), deck);
@@ -119,6 +124,9 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
     if (versions_.master().data()) Kokkos::deep_copy(exec_, versions_.master(), versions_.at(0));
   }
   versions_.make_gradients(exec_);
+  // The boundary buffers exist from the start: when a send completes decides which step would
+  // otherwise make the last of them.
+  for (int b = 0; b < 2 * links(); ++b) free_boundaries_.push_back(new_boundary());
   timing_totals_ =
       DoubleView("p2bw::timing_totals", static_cast<size_t>(kTimingValues * grid.depth()));
   if (deck.pipeline.recompute) {
@@ -377,22 +385,29 @@ PipelineTrainer::Microbatch& PipelineTrainer::microbatch(int mb) {
   return in_flight_.emplace(mb, record).first->second;
 }
 
+int PipelineTrainer::links() const {
+  return (grid_.stage() > 0) + (grid_.stage() + 1 < grid_.depth());
+}
+
+model::FloatView PipelineTrainer::new_boundary() {
+  ++boundaries_;
+  return model::FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::boundary"),
+                          static_cast<size_t>(model_->boundary_floats()));
+}
+
 model::FloatView PipelineTrainer::take_boundary() {
   reap_sends();
-  // Two (B, T, C) buffers per link to a neighbour, as predicted (memory.hpp): when they are all
-  // in flight, the oldest send is waited for instead of allocating another. The schedule is
-  // deadlock-free with blocking sends, so this wait always ends.
-  const int links = (grid_.stage() > 0) + (grid_.stage() + 1 < grid_.depth());
+  // Two (B, T, C) buffers per link to a neighbour, as predicted (memory.hpp), made with the
+  // trainer: when they are all in flight, the oldest send is waited for instead of allocating
+  // another (a buffer more only when none is in flight). The schedule is deadlock-free with
+  // blocking sends, so this wait always ends.
+  const int links = this->links();
   while (free_boundaries_.empty() && boundaries_ >= 2 * links && !sending_.empty()) {
     timed(wait_s_, [&] { transport_->wait(sending_.front().first, "a free boundary buffer"); });
     free_boundaries_.push_back(sending_.front().second);
     sending_.erase(sending_.begin());
   }
-  if (free_boundaries_.empty()) {
-    ++boundaries_;
-    return model::FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::boundary"),
-                            static_cast<size_t>(model_->boundary_floats()));
-  }
+  if (free_boundaries_.empty()) return new_boundary();
   model::FloatView buffer = free_boundaries_.back();
   free_boundaries_.pop_back();
   return buffer;
@@ -413,14 +428,31 @@ void PipelineTrainer::load_data(int mb, model::Cache& cache) {
   const int m = deck_.pipeline.microbatches;
   const std::int64_t t = (mb - 1) / m;
   const int j = (mb - 1) % m;
-  const auto r =
-      static_cast<size_t>(deck_.train.microbatch_size) * static_cast<size_t>(deck_.model.seq_len);
-  std::vector<std::int32_t> tokens(r), targets(r);
-  loader_->microbatch(t, j, grid_.replica(), tokens.data(), targets.data());
+  const size_t r = host_tokens_.size();
+  loader_->microbatch(t, j, grid_.replica(), host_tokens_.data(), host_targets_.data());
   using HostInts = Kokkos::View<const int*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>;
-  if (model_->has_embedding()) Kokkos::deep_copy(exec_, cache.tokens, HostInts(tokens.data(), r));
-  if (model_->has_head()) Kokkos::deep_copy(exec_, cache.targets, HostInts(targets.data(), r));
-  exec_.fence();  // the host vectors go out of scope
+  if (model_->has_embedding())
+    Kokkos::deep_copy(exec_, cache.tokens, HostInts(host_tokens_.data(), r));
+  if (model_->has_head())
+    Kokkos::deep_copy(exec_, cache.targets, HostInts(host_targets_.data(), r));
+  exec_.fence();  // the host buffers are refilled by the next load
+}
+
+DoubleView PipelineTrainer::loss_slot(int batch) {
+  auto it = loss_slots_.find(batch);
+  if (it == loss_slots_.end()) {
+    auto taken = [this](int slot) {
+      for (const auto& entry : loss_slots_)
+        if (entry.second == slot) return true;
+      return false;
+    };
+    int slot = 0;
+    while (slot < kLossSlots && taken(slot)) ++slot;
+    P2BW_ASSERT(slot < kLossSlots, "more batches in flight on the last stage than loss slots");
+    it = loss_slots_.emplace(batch, slot).first;
+    Kokkos::deep_copy(exec_, Kokkos::subview(loss_sums_, slot), 0.0);
+  }
+  return Kokkos::subview(loss_sums_, std::make_pair(it->second, it->second + 1));
 }
 
 void PipelineTrainer::copy_stash(const model::Cache& from, model::Cache& to) const {
@@ -479,15 +511,16 @@ void PipelineTrainer::forward(int mb, int version) {
   compute_clock_.begin();
   if (loader_) load_data(mb, record.stash);
   if (!model_->has_head()) record.output = take_boundary();
-  double loss;
+  // The last stage adds the microbatch's mean loss to its batch's slot on the device.
+  const DoubleView loss_sum =
+      model_->has_head() ? loss_slot((mb - 1) / deck_.pipeline.microbatches) : DoubleView();
   if (deck_.pipeline.recompute) {
     copy_stash(record.stash, scratch_);
-    loss = model_->forward(exec_, w, scratch_, record.output);
+    model_->forward(exec_, w, scratch_, record.output, loss_sum);
   } else {
-    loss = model_->forward(exec_, w, record.stash, record.output);
+    model_->forward(exec_, w, record.stash, record.output, loss_sum);
   }
   compute_clock_.end(schedule::ActionKind::forward, mb, version);
-  if (model_->has_head()) losses_[(mb - 1) / deck_.pipeline.microbatches] += loss;
 }
 
 void PipelineTrainer::backward(int mb, int version) {
@@ -500,7 +533,8 @@ void PipelineTrainer::backward(int mb, int version) {
       1.0 / (static_cast<double>(deck_.pipeline.microbatches) * deck_.pipeline.width);
   if (deck_.pipeline.recompute) {
     copy_stash(record.stash, scratch_);
-    model_->forward(exec_, w, scratch_, scratch_out_);  // the same version: the same activations
+    // The same version: the same activations; the loss was counted by the first forward.
+    model_->forward(exec_, w, scratch_, scratch_out_, DoubleView());
     model_->backward(exec_, w, versions_.gradients(), scratch_, record.output_grad,
                      record.input_grad, scale);
   } else {
@@ -539,10 +573,10 @@ void PipelineTrainer::post_reductions(int batch) {
     timing = timing_.at(timing_step);
     timing_.erase(timing_step);
   }
-  double loss_sum = 0.0;
+  DoubleView loss_sum;
   if (model_->has_head()) {
-    loss_sum = losses_.at(batch);
-    losses_.erase(batch);
+    loss_sum = loss_slot(batch);
+    loss_slots_.erase(batch);  // post copies the sum on the device: the slot is free again
   }
   timed(compute_s_, [&] {
     reduction_->post(exec_, batch, versions_.detach_gradients(), loss_sum, stop_vote_, timing_step,

@@ -108,8 +108,10 @@ class PipelineTrainer {
   };
 
   void run(const schedule::Action& action);
-  Microbatch& microbatch(int mb);  // its record, made (with a stash from the free list) if new
-  model::FloatView take_boundary();
+  Microbatch& microbatch(int mb);    // its record, made (with a stash from the free list) if new
+  int links() const;                 // neighbouring stages (0, 1 or 2)
+  model::FloatView new_boundary();   // allocates one (B, T, C) boundary buffer
+  model::FloatView take_boundary();  // a free boundary buffer
   void reap_sends();
   void load_data(int mb, model::Cache& cache);
   void copy_stash(const model::Cache& from, model::Cache& to) const;
@@ -161,7 +163,15 @@ class PipelineTrainer {
   int stashes_ = 0, boundaries_ = 0;                       // allocated so far
   model::Cache scratch_;          // recomputation: one microbatch's full activations
   model::FloatView scratch_out_;  // recomputation: the re-forward's unused output
-  std::map<int, double> losses_;  // batch -> sum of its microbatch losses (last stage)
+  // Last stage: the sums of the microbatch losses of the batches being run, on the device, in
+  // kLossSlots slots (a batch takes a free one at its first forward and gives it back when its
+  // reductions are posted), and which batch has which slot.
+  static constexpr int kLossSlots = 3;
+  DoubleView loss_sums_;
+  std::map<int, int> loss_slots_;   // batch -> slot
+  DoubleView loss_slot(int batch);  // the batch's slot (1), taken and zeroed at first use
+  // Last stage: the loader's microbatch on the host (B, T), for the copies to the device.
+  std::vector<std::int32_t> host_tokens_, host_targets_;
 
   bool stop_vote_ = false;
   std::vector<StepResult> known_;              // results completed, not yet handed out

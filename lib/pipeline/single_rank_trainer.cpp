@@ -27,23 +27,29 @@ SingleRankTrainer::SingleRankTrainer(const config::Deck& deck,
     Kokkos::deep_copy(master_, w_new_);
   }
   grads_ = model::FloatView("p2bw::grads", n);
+  // The second weight buffer of 2bw exists from the start, so that no step allocates.
+  if (deck.pipeline.schedule == config::ScheduleKind::two_bw &&
+      deck.pipeline.sync_warmup_steps < deck.train.steps)
+    spare_ = model::FloatView("p2bw::weights_b", n);
   cache_ = model_.make_cache();
+  host_tokens_ = Kokkos::create_mirror_view(cache_.tokens);
+  host_targets_ = Kokkos::create_mirror_view(cache_.targets);
+  totals_ = DoubleView("p2bw::step_totals", static_cast<size_t>(model_.parts() + 1));
+  host_totals_ = Kokkos::create_mirror_view(totals_);
 }
 
 double SingleRankTrainer::evaluate() {
   P2BW_ASSERT(splits_.validation != nullptr, "an evaluation needs a validation split");
   data::Loader loader(splits_.validation, deck_, data::Order::sequential);
   const int m = deck_.pipeline.microbatches, width = deck_.pipeline.width;
-  auto host_tokens = Kokkos::create_mirror_view(cache_.tokens);
-  auto host_targets = Kokkos::create_mirror_view(cache_.targets);
   double loss = 0.0, positions = 0.0;
   // In slot order: validation batch t, microbatch j, replica r.
   for (int t = 0; t < deck_.train.eval_batches; ++t)
     for (int j = 0; j < m; ++j)
       for (int r = 0; r < width; ++r) {
-        loader.microbatch(t, j, r, host_tokens.data(), host_targets.data());
-        Kokkos::deep_copy(exec_, cache_.tokens, host_tokens);
-        Kokkos::deep_copy(exec_, cache_.targets, host_targets);
+        loader.microbatch(t, j, r, host_tokens_.data(), host_targets_.data());
+        Kokkos::deep_copy(exec_, cache_.tokens, host_tokens_);
+        Kokkos::deep_copy(exec_, cache_.targets, host_targets_);
         const double mean = model_.forward(exec_, weights(), cache_, model::FloatView());
         loss += mean * cache_.loss_positions;
         positions += cache_.loss_positions;
@@ -63,26 +69,30 @@ StepResult SingleRankTrainer::step() {
   StepResult result;
   result.step = t + 1;
   result.tokens = std::int64_t{microbatches} * B * T;
+  const int parts = model_.parts();
   Kokkos::deep_copy(exec_, grads_, 0.0f);
-  auto host_tokens = Kokkos::create_mirror_view(cache_.tokens);
-  auto host_targets = Kokkos::create_mirror_view(cache_.targets);
+  Kokkos::deep_copy(exec_, totals_, 0.0);
+  const DoubleView loss_sum = Kokkos::subview(totals_, std::make_pair(parts, parts + 1));  // (1)
   for (int k = 0; k < microbatches; ++k) {
     // Slot k of the global batch (replica 0 of a width-1 layout).
-    loader_.microbatch(t, k, 0, host_tokens.data(), host_targets.data());
-    Kokkos::deep_copy(exec_, cache_.tokens, host_tokens);
-    Kokkos::deep_copy(exec_, cache_.targets, host_targets);
-    result.loss += model_.forward(exec_, w_old_, cache_, model::FloatView());
+    loader_.microbatch(t, k, 0, host_tokens_.data(), host_targets_.data());
+    Kokkos::deep_copy(exec_, cache_.tokens, host_tokens_);
+    Kokkos::deep_copy(exec_, cache_.targets, host_targets_);
+    model_.forward(exec_, w_old_, cache_, model::FloatView(), loss_sum);
     model_.backward(exec_, w_old_, grads_, cache_, model::ConstFloatView(), model::FloatView(),
                     1.0 / microbatches);
   }
-  result.loss /= microbatches;
   if (result.step == test_hooks::nonfinite_step())
-    Kokkos::deep_copy(Kokkos::subview(grads_, 0), NAN);
+    Kokkos::deep_copy(exec_, Kokkos::subview(grads_, 0), NAN);
 
   model_.sum_tied_gradients(exec_, grads_);  // the tied embedding's two copies
 
+  model_.grad_square_sums(exec_, grads_, totals_);
+  Kokkos::deep_copy(exec_, host_totals_, totals_);  // the step's one copy to the host
+  exec_.fence();
+  result.loss = host_totals_(parts) / microbatches;
   double square = 0.0;
-  for (double part : model_.grad_square_sums(exec_, grads_)) square += part;
+  for (int p = 0; p < parts; ++p) square += host_totals_(p);
   result.grad_norm = std::sqrt(square);
   result.lr = model::learning_rate(deck_.train, t);
   result.skipped = !std::isfinite(result.grad_norm);
@@ -99,7 +109,7 @@ StepResult SingleRankTrainer::step() {
       optimizer_.step(exec_, w_new_, w_new_, grads_, result.lr, scale);
   } else {
     // 2bw: the gradient was taken at W_old; W_next = Opt(W_new, g) goes into the retired buffer.
-    if (!spare_.data()) spare_ = model::FloatView("p2bw::weights_b", w_new_.extent(0));
+    P2BW_ASSERT(spare_.data(), "2bw's second weight buffer is made with the trainer");
     model::FloatView next = w_old_.data() == w_new_.data() ? spare_ : w_old_;
     if (result.skipped)
       Kokkos::deep_copy(exec_, next, weights());  // still rotate the versions

@@ -58,6 +58,11 @@ class SingleRankTrainer {
   model::FloatView master_;                 // the true W(t) under weight prediction
   model::FloatView grads_;
   model::Cache cache_;
+  HostMirror<IntView> host_tokens_, host_targets_;  // (B, T) a microbatch from the loader
+  // (parts + 1): the parts' gradient square sums and the sum of the microbatches' mean losses,
+  // on the device during a step and copied to the host once at its end
+  DoubleView totals_;
+  HostMirror<DoubleView> host_totals_;
   std::int64_t steps_done_ = 0;
 };
 

@@ -40,14 +40,16 @@ StepReduction::StepReduction(const config::Deck& deck, const comm::ProcessGrid& 
   const Layout layout{deck.model.layers + 2};
   totals_ = DoubleView("p2bw::step_totals", static_cast<size_t>(layout.size(grid.depth())));
   host_ = Kokkos::create_mirror_view(totals_);
+  loss_sum_ = DoubleView("p2bw::reduction_loss_sum", 1);
 }
 
-void StepReduction::post(const Exec& exec, int batch, FloatView grads, double loss_sum, bool stop,
-                         std::int64_t timing_step, const StepTiming& timing) {
+void StepReduction::post(const Exec& exec, int batch, FloatView grads, DoubleView loss_sum,
+                         bool stop, std::int64_t timing_step, const StepTiming& timing) {
   P2BW_ASSERT(!active(), "a batch's reductions are posted while the last batch's are pending");
+  P2BW_ASSERT(loss_sum.data() || !model_.has_head(), "the last stage posts the batch's loss");
   batch_ = batch;
   grads_ = grads;
-  loss_sum_ = loss_sum;
+  if (loss_sum.data()) Kokkos::deep_copy(exec, loss_sum_, loss_sum);
   stop_ = stop;
   timing_step_ = timing_step;
   timing_ = timing;
@@ -79,17 +81,25 @@ void StepReduction::start_totals(const Exec& exec) {
   phase_ = Phase::totals;
   const Layout layout{deck_.model.layers + 2};
   for (size_t i = 0; i < host_.extent(0); ++i) host_(i) = 0.0;
-  if (grid_.replica() == 0) {
-    const std::vector<double> sums = model_.grad_square_sums(exec, grads_);
-    for (size_t i = 0; i < sums.size(); ++i) host_(first_part_ + static_cast<int>(i)) = sums[i];
-    if (timing_step_ >= 0) put_timing(&host_(layout.timing(grid_.stage())), timing_);
-  }
-  if (model_.has_head()) {
-    const double loss = loss_sum_ / deck_.pipeline.microbatches;
-    host_(layout.loss()) = grid_.width() > 1 ? loss / grid_.width() : loss;
-  }
+  if (grid_.replica() == 0 && timing_step_ >= 0)
+    put_timing(&host_(layout.timing(grid_.stage())), timing_);
   host_(layout.stop()) = stop_ ? 1.0 : 0.0;
-  Kokkos::deep_copy(totals_, host_);
+  Kokkos::deep_copy(exec, totals_, host_);
+  // The square sums and the loss go into totals_ on the device: no copy to the host here.
+  if (grid_.replica() == 0)
+    model_.grad_square_sums(
+        exec, grads_,
+        Kokkos::subview(totals_, std::make_pair(first_part_, first_part_ + model_.parts())));
+  if (model_.has_head()) {
+    const DoubleView totals = totals_, loss_sum = loss_sum_;
+    const int slot = layout.loss(), m = deck_.pipeline.microbatches, w = grid_.width();
+    Kokkos::parallel_for(
+        "p2bw::step_loss", Kokkos::RangePolicy<Exec>(exec, 0, 1), KOKKOS_LAMBDA(const int) {
+          const double loss = loss_sum(0) / m;
+          totals(slot) = w > 1 ? loss / w : loss;
+        });
+  }
+  exec.fence();  // the collective reads totals_
   handle_ =
       collectives_.post_sum(totals_, comm::Group::world,
                             fmt::format("loss and gradient-norm all-reduce of batch {}", batch_));

@@ -50,9 +50,10 @@ class StepReduction {
                 comm::Collectives& collectives, const model::StageModel& model, int first_part);
 
   // Starts the reductions of `batch` over the gradients `grads` (each already scaled by 1/(m·w)).
-  // loss_sum: the sum of the batch's microbatch losses (last stage; 0 elsewhere). timing: this
+  // loss_sum: (1) on the device, the sum of the batch's microbatch losses (last stage; empty
+  // elsewhere), copied on the device at once (its buffer is free afterwards). timing: this
   // rank's timing of step `timing_step` (1-based, the same on every rank; -1 for none).
-  void post(const Exec& exec, int batch, FloatView grads, double loss_sum, bool stop,
+  void post(const Exec& exec, int batch, FloatView grads, DoubleView loss_sum, bool stop,
             std::int64_t timing_step, const StepTiming& timing);
   bool active() const { return phase_ != Phase::idle; }
   int batch() const { return batch_; }
@@ -77,12 +78,12 @@ class StepReduction {
   FloatView tied_;  // this stage's copy of the tied embedding's gradient (d > 1), else empty
   DoubleView totals_;
   HostMirror<DoubleView> host_;
+  DoubleView loss_sum_;  // (1) the posted batch's loss sum (last stage)
 
   Phase phase_ = Phase::idle;
   int handle_ = -1;
   int batch_ = -1;
   FloatView grads_;
-  double loss_sum_ = 0;
   bool stop_ = false;
   std::int64_t timing_step_ = -1;
   StepTiming timing_;

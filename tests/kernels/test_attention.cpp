@@ -1,5 +1,6 @@
-// Tests of kernels/attention.hpp (flash style): forward output and log-sum-exp against a naive
-// per-head loop and against the former kernel (attention_reference.hpp), causal and
+// Tests of kernels/attention.hpp (flash style), both implementations (the dispatched one, CBLAS
+// tiles on a host build, and the native team kernels): forward output and log-sum-exp against a
+// naive per-head loop and against the former kernel (attention_reference.hpp), causal and
 // bidirectional, in double and float, at sizes below, at and beyond one tile; backward against
 // the reference kernel and against finite differences in double; bitwise repeatability;
 // the contract checks.
@@ -18,6 +19,35 @@ struct Dims {
 };
 
 constexpr Dims kSmall{2, 5, 8, 2};
+
+// Which implementation a check runs: attention_forward/backward (what the model calls) or the
+// native team kernels (what a GPU runs; the same on a host build without CBLAS).
+enum class Impl { dispatched, native };
+const Impl kImpls[] = {Impl::dispatched, Impl::native};
+const char* name(Impl impl) {
+  return impl == Impl::native ? "native" : attention_backend_name<float, Exec>();
+}
+
+template <class Real>
+void forward(Impl impl, const Buf<Real>& out, const Buf<Real>& lse, const Buf<Real>& qkv,
+             const Dims& d, bool causal) {
+  if (impl == Impl::native)
+    attention_forward_native<Real>(Exec(), out.d, lse.d, qkv.d, d.B, d.T, d.C, d.NH, causal);
+  else
+    attention_forward<Real>(Exec(), out.d, lse.d, qkv.d, d.B, d.T, d.C, d.NH, causal);
+}
+
+template <class Real>
+void backward(Impl impl, const Buf<Real>& dqkv, const Buf<Real>& dout, const Buf<Real>& qkv,
+              const Buf<Real>& out, const Buf<Real>& lse, const Buf<Real>& ws, const Dims& d,
+              bool causal) {
+  if (impl == Impl::native)
+    attention_backward_native<Real>(Exec(), dqkv.d, dout.d, qkv.d, out.d, lse.d, ws.d, d.B, d.T,
+                                    d.C, d.NH, causal);
+  else
+    attention_backward<Real>(Exec(), dqkv.d, dout.d, qkv.d, out.d, lse.d, ws.d, d.B, d.T, d.C, d.NH,
+                             causal);
+}
 
 struct Reference {
   std::vector<double> out;  // (B, T, C)
@@ -65,14 +95,14 @@ Reference reference_attention(const std::vector<double>& qkv, const Dims& d, boo
 }
 
 template <class Real>
-void check_forward(const Dims& d, bool causal, unsigned seed) {
-  SCOPED_TRACE(std::string(causal ? "causal" : "bidirectional") + " T=" + std::to_string(d.T) +
-               " C=" + std::to_string(d.C) + " NH=" + std::to_string(d.NH));
+void check_forward(Impl impl, const Dims& d, bool causal, unsigned seed) {
+  SCOPED_TRACE(std::string(name(impl)) + (causal ? " causal" : " bidirectional") + " T=" +
+               std::to_string(d.T) + " C=" + std::to_string(d.C) + " NH=" + std::to_string(d.NH));
   const std::size_t BTC = static_cast<std::size_t>(d.B) * d.T * d.C;
   Buf<Real> qkv(3 * BTC, "qkv"), out(BTC, "out");
   Buf<Real> lse(attention_lse_size(d.B, d.T, d.NH), "lse");
   fill_random(qkv, seed, -2.0, 2.0);
-  attention_forward<Real>(Exec(), out.d, lse.d, qkv.d, d.B, d.T, d.C, d.NH, causal);
+  forward(impl, out, lse, qkv, d, causal);
   const Reference r = reference_attention(qkv.as_double(), d, causal);
   const double n_red = 4.0 * (d.T + d.C / d.NH);
   expect_close("attention out", out.values(), r.out, n_red);
@@ -88,24 +118,27 @@ void check_forward(const Dims& d, bool causal, unsigned seed) {
   expect_close("attention out vs reference kernel", out.values(), ref_values, 2 * n_red);
 }
 
-// Sizes below, at and beyond one tile (32 rows for hs <= 64 in float, 16 in double), with T not
-// a multiple of the tile.
+// Sizes below, at and beyond one tile (native: 32 rows for hs <= 64 in float, 16 in double;
+// blas: 64), with T not a multiple of the tile.
 const Dims kShapes[] = {
     {2, 5, 8, 2}, {2, 21, 48, 2}, {1, 33, 64, 4}, {1, 70, 32, 2}, {2, 16, 16, 1}};
 
 TEST(Attention, ForwardMatchesReference) {
-  unsigned seed = 1;
-  for (bool causal : {true, false}) {
-    for (const Dims& d : kShapes) {
-      check_forward<double>(d, causal, seed++);
-      check_forward<float>(d, causal, seed++);
+  for (Impl impl : kImpls) {
+    unsigned seed = 1;
+    for (bool causal : {true, false}) {
+      for (const Dims& d : kShapes) {
+        check_forward<double>(impl, d, causal, seed++);
+        check_forward<float>(impl, d, causal, seed++);
+      }
     }
   }
 }
 
 // Backward against the reference kernel's backward (double).
-void check_backward_against_reference(const Dims& d, bool causal, unsigned seed) {
-  SCOPED_TRACE(std::string(causal ? "causal" : "bidirectional") + " T=" + std::to_string(d.T));
+void check_backward_against_reference(Impl impl, const Dims& d, bool causal, unsigned seed) {
+  SCOPED_TRACE(std::string(name(impl)) + (causal ? " causal" : " bidirectional") +
+               " T=" + std::to_string(d.T));
   const std::size_t BTC = static_cast<std::size_t>(d.B) * d.T * d.C;
   Buf<double> qkv(3 * BTC, "qkv"), out(BTC, "out"), dout(BTC, "dout"), dqkv(3 * BTC, "dqkv");
   Buf<double> lse(attention_lse_size(d.B, d.T, d.NH), "lse");
@@ -115,9 +148,8 @@ void check_backward_against_reference(const Dims& d, bool causal, unsigned seed)
   dqkv.fill(nan());
   ws.fill(nan());
   const Exec exec;
-  attention_forward<double>(exec, out.d, lse.d, qkv.d, d.B, d.T, d.C, d.NH, causal);
-  attention_backward<double>(exec, dqkv.d, dout.d, qkv.d, out.d, lse.d, ws.d, d.B, d.T, d.C, d.NH,
-                             causal);
+  forward(impl, out, lse, qkv, d, causal);
+  backward(impl, dqkv, dout, qkv, out, lse, ws, d, causal);
   Buf<double> ref_out(BTC, "ref_out"), ref_dqkv(3 * BTC, "ref_dqkv");
   Buf<double> att(static_cast<std::size_t>(d.B) * d.NH * d.T * d.T, "att");
   Buf<double> ws_f(reference::attention_forward_workspace(d.B, d.T, d.C, d.NH), "ws_f");
@@ -131,12 +163,15 @@ void check_backward_against_reference(const Dims& d, bool causal, unsigned seed)
 }
 
 TEST(Attention, BackwardMatchesReferenceKernel) {
-  unsigned seed = 100;
-  for (bool causal : {true, false})
-    for (const Dims& d : kShapes) check_backward_against_reference(d, causal, seed += 2);
+  for (Impl impl : kImpls) {
+    unsigned seed = 100;
+    for (bool causal : {true, false})
+      for (const Dims& d : kShapes) check_backward_against_reference(impl, d, causal, seed += 2);
+  }
 }
 
-void gradient_check(const Dims& d, bool causal, unsigned seed) {
+void gradient_check(Impl impl, const Dims& d, bool causal, unsigned seed) {
+  SCOPED_TRACE(std::string(name(impl)) + " T=" + std::to_string(d.T));
   const std::size_t BTC = static_cast<std::size_t>(d.B) * d.T * d.C;
   Buf<double> qkv(3 * BTC, "qkv"), out(BTC, "out"), dqkv(3 * BTC, "dqkv"), dout(BTC, "dout");
   Buf<double> lse(attention_lse_size(d.B, d.T, d.NH), "lse");
@@ -146,46 +181,53 @@ void gradient_check(const Dims& d, bool causal, unsigned seed) {
   ws.fill(nan());  // scratch: its contents must not matter
   const std::vector<double> R = random_vector(BTC, seed + 1);
   dout.assign(R);
-  const Exec exec;
-  attention_forward<double>(exec, out.d, lse.d, qkv.d, d.B, d.T, d.C, d.NH, causal);
-  attention_backward<double>(exec, dqkv.d, dout.d, qkv.d, out.d, lse.d, ws.d, d.B, d.T, d.C, d.NH,
-                             causal);
+  forward(impl, out, lse, qkv, d, causal);
+  backward(impl, dqkv, dout, qkv, out, lse, ws, d, causal);
   auto loss = [&]() {
-    attention_forward<double>(exec, out.d, lse.d, qkv.d, d.B, d.T, d.C, d.NH, causal);
+    forward(impl, out, lse, qkv, d, causal);
     return project(out, R);
   };
   check_gradient(causal ? "attention dqkv (causal)" : "attention dqkv (bidirectional)", qkv,
                  dqkv.values(), 4.0 * (d.T + d.C / d.NH), loss);
 }
 
+// T = 37: three native tiles of 16 in double, the last partial; T = 70: two blas tiles of 64.
 TEST(Attention, GradientCheckCausal) {
-  gradient_check(kSmall, true, 10);
-  gradient_check({1, 37, 8, 2}, true, 11);  // three tiles of 16 in double, the last partial
+  for (Impl impl : kImpls) {
+    gradient_check(impl, kSmall, true, 10);
+    gradient_check(impl, {1, 37, 8, 2}, true, 11);
+    gradient_check(impl, {1, 70, 4, 1}, true, 12);
+  }
 }
 TEST(Attention, GradientCheckBidirectional) {
-  gradient_check(kSmall, false, 20);
-  gradient_check({1, 37, 8, 2}, false, 21);
+  for (Impl impl : kImpls) {
+    gradient_check(impl, kSmall, false, 20);
+    gradient_check(impl, {1, 37, 8, 2}, false, 21);
+    gradient_check(impl, {1, 70, 4, 1}, false, 22);
+  }
 }
 
 TEST(Attention, SameInputsGiveBitwiseSameResults) {
-  const Dims d{2, 45, 32, 2};
+  const Dims d{2, 75, 32, 2};  // two tiles in either implementation
   const std::size_t BTC = static_cast<std::size_t>(d.B) * d.T * d.C;
   Buf<float> qkv(3 * BTC, "qkv"), out(BTC, "out"), dout(BTC, "dout"), dqkv(3 * BTC, "dqkv");
   Buf<float> lse(attention_lse_size(d.B, d.T, d.NH), "lse");
   Buf<float> ws(attention_backward_workspace(d.B, d.T, d.C, d.NH), "ws");
   fill_random(qkv, 7, -2.0, 2.0);
   fill_random(dout, 8);
-  std::vector<float> first;
-  for (int run = 0; run < 2; ++run) {
-    attention_forward<float>(Exec(), out.d, lse.d, qkv.d, d.B, d.T, d.C, d.NH, true);
-    attention_backward<float>(Exec(), dqkv.d, dout.d, qkv.d, out.d, lse.d, ws.d, d.B, d.T, d.C,
-                              d.NH, true);
-    std::vector<float> all = out.values();
-    for (float x : dqkv.values()) all.push_back(x);
-    if (run == 0)
-      first = all;
-    else
-      EXPECT_EQ(0, std::memcmp(first.data(), all.data(), all.size() * sizeof(float)));
+  for (Impl impl : kImpls) {
+    SCOPED_TRACE(name(impl));
+    std::vector<float> first;
+    for (int run = 0; run < 2; ++run) {
+      forward(impl, out, lse, qkv, d, true);
+      backward(impl, dqkv, dout, qkv, out, lse, ws, d, true);
+      std::vector<float> all = out.values();
+      for (float x : dqkv.values()) all.push_back(x);
+      if (run == 0)
+        first = all;
+      else
+        EXPECT_EQ(0, std::memcmp(first.data(), all.data(), all.size() * sizeof(float)));
+    }
   }
 }
 

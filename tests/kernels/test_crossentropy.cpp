@@ -57,6 +57,45 @@ void check_forward(unsigned seed) {
   }
 }
 
+// positions(0) = 1: the backward's scale is then the loss_scale itself.
+Buf<double> one_position() {
+  Buf<double> positions(1, "positions");
+  positions.fill(1.0);
+  return positions;
+}
+
+TEST(Classifier, MeanLossOnTheDevice) {
+  // The mean over the rows with a target, accumulated into loss_sum; the count assigned.
+  const Buf<int> targets = make_targets();
+  Buf<float> logits(N * Vp, "logits"), lse(N, "lse"), losses(N, "losses");
+  fill_logits(logits, 30);
+  Buf<double> loss_sum(1, "loss_sum"), positions(1, "positions");
+  Buf<double> ws(classifier_mean_loss_workspace(N), "ws");
+  loss_sum.fill(0.25);
+  positions.fill(nan());
+  ws.fill(nan());
+  const Exec exec;
+  classifier_forward<float>(exec, losses.d, lse.d, logits.d, targets.d, N, V, Vp);
+  classifier_mean_loss<float>(exec, loss_sum.d, positions.d, losses.d, targets.d, ws.d, N);
+  double sum = 0.0;
+  int count = 0;
+  const std::vector<float> values = losses.values();
+  for (int n = 0; n < N; ++n) {
+    if (kTargets[n] < 0) continue;
+    sum += values[n];
+    ++count;
+  }
+  ASSERT_GT(count, 0);
+  EXPECT_EQ(positions.values()[0], count);
+  EXPECT_NEAR(loss_sum.values()[0], 0.25 + sum / count, 1e-12);
+  // No row with a target: the count is 0 and nothing is added.
+  Buf<int> ignored(N, "ignored");
+  ignored.fill(kIgnoreIndex);
+  classifier_mean_loss<float>(exec, loss_sum.d, positions.d, losses.d, ignored.d, ws.d, N);
+  EXPECT_EQ(positions.values()[0], 0.0);
+  EXPECT_NEAR(loss_sum.values()[0], 0.25 + sum / count, 1e-12);
+}
+
 TEST(Classifier, ForwardMatchesReferenceDouble) {
   check_forward<double>(1);
 }
@@ -73,7 +112,8 @@ TEST(Classifier, BackwardMatchesReferenceKernels) {
   dlosses.fill(scale);
   const Exec exec;
   classifier_forward<double>(exec, losses.d, lse.d, logits.d, targets.d, N, V, Vp);
-  classifier_backward<double>(exec, dlogits.d, logits.d, lse.d, targets.d, scale, N, V, Vp);
+  classifier_backward<double>(exec, dlogits.d, logits.d, lse.d, targets.d, one_position().d, scale,
+                              N, V, Vp);
   Buf<double> ref_losses(N);
   reference::crossentropy_forward<double>(exec, ref_losses.d, probs.d, logits.d, targets.d, N, V,
                                           Vp);
@@ -95,7 +135,8 @@ TEST(Classifier, GradientCheck) {
   const std::vector<double> R(N, scale);  // the loss is scale * the sum of the losses
   const Exec exec;
   classifier_forward<double>(exec, losses.d, lse.d, logits.d, targets.d, N, V, Vp);
-  classifier_backward<double>(exec, dlogits.d, logits.d, lse.d, targets.d, scale, N, V, Vp);
+  classifier_backward<double>(exec, dlogits.d, logits.d, lse.d, targets.d, one_position().d, scale,
+                              N, V, Vp);
   const std::vector<double> grad = dlogits.values();
   for (int n = 0; n < N; ++n) {
     for (int j = 0; j < Vp; ++j) {
@@ -118,9 +159,11 @@ TEST(Classifier, InPlace) {
   fill_logits(logits, 20);
   const Exec exec;
   classifier_forward<double>(exec, losses.d, lse.d, logits.d, targets.d, N, V, Vp);
-  classifier_backward<double>(exec, dlogits.d, logits.d, lse.d, targets.d, 0.5, N, V, Vp);
+  classifier_backward<double>(exec, dlogits.d, logits.d, lse.d, targets.d, one_position().d, 0.5, N,
+                              V, Vp);
   Kokkos::deep_copy(shared.d, logits.d);
-  classifier_backward<double>(exec, shared.d, shared.d, lse.d, targets.d, 0.5, N, V, Vp);
+  classifier_backward<double>(exec, shared.d, shared.d, lse.d, targets.d, one_position().d, 0.5, N,
+                              V, Vp);
   EXPECT_EQ(shared.values(), dlogits.values());
 }
 

@@ -1,11 +1,13 @@
 // Single-rank training semantics: determinism, the 2bw update rule W(t+1) = W(t) - lr·∇f(W(t-1))
-// with its synchronous warm-up, and a loss that falls on real text.
+// with its synchronous warm-up, a loss that falls on real text, and no allocation after the
+// first step.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
 #include <memory>
 
+#include "../allocation_counter.hpp"
 #include "data/loader.hpp"
 #include "pipeline/single_rank_trainer.hpp"
 
@@ -139,6 +141,29 @@ TEST(Training, LossFallsOnRealText) {
   const auto curve = losses(d, 30);
   EXPECT_NEAR(curve.front(), std::log(256.0), 0.1) << "a fresh model is near uniform";
   EXPECT_LT(curve.back(), curve.front() - 1.0);
+}
+
+TEST(Training, NothingIsAllocatedAfterTheFirstStep) {
+  // Every schedule and optimizer; 2bw after one warm-up step (its switch to two versions
+  // included), with clipping (the norm) and a validation split (an evaluation afterwards).
+  for (auto schedule : {config::ScheduleKind::flush, config::ScheduleKind::two_bw}) {
+    for (auto optimizer : {config::OptimizerKind::adamw, config::OptimizerKind::sgd}) {
+      auto d = deck(schedule, optimizer);
+      d.pipeline.sync_warmup_steps = 1;
+      d.train.grad_clip = 1.0;
+      SingleRankTrainer trainer(d, text());
+      trainer.step();
+      const testing::AllocationCounter counter;
+      for (int s = 1; s < d.train.steps; ++s) trainer.step();
+      EXPECT_TRUE(counter.allocations().empty())
+          << to_string(schedule) << ": allocated after step 1: " << counter.summary();
+    }
+  }
+  // The hook sees what it should: a View made while counting.
+  const testing::AllocationCounter counter;
+  model::FloatView probe("p2bw::probe", 4);
+  ASSERT_EQ(counter.allocations().size(), 1u);
+  EXPECT_EQ(counter.allocations()[0], "p2bw::probe");
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Memory of the pipeline executor: what a rank allocates matches the prediction of `p2bw check`
 // within 5%, and the stashed activations never exceed the schedule's bound (min(d - s, m) for
-// flush and 2bw, m for gpipe; recomputation stashes inputs only).
+// flush and 2bw, m for gpipe; recomputation stashes inputs only); nothing is allocated after the
+// first step.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -9,6 +10,7 @@
 #include <memory>
 #include <utility>
 
+#include "../allocation_counter.hpp"
 #include "comm/process_grid.hpp"
 #include "data/token_file.hpp"
 #include "mpi_world.hpp"
@@ -69,6 +71,36 @@ TEST(PipelineMemory, MeasuredMatchesPredicted) {
       EXPECT_NEAR(double(measured.total()), double(predicted.total()), 0.05 * predicted.total())
           << label << ": buffers " << measured.buffers << " vs " << predicted.buffers
           << ", workspace " << measured.workspace << " vs " << predicted.workspace;
+    }
+  }
+}
+
+TEST(PipelineMemory, NothingIsAllocatedAfterTheFirstStep) {
+  std::string text;
+  for (int i = 0; i < 50; ++i) text += "It was the best of times, it was the worst of times. ";
+  auto tokens = std::make_shared<data::Tokens>(data::tokenize_bytes(text));
+  const int d = world_size();
+  for (auto schedule :
+       {config::ScheduleKind::flush, config::ScheduleKind::gpipe, config::ScheduleKind::two_bw}) {
+    for (bool recompute : {false, true}) {
+      config::Deck deck;
+      deck.model = {config::ModelKind::gpt, 4, 64, 4, 32, 256};
+      deck.pipeline.depth = d;
+      deck.pipeline.schedule = schedule;
+      deck.pipeline.microbatches = 2 * d;
+      deck.pipeline.recompute = recompute;
+      deck.pipeline.sync_warmup_steps = 1;
+      deck.train.microbatch_size = 2;
+      deck.train.steps = 5;
+      const comm::ProcessGrid grid(MPI_COMM_WORLD, d, 1);
+      PipelineTrainer trainer(deck, grid, tokens);
+      trainer.step();
+      const testing::AllocationCounter counter;
+      for (int s = 1; s < deck.train.steps; ++s) trainer.step();
+      trainer.synchronize();
+      EXPECT_TRUE(counter.allocations().empty())
+          << to_string(schedule) << (recompute ? " recompute" : " stash") << " stage "
+          << grid.stage() << " of " << d << ": allocated after step 1: " << counter.summary();
     }
   }
 }
