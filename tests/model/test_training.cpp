@@ -91,8 +91,10 @@ TEST(Training, TwoBwDelaysTheGradientByOneStep) {
 
 TEST(Training, TwoBwUpdateIsTheDelayedRule) {
   // SGD without momentum, decay or clipping: W(2) = W(1) - lr·g1(W(0)), where g1 is batch 1's
-  // gradient taken at W(0).
+  // gradient taken at W(0). The paper's rule: no weight prediction (tested in
+  // test_pipeline_exact).
   auto d = deck(config::ScheduleKind::two_bw, config::OptimizerKind::sgd);
+  d.pipeline.weight_prediction = 0;
   d.train.optimizer.momentum = 0;
   d.train.optimizer.weight_decay = 0;
   d.train.grad_clip = 0;
