@@ -117,6 +117,22 @@ int main(int argc, char** argv) {
   p2bw::app::Context context;
   MPI_Comm_rank(context.world, &context.rank);
   MPI_Comm_size(context.world, &context.size);
+  // A CUDA build without a usable GPU: Kokkos would abort with a traceback. --help and --version
+  // need no device and are answered; anything else stops with one line.
+  if (const std::string missing = p2bw::missing_device(); !missing.empty()) {
+    bool help = false;
+    for (int i = 1; i < argc; ++i)
+      help = help || std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0 ||
+             std::strcmp(argv[i], "--version") == 0;
+    int code = p2bw::kExitInternal;
+    if (help)
+      code = run_cli(argc, argv, context);
+    else if (context.root())
+      fmt::print(stderr, "error: {}: this p2bw is a {} build and needs a GPU and its driver\n",
+                 missing, p2bw::kokkos_description());
+    MPI_Finalize();
+    return code;
+  }
   choose_device(context.world);
   if (const std::string bad = bad_kokkos_argument(argc, argv); !bad.empty()) {
     if (context.root()) fmt::print(stderr, "error: {}\n", p2bw::escape_for_message(bad));

@@ -6,7 +6,10 @@ multiple of 64) timed with CUDA events, the same work as bench's "model" row (fo
 backward; no optimizer step).
 
 Modes: fp32 (no TF32), tf32 (TF32 matmuls), bf16 (autocast to bfloat16, eager), bf16-compiled
-(the same under torch.compile). Prints one JSON object per mode on stdout.
+(the same under torch.compile). Prints one JSON object per mode on stdout (a mode that cannot run
+here, such as bf16-compiled without torch.compile, as {"mode": ..., "skipped": reason}).
+--device cpu runs the same code on the CPU, timed by the wall clock (the GPU check's dry run, with
+a small model); exit code 77 when the device is missing.
 
   python3 torch_gpt2_gpu.py --modes fp32,tf32,bf16,bf16-compiled [--batch 16 --seq 1024]
 """
@@ -69,10 +72,13 @@ def build_model(torch, layers, hidden, heads, seq, vocab):
 
 
 def run_mode(torch, mode, args):
+    cuda = args.device == "cuda"
+    if mode == "bf16-compiled" and not hasattr(torch, "compile"):
+        return {"mode": mode, "skipped": f"torch {torch.__version__} has no torch.compile"}
     torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
     torch.backends.cudnn.allow_tf32 = mode == "tf32"
     torch.manual_seed(1234)
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
     model = build_model(torch, args.layers, args.hidden, args.heads, args.seq, args.vocab_padded).to(dev)
     step_fn = model
     if mode == "bf16-compiled":
@@ -82,7 +88,7 @@ def run_mode(torch, mode, args):
     targets = torch.randint(0, args.vocab, (args.batch, args.seq), device=dev, generator=g)
 
     def once():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mode.startswith("bf16")):
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=mode.startswith("bf16")):
             loss = step_fn(idx, targets)
         loss.backward()
         return loss
@@ -90,17 +96,23 @@ def run_mode(torch, mode, args):
     t0 = time.time()
     for _ in range(args.warmup):
         loss = once()
-    torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.synchronize()
     warm_s = time.time() - t0
     times = []
     for _ in range(args.repeats):
         model.zero_grad(set_to_none=False)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        loss = once()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e-3)
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            loss = once()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) * 1e-3)
+        else:
+            t0 = time.perf_counter()
+            loss = once()
+            times.append(time.perf_counter() - t0)
     times.sort()
     median = times[len(times) // 2]
     tokens = args.batch * args.seq
@@ -112,7 +124,7 @@ def run_mode(torch, mode, args):
         "warmup_s": warm_s,
         "loss": float(loss.item()),
         "finite": math.isfinite(float(loss.item())),
-        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
     }
 
 
@@ -127,6 +139,7 @@ def main():
     p.add_argument("--vocab", type=int, default=50257)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     args = p.parse_args()
     args.vocab_padded = (args.vocab + 63) // 64 * 64
     try:
@@ -134,17 +147,19 @@ def main():
     except ImportError as e:
         print(json.dumps({"skipped": f"no torch: {e}"}))
         return 77
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print(json.dumps({"skipped": "torch sees no CUDA GPU", "torch": torch.__version__}))
         return 77
     print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda,
-                      "gpu": torch.cuda.get_device_name(0)}), flush=True)
+                      "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"}),
+          flush=True)
     for mode in args.modes.split(","):
         if mode not in ("fp32", "tf32", "bf16", "bf16-compiled"):
             print(f"torch_gpt2_gpu.py: unknown mode {mode}", file=sys.stderr)
             return 2
         print(json.dumps(run_mode(torch, mode, args)), flush=True)
-        torch.cuda.empty_cache()
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
     return 0
 
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #ifdef KOKKOS_ENABLE_CUDA
+#include <cuda_runtime.h>
 #include <nccl.h>
 #endif
 
@@ -60,6 +61,18 @@ std::string build_description() {
 #endif
   return fmt::format("p2bw {}\n{}\nMPI: {}\nHDF5 {}.{}.{}\nNCCL: {}\n", p2bw_version(),
                      kokkos_description(), mpi, h5_major, h5_minor, h5_release, nccl);
+}
+
+std::string missing_device() {
+#ifdef KOKKOS_ENABLE_CUDA
+  int devices = 0;
+  const cudaError_t rc = cudaGetDeviceCount(&devices);
+  if (rc != cudaSuccess)
+    return fmt::format("no usable CUDA GPU (cudaGetDeviceCount: {}, {})", cudaGetErrorName(rc),
+                       cudaGetErrorString(rc));
+  if (devices == 0) return "no CUDA GPU on this machine (cudaGetDeviceCount: 0 devices)";
+#endif
+  return "";
 }
 
 }  // namespace p2bw
