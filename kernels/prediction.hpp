@@ -2,9 +2,12 @@
 // with w = W(t) read and w' = W(t+1) written, out = w' + gamma (w' - w), a linear extrapolation
 // of the next weights (SpecTrain, PipeMare) on which 2bw runs its stale batch instead of W(t+1)
 // (docs/convergence.md). `out` may alias the gradient (each gradient is read before `out` is
-// written), never the weights.
+// written), never the weights. With round_bf16 (model.precision: bf16) `out` is the bf16 compute
+// copy: the value written is rounded to the nearest bf16 (kernels/bf16_round.hpp), so the update
+// writes the master and the compute copy in one pass; gamma = 0 then writes bf16(w').
 #pragma once
 
+#include "kernels/bf16_round.hpp"
 #include "kernels/types.hpp"
 
 namespace p2bw::kernels {
@@ -13,6 +16,7 @@ template <class Real, class Exec>
 struct Prediction {
   Flat<Real, Exec> out;  // (n), or empty: no prediction
   double gamma = 0.0;
+  bool round_bf16 = false;  // out = bf16(w' + gamma (w' - w)): the bf16 compute copy
 };
 
 namespace detail {
@@ -23,9 +27,10 @@ struct Predict {
   Flat<Real, Exec> out;
   double gamma;
   bool on;
+  bool round_bf16;
 
   Predict(const Prediction<Real, Exec>& p, index_t n, const char* kernel)
-      : out(p.out), gamma(p.gamma), on(p.out.data() != nullptr) {
+      : out(p.out), gamma(p.gamma), on(p.out.data() != nullptr), round_bf16(p.round_bf16) {
     if (on) require_size(out, n, kernel, "prediction");
   }
   // Writes element i's prediction from the weight read (before) and the weight written (after).
@@ -33,7 +38,8 @@ struct Predict {
   KOKKOS_INLINE_FUNCTION void operator()(index_t i, Acc before, Real after) const {
     if (on) {
       const Acc next = static_cast<Acc>(after);
-      out(i) = static_cast<Real>(next + static_cast<Acc>(gamma) * (next - before));
+      const Real value = static_cast<Real>(next + static_cast<Acc>(gamma) * (next - before));
+      out(i) = round_bf16 ? static_cast<Real>(round_to_bf16(static_cast<float>(value))) : value;
     }
   }
 };
