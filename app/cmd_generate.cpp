@@ -101,11 +101,14 @@ int run_generate(const Context& context, const GenerateOptions& options) {
   const bool bytes = deck.model.vocab == 256;
   const std::vector<std::int32_t> prompt = prompt_ids(options, deck.model.vocab);
   // The checkpoint holds fp32 weights in every precision; generation computes in fp32 (TF32
-  // GEMMs for a tf32 run), also for a bf16 run.
+  // GEMMs for a tf32 run), also for a bf16 run: no bf16 rounding (model::StageModel).
   kernels::set_tf32(deck.model.precision == config::Precision::tf32);
+  config::ModelConfig fp32_model = deck.model;
+  if (fp32_model.precision == config::Precision::bf16)
+    fp32_model.precision = config::Precision::fp32;
   // The whole model, whichever layout wrote the checkpoint: tensors have global names.
   const int L = deck.model.layers;
-  model::StageModel model(deck.model, 1, 0, L + 2);
+  model::StageModel model(fp32_model, 1, 0, L + 2);
   FloatView params("p2bw::params", static_cast<size_t>(model.num_params()));
   pipeline::load_stage_tensors(checkpoint, "params", model, params);
   fmt::print(stderr,

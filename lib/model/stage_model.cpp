@@ -8,6 +8,7 @@
 
 #include "core/error.hpp"
 #include "kernels/attention.hpp"
+#include "kernels/bf16_round.hpp"
 #include "kernels/crossentropy.hpp"
 #include "kernels/encoder.hpp"
 #include "kernels/gelu.hpp"
@@ -106,12 +107,13 @@ WorkspaceSlots<std::int64_t> workspace_sizes(const ModelShape& shape, bool has_h
 
 }  // namespace
 
-void set_kernel_precision(const config::Deck& deck, const std::string& who) {
-  if (deck.model.precision == config::Precision::bf16)
+void set_kernel_precision(const config::Deck& deck, const std::string& who, bool emulated_bf16) {
+  if (deck.model.precision == config::Precision::bf16 && !emulated_bf16)
     throw UserError(fmt::format(
-        "{}: model.precision: bf16 is not implemented in {} yet: the kernels compute in fp32 "
-        "only (bf16 kernels belong to the CUDA build, issue 18); p2bw check and p2bw plan "
-        "predict bf16 runs (allowed: fp32 | tf32)",
+        "{}: model.precision: bf16 is not measured by {}: bf16 is trained as an emulation in "
+        "float storage (bf16's rounding, not its memory or speed: the bf16 kernels come with the "
+        "GPU work, issue 18), so its timings would mean nothing; p2bw train runs bf16, p2bw check "
+        "and p2bw plan predict it (allowed here: fp32 | tf32)",
         config::where_set(deck, "model.precision"), who));
   kernels::set_tf32(deck.model.precision == config::Precision::tf32);
 }
@@ -125,6 +127,7 @@ std::int64_t stage_workspace_floats(const ModelShape& shape, bool has_head) {
 StageModel::StageModel(const config::ModelConfig& model, int microbatch_size, int first_part,
                        int end_part)
     : shape_(model, microbatch_size),
+      bf16_(model.precision == config::Precision::bf16),
       first_part_(first_part),
       end_part_(end_part),
       buckets_(first_part == 0 ? shape_.microbatch * shape_.seq_len : 0) {
@@ -154,6 +157,14 @@ StageModel::StageModel(const config::ModelConfig& model, int microbatch_size, in
                                               kernels::classifier_mean_loss_workspace(N))));
   loss_scratch_ = DoubleView("p2bw::loss_scratch", 1);
   host_loss_ = HostMirror<DoubleView>("p2bw::host_loss", 2);
+}
+
+void StageModel::store(const Exec& exec, Flat<float, Exec> values) const {
+  if (bf16_) kernels::round_to_bf16_in_place(exec, values);
+}
+
+void StageModel::round_compute_weights(const Exec& exec, FloatView weights) const {
+  store(exec, flat(weights.data(), static_cast<std::int64_t>(weights.extent(0))));
 }
 
 void StageModel::init(FloatView params, std::uint64_t seed) const {
@@ -263,6 +274,7 @@ void StageModel::forward(const Exec& exec, ConstFloatView params, Cache& cache, 
             params.data() + part.param_offset, part.layout);
         kernels::encoder_forward<float>(exec, flat(next, boundary_floats()), cache.tokens, w.wte,
                                         w.wpe, B, T, C);
+        store(exec, flat(next, boundary_floats()));
         break;
       }
       case PartKind::block:
@@ -285,22 +297,33 @@ void StageModel::block_forward(const Exec& exec, const PartRef& part, ConstFloat
       params.data() + part.param_offset, part.layout);
   const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_, has_head()));
   const bool causal = shape_.kind == config::ModelKind::gpt;
+  // Under bf16 each store() rounds what the kernel before it wrote (the class comment).
   kernels::layernorm_forward<float>(exec, a.ln1, a.ln1_mean, a.ln1_rstd, a.x, w.ln1_weight,
                                     w.ln1_bias, N, C);
+  store(exec, a.ln1);
   kernels::matmul_forward<float>(exec, a.qkv, a.ln1, w.qkv_weight, w.qkv_bias, N, C, 3 * C);
+  store(exec, a.qkv);
   kernels::attention_forward<float>(exec, a.atty, a.att_lse, a.qkv, B, T, C, NH, causal);
+  store(exec, a.atty);
   kernels::matmul_forward<float>(exec, a.res2, a.atty, w.attn_proj_weight, w.attn_proj_bias, N, C,
                                  C);
+  store(exec, a.res2);  // the projection
   kernels::residual_forward<float>(exec, a.res2, a.x, a.res2, n);
+  store(exec, a.res2);  // the residual sum
   kernels::layernorm_forward<float>(exec, a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, w.ln2_weight,
                                     w.ln2_bias, N, C);
+  store(exec, a.ln2);
   kernels::matmul_forward<float>(exec, a.fch, a.ln2, w.fc_weight, ConstFlat<float, Exec>(), N, C,
                                  4 * C);
   kernels::bias_gelu_forward<float>(exec, a.fch_gelu, a.fch, w.fc_bias, N, 4 * C);
+  store(exec, a.fch);  // the pre-activation with its bias (a GEMM epilogue on the GPU)
+  store(exec, a.fch_gelu);
   const Flat<float, Exec> y = flat(out, n);  // (B, T, C)
   kernels::matmul_forward<float>(exec, y, a.fch_gelu, w.mlp_proj_weight, w.mlp_proj_bias, N, 4 * C,
                                  C);
+  store(exec, y);  // the projection
   kernels::residual_forward<float>(exec, y, a.res2, y, n);
+  store(exec, y);  // the residual sum: the block's output
 }
 
 void StageModel::head_forward(const Exec& exec, const PartRef& part, ConstFloatView params,
@@ -314,7 +337,9 @@ void StageModel::head_forward(const Exec& exec, const PartRef& part, ConstFloatV
   const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_, has_head()));
   kernels::layernorm_forward<float>(exec, a.lnf, a.lnf_mean, a.lnf_rstd, a.x, w.lnf_weight,
                                     w.lnf_bias, N, C);
+  store(exec, a.lnf);
   kernels::matmul_forward<float>(exec, ws.logits, a.lnf, w.wte, ConstFlat<float, Exec>(), N, C, Vp);
+  store(exec, ws.logits);
   kernels::classifier_forward<float>(exec, ws.losses, a.lse, ws.logits, cache.targets, N, V, Vp);
   // The mean over positions with a target, summed in a fixed order on the device; a dropped loss
   // still counts the positions (backward's scale).
@@ -367,24 +392,36 @@ void StageModel::block_backward(const Exec& exec, const PartRef& part, ConstFloa
   const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_, has_head()));
   const ConstFlat<float, Exec> dy = cflat(dout, n);  // (B, T, C)
   // MLP: out = res2 + proj(gelu(fc(ln2(res2))))
+  // Under bf16 each store() rounds the activation gradient the kernel before it wrote.
+  // MLP: out = res2 + proj(gelu(fc(ln2(res2))))
   kernels::matmul_backward<float>(exec, ws.dfch, g.mlp_proj_weight, g.mlp_proj_bias, dy, a.fch_gelu,
                                   w.mlp_proj_weight, N, 4 * C, C);
+  store(exec, ws.dfch);
   kernels::gelu_backward<float>(exec, ws.dfch, ws.dfch, a.fch, 4 * n);
+  store(exec, ws.dfch);
   kernels::matmul_backward<float>(exec, ws.dln, g.fc_weight, g.fc_bias, ws.dfch, a.ln2, w.fc_weight,
                                   N, C, 4 * C);
+  store(exec, ws.dln);
   kernels::layernorm_backward<float>(exec, ws.tmp, g.ln2_weight, g.ln2_bias, ws.dln, a.res2,
                                      a.ln2_mean, a.ln2_rstd, w.ln2_weight, N, C);
+  store(exec, ws.tmp);
   kernels::residual_forward<float>(exec, ws.dres2, dy, ws.tmp, n);
+  store(exec, ws.dres2);
   // Attention: res2 = x + proj(attention(qkv(ln1(x))))
   kernels::matmul_backward<float>(exec, ws.datty, g.attn_proj_weight, g.attn_proj_bias, ws.dres2,
                                   a.atty, w.attn_proj_weight, N, C, C);
+  store(exec, ws.datty);
   kernels::attention_backward<float>(exec, ws.dqkv, ws.datty, a.qkv, a.atty, a.att_lse,
                                      ws.attention, B, T, C, NH, causal);
+  store(exec, ws.dqkv);
   kernels::matmul_backward<float>(exec, ws.dln, g.qkv_weight, g.qkv_bias, ws.dqkv, a.ln1,
                                   w.qkv_weight, N, C, 3 * C);
+  store(exec, ws.dln);
   kernels::layernorm_backward<float>(exec, ws.tmp, g.ln1_weight, g.ln1_bias, ws.dln, a.x,
                                      a.ln1_mean, a.ln1_rstd, w.ln1_weight, N, C);
+  store(exec, ws.tmp);
   kernels::residual_forward<float>(exec, flat(din, n), ws.dres2, ws.tmp, n);
+  store(exec, flat(din, n));
 }
 
 void StageModel::head_backward(const Exec& exec, const PartRef& part, ConstFloatView params,
@@ -403,12 +440,16 @@ void StageModel::head_backward(const Exec& exec, const PartRef& part, ConstFloat
   // The logits are recomputed (one GEMM) rather than kept per microbatch: the cache holds only
   // their log-sum-exp. Their gradient overwrites them in the workspace.
   kernels::matmul_forward<float>(exec, ws.logits, a.lnf, w.wte, ConstFlat<float, Exec>(), N, C, Vp);
+  store(exec, ws.logits);  // as forward stored them
   kernels::classifier_backward<float>(exec, ws.logits, ws.logits, a.lse, cache.targets,
                                       cache.positions, loss_scale, N, V, Vp);
+  store(exec, ws.logits);  // their gradient
   kernels::matmul_backward<float>(exec, ws.dln, g.wte, Flat<float, Exec>(), ws.logits, a.lnf, w.wte,
                                   N, C, Vp);
+  store(exec, ws.dln);
   kernels::layernorm_backward<float>(exec, flat(din, boundary_floats()), g.lnf_weight, g.lnf_bias,
                                      ws.dln, a.x, a.lnf_mean, a.lnf_rstd, w.lnf_weight, N, C);
+  store(exec, flat(din, boundary_floats()));
 }
 
 }  // namespace p2bw::model

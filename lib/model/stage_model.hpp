@@ -32,14 +32,30 @@ struct Cache {
 };
 
 // Sets the kernels up for the deck's model.precision before a StageModel computes: TF32 GEMMs for
-// tf32. The kernels compute in fp32 only for now, so bf16 is refused, `who` (p2bw train, bench,
-// profile) naming what refuses: UserError "WHERE: model.precision: ..." (exit 2).
-void set_kernel_precision(const config::Deck& deck, const std::string& who);
+// tf32, fp32 GEMMs for fp32 and bf16. bf16 is an emulation in float storage (see StageModel): its
+// numbers are bf16's, its memory and speed are not, so only training takes it (`emulated_bf16`);
+// otherwise bf16 is refused, `who` (p2bw bench, profile) naming what refuses: UserError "WHERE:
+// model.precision: ..." (exit 2).
+void set_kernel_precision(const config::Deck& deck, const std::string& who,
+                          bool emulated_bf16 = false);
 
 // Floats of the transient buffers a StageModel of this shape allocates once (any part range;
 // the stage with the head also holds one microbatch's logits).
 std::int64_t stage_workspace_floats(const ModelShape& shape, bool has_head);
 
+// model.precision: bf16 is GPU mixed precision emulated in float storage: every value the GPU
+// would store in bf16 is rounded to the nearest bf16 (kernels/bf16_round.hpp) where it is written,
+// arithmetic and GEMM accumulation stay fp32, and the buffers stay float (bf16-valued floats, so
+// no memory is saved; p2bw check predicts the real bf16 layout). As in llm.c's mixed precision:
+// - forward: every activation kept for backward or passed on (embedding output, LayerNorm
+//   outputs, qkv, attention output, both projections, both residual sums, the fc pre-activation
+//   and its GELU, the logits); LayerNorm statistics, the log-sum-exp and the losses stay fp32;
+// - backward: every activation gradient (the logits' gradient, each GEMM's and LayerNorm's input
+//   gradient, GELU's, attention's, the residual sums; so stage-boundary gradients too);
+//   parameter gradients accumulate, reduce and clip in fp32;
+// - weights: the weights used in compute are bf16(fp32 master) (the optimizer writes them,
+//   model::Optimizer); optimizer state fp32.
+// fp32 and tf32 runs round nothing.
 class StageModel {
  public:
   // Parts [first_part, end_part) of model_parts(shape): 0 is the embedding, 1 + l block l,
@@ -47,6 +63,10 @@ class StageModel {
   StageModel(const config::ModelConfig& model, int microbatch_size, int first_part, int end_part);
 
   const ModelShape& shape() const { return shape_; }
+  // model.precision: bf16 (the emulation above).
+  bool rounds_to_bf16() const { return bf16_; }
+  // Rounds a compute copy of this stage's weights to bf16 in place under bf16; nothing otherwise.
+  void round_compute_weights(const Exec& exec, FloatView weights) const;
   bool has_embedding() const { return first_part_ == 0; }
   bool has_head() const { return end_part_ == shape_.layers + 2; }
   std::int64_t num_params() const { return params_; }
@@ -124,7 +144,11 @@ class StageModel {
   void block_backward(const Exec& exec, const PartRef& part, ConstFloatView params, FloatView grads,
                       Cache& cache, const float* dout, float* din);
 
+  // The bf16 emulation's store: rounds `values` in place under bf16, nothing otherwise.
+  void store(const Exec& exec, kernels::Flat<float, Exec> values) const;
+
   ModelShape shape_;
+  bool bf16_;  // model.precision: bf16
   int first_part_, end_part_;
   std::vector<PartRef> parts_;
   std::vector<TensorInfo> tensors_;

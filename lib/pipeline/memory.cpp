@@ -10,9 +10,12 @@
 
 namespace p2bw::pipeline {
 
-std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap& map) {
+namespace {
+
+// The prediction with values stored as `precision` says; the master follows the deck.
+std::vector<StageMemory> predict(const config::Deck& deck, const StageMap& map,
+                                 config::Precision precision) {
   constexpr std::int64_t kFloat = 4;
-  const config::Precision precision = deck.model.precision;
   const std::int64_t compute = config::compute_bytes(precision);  // a compute weight's bytes
   const model::ModelShape shape(deck.model, deck.train.microbatch_size);
   const std::int64_t boundary = shape.block().input_bytes(precision);  // (B, T, C) message
@@ -38,8 +41,7 @@ std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap
     mem.in_flight =
         schedule::activation_bound(deck.pipeline.schedule, depth, deck.pipeline.microbatches, s);
     // One fp32 master serves bf16 and 2bw's weight prediction alike (both update it in place).
-    const bool master = precision == config::Precision::bf16 || predicts_weights(deck);
-    mem.master_weights = master ? mem.params * kFloat : 0;
+    mem.master_weights = keeps_master(deck) ? mem.params * kFloat : 0;
     mem.weights = mem.params * compute * mem.versions + mem.master_weights;
     mem.gradients = mem.params * kFloat;
     mem.optimizer =
@@ -62,6 +64,18 @@ std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap
     result.push_back(mem);
   }
   return result;
+}
+
+}  // namespace
+
+std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap& map) {
+  return predict(deck, map, deck.model.precision);
+}
+
+std::vector<StageMemory> predict_allocation(const config::Deck& deck, const StageMap& map) {
+  const config::Precision precision = deck.model.precision;
+  return predict(deck, map,
+                 precision == config::Precision::bf16 ? config::Precision::fp32 : precision);
 }
 
 }  // namespace p2bw::pipeline

@@ -31,6 +31,13 @@ struct StageMemory : MemoryBytes {
   int in_flight = 0;                // most microbatches whose activations are stashed at once
 };
 
+// The deck's precision: bf16 in its GPU layout (what `p2bw check` and the planner show).
 std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap& map);
+
+// What this build allocates, which the executor measures: predict_memory for fp32 and tf32. bf16
+// is emulated in float storage for now (model::StageModel): every compute copy, activation and
+// boundary buffer is a float (4 bytes), beside the one fp32 master that bf16 keeps; so a bf16 run
+// allocates the fp32 layout plus the master, not the bf16 layout predict_memory shows.
+std::vector<StageMemory> predict_allocation(const config::Deck& deck, const StageMap& map);
 
 }  // namespace p2bw::pipeline

@@ -69,14 +69,14 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
       versions_(0, 2) {
   if (!stream_.proof().ok())
     P2BW_INTERNAL_ERROR("the schedule fails the checker: " + stream_.proof().summary());
-  model::set_kernel_precision(deck, "p2bw train");  // for the whole run
+  model::set_kernel_precision(deck, "p2bw train", true);  // for the whole run; bf16 emulated
   const StageRange& range = map_.stages[static_cast<size_t>(grid.stage())];
   const int first_part = range.has_embedding ? 0 : 1 + range.first_block;
   const int end_part = 1 + range.first_block + range.blocks + (range.has_head ? 1 : 0);
   model_ = std::make_unique<model::StageModel>(deck.model, deck.train.microbatch_size, first_part,
                                                end_part);
-  optimizer_ =
-      std::make_unique<model::Optimizer>(deck.train, model_->tensors(), model_->num_params());
+  optimizer_ = std::make_unique<model::Optimizer>(deck.train, model_->tensors(),
+                                                  model_->num_params(), deck.model.precision);
   if (backend == comm::TransportBackend::nccl) {
 #ifdef P2BW_HAVE_NCCL_TRANSPORT
     transport_ = comm::make_nccl_transport(grid, deck.pipeline.timeout_s, exec_);
@@ -111,7 +111,7 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
     eval_totals_ = DoubleView("p2bw::eval_totals",
                               static_cast<size_t>(2 * per_pipeline * deck.pipeline.width));
   }
-  versions_ = WeightVersions(model_->num_params(), buffers_needed(deck), predicts_weights(deck));
+  versions_ = WeightVersions(model_->num_params(), buffers_needed(deck), keeps_master(deck));
   if (resume) {
     steps_done_ = timed_through_ = resume->state().step;
     const int first_mb = static_cast<int>(steps_done_) * deck.pipeline.microbatches + 1;
@@ -122,6 +122,7 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
   } else {
     model_->init(versions_.add(0), deck.train.seed);
     if (versions_.master().data()) Kokkos::deep_copy(exec_, versions_.master(), versions_.at(0));
+    model_->round_compute_weights(exec_, versions_.at(0));  // bf16: bf16(master)
   }
   versions_.make_gradients(exec_);
   // The boundary buffers exist from the start: when a send completes decides which step would
@@ -617,9 +618,10 @@ void PipelineTrainer::apply_update() {
   const model::FloatView master = versions_.master();
   const model::FloatView newest = versions_.true_weights();
   const model::FloatView out = reduction_->gradients();
-  if (r.skipped)
+  if (r.skipped) {
     Kokkos::deep_copy(exec_, out, newest);  // versions still rotate; W(batch + 1) = W(batch)
-  else if (master.data())
+    model_->round_compute_weights(exec_, out);
+  } else if (master.data())
     optimizer_->step(exec_, master, master, out, r.lr,
                      model::clip_scale(r.grad_norm, deck_.train.grad_clip), out,
                      prediction_gamma(deck_, batch + 1));

@@ -17,14 +17,15 @@ SingleRankTrainer::SingleRankTrainer(const config::Deck& deck,
       splits_(data::split_data(std::move(tokens), deck)),
       loader_(splits_.train, deck),
       model_(deck.model, deck.train.microbatch_size, 0, deck.model.layers + 2),
-      optimizer_(deck.train, model_.tensors(), model_.num_params()) {
+      optimizer_(deck.train, model_.tensors(), model_.num_params(), deck.model.precision) {
   const auto n = static_cast<size_t>(model_.num_params());
   w_new_ = model::FloatView("p2bw::weights_a", n);
   model_.init(w_new_, deck.train.seed);
   w_old_ = w_new_;  // one version until 2bw starts
-  if (predicts_weights(deck)) {
+  if (keeps_master(deck)) {
     master_ = model::FloatView("p2bw::weights_master", n);
     Kokkos::deep_copy(master_, w_new_);
+    model_.round_compute_weights(exec_, w_new_);  // bf16: the compute copy is bf16(master)
   }
   grads_ = model::FloatView("p2bw::grads", n);
   // The second weight buffer of 2bw exists from the start, so that no step allocates.
@@ -98,8 +99,8 @@ StepResult SingleRankTrainer::step() {
   result.skipped = !std::isfinite(result.grad_norm);
 
   const double scale = model::clip_scale(result.grad_norm, deck_.train.grad_clip);
-  // Under weight prediction every update writes the master in place and the compute version
-  // C(t + 1) into the buffer the next version lives in.
+  // Under weight prediction (and bf16) every update writes the master in place and the compute
+  // version C(t + 1) (bf16: rounded) into the buffer the next version lives in.
   const double gamma = prediction_gamma(deck_, static_cast<int>(t + 1));
   if (!delayed(t)) {
     // Vanilla: one buffer updated in place (C(t + 1) = W(t + 1) in the warm-up).
@@ -111,9 +112,10 @@ StepResult SingleRankTrainer::step() {
     // 2bw: the gradient was taken at W_old; W_next = Opt(W_new, g) goes into the retired buffer.
     P2BW_ASSERT(spare_.data(), "2bw's second weight buffer is made with the trainer");
     model::FloatView next = w_old_.data() == w_new_.data() ? spare_ : w_old_;
-    if (result.skipped)
+    if (result.skipped) {
       Kokkos::deep_copy(exec_, next, weights());  // still rotate the versions
-    else if (master_.data())
+      model_.round_compute_weights(exec_, next);
+    } else if (master_.data())
       optimizer_.step(exec_, master_, master_, grads_, result.lr, scale, next, gamma);
     else
       optimizer_.step(exec_, next, w_new_, grads_, result.lr, scale);

@@ -55,7 +55,7 @@ class SingleRankTrainer {
   model::Optimizer optimizer_;
   model::Exec exec_;
   model::FloatView w_old_, w_new_, spare_;  // spare_ is the second buffer once 2bw starts
-  model::FloatView master_;                 // the true W(t) under weight prediction
+  model::FloatView master_;  // the true W(t) under weight prediction and bf16 (keeps_master)
   model::FloatView grads_;
   model::Cache cache_;
   HostMirror<IntView> host_tokens_, host_targets_;  // (B, T) a microbatch from the loader

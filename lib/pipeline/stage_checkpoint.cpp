@@ -90,6 +90,10 @@ void restore_stage(const io::CheckpointReader& checkpoint, int oldest_needed,
     else
       Kokkos::deep_copy(old, versions.at(step));  // flush or gpipe -> 2bw: one version to start
   }
+  // Checkpoints hold fp32 in every precision: a bf16 run rounds its compute copies (the master
+  // keeps "params"), so a checkpoint of any precision resumes in any other. Rounding a bf16
+  // run's own copies again changes nothing.
+  for (int version : versions.versions()) model.round_compute_weights(Exec(), versions.at(version));
   if (optimizer.first().data())
     load_stage_tensors(checkpoint, "optimizer/first", model, optimizer.first());
   if (optimizer.second().data())

@@ -13,6 +13,10 @@ bool predicts_weights(const config::Deck& deck) {
          deck.pipeline.weight_prediction > 0 && deck.pipeline.sync_warmup_steps < deck.train.steps;
 }
 
+bool keeps_master(const config::Deck& deck) {
+  return predicts_weights(deck) || deck.model.precision == config::Precision::bf16;
+}
+
 double prediction_gamma(const config::Deck& deck, int version) {
   return predicts_weights(deck) && version > deck.pipeline.sync_warmup_steps
              ? deck.pipeline.weight_prediction

@@ -10,6 +10,8 @@
 // versions: C(v) = W(v) + gamma (W(v) - W(v-1)) for v > K (K = the flush warm-up), W(v) itself
 // up to K, and a fourth buffer, the master, holds the true W(newest). Each update writes the
 // master in place and C(v) over the batch's gradients, so the rotation above is unchanged.
+// bf16 (model.precision) keeps the master too: every version is a compute copy bf16(W(v)) (or
+// bf16(C(v))), written by the same update.
 #pragma once
 
 #include <map>
@@ -21,8 +23,12 @@
 
 namespace p2bw::pipeline {
 
-// Whether a run keeps a master copy: 2bw with a weight prediction and a 2bw phase.
+// Whether a run predicts weights: 2bw with a weight prediction and a 2bw phase.
 bool predicts_weights(const config::Deck& deck);
+// Whether a run keeps an fp32 master copy: under weight prediction, and under model.precision:
+// bf16, whose compute versions are bf16(master) (or bf16 of the predicted C(v)): the optimizer
+// updates the master in place and writes the rounded compute version over the gradients.
+bool keeps_master(const config::Deck& deck);
 // The gamma with which the update that writes W(version) writes compute version C(version): the
 // deck's for versions after the warm-up (a batch runs on C(v) only when W(v) is stale), else 0.
 double prediction_gamma(const config::Deck& deck, int version);
