@@ -1,6 +1,7 @@
 // Checkpoints: K steps + resume equals the uninterrupted run bit for bit for every schedule;
 // resume under another layout (written with (d, w) = (2, 1), resumed with (1, 1), (4, 1), (2, 2));
-// corrupted, truncated and mismatched checkpoints are rejected with a clear message.
+// corrupted, truncated and mismatched checkpoints are rejected with a clear message. bf16 runs
+// resume bit for bit too, and checkpoints (fp32 in every precision) load across precisions.
 #include <gtest/gtest.h>
 #include <hdf5.h>
 #include <mpi.h>
@@ -25,9 +26,11 @@
 #include "data/token_file.hpp"
 #include "io/checkpoint.hpp"
 #include "io/hdf5_file.hpp"
+#include "kernels/bf16_round.hpp"
 #include "mpi_world.hpp"
 #include "pipeline/pipeline_trainer.hpp"
 #include "pipeline/single_rank_trainer.hpp"
+#include "pipeline/stage_checkpoint.hpp"
 
 namespace p2bw::pipeline {
 namespace {
@@ -157,6 +160,115 @@ TEST(Checkpoint, ResumeEqualsTheUninterruptedRunBitForBit) {
       EXPECT_TRUE(same_bits(resumed.losses[i], whole.losses[3 + i])) << label << " step " << 4 + i;
     EXPECT_EQ(resumed.weights, whole.weights) << label;
     if (world_rank() == 0) fs::remove_all(folder);
+  }
+}
+
+TEST(Checkpoint, Bf16ResumeEqualsTheUninterruptedRunBitForBit) {
+  // The checkpoint holds the fp32 master ("params") and the compute copies as their fp32 values;
+  // the resumed run rounds its copies again (a no-op on bf16 values) and goes on bit for bit.
+  const int d = world_size();
+  for (auto [schedule, warmup, prediction] :
+       std::vector<std::tuple<config::ScheduleKind, int, double>>{
+           {config::ScheduleKind::flush, 0, 0.0},
+           {config::ScheduleKind::two_bw, 0, 0.0},
+           {config::ScheduleKind::two_bw, 0, 1.0},
+           {config::ScheduleKind::two_bw, 2, 1.0}}) {
+    config::Deck dk = deck(schedule, warmup, d, 1, 2 * d);
+    dk.pipeline.weight_prediction = prediction;
+    dk.model.precision = config::Precision::bf16;
+    const std::string folder = shared_folder("p2bw_ckpt_bf16");
+    Outcome whole, resumed;
+    with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
+      PipelineTrainer trainer(dk, grid, text());
+      whole = finish(trainer, dk.train.steps);
+    });
+    with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
+      PipelineTrainer trainer(dk, grid, text());
+      finish(trainer, 3);
+      trainer.save_checkpoint(folder, 2);
+    });
+    with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
+      io::CheckpointReader checkpoint(io::resolve_checkpoint(folder, "latest"), dk);
+      PipelineTrainer trainer(dk, grid, text(), &checkpoint);
+      resumed = finish(trainer, dk.train.steps);
+    });
+    const std::string label =
+        fmt::format("bf16 {} warm-up {} prediction {}", to_string(schedule), warmup, prediction);
+    ASSERT_EQ(resumed.losses.size(), 4u) << label;
+    for (size_t i = 0; i < 4; ++i)
+      EXPECT_TRUE(same_bits(resumed.losses[i], whole.losses[3 + i])) << label << " step " << 4 + i;
+    EXPECT_EQ(resumed.weights, whole.weights) << label;
+    if (world_rank() == 0) fs::remove_all(folder);
+  }
+}
+
+TEST(Checkpoint, CheckpointsLoadAcrossPrecisions) {
+  // An fp32 checkpoint resumed in bf16: the master is the checkpoint's fp32 weights bit for bit,
+  // every compute copy (W_old, the predicted copy) is bf16 of the checkpoint's value, exactly
+  // (saved again at once, before any step, and read back). That bf16 checkpoint resumed in fp32
+  // trains on. Both continuations stay within bf16's tolerance of the uninterrupted fp32 run
+  // (5%: tests/model/test_bf16_training.cpp) and differ from it (the rounding happened).
+  const int d = world_size();
+  for (double prediction : {0.0, 1.0}) {
+    config::Deck fp32 = deck(config::ScheduleKind::two_bw, 0, d, 1, 2 * d);
+    fp32.pipeline.weight_prediction = prediction;
+    config::Deck bf16 = fp32;
+    bf16.model.precision = config::Precision::bf16;
+    const std::string label = fmt::format("2bw prediction {}", prediction);
+    const std::string from_fp32 = shared_folder("p2bw_ckpt_fp32"),
+                      from_bf16 = shared_folder("p2bw_ckpt_tobf16");
+    Outcome whole, in_bf16, back_in_fp32;
+    with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
+      PipelineTrainer trainer(fp32, grid, text());
+      whole = finish(trainer, fp32.train.steps);
+    });
+    with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
+      PipelineTrainer trainer(fp32, grid, text());
+      finish(trainer, 3);
+      trainer.save_checkpoint(from_fp32, 1);
+    });
+    with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
+      io::CheckpointReader checkpoint(io::resolve_checkpoint(from_fp32, "latest"), bf16);
+      PipelineTrainer trainer(bf16, grid, text(), &checkpoint);
+      trainer.save_checkpoint(from_bf16, 1);  // what the bf16 run holds after the restore
+      io::CheckpointReader saved(io::resolve_checkpoint(from_bf16, "latest"), bf16);
+      const model::StageModel& model = trainer.model();
+      const auto read = [&](const io::CheckpointReader& c, const std::string& group) {
+        model::FloatView values("values", static_cast<size_t>(model.num_params()));
+        load_stage_tensors(c, group, model, values);
+        return host(values);
+      };
+      EXPECT_EQ(read(saved, "params"), read(checkpoint, "params")) << label << ": the master";
+      std::vector<std::string> copies{"params_old"};
+      if (prediction > 0) copies.push_back("params_predicted");
+      for (const std::string& group : copies) {
+        const auto original = read(checkpoint, group), copy = read(saved, group);
+        std::int64_t rounded = 0, changed = 0;
+        for (size_t i = 0; i < original.size(); ++i) {
+          rounded += copy[i] == kernels::round_to_bf16(original[i]);
+          changed += copy[i] != original[i];
+        }
+        EXPECT_EQ(rounded, static_cast<std::int64_t>(original.size())) << label << ": " << group;
+        EXPECT_GT(changed, 0) << label << ": " << group << " was an fp32 copy";
+      }
+      in_bf16 = finish(trainer, bf16.train.steps);
+    });
+    with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
+      io::CheckpointReader checkpoint(io::resolve_checkpoint(from_bf16, "latest"), fp32);
+      PipelineTrainer trainer(fp32, grid, text(), &checkpoint);
+      back_in_fp32 = finish(trainer, fp32.train.steps);
+    });
+    for (const Outcome* run : {&in_bf16, &back_in_fp32}) {
+      ASSERT_EQ(run->losses.size(), 4u) << label;
+      bool differs = false;
+      for (size_t i = 0; i < 4; ++i) {
+        EXPECT_NEAR(run->losses[i], whole.losses[3 + i], 0.05 * whole.losses[3 + i])
+            << label << " step " << 4 + i;
+        differs = differs || !same_bits(run->losses[i], whole.losses[3 + i]);
+      }
+      EXPECT_TRUE(differs) << label << ": the resumed run is the fp32 run bit for bit";
+    }
+    if (world_rank() == 0) fs::remove_all(from_fp32), fs::remove_all(from_bf16);
   }
 }
 
