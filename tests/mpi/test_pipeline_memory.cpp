@@ -1,7 +1,9 @@
 // Memory of the pipeline executor: what a rank allocates matches the prediction of `p2bw check`
 // within 5%, and the stashed activations never exceed the schedule's bound (min(d - s, m) for
 // flush and 2bw, m for gpipe; recomputation stashes inputs only); nothing is allocated after the
-// first step.
+// first step. bf16 runs, emulated in float storage, are held to predict_allocation (the fp32
+// layout plus bf16's master), and their GPU layout (predict_memory, what p2bw check shows) is
+// checked to be the smaller bf16 one: explicitly, not skipped.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -72,6 +74,76 @@ TEST(PipelineMemory, MeasuredMatchesPredicted) {
           << label << ": buffers " << measured.buffers << " vs " << predicted.buffers
           << ", workspace " << measured.workspace << " vs " << predicted.workspace;
     }
+  }
+}
+
+TEST(PipelineMemory, Bf16AllocatesItsFloatEmulationAndPredictsItsGpuLayout) {
+  std::string text;
+  for (int i = 0; i < 50; ++i)
+    text += "All happy families are alike; each unhappy family is unhappy in its own way. ";
+  auto tokens = std::make_shared<data::Tokens>(data::tokenize_bytes(text));
+  const int d = world_size();
+  for (auto [schedule, prediction] :
+       {std::pair{config::ScheduleKind::flush, 0.0}, std::pair{config::ScheduleKind::two_bw, 0.0},
+        std::pair{config::ScheduleKind::two_bw, 1.0}}) {
+    for (bool recompute : {false, true}) {
+      config::Deck deck;
+      deck.model = {config::ModelKind::gpt, 4, 64, 4, 32, 256};
+      deck.model.precision = config::Precision::bf16;
+      deck.pipeline.depth = d;
+      deck.pipeline.schedule = schedule;
+      deck.pipeline.microbatches = 2 * d;
+      deck.pipeline.recompute = recompute;
+      deck.pipeline.sync_warmup_steps = 0;
+      deck.pipeline.weight_prediction = prediction;
+      deck.train.microbatch_size = 2;
+      deck.train.steps = 3;
+      const comm::ProcessGrid grid(MPI_COMM_WORLD, d, 1);
+      PipelineTrainer trainer(deck, grid, tokens);
+      for (int s = 0; s < deck.train.steps; ++s) trainer.step();
+      trainer.synchronize();
+      const auto s = static_cast<size_t>(grid.stage());
+      const StageMemory allocated = predict_allocation(deck, trainer.stage_map())[s];
+      const StageMemory gpu = predict_memory(deck, trainer.stage_map())[s];
+      const MemoryBytes& measured = trainer.memory();
+      const std::string label =
+          fmt::format("bf16 {}{} {} stage {} of {}", to_string(schedule),
+                      prediction > 0 ? " prediction" : "", recompute ? "recompute" : "stash", s, d);
+      // What the host allocates: float compute copies beside the fp32 master, float activations.
+      const int versions = schedule == config::ScheduleKind::two_bw ? 2 : 1;
+      EXPECT_EQ(allocated.weights, allocated.params * (4 * versions + 4)) << label;
+      EXPECT_EQ(measured.weights, allocated.weights) << label;
+      EXPECT_EQ(measured.gradients, allocated.gradients) << label;
+      EXPECT_EQ(measured.optimizer, allocated.optimizer) << label;
+      EXPECT_NEAR(double(measured.activations), double(allocated.activations),
+                  0.05 * allocated.activations)
+          << label;
+      EXPECT_NEAR(double(measured.total()), double(allocated.total()), 0.05 * allocated.total())
+          << label;
+      // The bf16 GPU layout that p2bw check and the planner use: bf16 compute copies (2 bytes)
+      // plus one fp32 master, fp32 gradients and optimizer state, bf16 activations and buffers.
+      EXPECT_EQ(gpu.weights, gpu.params * (2 * versions + 4)) << label;
+      EXPECT_EQ(gpu.gradients, allocated.gradients) << label;
+      EXPECT_EQ(gpu.optimizer, allocated.optimizer) << label;
+      EXPECT_LT(gpu.activations, allocated.activations) << label;
+      EXPECT_EQ(2 * gpu.buffers, allocated.buffers) << label;
+      EXPECT_LT(gpu.total(), measured.total()) << label << ": host bf16 saves no memory";
+    }
+  }
+}
+
+TEST(PipelineMemory, Fp32AllocationIsItsPrediction) {
+  config::Deck deck;
+  deck.model = {config::ModelKind::gpt, 4, 64, 4, 32, 256};
+  deck.pipeline.depth = 1;
+  deck.pipeline.schedule = config::ScheduleKind::two_bw;
+  deck.pipeline.microbatches = 2;
+  deck.train.microbatch_size = 2;
+  deck.train.steps = 3;
+  for (auto precision : {config::Precision::fp32, config::Precision::tf32}) {
+    deck.model.precision = precision;
+    const StageMap map = make_stage_map(deck);
+    EXPECT_EQ(predict_allocation(deck, map)[0].total(), predict_memory(deck, map)[0].total());
   }
 }
 
