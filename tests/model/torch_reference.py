@@ -7,6 +7,14 @@ Reads IN.h5 written by the C++ test: model dimensions and training settings as a
 /logits (b, T, V) and /loss0 of the first microbatch at the initial weights, /grads/<name> of the
 first step, /losses (steps) and /grad_norms (steps) of every step, and /final/<name>, the
 weights after all steps of AdamW with global-norm clipping.
+
+With the attribute bf16 = 1 the model applies p2bw's bf16 rounding points (model::StageModel,
+model.precision: bf16) in float64 arithmetic: the weights used in compute are bf16(master) (a
+straight-through rounding: the gradient reaches the float64 master unrounded), every stored
+activation is rounded to bf16 in forward (R) and every activation gradient p2bw rounds is rounded
+in backward (R's backward, and G where p2bw rounds a LayerNorm's input gradient before it is
+added to the residual stream's). The rounding goes float64 -> float32 -> bf16, both
+round-to-nearest-even, as p2bw's float results are rounded; torch's float32 -> bfloat16 is RNE.
 Usage: torch_reference.py IN.h5 OUT.h5"""
 import math
 import sys
@@ -16,6 +24,66 @@ import torch
 import torch.nn.functional as F
 
 torch.set_default_dtype(torch.float64)
+BF16 = False  # set from the input's bf16 attribute
+
+
+def rb(x):
+    """x rounded to the nearest bf16 value (via float32), back in float64."""
+    return x.to(torch.float32).to(torch.bfloat16).to(torch.float64)
+
+
+class Round(torch.autograd.Function):
+    """A stored activation: rounded in forward, its gradient rounded in backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return rb(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return rb(g)
+
+
+class GradRound(torch.autograd.Function):
+    """The identity in forward; the gradient rounded in backward (a LayerNorm's input gradient)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return rb(g)
+
+
+class BiasGelu(torch.autograd.Function):
+    """p2bw's bias_gelu_forward under bf16: out = bf16(gelu(pre)) from the unrounded pre-activation,
+    which is stored as bf16(pre); backward: bf16(gelu'(bf16(pre)) * bf16(dout))."""
+
+    @staticmethod
+    def forward(ctx, pre):
+        ctx.save_for_backward(rb(pre))
+        return rb(F.gelu(pre, approximate="tanh"))
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        k = math.sqrt(2.0 / math.pi)
+        t = torch.tanh(k * (x + 0.044715 * x ** 3))
+        d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x)
+        return rb(d * rb(g))
+
+
+def R(x):
+    return Round.apply(x) if BF16 else x
+
+
+def G(x):
+    return GradRound.apply(x) if BF16 else x
+
+
+def bias_gelu(pre):
+    return BiasGelu.apply(pre) if BF16 else F.gelu(pre, approximate="tanh")
 
 
 class Model(torch.nn.Module):
@@ -27,29 +95,31 @@ class Model(torch.nn.Module):
             self.p[name.replace("/", "__")] = torch.nn.Parameter(torch.tensor(value))
 
     def w(self, name):
-        return self.p[name.replace("/", "__")]
+        p = self.p[name.replace("/", "__")]
+        # bf16: the compute copy bf16(master); the gradient goes to the master unchanged.
+        return p + (rb(p) - p).detach() if BF16 else p
 
     def forward(self, tokens, targets):
         B, T = tokens.shape
         C, NH = self.C, self.NH
         wte = self.w("embedding/wte")  # tied: the LM head uses the same Parameter
-        x = wte[tokens] + self.w("embedding/wpe")[:T]
+        x = R(wte[tokens] + self.w("embedding/wpe")[:T])
         mask = torch.tril(torch.ones(T, T, dtype=torch.bool)) if self.kind == "gpt" else None
         for l in range(self.L):
             p = f"blocks/{l}/"
-            h = F.layer_norm(x, (C,), self.w(p + "ln1/weight"), self.w(p + "ln1/bias"), 1e-5)
-            qkv = h @ self.w(p + "attn/qkv/weight").T + self.w(p + "attn/qkv/bias")
+            h = R(F.layer_norm(G(x), (C,), self.w(p + "ln1/weight"), self.w(p + "ln1/bias"), 1e-5))
+            qkv = R(h @ self.w(p + "attn/qkv/weight").T + self.w(p + "attn/qkv/bias"))
             q, k, v = (t.view(B, T, NH, C // NH).transpose(1, 2) for t in qkv.split(C, dim=2))
             att = (q @ k.transpose(-2, -1)) / math.sqrt(C // NH)
             if mask is not None:
                 att = att.masked_fill(~mask, float("-inf"))
-            y = (F.softmax(att, dim=-1) @ v).transpose(1, 2).reshape(B, T, C)
-            x = x + y @ self.w(p + "attn/proj/weight").T + self.w(p + "attn/proj/bias")
-            h = F.layer_norm(x, (C,), self.w(p + "ln2/weight"), self.w(p + "ln2/bias"), 1e-5)
-            h = F.gelu(h @ self.w(p + "mlp/fc/weight").T + self.w(p + "mlp/fc/bias"), approximate="tanh")
-            x = x + h @ self.w(p + "mlp/proj/weight").T + self.w(p + "mlp/proj/bias")
-        x = F.layer_norm(x, (C,), self.w("head/lnf/weight"), self.w("head/lnf/bias"), 1e-5)
-        logits = x @ wte.T
+            y = R((F.softmax(att, dim=-1) @ v).transpose(1, 2).reshape(B, T, C))
+            x = R(x + R(y @ self.w(p + "attn/proj/weight").T + self.w(p + "attn/proj/bias")))
+            h = R(F.layer_norm(G(x), (C,), self.w(p + "ln2/weight"), self.w(p + "ln2/bias"), 1e-5))
+            h = bias_gelu(h @ self.w(p + "mlp/fc/weight").T + self.w(p + "mlp/fc/bias"))
+            x = R(x + R(h @ self.w(p + "mlp/proj/weight").T + self.w(p + "mlp/proj/bias")))
+        x = R(F.layer_norm(G(x), (C,), self.w("head/lnf/weight"), self.w("head/lnf/bias"), 1e-5))
+        logits = R(x @ wte.T)
         # Mean over positions with a target; 0 when a BERT microbatch has none (as p2bw).
         total = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(-1), ignore_index=-1, reduction="sum")
         return logits, total / max(int((targets >= 0).sum()), 1)
@@ -63,6 +133,8 @@ def main():
         tokens = torch.tensor(f["tokens"][()], dtype=torch.long)
         targets = torch.tensor(f["targets"][()], dtype=torch.long)
         lrs = f["lr"][()]
+    global BF16
+    BF16 = int(a.get("bf16", 0)) == 1
     model = Model(a, weights)
     # Weight decay on matrices only (embeddings and linear weights), as p2bw does.
     decay = [p for p in model.p.values() if p.dim() == 2]
