@@ -306,12 +306,18 @@ TEST_P(PipelineEval, TheValidationLossIsTheSameNumberOnEveryLayout) {
   // A validation split of half the text; evaluations after steps 3 and 6, between batches (2bw
   // keeps microbatches in flight across them), against the single-rank reference: bit for bit
   // with w = 1, within 1e-5 otherwise (the weights differ in the last bits). The evaluation
-  // must not disturb training: the losses of steps 4-6 still match.
+  // must not disturb training: the losses of steps 4-6 still match. bf16 too (its evaluation
+  // runs on the fp32 master with bf16 activations).
   auto tokens = std::make_shared<data::Tokens>(data::tokenize_bytes(kText));
   for (auto [d, w] : layouts()) {
     for (bool recompute : {false, true}) {
-      for (auto schedule : {config::ScheduleKind::flush, config::ScheduleKind::two_bw}) {
-        const Case c{GetParam(), schedule, 0, recompute, d, w, 2 * d};
+      for (auto [schedule, precision] :
+           {std::pair{config::ScheduleKind::flush, config::Precision::fp32},
+            std::pair{config::ScheduleKind::two_bw, config::Precision::fp32},
+            std::pair{config::ScheduleKind::two_bw, config::Precision::bf16}}) {
+        Case c{GetParam(), schedule, 0, recompute, d, w, 2 * d};
+        c.precision = precision;
+        const double tol = precision == config::Precision::bf16 ? 1e-3 : 1e-5;  // w > 1
         config::Deck deck = deck_for(c);
         deck.data.val_fraction = 0.5;
         deck.train.eval_batches = 1;
@@ -343,13 +349,13 @@ TEST_P(PipelineEval, TheValidationLossIsTheSameNumberOnEveryLayout) {
                 << c.name() << " evaluation " << i << ": " << fmt::format("{:.17g}", got_eval[i])
                 << ", reference " << fmt::format("{:.17g}", want_eval[i]);
           else
-            EXPECT_NEAR(got_eval[i], want_eval[i], 1e-5 * want_eval[i]) << c.name();
+            EXPECT_NEAR(got_eval[i], want_eval[i], tol * want_eval[i]) << c.name();
         }
         for (size_t i = 0; i < wanted.size(); ++i) {
           if (w == 1)
             EXPECT_TRUE(same_bits(wanted[i].loss, results[i].loss)) << c.name() << " step " << i;
           else
-            EXPECT_NEAR(results[i].loss, wanted[i].loss, 1e-5 * wanted[i].loss) << c.name();
+            EXPECT_NEAR(results[i].loss, wanted[i].loss, tol * wanted[i].loss) << c.name();
         }
       }
     }
