@@ -9,13 +9,17 @@ Parts, in order: environment (nvidia-smi, nvcc, torch, p2bw --version); the kern
 (finite differences in double) and the training tests; the NCCL test on one rank; the pipeline
 exactness grid at 1 and 2 MPI ranks sharing the GPU (MPI transport staged through pinned host
 memory); the demo trained on one GPU (one stage) against the host run's loss curve shipped in the
-bundle; `p2bw bench` at GPT-2 124M (B = 16, T = 1024) in fp32 and TF32; the same model in PyTorch in
+bundle; the same demo in bf16 (today the emulation in float storage: bf16's rounding, not its
+memory or speed) against that fp32 curve with bf16's tolerance; `p2bw bench` at GPT-2 124M (B = 16, T = 1024) in fp32 and TF32; the same model in PyTorch in
 fp32, TF32, bf16 eager and bf16 compiled. A part that cannot run is a `skip` row with the reason; a
 part that ran and failed is a `FAIL` row; the exit code is 1 when any part failed.
 
 Loss-curve tolerance: the GPU sums in other orders than the host, so the curves drift apart
 slowly: each of the first 10 steps within 1e-3 of the host's loss (relative), and the mean of
-the last 20 steps within 0.05 nats.
+the last 20 steps within 0.05 nats. bf16 against the fp32 host curve: each rounding point moves a
+value by up to 2^-9 relative, so the losses differ from the first step on: each of the first 10
+steps within 5e-3 (relative) and the mean of the last 20 within 0.05 nats (the host's bf16 demo,
+2 stages, 2026-12-01: 5.5e-4 and 0.009 nats; final validation loss 2.5380 against fp32's 2.5456).
 
 --dry-run runs every part without a GPU (on the bundle's programs, or on a host build laid out as
 a bundle), with bench and PyTorch at a small size on the CPU: it checks this script's running,
@@ -32,6 +36,7 @@ import tempfile
 import time
 
 FIRST_STEPS, FIRST_TOL, LAST_STEPS, LAST_TOL = 10, 1e-3, 20, 0.05
+BF16_FIRST_TOL, BF16_LAST_TOL = 5e-3, 0.05  # bf16 (emulated) against the fp32 host curve
 LOG_TAIL_LINES = 60  # per part, in gpu-check-logs.txt
 MIN_S = 20  # what each later part keeps of the budget
 # bench and PyTorch in the dry run: GPT-2's shape, small enough for a CPU.
@@ -134,7 +139,7 @@ def read_losses(metrics):
         return [float(x) for x in f["steps/loss"][:]]
 
 
-def compare_curves(losses, host):
+def compare_curves(losses, host, first_tol=FIRST_TOL, last_tol=LAST_TOL):
     """(ok, first-steps max relative difference, last-steps means, detail) of two loss curves."""
     n = min(len(losses), len(host))
     if n < max(FIRST_STEPS, LAST_STEPS):
@@ -142,15 +147,16 @@ def compare_curves(losses, host):
     first = max(abs(a - b) / abs(b) for a, b in zip(losses[:FIRST_STEPS], host[:FIRST_STEPS]))
     gpu_last = sum(losses[n - LAST_STEPS:n]) / LAST_STEPS
     host_last = sum(host[n - LAST_STEPS:n]) / LAST_STEPS
-    ok = len(losses) == len(host) and first <= FIRST_TOL and abs(gpu_last - host_last) <= LAST_TOL
-    detail = (f"first {FIRST_STEPS} steps max rel. diff {first:.2e} (tol {FIRST_TOL}); last "
-              f"{LAST_STEPS} mean diff {abs(gpu_last - host_last):.4f} (tol {LAST_TOL}); "
+    ok = len(losses) == len(host) and first <= first_tol and abs(gpu_last - host_last) <= last_tol
+    detail = (f"first {FIRST_STEPS} steps max rel. diff {first:.2e} (tol {first_tol}); last "
+              f"{LAST_STEPS} mean diff {abs(gpu_last - host_last):.4f} (tol {last_tol}); "
               f"{len(losses)} steps (host {len(host)})")
     return ok, first, (gpu_last, host_last), detail
 
 
-def part_demo(c, mpiexec):
-    name = "demo training (1 GPU, 1 stage) vs host loss curve"
+def part_demo(c, mpiexec, bf16=False):
+    name = ("demo training in bf16 (emulated: float storage), 1 GPU, vs the fp32 host loss curve" if bf16
+            else "demo training (1 GPU, 1 stage) vs host loss curve")
     ref_path = c.share("reference", "demo-host-loss.json")
     if not os.path.exists(ref_path):
         c.add(name, "skip", "", f"no host loss curve {ref_path}")
@@ -165,9 +171,10 @@ def part_demo(c, mpiexec):
     except ImportError as e:
         c.add(name, "skip", "", f"python3 has no h5py ({e}): cannot read metrics.h5")
         return
-    run_dir = os.path.join(c.work, "demo")
+    run_dir = os.path.join(c.work, "demo-bf16" if bf16 else "demo")
     cmd = mpiexec + ["-n", "1", c.bin("p2bw"), "train", c.share("inputs", "demo.yaml")]
-    for s in ref["overrides"] + [f"output.dir={run_dir}", f"data.path={c.share('data', 'fortunes.tok')}"]:
+    for s in ref["overrides"] + [f"output.dir={run_dir}", f"data.path={c.share('data', 'fortunes.tok')}"] + (
+            ["model.precision=bf16"] if bf16 else []):
         cmd += ["--set", s]
     rc, text, s = c.run(name, cmd, 420 if c.dry_run else 150)  # the host needs minutes
     if rc != 0:
@@ -175,7 +182,8 @@ def part_demo(c, mpiexec):
         return
     losses = read_losses(os.path.join(run_dir, "metrics.h5"))
     host = ref["loss"]
-    ok, _, (gpu_last, host_last), detail = compare_curves(losses, host)
+    ok, _, (gpu_last, host_last), detail = (compare_curves(losses, host, BF16_FIRST_TOL, BF16_LAST_TOL) if bf16
+                                            else compare_curves(losses, host))
     tps = re.findall(r"([\d,.]+) tok(?:ens)?/s", text)
     c.add(name, "pass" if ok else "FAIL", f"last {LAST_STEPS} mean {gpu_last:.4f} (host {host_last:.4f})",
           detail + (f"; last log {tps[-1]} tok/s" if tps else ""), s, gpu_loss=losses, host_loss=host)
@@ -285,6 +293,7 @@ def main():
         tests("exactness grid, 1 rank", mpiexec + ["-n", "1", c.bin("test_pipeline_exact")], 120),
         tests("exactness grid, 2 ranks on one GPU", mpiexec + ["-n", "2", c.bin("test_pipeline_exact")], 150),
         ("demo training", 1, lambda: part_demo(c, mpiexec)),
+        ("demo training bf16", 1, lambda: part_demo(c, mpiexec, bf16=True)),
         ("p2bw bench fp32", 1, lambda: part_bench(c, "fp32", [])),
         ("p2bw bench TF32", 1, lambda: part_bench(c, "TF32", ["--set", "model.precision=tf32"])),
         ("PyTorch", 4, lambda: part_torch(c)),  # four runs: fp32, TF32, bf16, bf16 compiled
