@@ -1,7 +1,8 @@
 // Tests of kernels/adamw.hpp, kernels/sgd.hpp and kernels/decay_ranges.hpp: several steps against
 // hand-written scalar loops (bias correction, decay ranges, grad_scale), out of place (the input
 // version stays untouched) and in place, for float and double weights; the weight prediction
-// written beside the update (kernels/prediction.hpp), over the gradient buffer.
+// written beside the update (kernels/prediction.hpp), over the gradient buffer, and its bf16
+// rounding (the compute copy of model.precision: bf16).
 #include "kernels/adamw.hpp"
 #include "kernels/sgd.hpp"
 
@@ -233,6 +234,32 @@ TEST(Prediction, WrittenOverTheGradientBesideAnInPlaceUpdate) {
       EXPECT_EQ(predicted[i], want) << (adamw ? "adamw " : "sgd ") << i;
       EXPECT_NE(predicted[i], after[i]) << i;
     }
+  }
+}
+
+// With round_bf16 the copy is bf16 of what the prediction writes without it (gamma 0: of the
+// updated weight itself), bit for bit; the fp32 weights are the same bits either way.
+TEST(Prediction, TheBf16ComputeCopyIsTheRoundedPrediction) {
+  for (double gamma : {0.0, 0.75}) {
+    Buf<float> w(kN), w2(kN), grad(kN), grad2(kN), m(kN), v(kN), m2(kN), v2(kN);
+    fill_random(w, 80);
+    fill_random(w2, 80);
+    fill_random(grad, 81);
+    fill_random(grad2, 81);
+    for (Buf<float>* b : {&m, &v, &m2, &v2}) b->fill(0.0f);
+    const DecayRanges<Exec> ranges(Exec(), kDecay);
+    adamw_update<float>(Exec(), w.d, w.d, grad.d, m.d, v.d, ranges, 1e-2, 0.9, 0.95, 1e-8, 0.1, 1,
+                        0.5, Prediction<float, Exec>{grad.d, gamma, true});
+    adamw_update<float>(Exec(), w2.d, w2.d, grad2.d, m2.d, v2.d, ranges, 1e-2, 0.9, 0.95, 1e-8, 0.1,
+                        1, 0.5, Prediction<float, Exec>{grad2.d, gamma});
+    EXPECT_EQ(w.values(), w2.values()) << "gamma " << gamma;
+    const std::vector<float> rounded = grad.values(), plain = grad2.values();
+    int changed = 0;
+    for (int i = 0; i < kN; ++i) {
+      EXPECT_EQ(rounded[i], round_to_bf16(plain[i])) << "gamma " << gamma << " at " << i;
+      changed += rounded[i] != plain[i];
+    }
+    EXPECT_GT(changed, kN / 2) << "gamma " << gamma << ": nothing was rounded";
   }
 }
 
