@@ -21,7 +21,12 @@
 
 namespace p2bw::pipeline {
 
-// Whether a run keeps a master copy: 2bw with a weight prediction and a 2bw phase.
+// The batches a 2bw run trains with flush semantics first: pipeline.sync_warmup_steps, at most
+// train.steps; 0 for flush and gpipe.
+int sync_warmup_batches(const config::Deck& deck);
+// Whether a run has a 2bw phase (two weight versions): 2bw whose warm-up ends before the last step.
+bool has_two_bw_phase(const config::Deck& deck);
+// Whether a run keeps a master copy: a 2bw phase with a weight prediction.
 bool predicts_weights(const config::Deck& deck);
 // The gamma with which the update that writes W(version) writes compute version C(version): the
 // deck's for versions after the warm-up (a batch runs on C(v) only when W(v) is stale), else 0.
