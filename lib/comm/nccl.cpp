@@ -130,9 +130,13 @@ class NcclTransport : public Transport {
         stage_(grid.stage()) {}
 
   ~NcclTransport() override {
-    // After a timeout the communicator is already aborted; otherwise a run ends with wait_all.
+    // After a timeout or an NCCL error the communicator is aborted (its kernels may never end);
+    // otherwise a run has ended with wait_all.
     for (auto& entry : pending_) cudaEventDestroy(entry.second.done);
-    if (!aborted_) ncclCommDestroy(comm_);
+    if (aborted_)
+      ncclCommAbort(comm_);
+    else
+      ncclCommDestroy(comm_);
     cudaStreamDestroy(stream_);
   }
 
