@@ -177,7 +177,7 @@ class NcclTransport : public Transport {
     auto it = pending_.find(handle);
     P2BW_ASSERT(it != pending_.end(), "waiting for an unknown transfer");
     const Operation& op = it->second;
-    if (!poll(op.done, comm_, timeout_s_)) {
+    if (!noting_errors([&] { return poll(op.done, comm_, timeout_s_); })) {
       aborted_ = true;
       throw RunError(fmt::format(
           "stage {}: {}: no progress for {} s waiting to {} the {} of microbatch {} {} rank {} "
@@ -191,7 +191,7 @@ class NcclTransport : public Transport {
   bool test(int handle) override {
     auto it = pending_.find(handle);
     P2BW_ASSERT(it != pending_.end(), "testing an unknown transfer");
-    if (!completed(it->second.done, comm_)) return false;
+    if (!noting_errors([&] { return completed(it->second.done, comm_); })) return false;
     finish(it);
     return true;
   }
@@ -208,14 +208,12 @@ class NcclTransport : public Transport {
   };
   // settle() for a call posting `message`; the communicator is aborted when it fails.
   void settled(ncclResult_t result, const Message& message, const char* kind) {
-    try {
+    noting_errors([&] {
       settle(result, comm_, timeout_s_, stage_,
              fmt::format("posting the {} of the {} of microbatch {} with rank {}", kind,
                          to_string(message.direction), message.microbatch, message.peer));
-    } catch (...) {
-      aborted_ = true;
-      throw;
-    }
+      return true;
+    });
   }
   int add(const Message& message, bool send) {
     pending_.emplace(next_, Operation{message, send, record(stream_)});
@@ -231,6 +229,16 @@ class NcclTransport : public Transport {
   cudaStream_t compute_;  // the executor's compute stream
   double timeout_s_;
   int stage_;
+  // f(), marking the communicators for abort when it throws (an NCCL or CUDA error).
+  template <class F>
+  bool noting_errors(const F& f) {
+    try {
+      return f();
+    } catch (...) {
+      aborted_ = true;
+      throw;
+    }
+  }
   bool aborted_ = false;
   std::map<int, Operation> pending_;
   int next_ = 0;
@@ -267,7 +275,8 @@ class NcclCollectives : public Collectives {
 
   bool test(int handle) override {
     auto it = find(handle);
-    if (!completed(it->second.done, comm(it->second.group))) return false;
+    if (!noting_errors([&] { return completed(it->second.done, comm(it->second.group)); }))
+      return false;
     finish(it);
     return true;
   }
@@ -275,7 +284,7 @@ class NcclCollectives : public Collectives {
   void wait(int handle) override {
     auto it = find(handle);
     const Reduction& r = it->second;
-    if (!poll(r.done, comm(r.group), timeout_s_)) {
+    if (!noting_errors([&] { return poll(r.done, comm(r.group), timeout_s_); })) {
       aborted_ = true;
       throw RunError(fmt::format("stage {}: {} over {}: no progress for {} s (pipeline.timeout_s)",
                                  grid_.stage(), r.what, describe(r.group), timeout_s_));
@@ -331,13 +340,11 @@ class NcclCollectives : public Collectives {
 
   int post(void* data, size_t count, ncclDataType_t type, Group group, const std::string& what) {
     order_after(compute_, stream_);
-    try {
+    noting_errors([&] {
       settle(ncclAllReduce(data, data, count, type, ncclSum, comm(group), stream_), comm(group),
              timeout_s_, grid_.stage(), fmt::format("posting {} over {}", what, describe(group)));
-    } catch (...) {
-      aborted_ = true;
-      throw;
-    }
+      return true;
+    });
     pending_.emplace(next_, Reduction{group, what, record(stream_)});
     return next_++;
   }
@@ -357,6 +364,16 @@ class NcclCollectives : public Collectives {
   cudaStream_t stream_;   // one stream for every group: reductions complete in posting order
   cudaStream_t compute_;  // the executor's compute stream
   double timeout_s_;
+  // f(), marking the communicators for abort when it throws (an NCCL or CUDA error).
+  template <class F>
+  bool noting_errors(const F& f) {
+    try {
+      return f();
+    } catch (...) {
+      aborted_ = true;
+      throw;
+    }
+  }
   bool aborted_ = false;
   std::map<int, Reduction> pending_;
   int next_ = 0;
