@@ -114,6 +114,18 @@ bool poll(cudaEvent_t event, ncclComm_t comm, double timeout_s) {
   return true;
 }
 
+// f(), setting `aborted` when it throws (an NCCL or CUDA error), so that the owner aborts its
+// communicators instead of destroying them.
+template <class F>
+bool marking_abort(bool& aborted, const F& f) {
+  try {
+    return f();
+  } catch (...) {
+    aborted = true;
+    throw;
+  }
+}
+
 cudaStream_t make_stream() {
   cudaStream_t stream = nullptr;
   P2BW_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -229,15 +241,9 @@ class NcclTransport : public Transport {
   cudaStream_t compute_;  // the executor's compute stream
   double timeout_s_;
   int stage_;
-  // f(), marking the communicators for abort when it throws (an NCCL or CUDA error).
   template <class F>
   bool noting_errors(const F& f) {
-    try {
-      return f();
-    } catch (...) {
-      aborted_ = true;
-      throw;
-    }
+    return marking_abort(aborted_, f);
   }
   bool aborted_ = false;
   std::map<int, Operation> pending_;
@@ -364,15 +370,9 @@ class NcclCollectives : public Collectives {
   cudaStream_t stream_;   // one stream for every group: reductions complete in posting order
   cudaStream_t compute_;  // the executor's compute stream
   double timeout_s_;
-  // f(), marking the communicators for abort when it throws (an NCCL or CUDA error).
   template <class F>
   bool noting_errors(const F& f) {
-    try {
-      return f();
-    } catch (...) {
-      aborted_ = true;
-      throw;
-    }
+    return marking_abort(aborted_, f);
   }
   bool aborted_ = false;
   std::map<int, Reduction> pending_;
