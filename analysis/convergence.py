@@ -118,6 +118,7 @@ def make(runs, out, formats=("png", "svg"), dpi=100):
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
+    fig.tight_layout()  # titles clear of the x labels of the panels above
     files = ph.save(fig, out, "convergence", formats, dpi)
     caption = ("Validation loss on held-out text of flush, 2bw with p2bw's default settings, and "
                "2bw from step 0 (the paper's rule without warm-up), every seed drawn; the "

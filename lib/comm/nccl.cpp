@@ -28,16 +28,51 @@ cudaStream_t stream_of(const Exec& exec) {
 #endif
 }
 
-// An NCCL communicator over the ranks of an MPI communicator (its rank 0 makes the id).
-ncclComm_t make_comm(MPI_Comm comm) {
+// Our communicators are non-blocking (config.blocking = 0), so that none can hang: an NCCL call
+// on one may return ncclInProgress while it is still being set up or enqueued. This waits until
+// the communicator has settled (its work is then on the stream), throws for an NCCL error, and
+// after timeout_s ends the run with one line naming the stage and the action. The owner of the
+// communicator aborts it (once) when it is destroyed after such an error.
+void settle(ncclResult_t result, ncclComm_t comm, double timeout_s, int stage,
+            const std::string& what) {
+  if (result != ncclInProgress) P2BW_NCCL_CHECK(result);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  for (;;) {
+    ncclResult_t state = ncclInProgress;
+    P2BW_NCCL_CHECK(ncclCommGetAsyncError(comm, &state));
+    if (state == ncclSuccess) return;
+    if (state != ncclInProgress) P2BW_NCCL_CHECK(state);
+    if (std::chrono::steady_clock::now() > deadline)
+      throw RunError(
+          fmt::format("stage {}: {}: NCCL made no progress for {} s (pipeline.timeout_s)", stage,
+                      what, timeout_s));
+    std::this_thread::yield();
+  }
+}
+
+// An NCCL communicator over the ranks of an MPI communicator (its rank 0 makes the id), `what`
+// naming it in errors. Neither step can hang: the id travels by a non-blocking broadcast waited on
+// with the deadline, and the non-blocking communicator settles within it.
+ncclComm_t make_comm(MPI_Comm comm, double timeout_s, int stage, const std::string& what) {
   int rank = 0, size = 0;
   P2BW_MPI_CHECK(MPI_Comm_rank(comm, &rank));
   P2BW_MPI_CHECK(MPI_Comm_size(comm, &size));
   ncclUniqueId id;
   if (rank == 0) P2BW_NCCL_CHECK(ncclGetUniqueId(&id));
-  P2BW_MPI_CHECK(MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, comm));
+  MPI_Request request;
+  P2BW_MPI_CHECK(MPI_Ibcast(&id, sizeof id, MPI_BYTE, 0, comm, &request));
+  wait_with_deadline(request, timeout_s, stage, fmt::format("the NCCL id of {}", what));
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
   ncclComm_t nccl = nullptr;
-  P2BW_NCCL_CHECK(ncclCommInitRank(&nccl, size, id, rank));
+  try {
+    settle(
+        ncclCommInitRankConfig(&nccl, size, id, rank, &config), nccl, timeout_s, stage,
+        fmt::format("making the NCCL communicator of {} (does every rank reach its GPU?)", what));
+  } catch (...) {
+    if (nccl) ncclCommAbort(nccl);  // no owner yet
+    throw;
+  }
   return nccl;
 }
 
@@ -68,18 +103,27 @@ bool completed(cudaEvent_t event, ncclComm_t comm) {
   return false;
 }
 
-// Polls `event` until it completes (true) or timeout_s passes (false: the communicator is then
-// aborted, so that no kernel of it stays behind).
+// Polls `event` until it completes (true) or timeout_s passes (false: the owner then marks its
+// communicators for abort, so that no kernel of them stays behind).
 bool poll(cudaEvent_t event, ncclComm_t comm, double timeout_s) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
   while (!completed(event, comm)) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      ncclCommAbort(comm);  // the run ends with the RunError; its result cannot help anymore
-      return false;
-    }
+    if (std::chrono::steady_clock::now() > deadline) return false;
     std::this_thread::yield();
   }
   return true;
+}
+
+// f(), setting `aborted` when it throws (an NCCL or CUDA error), so that the owner aborts its
+// communicators instead of destroying them.
+template <class F>
+bool marking_abort(bool& aborted, const F& f) {
+  try {
+    return f();
+  } catch (...) {
+    aborted = true;
+    throw;
+  }
 }
 
 cudaStream_t make_stream() {
@@ -91,30 +135,36 @@ cudaStream_t make_stream() {
 class NcclTransport : public Transport {
  public:
   NcclTransport(const ProcessGrid& grid, double timeout_s, const Exec& compute)
-      : comm_(make_comm(grid.world())),
+      : comm_(make_comm(grid.world(), timeout_s, grid.stage(), "the pipeline")),
         stream_(make_stream()),
         compute_(stream_of(compute)),
         timeout_s_(timeout_s),
         stage_(grid.stage()) {}
 
   ~NcclTransport() override {
-    // After a timeout the communicator is already aborted; otherwise a run ends with wait_all.
+    // After a timeout or an NCCL error the communicator is aborted (its kernels may never end);
+    // otherwise a run has ended with wait_all.
     for (auto& entry : pending_) cudaEventDestroy(entry.second.done);
-    if (!aborted_) ncclCommDestroy(comm_);
+    if (aborted_)
+      ncclCommAbort(comm_);
+    else
+      ncclCommDestroy(comm_);
     cudaStreamDestroy(stream_);
   }
 
   int post_send(const Message& message) override {
     order_after(compute_, stream_);
-    P2BW_NCCL_CHECK(ncclSend(message.buffer.data(), message.buffer.extent(0), ncclFloat,
-                             message.peer, comm_, stream_));
+    settled(ncclSend(message.buffer.data(), message.buffer.extent(0), ncclFloat, message.peer,
+                     comm_, stream_),
+            message, "send");
     return add(message, true);
   }
 
   int post_receive(const Message& message) override {
     order_after(compute_, stream_);  // kernels may still read the buffer's previous contents
-    P2BW_NCCL_CHECK(ncclRecv(message.buffer.data(), message.buffer.extent(0), ncclFloat,
-                             message.peer, comm_, stream_));
+    settled(ncclRecv(message.buffer.data(), message.buffer.extent(0), ncclFloat, message.peer,
+                     comm_, stream_),
+            message, "receive");
     return add(message, false);
   }
 
@@ -123,11 +173,14 @@ class NcclTransport : public Transport {
   std::pair<int, int> post_exchange(const Message& send, const Message& receive) override {
     order_after(compute_, stream_);
     P2BW_NCCL_CHECK(ncclGroupStart());
-    P2BW_NCCL_CHECK(
-        ncclSend(send.buffer.data(), send.buffer.extent(0), ncclFloat, send.peer, comm_, stream_));
-    P2BW_NCCL_CHECK(ncclRecv(receive.buffer.data(), receive.buffer.extent(0), ncclFloat,
-                             receive.peer, comm_, stream_));
-    P2BW_NCCL_CHECK(ncclGroupEnd());
+    // Inside a group the calls only record (a non-blocking communicator may say ncclInProgress).
+    for (const ncclResult_t recorded :
+         {ncclSend(send.buffer.data(), send.buffer.extent(0), ncclFloat, send.peer, comm_, stream_),
+          ncclRecv(receive.buffer.data(), receive.buffer.extent(0), ncclFloat, receive.peer, comm_,
+                   stream_)})
+      if (recorded != ncclInProgress) P2BW_NCCL_CHECK(recorded);
+    // The group's end enqueues them.
+    settled(ncclGroupEnd(), send, "exchange (send and receive)");
     const int sent = add(send, true);
     return {sent, add(receive, false)};
   }
@@ -136,7 +189,7 @@ class NcclTransport : public Transport {
     auto it = pending_.find(handle);
     P2BW_ASSERT(it != pending_.end(), "waiting for an unknown transfer");
     const Operation& op = it->second;
-    if (!poll(op.done, comm_, timeout_s_)) {
+    if (!noting_errors([&] { return poll(op.done, comm_, timeout_s_); })) {
       aborted_ = true;
       throw RunError(fmt::format(
           "stage {}: {}: no progress for {} s waiting to {} the {} of microbatch {} {} rank {} "
@@ -150,7 +203,7 @@ class NcclTransport : public Transport {
   bool test(int handle) override {
     auto it = pending_.find(handle);
     P2BW_ASSERT(it != pending_.end(), "testing an unknown transfer");
-    if (!completed(it->second.done, comm_)) return false;
+    if (!noting_errors([&] { return completed(it->second.done, comm_); })) return false;
     finish(it);
     return true;
   }
@@ -165,6 +218,15 @@ class NcclTransport : public Transport {
     bool send;
     cudaEvent_t done;  // recorded on the communication stream after the operation
   };
+  // settle() for a call posting `message`; the communicator is aborted when it fails.
+  void settled(ncclResult_t result, const Message& message, const char* kind) {
+    noting_errors([&] {
+      settle(result, comm_, timeout_s_, stage_,
+             fmt::format("posting the {} of the {} of microbatch {} with rank {}", kind,
+                         to_string(message.direction), message.microbatch, message.peer));
+      return true;
+    });
+  }
   int add(const Message& message, bool send) {
     pending_.emplace(next_, Operation{message, send, record(stream_)});
     return next_++;
@@ -179,6 +241,10 @@ class NcclTransport : public Transport {
   cudaStream_t compute_;  // the executor's compute stream
   double timeout_s_;
   int stage_;
+  template <class F>
+  bool noting_errors(const F& f) {
+    return marking_abort(aborted_, f);
+  }
   bool aborted_ = false;
   std::map<int, Operation> pending_;
   int next_ = 0;
@@ -188,9 +254,11 @@ class NcclCollectives : public Collectives {
  public:
   NcclCollectives(const ProcessGrid& grid, double timeout_s, const Exec& compute)
       : grid_(grid), stream_(make_stream()), compute_(stream_of(compute)), timeout_s_(timeout_s) {
-    comms_[Group::world] = make_comm(grid.world());
-    comms_[Group::replicas] = make_comm(grid.replicas());
-    if (grid.tied() != MPI_COMM_NULL) comms_[Group::tied] = make_comm(grid.tied());
+    for (const Group group : {Group::world, Group::replicas, Group::tied}) {
+      const MPI_Comm c = mpi_comm(group);
+      if (c != MPI_COMM_NULL)
+        comms_[group] = make_comm(c, timeout_s, grid.stage(), describe(group));
+    }
   }
 
   ~NcclCollectives() override {
@@ -213,7 +281,8 @@ class NcclCollectives : public Collectives {
 
   bool test(int handle) override {
     auto it = find(handle);
-    if (!completed(it->second.done, comm(it->second.group))) return false;
+    if (!noting_errors([&] { return completed(it->second.done, comm(it->second.group)); }))
+      return false;
     finish(it);
     return true;
   }
@@ -221,7 +290,7 @@ class NcclCollectives : public Collectives {
   void wait(int handle) override {
     auto it = find(handle);
     const Reduction& r = it->second;
-    if (!poll(r.done, comm(r.group), timeout_s_)) {
+    if (!noting_errors([&] { return poll(r.done, comm(r.group), timeout_s_); })) {
       aborted_ = true;
       throw RunError(fmt::format("stage {}: {} over {}: no progress for {} s (pipeline.timeout_s)",
                                  grid_.stage(), r.what, describe(r.group), timeout_s_));
@@ -230,9 +299,7 @@ class NcclCollectives : public Collectives {
   }
 
   void barrier(Group group, const std::string& what) override {
-    const MPI_Comm c = group == Group::world      ? grid_.world()
-                       : group == Group::replicas ? grid_.replicas()
-                                                  : grid_.tied();
+    const MPI_Comm c = mpi_comm(group);
     P2BW_ASSERT(c != MPI_COMM_NULL, "a barrier over a group this rank is not in");
     MPI_Request request;
     P2BW_MPI_CHECK(MPI_Ibarrier(c, &request));
@@ -248,6 +315,13 @@ class NcclCollectives : public Collectives {
     std::string what;
     cudaEvent_t done;
   };
+
+  // The MPI communicator of a group (MPI_COMM_NULL for the tied group on a rank outside it).
+  MPI_Comm mpi_comm(Group group) const {
+    return group == Group::world      ? grid_.world()
+           : group == Group::replicas ? grid_.replicas()
+                                      : grid_.tied();
+  }
 
   ncclComm_t comm(Group group) const {
     auto it = comms_.find(group);
@@ -272,7 +346,11 @@ class NcclCollectives : public Collectives {
 
   int post(void* data, size_t count, ncclDataType_t type, Group group, const std::string& what) {
     order_after(compute_, stream_);
-    P2BW_NCCL_CHECK(ncclAllReduce(data, data, count, type, ncclSum, comm(group), stream_));
+    noting_errors([&] {
+      settle(ncclAllReduce(data, data, count, type, ncclSum, comm(group), stream_), comm(group),
+             timeout_s_, grid_.stage(), fmt::format("posting {} over {}", what, describe(group)));
+      return true;
+    });
     pending_.emplace(next_, Reduction{group, what, record(stream_)});
     return next_++;
   }
@@ -292,6 +370,10 @@ class NcclCollectives : public Collectives {
   cudaStream_t stream_;   // one stream for every group: reductions complete in posting order
   cudaStream_t compute_;  // the executor's compute stream
   double timeout_s_;
+  template <class F>
+  bool noting_errors(const F& f) {
+    return marking_abort(aborted_, f);
+  }
   bool aborted_ = false;
   std::map<int, Reduction> pending_;
   int next_ = 0;

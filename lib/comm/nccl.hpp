@@ -3,6 +3,9 @@
 // ordered after the compute stream's kernels by CUDA events; an exchange is one
 // ncclGroupStart/End; every wait polls its completion event and ncclCommGetAsyncError against
 // pipeline.timeout_s and aborts the communicator when late, with the MPI transport's message.
+// The communicators are non-blocking, so their setup (the id's broadcast, ncclCommInitRankConfig)
+// and every enqueue are held to the same deadline: a rank that never joins ends the run with one
+// line instead of a hang.
 // NCCL matches by order, not by tag: the schedule checker proves that every pair of ranks issues
 // its messages in the same order (schedule/check.hpp). Compiled against NCCL's and CUDA's
 // headers, never run on a GPU.

@@ -19,17 +19,9 @@ namespace p2bw::pipeline {
 
 namespace {
 
-int sync_warmup_batches(const config::Deck& deck) {
-  if (deck.pipeline.schedule != config::ScheduleKind::two_bw) return 0;
-  return static_cast<int>(
-      std::min<std::int64_t>(deck.pipeline.sync_warmup_steps, deck.train.steps));
-}
-
 // Weight and gradient buffers of a stage: 3 when the run has a 2bw phase (two versions), else 2.
 int buffers_needed(const config::Deck& deck) {
-  const bool two_versions = deck.pipeline.schedule == config::ScheduleKind::two_bw &&
-                            sync_warmup_batches(deck) < deck.train.steps;
-  return two_versions ? 3 : 2;
+  return has_two_bw_phase(deck) ? 3 : 2;
 }
 
 std::int64_t bytes(const model::FloatView& v) {
@@ -246,10 +238,6 @@ double PipelineTrainer::evaluate() {
   const int m = deck_.pipeline.microbatches, width = deck_.pipeline.width;
   auto totals = Kokkos::create_mirror_view(eval_totals_);
   for (size_t i = 0; i < totals.extent(0); ++i) totals(i) = 0.0;
-  const auto r =
-      static_cast<size_t>(deck_.train.microbatch_size) * static_cast<size_t>(deck_.model.seq_len);
-  std::vector<std::int32_t> tokens(r), targets(r);
-  using HostInts = Kokkos::View<const int*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>;
   int receive = -1;
   int sends[2] = {-1, -1};  // the send from eval_out_[mb % 2], until done
   const auto wait_send = [&](int& handle, int mb) {
@@ -274,13 +262,7 @@ double PipelineTrainer::evaluate() {
         // Slot k of validation batch t, as in training: batch t of the split, microbatch j,
         // replica.
         const int t = (a.mb - 1) / m, j = (a.mb - 1) % m;
-        if (eval_loader_) {
-          eval_loader_->microbatch(t, j, grid_.replica(), tokens.data(), targets.data());
-          if (model_->has_embedding())
-            Kokkos::deep_copy(exec_, eval_cache_.tokens, HostInts(tokens.data(), r));
-          if (model_->has_head())
-            Kokkos::deep_copy(exec_, eval_cache_.targets, HostInts(targets.data(), r));
-        }
+        if (eval_loader_) load_data(*eval_loader_, a.mb, eval_cache_);
         wait_send(sends[a.mb % 2], a.mb - 2);
         const double loss = model_->forward(exec_, w, eval_cache_, out);
         exec_.fence();
@@ -425,12 +407,12 @@ void PipelineTrainer::reap_sends() {
   }
 }
 
-void PipelineTrainer::load_data(int mb, model::Cache& cache) {
+void PipelineTrainer::load_data(data::Loader& loader, int mb, model::Cache& cache) {
   const int m = deck_.pipeline.microbatches;
   const std::int64_t t = (mb - 1) / m;
   const int j = (mb - 1) % m;
   const size_t r = host_tokens_.size();
-  loader_->microbatch(t, j, grid_.replica(), host_tokens_.data(), host_targets_.data());
+  loader.microbatch(t, j, grid_.replica(), host_tokens_.data(), host_targets_.data());
   using HostInts = Kokkos::View<const int*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>;
   if (model_->has_embedding())
     Kokkos::deep_copy(exec_, cache.tokens, HostInts(host_tokens_.data(), r));
@@ -510,7 +492,7 @@ void PipelineTrainer::forward(int mb, int version) {
   await_receive(record.activation_in, "forward", mb);
   const model::FloatView w = weights(version);
   compute_clock_.begin();
-  if (loader_) load_data(mb, record.stash);
+  if (loader_) load_data(*loader_, mb, record.stash);
   if (!model_->has_head()) record.output = take_boundary();
   // The last stage adds the microbatch's mean loss to its batch's slot on the device.
   const DoubleView loss_sum =

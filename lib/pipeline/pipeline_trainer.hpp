@@ -113,7 +113,8 @@ class PipelineTrainer {
   model::FloatView new_boundary();   // allocates one (B, T, C) boundary buffer
   model::FloatView take_boundary();  // a free boundary buffer
   void reap_sends();
-  void load_data(int mb, model::Cache& cache);
+  // Microbatch mb of `loader` (training or validation) into the cache, through the host buffers.
+  void load_data(data::Loader& loader, int mb, model::Cache& cache);
   void copy_stash(const model::Cache& from, model::Cache& to) const;
   void forward(int mb, int version);
   void backward(int mb, int version);

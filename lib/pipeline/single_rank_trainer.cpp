@@ -29,9 +29,7 @@ SingleRankTrainer::SingleRankTrainer(const config::Deck& deck,
   }
   grads_ = model::FloatView("p2bw::grads", n);
   // The second weight buffer of 2bw exists from the start, so that no step allocates.
-  if (deck.pipeline.schedule == config::ScheduleKind::two_bw &&
-      deck.pipeline.sync_warmup_steps < deck.train.steps)
-    spare_ = model::FloatView("p2bw::weights_b", n);
+  if (has_two_bw_phase(deck)) spare_ = model::FloatView("p2bw::weights_b", n);
   cache_ = model_.make_cache();
   host_tokens_ = Kokkos::create_mirror_view(cache_.tokens);
   host_targets_ = Kokkos::create_mirror_view(cache_.targets);

@@ -20,6 +20,18 @@ struct Layout {
   int size(int depth) const { return timing(depth); }
 };
 
+// totals(slot) = the batch's mean loss on this replica, loss_sum(0) / m, divided by the w
+// replicas the world sum adds, on the device. (A free function: nvcc allows no extended lambda
+// in a private member.)
+void put_step_loss(const Exec& exec, DoubleView totals, DoubleView loss_sum, int slot, int m,
+                   int w) {
+  Kokkos::parallel_for(
+      "p2bw::step_loss", Kokkos::RangePolicy<Exec>(exec, 0, 1), KOKKOS_LAMBDA(const int) {
+        const double loss = loss_sum(0) / m;
+        totals(slot) = w > 1 ? loss / w : loss;
+      });
+}
+
 }  // namespace
 
 void put_timing(double* slots, const StepTiming& timing) {
@@ -90,15 +102,9 @@ void StepReduction::start_totals(const Exec& exec) {
     model_.grad_square_sums(
         exec, grads_,
         Kokkos::subview(totals_, std::make_pair(first_part_, first_part_ + model_.parts())));
-  if (model_.has_head()) {
-    const DoubleView totals = totals_, loss_sum = loss_sum_;
-    const int slot = layout.loss(), m = deck_.pipeline.microbatches, w = grid_.width();
-    Kokkos::parallel_for(
-        "p2bw::step_loss", Kokkos::RangePolicy<Exec>(exec, 0, 1), KOKKOS_LAMBDA(const int) {
-          const double loss = loss_sum(0) / m;
-          totals(slot) = w > 1 ? loss / w : loss;
-        });
-  }
+  if (model_.has_head())
+    put_step_loss(exec, totals_, loss_sum_, layout.loss(), deck_.pipeline.microbatches,
+                  grid_.width());
   exec.fence();  // the collective reads totals_
   handle_ =
       collectives_.post_sum(totals_, comm::Group::world,

@@ -1,6 +1,8 @@
 // Weight versions and the gradient buffer by handle; see weight_versions.hpp.
 #include "pipeline/weight_versions.hpp"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -8,9 +10,19 @@
 
 namespace p2bw::pipeline {
 
-bool predicts_weights(const config::Deck& deck) {
+int sync_warmup_batches(const config::Deck& deck) {
+  if (deck.pipeline.schedule != config::ScheduleKind::two_bw) return 0;
+  return static_cast<int>(
+      std::min<std::int64_t>(deck.pipeline.sync_warmup_steps, deck.train.steps));
+}
+
+bool has_two_bw_phase(const config::Deck& deck) {
   return deck.pipeline.schedule == config::ScheduleKind::two_bw &&
-         deck.pipeline.weight_prediction > 0 && deck.pipeline.sync_warmup_steps < deck.train.steps;
+         sync_warmup_batches(deck) < deck.train.steps;
+}
+
+bool predicts_weights(const config::Deck& deck) {
+  return has_two_bw_phase(deck) && deck.pipeline.weight_prediction > 0;
 }
 
 bool keeps_master(const config::Deck& deck) {
@@ -18,7 +30,7 @@ bool keeps_master(const config::Deck& deck) {
 }
 
 double prediction_gamma(const config::Deck& deck, int version) {
-  return predicts_weights(deck) && version > deck.pipeline.sync_warmup_steps
+  return predicts_weights(deck) && version > sync_warmup_batches(deck)
              ? deck.pipeline.weight_prediction
              : 0.0;
 }

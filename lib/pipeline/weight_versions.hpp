@@ -23,7 +23,12 @@
 
 namespace p2bw::pipeline {
 
-// Whether a run predicts weights: 2bw with a weight prediction and a 2bw phase.
+// The batches a 2bw run trains with flush semantics first: pipeline.sync_warmup_steps, at most
+// train.steps; 0 for flush and gpipe.
+int sync_warmup_batches(const config::Deck& deck);
+// Whether a run has a 2bw phase (two weight versions): 2bw whose warm-up ends before the last step.
+bool has_two_bw_phase(const config::Deck& deck);
+// Whether a run predicts weights: a 2bw phase with a weight prediction.
 bool predicts_weights(const config::Deck& deck);
 // Whether a run keeps an fp32 master copy: under weight prediction, and under model.precision:
 // bf16, whose compute versions are bf16(master) (or bf16 of the predicted C(v)): the optimizer
