@@ -56,7 +56,8 @@ void layernorm_forward(const Exec& exec, Flat<Real, Exec> out,  // (N, C)
 
 // dinp = rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)) with dnorm = weight * dout and
 // norm = (inp - mean) * rstd (assigned); dweight += sum over rows of dout * norm and
-// dbias += sum over rows of dout (deterministic column sums, see column_sum_add).
+// dbias += sum over rows of dout (deterministic column sums, see column_sum_add; `colsum`,
+// column_sum_workspace(C) kept by the caller, spreads them over a device, same result without).
 template <class Real, class Exec>
 void layernorm_backward(const Exec& exec, Flat<Real, Exec> dinp,  // (N, C), assigned
                         Flat<Real, Exec> dweight,                 // (C), accumulated
@@ -66,7 +67,8 @@ void layernorm_backward(const Exec& exec, Flat<Real, Exec> dinp,  // (N, C), ass
                         ConstFlat<Real, Exec> mean,               // (N)
                         ConstFlat<Real, Exec> rstd,               // (N)
                         ConstFlat<Real, Exec> weight,             // (C)
-                        int N, int C) {
+                        int N, int C,
+                        Flat<Real, Exec> colsum = Flat<Real, Exec>()) {  // (kRowChunks, C) or empty
   const index_t NC = static_cast<index_t>(N) * C;
   detail::require_size(dinp, NC, "layernorm_backward", "dinp");
   detail::require_size(dout, NC, "layernorm_backward", "dout");
@@ -100,13 +102,16 @@ void layernorm_backward(const Exec& exec, Flat<Real, Exec> dinp,  // (N, C), ass
         });
       });
   column_sum_add<Real>(
-      exec, dweight, N, C, KOKKOS_LAMBDA(const int n, const int c) {
+      exec, dweight, N, C,
+      KOKKOS_LAMBDA(const int n, const int c) {
         const index_t i = static_cast<index_t>(n) * C + c;
         return dout(i) * (inp(i) - mean(n)) * rstd(n);
-      });
+      },
+      colsum);
   column_sum_add<Real>(
       exec, dbias, N, C,
-      KOKKOS_LAMBDA(const int n, const int c) { return dout(static_cast<index_t>(n) * C + c); });
+      KOKKOS_LAMBDA(const int n, const int c) { return dout(static_cast<index_t>(n) * C + c); },
+      colsum);
 }
 
 }  // namespace p2bw::kernels

@@ -114,6 +114,12 @@ void require_size(const V& v, index_t needed, const char* kernel, const char* na
 template <class Exec>
 using Team = typename Kokkos::TeamPolicy<Exec>::member_type;
 
+// Whether Exec computes in host memory (the host-only paths: CBLAS, the loops below).
+template <class Exec>
+constexpr bool is_host_space() {
+  return std::is_same<typename Exec::memory_space, Kokkos::HostSpace>::value;
+}
+
 // Vector length for kernels that use ThreadVectorRange: a warp on CUDA, 1 elsewhere (the
 // results of every kernel here are independent of it).
 template <class Exec>
