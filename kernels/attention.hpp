@@ -201,10 +201,10 @@ void attention_forward_native(const Exec& exec, Flat<Real, Exec> out,  // (B, T,
               s[j] *= scale;
               mx = math::max(mx, s[j]);
             }
-            const Real alpha = math::exp(m[i] - mx);
+            const Real alpha = math::fast_exp(m[i] - mx);
             Real sum = Real(0);
             for (int j = 0; j < allowed; ++j) {
-              s[j] = math::exp(s[j] - mx);
+              s[j] = math::fast_exp(s[j] - mx);
               sum += s[j];
             }
             m[i] = mx;
@@ -314,7 +314,7 @@ void attention_backward_native(const Exec& exec, Flat<Real, Exec> dqkv,  // (B, 
             Real* dkj = dk + j * hs;
             Real* dvj = dv + j * hs;
             for (int i = first; i < rows; ++i) {
-              const Real pij = math::exp(pj[i] * scale - ls[i]);
+              const Real pij = math::fast_exp(pj[i] * scale - ls[i]);
               const Real dsij = pij * (dpj[i] - Ds[i]) * scale;
               for (int d = 0; d < hs; ++d) {
                 dvj[d] += pij * dy[i * hs + d];
@@ -391,7 +391,7 @@ void attention_backward_native(const Exec& exec, Flat<Real, Exec> dqkv,  // (B, 
             const int allowed = causal && last < cols ? last : cols;
             Real* dqi = dq + i * hs;
             for (int j = 0; j < allowed; ++j) {
-              const Real pij = math::exp(si[j] * scale - ls[i]);
+              const Real pij = math::fast_exp(si[j] * scale - ls[i]);
               const Real dsij = pij * (dsi[j] - Ds[i]) * scale;
               for (int d = 0; d < hs; ++d) dqi[d] += dsij * k[j * hs + d];
             }
@@ -460,10 +460,10 @@ void attention_forward_blas(const Exec& exec, const Flat<Real, Exec>& out,  // (
         const int allowed = causal && last < cols ? last : cols;
         Real mx = m[i];
         for (int j = 0; j < allowed; ++j) mx = math::max(mx, si[j]);
-        const Real alpha = math::exp(m[i] - mx);
+        const Real alpha = math::fast_exp(m[i] - mx);
         Real sum = Real(0);
         for (int j = 0; j < allowed; ++j) {
-          si[j] = math::exp(si[j] - mx);
+          si[j] = math::fast_exp(si[j] - mx);
           sum += si[j];
         }
         for (int j = allowed; j < cols; ++j) si[j] = Real(0);
@@ -536,7 +536,7 @@ void attention_backward_blas(const Exec& exec, const Flat<Real, Exec>& dqkv,  //
           const int last = q0 + i - k0 + 1;  // keys j < allowed take part
           const int allowed = causal && last < cols ? last : cols;
           for (int j = 0; j < allowed; ++j) {
-            pi[j] = math::exp(pi[j] - ls[i]);
+            pi[j] = math::fast_exp(pi[j] - ls[i]);
             dsi[j] = pi[j] * (dsi[j] - Ds[i]) * scale;
           }
           for (int j = allowed; j < cols; ++j) pi[j] = dsi[j] = Real(0);
