@@ -78,6 +78,44 @@ template <class Real, class Exec>
 constexpr bool gelu_on_host() {
   return std::is_same<Real, float>::value && is_host_space<Exec>();
 }
+
+// The portable kernels (any execution space and scalar), in functions of their own: the public
+// entry points below choose between them and the host loops with `if constexpr`, as gemm.hpp
+// and attention.hpp do, with no device lambda inside a constexpr-if.
+template <class Real, class Exec>
+void gelu_forward_portable(const Exec& exec, const Flat<Real, Exec>& out,  // (n)
+                           const ConstFlat<Real, Exec>& inp, index_t n) {  // (n)
+  Kokkos::parallel_for(
+      "p2bw::gelu_forward", Kokkos::RangePolicy<Exec>(exec, 0, n),
+      KOKKOS_LAMBDA(const index_t i) { out(i) = gelu(inp(i)); });
+}
+
+template <class Real, class Exec>
+void gelu_backward_portable(const Exec& exec, const Flat<Real, Exec>& dinp,  // (n)
+                            const ConstFlat<Real, Exec>& dout,               // (n)
+                            const ConstFlat<Real, Exec>& inp, index_t n) {   // (n)
+  Kokkos::parallel_for(
+      "p2bw::gelu_backward", Kokkos::RangePolicy<Exec>(exec, 0, n),
+      KOKKOS_LAMBDA(const index_t i) { dinp(i) = gelu_grad(inp(i)) * dout(i); });
+}
+
+// One team per row: no division per element.
+template <class Real, class Exec>
+void bias_gelu_forward_portable(const Exec& exec, const Flat<Real, Exec>& out,  // (N, C)
+                                const Flat<Real, Exec>& pre,                    // (N, C)
+                                const ConstFlat<Real, Exec>& bias,              // (C)
+                                int N, int C) {
+  Kokkos::parallel_for(
+      "p2bw::bias_gelu_forward", Kokkos::TeamPolicy<Exec>(exec, N, Kokkos::AUTO),
+      KOKKOS_LAMBDA(const Team<Exec>& team) {
+        const index_t row = static_cast<index_t>(team.league_rank()) * C;
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, C), [&](const int c) {
+          const Real x = pre(row + c) + bias(c);
+          pre(row + c) = x;
+          out(row + c) = gelu(x);
+        });
+      });
+}
 }  // namespace detail
 
 template <class Real, class Exec>
@@ -93,9 +131,7 @@ void gelu_forward(const Exec& exec, Flat<Real, Exec> out,  // (n)
         exec, "p2bw::gelu_forward", n, detail::kGeluHostChunk,
         [=](index_t begin, index_t end) { detail::gelu_forward_host(o, x, begin, end); });
   } else {
-    Kokkos::parallel_for(
-        "p2bw::gelu_forward", Kokkos::RangePolicy<Exec>(exec, 0, n),
-        KOKKOS_LAMBDA(const index_t i) { out(i) = detail::gelu(inp(i)); });
+    detail::gelu_forward_portable<Real, Exec>(exec, out, inp, n);
   }
 }
 
@@ -116,9 +152,7 @@ void gelu_backward(const Exec& exec, Flat<Real, Exec> dinp,  // (n), assigned
         exec, "p2bw::gelu_backward", n, detail::kGeluHostChunk,
         [=](index_t begin, index_t end) { detail::gelu_backward_host(d, dy, x, begin, end); });
   } else {
-    Kokkos::parallel_for(
-        "p2bw::gelu_backward", Kokkos::RangePolicy<Exec>(exec, 0, n),
-        KOKKOS_LAMBDA(const index_t i) { dinp(i) = detail::gelu_grad(inp(i)) * dout(i); });
+    detail::gelu_backward_portable<Real, Exec>(exec, dinp, dout, inp, n);
   }
 }
 
@@ -142,17 +176,7 @@ void bias_gelu_forward(const Exec& exec, Flat<Real, Exec> out,  // (N, C)
       detail::bias_gelu_forward_host(o, p, b, first, end, C);
     });
   } else {
-    // One team per row: no division per element.
-    Kokkos::parallel_for(
-        "p2bw::bias_gelu_forward", Kokkos::TeamPolicy<Exec>(exec, N, Kokkos::AUTO),
-        KOKKOS_LAMBDA(const detail::Team<Exec>& team) {
-          const index_t row = static_cast<index_t>(team.league_rank()) * C;
-          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, C), [&](const int c) {
-            const Real x = pre(row + c) + bias(c);
-            pre(row + c) = x;
-            out(row + c) = detail::gelu(x);
-          });
-        });
+    detail::bias_gelu_forward_portable<Real, Exec>(exec, out, pre, bias, N, C);
   }
 }
 
