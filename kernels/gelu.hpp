@@ -64,16 +64,6 @@ P2BW_HOST_CLONES inline void bias_gelu_forward_host(float* out, float* pre, cons
   }
 }
 
-// Runs body(begin, end) over [0, n) in chunks of `chunk`, on a host execution space.
-template <class Exec, class Body>
-void host_chunks(const Exec& exec, const char* name, index_t n, index_t chunk, const Body& body) {
-  Kokkos::parallel_for(name, Kokkos::RangePolicy<Exec>(exec, 0, (n + chunk - 1) / chunk),
-                       [=](const index_t k) {
-                         const index_t begin = k * chunk;
-                         body(begin, n - begin < chunk ? n : begin + chunk);
-                       });
-}
-
 template <class Real, class Exec>
 constexpr bool gelu_on_host() {
   return std::is_same<Real, float>::value && is_host_space<Exec>();

@@ -171,6 +171,16 @@ constexpr bool is_host_space() {
 #define P2BW_HOST_CLONES
 #endif
 
+// Runs body(begin, end) over [0, n) in chunks of `chunk`, on a host execution space.
+template <class Exec, class Body>
+void host_chunks(const Exec& exec, const char* name, index_t n, index_t chunk, const Body& body) {
+  Kokkos::parallel_for(name, Kokkos::RangePolicy<Exec>(exec, 0, (n + chunk - 1) / chunk),
+                       [=](const index_t k) {
+                         const index_t begin = k * chunk;
+                         body(begin, n - begin < chunk ? n : begin + chunk);
+                       });
+}
+
 // Vector length for kernels that use ThreadVectorRange: a warp on CUDA, 1 elsewhere (the
 // results of every kernel here are independent of it).
 template <class Exec>
