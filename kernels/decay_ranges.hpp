@@ -1,5 +1,6 @@
 // Which elements of a flat parameter buffer get weight decay, as sorted, disjoint [begin, end)
-// ranges (matrices decay; LayerNorm parameters and biases do not). Shared by AdamW and SGD.
+// ranges (matrices decay; LayerNorm parameters and biases do not), and for_each_decay, the loop
+// over a buffer by runs of equal decay that AdamW and SGD update with.
 #pragma once
 
 #include <utility>

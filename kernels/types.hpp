@@ -1,4 +1,5 @@
-// View typedefs, small device math wrappers and argument checks shared by every kernel in kernels/.
+// View typedefs, small device math wrappers (math::fast_exp among them), argument checks and the
+// host-loop helpers (multi-versioning, host_chunks) shared by every kernel in kernels/.
 //
 // Convention: every kernel takes FLAT, contiguous, unmanaged 1-D Views plus explicit dimensions,
 // as llm.c takes pointers plus B, T, C. A parameter tensor is a slice of one flat buffer
