@@ -49,8 +49,8 @@ void adamw_update(const Exec& exec, Flat<Real, Exec> w_out,  // (n), may be w_in
   const Acc correction2 = static_cast<Acc>(1.0 - std::pow(beta2, t));
   const DecayRanges<Exec> ranges = decay;
   const detail::Predict<Real, Exec> predict(prediction, n, "adamw_update");
-  Kokkos::parallel_for(
-      "p2bw::adamw_update", Kokkos::RangePolicy<Exec>(exec, 0, n), KOKKOS_LAMBDA(const index_t i) {
+  for_each_decay(
+      exec, "p2bw::adamw_update", n, ranges, KOKKOS_LAMBDA(const index_t i, const bool decays) {
         const Acc g = static_cast<Acc>(grad(i)) * scale;
         const Acc mi = b1 * static_cast<Acc>(m(i)) + one_minus_b1 * g;
         const Acc vi = b2 * static_cast<Acc>(v(i)) + one_minus_b2 * g * g;
@@ -59,7 +59,7 @@ void adamw_update(const Exec& exec, Flat<Real, Exec> w_out,  // (n), may be w_in
         const Acc m_hat = mi / correction1;
         const Acc v_hat = vi / correction2;
         const Acc w = static_cast<Acc>(w_in(i));
-        const Acc decay_i = ranges.contains(i) ? wd : Acc(0);
+        const Acc decay_i = decays ? wd : Acc(0);
         const Real next =
             static_cast<Real>(w - rate * (m_hat / (math::sqrt(v_hat) + epsilon) + decay_i * w));
         w_out(i) = next;

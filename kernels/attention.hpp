@@ -77,6 +77,46 @@ KOKKOS_INLINE_FUNCTION index_t btc_index(int b, int t, int h, int d, int T, int 
   return (static_cast<index_t>(b) * T + t) * C + h * hs + d;
 }
 
+// The (batch, head, tile of rows) of a team over a league of B * NH * tiles (the tile fastest):
+// rows [t0, t0 + rows) of head h of batch b, bh = b * NH + h.
+struct AttentionTile {
+  int b, h, bh, index, t0, rows;
+};
+KOKKOS_INLINE_FUNCTION AttentionTile attention_tile_of(int league_rank, int tiles, int tile, int NH,
+                                                       int T) {
+  AttentionTile at;
+  at.index = league_rank % tiles;
+  at.bh = league_rank / tiles;
+  at.b = at.bh / NH;
+  at.h = at.bh % NH;
+  at.t0 = at.index * tile;
+  at.rows = T - at.t0 < tile ? T - at.t0 : tile;
+  return at;
+}
+
+// How many of the `cols` keys of the key tile starting at k0 query position t sees: all, or
+// under causal masking those with k0 + j <= t.
+KOKKOS_INLINE_FUNCTION int allowed_keys(int t, int k0, int cols, bool causal) {
+  const int last = t - k0 + 1;
+  return causal && last < cols ? last : cols;
+}
+
+// One online-softmax step of a query row over its `allowed` (scaled) scores s of a key tile: the
+// running max m and sum l take the tile in, s becomes exp(s - m). Returns exp(m_before - m), the
+// factor for the row's output accumulated so far.
+template <class Real>
+KOKKOS_INLINE_FUNCTION Real online_softmax_step(Real* s, int allowed, Real& m, Real& l) {
+  Real mx = m;
+  for (int j = 0; j < allowed; ++j) mx = math::max(mx, s[j]);
+  const Real alpha = math::fast_exp(m - mx);
+  for (int j = 0; j < allowed; ++j) s[j] = math::fast_exp(s[j] - mx);  // vectorises on the host
+  Real sum = Real(0);
+  for (int j = 0; j < allowed; ++j) sum += s[j];
+  m = mx;
+  l = l * alpha + sum;
+  return alpha;
+}
+
 }  // namespace detail
 
 namespace detail {
@@ -153,11 +193,9 @@ void attention_forward_native(const Exec& exec, Flat<Real, Exec> out,  // (B, T,
                                                    TeamScratch<Real, Exec>::shmem_size(scratch))));
   Kokkos::parallel_for(
       "p2bw::attention_forward", policy, KOKKOS_LAMBDA(const detail::Team<Exec>& team) {
-        const int qt = team.league_rank() % tiles;
-        const int bh = team.league_rank() / tiles;
-        const int b = bh / NH, h = bh % NH;
-        const int q0 = qt * tile;
-        const int rows = T - q0 < tile ? T - q0 : tile;
+        const detail::AttentionTile at =
+            detail::attention_tile_of(team.league_rank(), tiles, tile, NH, T);
+        const int qt = at.index, bh = at.bh, b = at.b, h = at.h, q0 = at.t0, rows = at.rows;
         TeamScratch<Real, Exec> mem(team.team_scratch(0), scratch);
         Real* q = mem.data();       // (tile, hs)
         Real* kt = q + tile * hs;   // (hs, tile)
@@ -193,22 +231,9 @@ void attention_forward_native(const Exec& exec, Flat<Real, Exec> out,  // (B, T,
               const Real qd = q[i * hs + d];
               for (int j = 0; j < cols; ++j) s[j] += qd * kt[d * tile + j];
             }
-            // keys j < allowed take part (causal: k0 + j <= q0 + i)
-            const int last = q0 + i - k0 + 1;
-            const int allowed = causal && last < cols ? last : cols;
-            Real mx = m[i];
-            for (int j = 0; j < allowed; ++j) {
-              s[j] *= scale;
-              mx = math::max(mx, s[j]);
-            }
-            const Real alpha = math::exp(m[i] - mx);
-            Real sum = Real(0);
-            for (int j = 0; j < allowed; ++j) {
-              s[j] = math::exp(s[j] - mx);
-              sum += s[j];
-            }
-            m[i] = mx;
-            l[i] = l[i] * alpha + sum;
+            const int allowed = detail::allowed_keys(q0 + i, k0, cols, causal);
+            for (int j = 0; j < allowed; ++j) s[j] *= scale;
+            const Real alpha = detail::online_softmax_step(s, allowed, m[i], l[i]);
             Real* oi = o + i * hs;
             for (int d = 0; d < hs; ++d) oi[d] *= alpha;
             for (int j = 0; j < allowed; ++j) {
@@ -252,11 +277,9 @@ void attention_backward_native(const Exec& exec, Flat<Real, Exec> dqkv,  // (B, 
   // dk, dv: one team per key tile, over the query tiles that see it.
   Kokkos::parallel_for(
       "p2bw::attention_backward_dkv", policy, KOKKOS_LAMBDA(const detail::Team<Exec>& team) {
-        const int ktile = team.league_rank() % tiles;
-        const int bh = team.league_rank() / tiles;
-        const int b = bh / NH, h = bh % NH;
-        const int k0 = ktile * tile;
-        const int cols = T - k0 < tile ? T - k0 : tile;
+        const detail::AttentionTile at =
+            detail::attention_tile_of(team.league_rank(), tiles, tile, NH, T);
+        const int ktile = at.index, bh = at.bh, b = at.b, h = at.h, k0 = at.t0, cols = at.rows;
         TeamScratch<Real, Exec> mem(team.team_scratch(0), scratch);
         Real* k = mem.data();         // (tile, hs)
         Real* v = k + tile * hs;      // (tile, hs)
@@ -314,7 +337,7 @@ void attention_backward_native(const Exec& exec, Flat<Real, Exec> dqkv,  // (B, 
             Real* dkj = dk + j * hs;
             Real* dvj = dv + j * hs;
             for (int i = first; i < rows; ++i) {
-              const Real pij = math::exp(pj[i] * scale - ls[i]);
+              const Real pij = math::fast_exp(pj[i] * scale - ls[i]);
               const Real dsij = pij * (dpj[i] - Ds[i]) * scale;
               for (int d = 0; d < hs; ++d) {
                 dvj[d] += pij * dy[i * hs + d];
@@ -334,11 +357,9 @@ void attention_backward_native(const Exec& exec, Flat<Real, Exec> dqkv,  // (B, 
   // dq: one team per query tile, over the key tiles it sees.
   Kokkos::parallel_for(
       "p2bw::attention_backward_dq", policy, KOKKOS_LAMBDA(const detail::Team<Exec>& team) {
-        const int qtile = team.league_rank() % tiles;
-        const int bh = team.league_rank() / tiles;
-        const int b = bh / NH, h = bh % NH;
-        const int q0 = qtile * tile;
-        const int rows = T - q0 < tile ? T - q0 : tile;
+        const detail::AttentionTile at =
+            detail::attention_tile_of(team.league_rank(), tiles, tile, NH, T);
+        const int qtile = at.index, bh = at.bh, b = at.b, h = at.h, q0 = at.t0, rows = at.rows;
         TeamScratch<Real, Exec> mem(team.team_scratch(0), scratch);
         Real* q = mem.data();         // (tile, hs)
         Real* dy = q + tile * hs;     // (tile, hs)
@@ -387,11 +408,10 @@ void attention_backward_native(const Exec& exec, Flat<Real, Exec> dqkv,  // (B, 
                 dsi[j] += dyd * vt[d * tile + j];
               }
             }
-            const int last = q0 + i - k0 + 1;
-            const int allowed = causal && last < cols ? last : cols;
+            const int allowed = detail::allowed_keys(q0 + i, k0, cols, causal);
             Real* dqi = dq + i * hs;
             for (int j = 0; j < allowed; ++j) {
-              const Real pij = math::exp(si[j] * scale - ls[i]);
+              const Real pij = math::fast_exp(si[j] * scale - ls[i]);
               const Real dsij = pij * (dsi[j] - Ds[i]) * scale;
               for (int d = 0; d < hs; ++d) dqi[d] += dsij * k[j * hs + d];
             }
@@ -431,11 +451,8 @@ void attention_forward_blas(const Exec& exec, const Flat<Real, Exec>& out,  // (
                                                    TeamScratch<Real, Exec>::shmem_size(scratch))));
   exec.fence();  // BLAS runs outside Kokkos: earlier kernels on this instance must be done
   Kokkos::parallel_for("p2bw::attention_forward_blas", policy, [=](const Team<Exec>& team) {
-    const int qt = team.league_rank() % tiles;
-    const int bh = team.league_rank() / tiles;
-    const int b = bh / NH, h = bh % NH;
-    const int q0 = qt * tile;
-    const int rows = T - q0 < tile ? T - q0 : tile;
+    const AttentionTile at = attention_tile_of(team.league_rank(), tiles, tile, NH, T);
+    const int qt = at.index, bh = at.bh, b = at.b, h = at.h, q0 = at.t0, rows = at.rows;
     TeamScratch<Real, Exec> mem(team.team_scratch(0), scratch);
     Real* s = mem.data();                                              // (rows, tile)
     Real* m = s + tile * tile;                                         // (rows)
@@ -456,19 +473,9 @@ void attention_forward_blas(const Exec& exec, const Flat<Real, Exec>& out,  // (
       cblas_gemm(CblasNoTrans, CblasTrans, rows, cols, hs, scale, q, ld, k, ld, Real(0), s, tile);
       for (int i = 0; i < rows; ++i) {
         Real* si = s + i * tile;
-        const int last = q0 + i - k0 + 1;  // keys j < allowed take part
-        const int allowed = causal && last < cols ? last : cols;
-        Real mx = m[i];
-        for (int j = 0; j < allowed; ++j) mx = math::max(mx, si[j]);
-        const Real alpha = math::exp(m[i] - mx);
-        Real sum = Real(0);
-        for (int j = 0; j < allowed; ++j) {
-          si[j] = math::exp(si[j] - mx);
-          sum += si[j];
-        }
+        const int allowed = allowed_keys(q0 + i, k0, cols, causal);
+        const Real alpha = online_softmax_step(si, allowed, m[i], l[i]);
         for (int j = allowed; j < cols; ++j) si[j] = Real(0);
-        m[i] = mx;
-        l[i] = l[i] * alpha + sum;
         Real* oi = o + static_cast<index_t>(i) * C;
         for (int d = 0; d < hs; ++d) oi[d] *= alpha;
       }
@@ -533,10 +540,9 @@ void attention_backward_blas(const Exec& exec, const Flat<Real, Exec>& dqkv,  //
         for (int i = 0; i < rows; ++i) {
           Real* pi = p + i * tile;
           Real* dsi = ds + i * tile;
-          const int last = q0 + i - k0 + 1;  // keys j < allowed take part
-          const int allowed = causal && last < cols ? last : cols;
+          const int allowed = allowed_keys(q0 + i, k0, cols, causal);
           for (int j = 0; j < allowed; ++j) {
-            pi[j] = math::exp(pi[j] - ls[i]);
+            pi[j] = math::fast_exp(pi[j] - ls[i]);
             dsi[j] = pi[j] * (dsi[j] - Ds[i]) * scale;
           }
           for (int j = allowed; j < cols; ++j) pi[j] = dsi[j] = Real(0);

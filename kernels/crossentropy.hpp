@@ -51,10 +51,10 @@ void classifier_forward(const Exec& exec, Flat<Real, Exec> losses,  // (N)
           for (int j = lane; j < V; j += kClassifierLanes) {
             const Real x = logits(base + j);
             if (x > m) {
-              s = s * math::exp(m - x) + Real(1);
+              s = s * math::fast_exp(m - x) + Real(1);
               m = x;
             } else {
-              s += math::exp(x - m);
+              s += math::fast_exp(x - m);
             }
           }
           lanes(lane) = m;
@@ -66,7 +66,7 @@ void classifier_forward(const Exec& exec, Flat<Real, Exec> losses,  // (N)
           for (int lane = 0; lane < kClassifierLanes; ++lane) m = math::max(m, lanes(lane));
           Real s = Real(0);
           for (int lane = 0; lane < kClassifierLanes; ++lane)
-            s += lanes(kClassifierLanes + lane) * math::exp(lanes(lane) - m);
+            s += lanes(kClassifierLanes + lane) * math::fast_exp(lanes(lane) - m);
           const Real l = m + math::log(s);
           const int target = targets(row);
           lse(row) = l;
@@ -130,19 +130,23 @@ void classifier_backward(const Exec& exec, Flat<Real, Exec> dlogits,  // (N, Vp)
   detail::require_size(lse, N, "classifier_backward", "lse");
   detail::require_size(targets, N, "classifier_backward", "targets");
   detail::require_size(positions, 1, "classifier_backward", "positions");
+  // One team per row: the row's target and scale once, no division per element.
   Kokkos::parallel_for(
-      "p2bw::classifier_backward", Kokkos::RangePolicy<Exec>(exec, 0, NV),
-      KOKKOS_LAMBDA(const index_t i) {
-        const index_t row = i / Vp;
-        const int j = static_cast<int>(i % Vp);
+      "p2bw::classifier_backward", Kokkos::TeamPolicy<Exec>(exec, N, Kokkos::AUTO),
+      KOKKOS_LAMBDA(const detail::Team<Exec>& team) {
+        const int row = team.league_rank();
+        const index_t base = static_cast<index_t>(row) * Vp;
         const int target = targets(row);
         const double count = positions(0);
-        Real d = Real(0);
-        if (target >= 0 && j < V && count > 0) {
-          const Real scale = static_cast<Real>(loss_scale / count);
-          d = (math::exp(logits(i) - lse(row)) - (j == target ? Real(1) : Real(0))) * scale;
-        }
-        dlogits(i) = d;
+        const bool has_loss = target >= 0 && count > 0;
+        const Real scale = has_loss ? static_cast<Real>(loss_scale / count) : Real(0);
+        const Real l = lse(row);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, Vp), [&](const int j) {
+          Real d = Real(0);
+          if (has_loss && j < V)
+            d = (math::fast_exp(logits(base + j) - l) - (j == target ? Real(1) : Real(0))) * scale;
+          dlogits(base + j) = d;
+        });
       });
 }
 

@@ -1,5 +1,6 @@
 // Which elements of a flat parameter buffer get weight decay, as sorted, disjoint [begin, end)
-// ranges (matrices decay; LayerNorm parameters and biases do not). Shared by AdamW and SGD.
+// ranges (matrices decay; LayerNorm parameters and biases do not), and for_each_decay, the loop
+// over a buffer by runs of equal decay that AdamW and SGD update with.
 #pragma once
 
 #include <utility>
@@ -35,9 +36,26 @@ class DecayRanges {
     exec.fence();
   }
 
-  int count() const { return count_; }
+  KOKKOS_INLINE_FUNCTION int count() const { return count_; }
+  KOKKOS_INLINE_FUNCTION index_t begin(int r) const { return bounds_(2 * r); }
+  KOKKOS_INLINE_FUNCTION index_t end(int r) const { return bounds_(2 * r + 1); }
 
-  // Whether element i decays: binary search for the last range starting at or before i.
+  // The first range ending after element i (count() when none): binary search.
+  KOKKOS_INLINE_FUNCTION int first_ending_after(index_t i) const {
+    int lo = 0, hi = count_;
+    while (lo < hi) {
+      const int mid = (lo + hi) / 2;
+      if (bounds_(2 * mid + 1) <= i) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    return lo;
+  }
+
+  // Whether element i decays: binary search for the last range starting at or before i (tests;
+  // the updates walk runs with for_each_decay instead).
   KOKKOS_INLINE_FUNCTION bool contains(index_t i) const {
     int lo = 0, hi = count_;
     while (lo < hi) {
@@ -56,5 +74,37 @@ class DecayRanges {
   Bounds bounds_;  // (2 * count): begin0, end0, begin1, end1, ...
   int count_ = 0;
 };
+
+namespace detail {
+constexpr index_t kDecayChunk = 4096;  // elements per team in for_each_decay
+}  // namespace detail
+
+// f(i, decays) for every i < n, where decays says whether element i is inside one of the ranges.
+// One team per kDecayChunk elements finds the first range ending after its chunk once, then walks
+// the chunk by runs of elements with the same flag: no search per element, a constant flag per
+// run (contiguous, vectorisable loops on the host).
+template <class Exec, class F>
+void for_each_decay(const Exec& exec, const char* name, index_t n, const DecayRanges<Exec>& ranges,
+                    const F& f) {
+  using detail::kDecayChunk;
+  const index_t chunks = (n + kDecayChunk - 1) / kDecayChunk;
+  Kokkos::parallel_for(
+      name, Kokkos::TeamPolicy<Exec>(exec, static_cast<int>(chunks), Kokkos::AUTO),
+      KOKKOS_LAMBDA(const detail::Team<Exec>& team) {
+        const index_t first = static_cast<index_t>(team.league_rank()) * kDecayChunk;
+        const index_t last = n - first < kDecayChunk ? n : first + kDecayChunk;
+        int r = ranges.first_ending_after(first);
+        index_t pos = first;
+        while (pos < last) {
+          const bool inside = r < ranges.count() && ranges.begin(r) <= pos;
+          index_t stop = inside ? ranges.end(r) : (r < ranges.count() ? ranges.begin(r) : last);
+          if (stop > last) stop = last;
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, pos, stop),
+                               [&](const index_t i) { f(i, inside); });
+          if (inside && stop == ranges.end(r)) ++r;
+          pos = stop;
+        }
+      });
+}
 
 }  // namespace p2bw::kernels

@@ -15,11 +15,12 @@ constexpr double kGeluCube = 0.044715;
 // With g = sigmoid(2u) = 1 / (1 + exp(-2u)), 1 + tanh(u) = 2g and 1 - tanh(u)^2 = 4g(1 - g): one
 // exp per element instead of a tanh (libm's tanhf is several times slower than expf on the host,
 // and it made GELU a quarter of a block's time), with no cancellation in 1 + tanh(u) for
-// negative u and exact limits (exp overflowing to inf gives g = 0).
+// negative u and exact limits (exp overflowing to inf gives g = 0). The exp is math::fast_exp,
+// inline on the host, so GELU's loops vectorise (for float, in multi-versioned host loops).
 template <class Real>
 KOKKOS_INLINE_FUNCTION Real gelu_sigmoid(Real x) {
   const Real u = Real(kGeluScale) * (x + Real(kGeluCube) * x * x * x);
-  return Real(1) / (Real(1) + math::exp(Real(-2) * u));
+  return Real(1) / (Real(1) + math::fast_exp(Real(-2) * u));
 }
 
 template <class Real>
@@ -34,6 +35,77 @@ KOKKOS_INLINE_FUNCTION Real gelu_grad(Real x) {
   const Real du = Real(kGeluScale) * (Real(1) + Real(3 * kGeluCube) * x * x);
   return g + Real(2) * x * g * (Real(1) - g) * du;
 }
+
+// Host loops of the float kernels below over elements (or rows) [begin, end), multi-versioned
+// (P2BW_HOST_CLONES); callers split their range into chunks over a host RangePolicy.
+constexpr index_t kGeluHostChunk = 16384;  // elements per host iteration
+
+P2BW_HOST_CLONES inline void gelu_forward_host(float* out, const float* inp, index_t begin,
+                                               index_t end) {
+  for (index_t i = begin; i < end; ++i) out[i] = gelu(inp[i]);
+}
+
+// dinp may be dout (in place).
+P2BW_HOST_CLONES inline void gelu_backward_host(float* dinp, const float* dout, const float* inp,
+                                                index_t begin, index_t end) {
+  for (index_t i = begin; i < end; ++i) dinp[i] = gelu_grad(inp[i]) * dout[i];
+}
+
+P2BW_HOST_CLONES inline void bias_gelu_forward_host(float* out, float* pre, const float* bias,
+                                                    index_t first_row, index_t end_row, int C) {
+  for (index_t row = first_row; row < end_row; ++row) {
+    float* p = pre + row * C;  // (C)
+    float* o = out + row * C;  // (C)
+    for (int c = 0; c < C; ++c) {
+      const float x = p[c] + bias[c];
+      p[c] = x;
+      o[c] = gelu(x);
+    }
+  }
+}
+
+template <class Real, class Exec>
+constexpr bool gelu_on_host() {
+  return std::is_same<Real, float>::value && is_host_space<Exec>();
+}
+
+// The portable kernels (any execution space and scalar), in functions of their own: the public
+// entry points below choose between them and the host loops with `if constexpr`, as gemm.hpp
+// and attention.hpp do, with no device lambda inside a constexpr-if.
+template <class Real, class Exec>
+void gelu_forward_portable(const Exec& exec, const Flat<Real, Exec>& out,  // (n)
+                           const ConstFlat<Real, Exec>& inp, index_t n) {  // (n)
+  Kokkos::parallel_for(
+      "p2bw::gelu_forward", Kokkos::RangePolicy<Exec>(exec, 0, n),
+      KOKKOS_LAMBDA(const index_t i) { out(i) = gelu(inp(i)); });
+}
+
+template <class Real, class Exec>
+void gelu_backward_portable(const Exec& exec, const Flat<Real, Exec>& dinp,  // (n)
+                            const ConstFlat<Real, Exec>& dout,               // (n)
+                            const ConstFlat<Real, Exec>& inp, index_t n) {   // (n)
+  Kokkos::parallel_for(
+      "p2bw::gelu_backward", Kokkos::RangePolicy<Exec>(exec, 0, n),
+      KOKKOS_LAMBDA(const index_t i) { dinp(i) = gelu_grad(inp(i)) * dout(i); });
+}
+
+// One team per row: no division per element.
+template <class Real, class Exec>
+void bias_gelu_forward_portable(const Exec& exec, const Flat<Real, Exec>& out,  // (N, C)
+                                const Flat<Real, Exec>& pre,                    // (N, C)
+                                const ConstFlat<Real, Exec>& bias,              // (C)
+                                int N, int C) {
+  Kokkos::parallel_for(
+      "p2bw::bias_gelu_forward", Kokkos::TeamPolicy<Exec>(exec, N, Kokkos::AUTO),
+      KOKKOS_LAMBDA(const Team<Exec>& team) {
+        const index_t row = static_cast<index_t>(team.league_rank()) * C;
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, C), [&](const int c) {
+          const Real x = pre(row + c) + bias(c);
+          pre(row + c) = x;
+          out(row + c) = gelu(x);
+        });
+      });
+}
 }  // namespace detail
 
 template <class Real, class Exec>
@@ -42,9 +114,15 @@ void gelu_forward(const Exec& exec, Flat<Real, Exec> out,  // (n)
                   index_t n) {
   detail::require_size(out, n, "gelu_forward", "out");
   detail::require_size(inp, n, "gelu_forward", "inp");
-  Kokkos::parallel_for(
-      "p2bw::gelu_forward", Kokkos::RangePolicy<Exec>(exec, 0, n),
-      KOKKOS_LAMBDA(const index_t i) { out(i) = detail::gelu(inp(i)); });
+  if constexpr (detail::gelu_on_host<Real, Exec>()) {
+    float* o = out.data();
+    const float* x = inp.data();
+    detail::host_chunks(
+        exec, "p2bw::gelu_forward", n, detail::kGeluHostChunk,
+        [=](index_t begin, index_t end) { detail::gelu_forward_host(o, x, begin, end); });
+  } else {
+    detail::gelu_forward_portable<Real, Exec>(exec, out, inp, n);
+  }
 }
 
 // dinp = gelu'(inp) * dout (assigned; dinp may alias dout).
@@ -56,9 +134,16 @@ void gelu_backward(const Exec& exec, Flat<Real, Exec> dinp,  // (n), assigned
   detail::require_size(dinp, n, "gelu_backward", "dinp");
   detail::require_size(dout, n, "gelu_backward", "dout");
   detail::require_size(inp, n, "gelu_backward", "inp");
-  Kokkos::parallel_for(
-      "p2bw::gelu_backward", Kokkos::RangePolicy<Exec>(exec, 0, n),
-      KOKKOS_LAMBDA(const index_t i) { dinp(i) = detail::gelu_grad(inp(i)) * dout(i); });
+  if constexpr (detail::gelu_on_host<Real, Exec>()) {
+    float* d = dinp.data();
+    const float* dy = dout.data();
+    const float* x = inp.data();
+    detail::host_chunks(
+        exec, "p2bw::gelu_backward", n, detail::kGeluHostChunk,
+        [=](index_t begin, index_t end) { detail::gelu_backward_host(d, dy, x, begin, end); });
+  } else {
+    detail::gelu_backward_portable<Real, Exec>(exec, dinp, dout, inp, n);
+  }
 }
 
 // Fused: pre += bias (in place: pre becomes the pre-activation kept for gelu_backward), then
@@ -72,13 +157,17 @@ void bias_gelu_forward(const Exec& exec, Flat<Real, Exec> out,  // (N, C)
   detail::require_size(out, NC, "bias_gelu_forward", "out");
   detail::require_size(pre, NC, "bias_gelu_forward", "pre");
   detail::require_size(bias, C, "bias_gelu_forward", "bias");
-  Kokkos::parallel_for(
-      "p2bw::bias_gelu_forward", Kokkos::RangePolicy<Exec>(exec, 0, NC),
-      KOKKOS_LAMBDA(const index_t i) {
-        const Real x = pre(i) + bias(i % C);
-        pre(i) = x;
-        out(i) = detail::gelu(x);
-      });
+  if constexpr (detail::gelu_on_host<Real, Exec>()) {
+    float* o = out.data();
+    float* p = pre.data();
+    const float* b = bias.data();
+    const index_t rows = C > 0 ? (detail::kGeluHostChunk + C - 1) / C : 1;  // per iteration
+    detail::host_chunks(exec, "p2bw::bias_gelu_forward", N, rows, [=](index_t first, index_t end) {
+      detail::bias_gelu_forward_host(o, p, b, first, end, C);
+    });
+  } else {
+    detail::bias_gelu_forward_portable<Real, Exec>(exec, out, pre, bias, N, C);
+  }
 }
 
 }  // namespace p2bw::kernels

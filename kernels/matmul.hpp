@@ -37,7 +37,8 @@ void matmul_forward(const Exec& exec, Flat<Real, Exec> out,  // (N, OC)
 }
 
 // dinp = dout * weight (assigned); dweight += dout^T * inp; dbias += sum over rows of dout
-// (skipped when dbias is empty).
+// (skipped when dbias is empty). `colsum` (column_sum_workspace(OC), kept by the caller) lets the
+// bias gradient's column sum spread over a device (see column_sum_add; same result without).
 template <class Real, class Exec>
 void matmul_backward(const Exec& exec, Flat<Real, Exec> dinp,  // (N, C), assigned
                      Flat<Real, Exec> dweight,                 // (OC, C), accumulated
@@ -45,7 +46,8 @@ void matmul_backward(const Exec& exec, Flat<Real, Exec> dinp,  // (N, C), assign
                      ConstFlat<Real, Exec> dout,               // (N, OC)
                      ConstFlat<Real, Exec> inp,                // (N, C)
                      ConstFlat<Real, Exec> weight,             // (OC, C)
-                     int N, int C, int OC) {
+                     int N, int C, int OC,
+                     Flat<Real, Exec> colsum = Flat<Real, Exec>()) {  // (kRowChunks, OC) or empty
   const index_t NC = static_cast<index_t>(N) * C;
   detail::require_size(dinp, NC, "matmul_backward", "dinp");
   detail::require_size(dweight, static_cast<index_t>(OC) * C, "matmul_backward", "dweight");
@@ -62,7 +64,8 @@ void matmul_backward(const Exec& exec, Flat<Real, Exec> dinp,  // (N, C), assign
   detail::require_size(dbias, OC, "matmul_backward", "dbias");
   column_sum_add<Real>(
       exec, dbias, N, OC,
-      KOKKOS_LAMBDA(const int n, const int o) { return dout(static_cast<index_t>(n) * OC + o); });
+      KOKKOS_LAMBDA(const int n, const int o) { return dout(static_cast<index_t>(n) * OC + o); },
+      colsum);
 }
 
 }  // namespace p2bw::kernels

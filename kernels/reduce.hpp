@@ -14,40 +14,113 @@
 namespace p2bw::kernels {
 
 namespace detail {
-constexpr int kColumnBlock = 32;      // columns per team in column_sum_add
-constexpr int kRowChunks = 64;        // fixed row partition in column_sum_add
-constexpr int kNormLanes = 32;        // virtual lanes per chunk in global_norm_squared
-constexpr index_t kNormChunk = 8192;  // elements per chunk in global_norm_squared
+constexpr int kColumnBlock = 32;        // columns per team in column_sum_add on a device
+constexpr int kHostColumnBlock = 1024;  // columns per iteration in column_sum_add on the host
+constexpr int kRowChunks = 64;          // fixed row partition in column_sum_add
+constexpr int kChunkGroup = 4;          // row chunks per team in column_sum_add_chunked
+constexpr int kNormLanes = 32;          // virtual lanes per chunk in global_norm_squared
+constexpr index_t kNormChunk = 8192;    // elements per chunk in global_norm_squared
+
 }  // namespace detail
 
-// dst[c] += sum over n < N of f(n, c), for c < C, where f is a device functor (int, int) -> T.
-// Rows are cut into kRowChunks chunks of ceil(N / kRowChunks) rows; a chunk is summed in row
-// order, the chunk sums are added in chunk order, and the total is added to dst[c] once.
-// Consecutive columns go to consecutive vector lanes, so row reads are coalesced on GPUs.
+// Elements of the workspace column_sum_add takes on a device for C columns: one partial sum per
+// (row chunk, column), (kRowChunks, C).
+inline index_t column_sum_workspace(int C) {
+  return static_cast<index_t>(detail::kRowChunks) * C;
+}
+
+// column_sum_add's three paths (see there), public in detail:: so the tests can run each of them
+// on the host and compare them bit for bit.
+namespace detail {
+
+// Rows [n0, n1) of row chunk `chunk` of N rows.
+KOKKOS_INLINE_FUNCTION void row_chunk(int chunk, int N, int& n0, int& n1) {
+  const int rows = (N + kRowChunks - 1) / kRowChunks;
+  n0 = chunk * rows;
+  n1 = N - n0 < rows ? N : n0 + rows;
+}
+
+// Host spaces: blocks of up to kHostColumnBlock columns, the columns in the inner loop, so a row
+// is read contiguously (vectorised, prefetched) and a chunk's sums stay in L1; no workspace.
 template <class Real, class Exec, class F>
-void column_sum_add(const Exec& exec, Flat<Real, Exec> dst,  // (C)
-                    int N, int C, const F& f) {
-  detail::require_size(dst, C, "column_sum_add", "dst");
-  if (C == 0) return;
-  using detail::kColumnBlock;
-  using detail::kRowChunks;
-  const int rows_per_chunk = (N + kRowChunks - 1) / kRowChunks;
+void column_sum_add_host(const Exec& exec, const Flat<Real, Exec>& dst, int N, int C, const F& f) {
+  const int blocks = (C + kHostColumnBlock - 1) / kHostColumnBlock;
+  Kokkos::parallel_for(
+      "p2bw::column_sum_add", Kokkos::RangePolicy<Exec>(exec, 0, blocks), [=](const int block) {
+        const int c0 = block * kHostColumnBlock;
+        const int nc = C - c0 < kHostColumnBlock ? C - c0 : kHostColumnBlock;
+        Real sums[kHostColumnBlock];    // (nc) the current chunk's column sums
+        Real totals[kHostColumnBlock];  // (nc) the chunk sums so far, in chunk order
+        for (int j = 0; j < nc; ++j) totals[j] = Real(0);
+        for (int chunk = 0; chunk < kRowChunks; ++chunk) {
+          int n0, n1;
+          row_chunk(chunk, N, n0, n1);
+          for (int j = 0; j < nc; ++j) sums[j] = Real(0);
+          for (int n = n0; n < n1; ++n)
+            for (int j = 0; j < nc; ++j) sums[j] += f(n, c0 + j);
+          for (int j = 0; j < nc; ++j) totals[j] += sums[j];
+        }
+        for (int j = 0; j < nc; ++j) dst(c0 + j) += totals[j];
+      });
+}
+
+// A device with a workspace: teams over (block of kColumnBlock columns, group of kChunkGroup row
+// chunks), C / 32 * kRowChunks / kChunkGroup of them (enough to fill a GPU), write each chunk's
+// sums into the workspace, the columns across the vector lanes (coalesced row reads); then one
+// thread per column adds them in chunk order.
+template <class Real, class Exec, class F>
+void column_sum_add_chunked(const Exec& exec, const Flat<Real, Exec>& dst, int N, int C, const F& f,
+                            const Flat<Real, Exec>& workspace) {  // (kRowChunks, C)
+  require_size(workspace, column_sum_workspace(C), "column_sum_add", "workspace");
+  const int blocks = (C + kColumnBlock - 1) / kColumnBlock;
+  const int team_size = is_host_space<Exec>() ? 1 : kChunkGroup;  // any size: the same sums
+  const auto policy = Kokkos::TeamPolicy<Exec>(exec, blocks * (kRowChunks / kChunkGroup), team_size,
+                                               vector_length<Exec>());
+  Kokkos::parallel_for(
+      "p2bw::column_sum_chunks", policy, KOKKOS_LAMBDA(const Team<Exec>& team) {
+        const int c0 = (team.league_rank() % blocks) * kColumnBlock;
+        const int first = (team.league_rank() / blocks) * kChunkGroup;
+        const int nc = C - c0 < kColumnBlock ? C - c0 : kColumnBlock;
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kChunkGroup), [&](const int i) {
+          int n0, n1;
+          row_chunk(first + i, N, n0, n1);
+          Real* part = &workspace(static_cast<index_t>(first + i) * C + c0);  // (nc)
+          Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, nc), [&](const int j) {
+            Real sum = Real(0);
+            for (int n = n0; n < n1; ++n) sum += f(n, c0 + j);
+            part[j] = sum;
+          });
+        });
+      });
+  Kokkos::parallel_for(
+      "p2bw::column_sum_total", Kokkos::RangePolicy<Exec>(exec, 0, C), KOKKOS_LAMBDA(const int c) {
+        Real sum = Real(0);
+        for (int chunk = 0; chunk < kRowChunks; ++chunk)
+          sum += workspace(static_cast<index_t>(chunk) * C + c);
+        dst(c) += sum;
+      });
+}
+
+// A device without a workspace: one team per block of kColumnBlock columns, the chunk sums in
+// team scratch (ceil(C / 32) teams: too few to fill a GPU at small C; tests, one-off callers).
+template <class Real, class Exec, class F>
+void column_sum_add_teams(const Exec& exec, const Flat<Real, Exec>& dst, int N, int C, const F& f) {
   const auto policy =
       Kokkos::TeamPolicy<Exec>(exec, (C + kColumnBlock - 1) / kColumnBlock, Kokkos::AUTO,
-                               detail::vector_length<Exec>())
+                               vector_length<Exec>())
           .set_scratch_size(
               0, Kokkos::PerTeam(TeamScratch<Real, Exec>::shmem_size(kRowChunks * kColumnBlock)));
   Kokkos::parallel_for(
-      "p2bw::column_sum_add", policy, KOKKOS_LAMBDA(const detail::Team<Exec>& team) {
+      "p2bw::column_sum_add", policy, KOKKOS_LAMBDA(const Team<Exec>& team) {
         const int c0 = team.league_rank() * kColumnBlock;
         const int nc = C - c0 < kColumnBlock ? C - c0 : kColumnBlock;
         TeamScratch<Real, Exec> partial(team.team_scratch(0),
                                         kRowChunks * kColumnBlock);  // (kRowChunks, kColumnBlock)
-        // Row by row, the columns in the inner loop: contiguous reads on the host, coalesced
-        // ones across the vector lanes on a GPU; each column still sums its rows in order.
+        // Row by row, the columns across the vector lanes: coalesced reads on a GPU; each column
+        // still sums its rows in order.
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kRowChunks), [&](const int chunk) {
-          const int n0 = chunk * rows_per_chunk;
-          const int n1 = N - n0 < rows_per_chunk ? N : n0 + rows_per_chunk;
+          int n0, n1;
+          row_chunk(chunk, N, n0, n1);
           Real* sums = &partial(chunk * kColumnBlock);  // (nc) this chunk's column sums
           Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, nc),
                                [&](const int j) { sums[j] = Real(0); });
@@ -62,6 +135,31 @@ void column_sum_add(const Exec& exec, Flat<Real, Exec> dst,  // (C)
           dst(c0 + j) += sum;
         });
       });
+}
+
+}  // namespace detail
+
+// dst[c] += sum over n < N of f(n, c), for c < C, where f is a device functor (int, int) -> T.
+// Rows are cut into kRowChunks chunks of ceil(N / kRowChunks) rows; a chunk is summed in row
+// order, the chunk sums are added in chunk order (from zero), and the total is added to dst[c]
+// once. Each path keeps exactly this order, so all agree bit for bit: host spaces walk rows
+// with the columns in the inner loop (column_sum_add_host, no workspace); a device uses the
+// caller's `workspace` (column_sum_workspace(C)) to spread the row chunks over teams
+// (column_sum_add_chunked), or, without one, one team per 32 columns (column_sum_add_teams).
+template <class Real, class Exec, class F>
+void column_sum_add(const Exec& exec, Flat<Real, Exec> dst,  // (C)
+                    int N, int C, const F& f,
+                    Flat<Real, Exec> workspace = Flat<Real, Exec>()) {  // (kRowChunks, C) or empty
+  detail::require_size(dst, C, "column_sum_add", "dst");
+  if (C == 0) return;
+  if constexpr (detail::is_host_space<Exec>()) {
+    detail::column_sum_add_host<Real>(exec, dst, N, C, f);
+  } else {
+    if (workspace.extent(0) > 0)
+      detail::column_sum_add_chunked<Real>(exec, dst, N, C, f, workspace);
+    else
+      detail::column_sum_add_teams<Real>(exec, dst, N, C, f);
+  }
 }
 
 namespace detail {

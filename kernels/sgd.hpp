@@ -35,11 +35,11 @@ void sgd_update(const Exec& exec, Flat<Real, Exec> w_out,  // (n), may be w_in
   const Acc wd = static_cast<Acc>(weight_decay), scale = static_cast<Acc>(grad_scale);
   const DecayRanges<Exec> ranges = decay;
   const detail::Predict<Real, Exec> predict(prediction, n, "sgd_update");
-  Kokkos::parallel_for(
-      "p2bw::sgd_update", Kokkos::RangePolicy<Exec>(exec, 0, n), KOKKOS_LAMBDA(const index_t i) {
+  for_each_decay(
+      exec, "p2bw::sgd_update", n, ranges, KOKKOS_LAMBDA(const index_t i, const bool decays) {
         const Acc w = static_cast<Acc>(w_in(i));
         Acc g = static_cast<Acc>(grad(i)) * scale;
-        if (ranges.contains(i)) g += wd * w;
+        if (decays) g += wd * w;
         if (use_momentum) {
           g = mu * static_cast<Acc>(momentum_buf(i)) + g;
           momentum_buf(i) = static_cast<float>(g);

@@ -75,12 +75,13 @@ struct WorkspaceSlots {
   S dqkv;       // (B, T, 3C)
   S dfch;       // (B, T, 4C) gradient of the fc output (GELU in and out, in place)
   S attention;  // attention kernels' scratch
+  S colsum;     // (kRowChunks, 4C) partial column sums of the bias and LayerNorm gradients
   S logits;     // (B, T, Vp) the head's logits, then their gradient (stages with the head)
 
   template <class F, class... Each>
   static void zip(F&& f, Each&... s) {
     f(s.losses...), f(s.ping...), f(s.pong...), f(s.tmp...), f(s.dres2...), f(s.datty...),
-        f(s.dln...), f(s.dqkv...), f(s.dfch...), f(s.attention...), f(s.logits...);
+        f(s.dln...), f(s.dqkv...), f(s.dfch...), f(s.attention...), f(s.colsum...), f(s.logits...);
   }
 };
 
@@ -101,6 +102,7 @@ WorkspaceSlots<std::int64_t> workspace_sizes(const ModelShape& shape, bool has_h
   w.dfch = 4 * n;
   w.attention = std::max(kernels::attention_forward_workspace(B, T, C, NH),
                          kernels::attention_backward_workspace(B, T, C, NH));
+  w.colsum = kernels::column_sum_workspace(4 * C);  // the widest column sum: the fc bias
   w.logits = has_head ? r * shape.padded_vocab : 0;
   return w;
 }
@@ -391,34 +393,33 @@ void StageModel::block_backward(const Exec& exec, const PartRef& part, ConstFloa
                                                                   part.layout);
   const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_, has_head()));
   const ConstFlat<float, Exec> dy = cflat(dout, n);  // (B, T, C)
-  // MLP: out = res2 + proj(gelu(fc(ln2(res2))))
   // Under bf16 each store() rounds the activation gradient the kernel before it wrote.
   // MLP: out = res2 + proj(gelu(fc(ln2(res2))))
   kernels::matmul_backward<float>(exec, ws.dfch, g.mlp_proj_weight, g.mlp_proj_bias, dy, a.fch_gelu,
-                                  w.mlp_proj_weight, N, 4 * C, C);
+                                  w.mlp_proj_weight, N, 4 * C, C, ws.colsum);
   store(exec, ws.dfch);
   kernels::gelu_backward<float>(exec, ws.dfch, ws.dfch, a.fch, 4 * n);
   store(exec, ws.dfch);
   kernels::matmul_backward<float>(exec, ws.dln, g.fc_weight, g.fc_bias, ws.dfch, a.ln2, w.fc_weight,
-                                  N, C, 4 * C);
+                                  N, C, 4 * C, ws.colsum);
   store(exec, ws.dln);
   kernels::layernorm_backward<float>(exec, ws.tmp, g.ln2_weight, g.ln2_bias, ws.dln, a.res2,
-                                     a.ln2_mean, a.ln2_rstd, w.ln2_weight, N, C);
+                                     a.ln2_mean, a.ln2_rstd, w.ln2_weight, N, C, ws.colsum);
   store(exec, ws.tmp);
   kernels::residual_forward<float>(exec, ws.dres2, dy, ws.tmp, n);
   store(exec, ws.dres2);
   // Attention: res2 = x + proj(attention(qkv(ln1(x))))
   kernels::matmul_backward<float>(exec, ws.datty, g.attn_proj_weight, g.attn_proj_bias, ws.dres2,
-                                  a.atty, w.attn_proj_weight, N, C, C);
+                                  a.atty, w.attn_proj_weight, N, C, C, ws.colsum);
   store(exec, ws.datty);
   kernels::attention_backward<float>(exec, ws.dqkv, ws.datty, a.qkv, a.atty, a.att_lse,
                                      ws.attention, B, T, C, NH, causal);
   store(exec, ws.dqkv);
   kernels::matmul_backward<float>(exec, ws.dln, g.qkv_weight, g.qkv_bias, ws.dqkv, a.ln1,
-                                  w.qkv_weight, N, C, 3 * C);
+                                  w.qkv_weight, N, C, 3 * C, ws.colsum);
   store(exec, ws.dln);
   kernels::layernorm_backward<float>(exec, ws.tmp, g.ln1_weight, g.ln1_bias, ws.dln, a.x,
-                                     a.ln1_mean, a.ln1_rstd, w.ln1_weight, N, C);
+                                     a.ln1_mean, a.ln1_rstd, w.ln1_weight, N, C, ws.colsum);
   store(exec, ws.tmp);
   kernels::residual_forward<float>(exec, flat(din, n), ws.dres2, ws.tmp, n);
   store(exec, flat(din, n));
@@ -448,7 +449,8 @@ void StageModel::head_backward(const Exec& exec, const PartRef& part, ConstFloat
                                   N, C, Vp);
   store(exec, ws.dln);
   kernels::layernorm_backward<float>(exec, flat(din, boundary_floats()), g.lnf_weight, g.lnf_bias,
-                                     ws.dln, a.x, a.lnf_mean, a.lnf_rstd, w.lnf_weight, N, C);
+                                     ws.dln, a.x, a.lnf_mean, a.lnf_rstd, w.lnf_weight, N, C,
+                                     ws.colsum);
   store(exec, flat(din, boundary_floats()));
 }
 

@@ -1,4 +1,5 @@
-// Tests of kernels/gelu.hpp and kernels/residual.hpp: GELU forward against the formula, its
+// Tests of kernels/gelu.hpp and kernels/residual.hpp, and of math::fast_exp (kernels/types.hpp)
+// that GELU and the softmaxes use: GELU forward against the formula, its
 // finite-difference gradient in double, the fused bias + GELU forward, and the residual
 // forward/backward with the residual stream's accumulate semantics.
 #include "kernels/gelu.hpp"
@@ -23,6 +24,35 @@ void check_gelu_forward(unsigned seed) {
   std::vector<double> ref(N * C);
   for (int i = 0; i < N * C; ++i) ref[i] = reference_gelu(inp[i]);
   expect_close("gelu out", out.values(), ref, 8);
+}
+
+// math::fast_exp for float on the host (the polynomial of kernels/types.hpp): within 1 ulp of
+// the exact exp over the normal range, within one denormal step below it, +inf (or FLT_MAX at
+// the edge) above ln(FLT_MAX), exact at 0, NaN through.
+TEST(FastExp, FloatWithinOneUlpAndLimits) {
+  double worst = 0.0;
+  for (int k = -2400000; k <= 2000000; ++k) {
+    const float x = static_cast<float>(k) * 4.5e-5f;  // [-108, 90]
+    const double exact = std::exp(static_cast<double>(x));
+    const float got = math::fast_exp(x);
+    if (exact < std::numeric_limits<float>::min()) {
+      EXPECT_LE(std::abs(got - exact), std::ldexp(1.0, -149)) << x;
+    } else if (exact > std::numeric_limits<float>::max()) {
+      EXPECT_TRUE(got == std::numeric_limits<float>::infinity() ||
+                  got == std::numeric_limits<float>::max())
+          << x;
+    } else {
+      const double ulp = std::ldexp(1.0, std::ilogb(exact) - 23);
+      worst = std::max(worst, std::abs(got - exact) / ulp);
+    }
+  }
+  EXPECT_LE(worst, 1.0);
+  EXPECT_EQ(math::fast_exp(0.0f), 1.0f);
+  EXPECT_EQ(math::fast_exp(-std::numeric_limits<float>::infinity()), 0.0f);
+  EXPECT_EQ(math::fast_exp(std::numeric_limits<float>::infinity()),
+            std::numeric_limits<float>::infinity());
+  EXPECT_TRUE(std::isnan(math::fast_exp(std::numeric_limits<float>::quiet_NaN())));
+  EXPECT_EQ(math::fast_exp(1.0), std::exp(1.0));  // double: libm's
 }
 
 TEST(Gelu, ForwardMatchesFormula) {

@@ -45,6 +45,28 @@ TEST(DecayRanges, MembershipAndValidation) {
   EXPECT_THROW(DecayRanges<Exec>(Exec(), Ranges{{10, 20}, {0, 5}}), std::invalid_argument);
 }
 
+// flags[i] = the flag for_each_decay passes for element i (-1 where it passes none).
+std::vector<int> walked_flags(const DecayRanges<Exec>& ranges, int n) {
+  Buf<int> flags(n, "flags");
+  const Flat<int, Exec> f = flags.d;
+  Kokkos::deep_copy(f, -1);
+  for_each_decay(
+      Exec(), "test::for_each_decay", n, ranges,
+      KOKKOS_LAMBDA(const index_t i, const bool decays) { f(i) = decays ? 1 : 0; });
+  return flags.values();
+}
+
+// Runs that cross the per-team chunks (kDecayChunk elements), adjacent ranges, a chunk without a
+// range and the last element.
+TEST(DecayRanges, ForEachWalksEveryElementWithItsFlag) {
+  constexpr int n = 3 * static_cast<int>(detail::kDecayChunk) + 17;
+  const Ranges decay = {{0, 10}, {4000, 4100}, {5000, 8192}, {8192, 8193}, {9000, n - 1}};
+  const std::vector<int> flags = walked_flags(DecayRanges<Exec>(Exec(), decay), n);
+  for (int i = 0; i < n; ++i) EXPECT_EQ(flags[i], in_ranges(decay, i) ? 1 : 0) << i;
+  for (int flag : walked_flags(DecayRanges<Exec>(), 5000)) EXPECT_EQ(flag, 0);
+  EXPECT_TRUE(walked_flags(DecayRanges<Exec>(Exec(), decay), 0).empty());
+}
+
 struct AdamWConfig {
   double lr = 1e-2, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
 };

@@ -11,25 +11,46 @@
 namespace p2bw::kernels::test {
 namespace {
 
+// Which of column_sum_add's paths a test runs: the dispatch (the host path on host spaces, the
+// team path on a device without a workspace), the dispatch with a workspace (the chunked path on a
+// device), or each portable path directly, on any space.
+enum class ColumnPath { dispatch, dispatch_workspace, chunked, teams };
+
 // dst[c] += sum_n x[n, c] * w[n] through column_sum_add.
 template <class Real>
-void column_sums(const Buf<Real>& dst, const Buf<Real>& x, const Buf<Real>& w, int n, int c) {
+void column_sums(const Buf<Real>& dst, const Buf<Real>& x, const Buf<Real>& w, int n, int c,
+                 ColumnPath path = ColumnPath::dispatch) {
   const ConstFlat<Real, Exec> xs = x.d, ws = w.d;
-  column_sum_add<Real>(
-      Exec(), dst.d, n, c, KOKKOS_LAMBDA(const int row, const int col) {
-        return xs(static_cast<index_t>(row) * c + col) * ws(row);
-      });
+  const auto f = KOKKOS_LAMBDA(const int row, const int col) {
+    return xs(static_cast<index_t>(row) * c + col) * ws(row);
+  };
+  Buf<Real> workspace(static_cast<std::size_t>(column_sum_workspace(c)) + 1, "workspace");
+  switch (path) {
+    case ColumnPath::dispatch:
+      column_sum_add<Real>(Exec(), dst.d, n, c, f);
+      break;
+    case ColumnPath::dispatch_workspace:
+      column_sum_add<Real>(Exec(), dst.d, n, c, f, workspace.d);
+      break;
+    case ColumnPath::chunked:
+      if (c > 0) detail::column_sum_add_chunked<Real>(Exec(), dst.d, n, c, f, workspace.d);
+      break;
+    case ColumnPath::teams:
+      if (c > 0) detail::column_sum_add_teams<Real>(Exec(), dst.d, n, c, f);
+      break;
+  }
 }
 
 template <class Real>
-void check_column_sum(int n, int c, unsigned seed) {
-  SCOPED_TRACE("N = " + std::to_string(n) + ", C = " + std::to_string(c));
+void check_column_sum(int n, int c, unsigned seed, ColumnPath path = ColumnPath::dispatch) {
+  SCOPED_TRACE("N = " + std::to_string(n) + ", C = " + std::to_string(c) + ", path " +
+               std::to_string(static_cast<int>(path)));
   Buf<Real> x(static_cast<std::size_t>(n) * c), w(n), dst(c);
   fill_random(x, seed);
   fill_random(w, seed + 1);
   fill_random(dst, seed + 2);
   const std::vector<Real> dst0 = dst.values();
-  column_sums(dst, x, w, n, c);
+  column_sums(dst, x, w, n, c, path);
   const std::vector<Real> got = dst.values();
   // Replay: 64 chunks of ceil(N / 64) rows, each summed in row order, chunk sums in order.
   const int rows = (n + 63) / 64;
@@ -54,10 +75,33 @@ void check_column_sum(int n, int c, unsigned seed) {
 }
 
 TEST(ColumnSum, EqualsDocumentedOrder) {
-  check_column_sum<double>(10, 8, 1);
-  check_column_sum<double>(1000, 45, 2);
-  check_column_sum<float>(4097, 70, 3);
-  check_column_sum<float>(0, 5, 4);
+  for (const ColumnPath path : {ColumnPath::dispatch, ColumnPath::dispatch_workspace,
+                                ColumnPath::chunked, ColumnPath::teams}) {
+    check_column_sum<double>(10, 8, 1, path);
+    check_column_sum<double>(1000, 45, 2, path);
+    check_column_sum<float>(4097, 70, 3, path);
+    check_column_sum<float>(0, 5, 4, path);
+    // More columns than a host block (kHostColumnBlock), the last block partial.
+    check_column_sum<float>(300, 2 * detail::kHostColumnBlock + 5, 5, path);
+  }
+}
+
+// The paths agree bit for bit with each other (on a device too, where the replay is only near).
+TEST(ColumnSum, PathsAgreeBitwise) {
+  const int n = 1500, c = 1100;
+  Buf<float> x(static_cast<std::size_t>(n) * c), w(n);
+  fill_random(x, 6);
+  fill_random(w, 7);
+  std::vector<std::vector<float>> results;
+  for (const ColumnPath path : {ColumnPath::dispatch, ColumnPath::dispatch_workspace,
+                                ColumnPath::chunked, ColumnPath::teams}) {
+    Buf<float> dst(c);
+    fill_random(dst, 8);
+    column_sums(dst, x, w, n, c, path);
+    results.push_back(dst.values());
+  }
+  for (std::size_t p = 1; p < results.size(); ++p)
+    EXPECT_EQ(0, std::memcmp(results[0].data(), results[p].data(), c * sizeof(float))) << p;
 }
 
 // Host replay of detail::chunk_sums / global_norm_squared_chunked.
