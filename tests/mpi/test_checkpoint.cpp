@@ -121,6 +121,34 @@ bool same_bits(double a, double b) {
   return std::memcmp(&a, &b, sizeof a) == 0;
 }
 
+// Trains dk uninterrupted, then to step 3, checkpoints, resumes and finishes: the resumed steps'
+// losses and the final weights must equal the uninterrupted run's bit for bit.
+void expect_resume_bit_for_bit(const config::Deck& dk, const std::string& label) {
+  const int d = world_size();
+  const std::string folder = shared_folder("p2bw_ckpt_resume");
+  Outcome whole, resumed;
+  with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
+    PipelineTrainer trainer(dk, grid, text());
+    whole = finish(trainer, dk.train.steps);
+  });
+  with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
+    PipelineTrainer trainer(dk, grid, text());
+    finish(trainer, 3);
+    trainer.save_checkpoint(folder, 2);
+  });
+  with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
+    io::CheckpointReader checkpoint(io::resolve_checkpoint(folder, "latest"), dk);
+    EXPECT_EQ(checkpoint.state().step, 3) << label;
+    PipelineTrainer trainer(dk, grid, text(), &checkpoint);
+    resumed = finish(trainer, dk.train.steps);
+  });
+  ASSERT_EQ(resumed.losses.size(), 4u) << label;
+  for (size_t i = 0; i < 4; ++i)
+    EXPECT_TRUE(same_bits(resumed.losses[i], whole.losses[3 + i])) << label << " step " << 4 + i;
+  EXPECT_EQ(resumed.weights, whole.weights) << label;
+  if (world_rank() == 0) fs::remove_all(folder);
+}
+
 TEST(Checkpoint, ResumeEqualsTheUninterruptedRunBitForBit) {
   const int d = world_size();
   // (schedule, warm-up, weight prediction): with prediction the checkpoint after step 3 holds the
@@ -136,30 +164,8 @@ TEST(Checkpoint, ResumeEqualsTheUninterruptedRunBitForBit) {
            {config::ScheduleKind::two_bw, 2, 1.0}}) {
     config::Deck dk = deck(schedule, warmup, d, 1, 2 * d);
     dk.pipeline.weight_prediction = prediction;
-    const std::string folder = shared_folder("p2bw_ckpt_resume");
-    Outcome whole, resumed;
-    with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
-      PipelineTrainer trainer(dk, grid, text());
-      whole = finish(trainer, dk.train.steps);
-    });
-    with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
-      PipelineTrainer trainer(dk, grid, text());
-      finish(trainer, 3);
-      trainer.save_checkpoint(folder, 2);
-    });
-    with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
-      io::CheckpointReader checkpoint(io::resolve_checkpoint(folder, "latest"), dk);
-      EXPECT_EQ(checkpoint.state().step, 3);
-      PipelineTrainer trainer(dk, grid, text(), &checkpoint);
-      resumed = finish(trainer, dk.train.steps);
-    });
-    const std::string label =
-        fmt::format("{} warm-up {} prediction {}", to_string(schedule), warmup, prediction);
-    ASSERT_EQ(resumed.losses.size(), 4u) << label;
-    for (size_t i = 0; i < 4; ++i)
-      EXPECT_TRUE(same_bits(resumed.losses[i], whole.losses[3 + i])) << label << " step " << 4 + i;
-    EXPECT_EQ(resumed.weights, whole.weights) << label;
-    if (world_rank() == 0) fs::remove_all(folder);
+    expect_resume_bit_for_bit(
+        dk, fmt::format("{} warm-up {} prediction {}", to_string(schedule), warmup, prediction));
   }
 }
 
@@ -176,29 +182,8 @@ TEST(Checkpoint, Bf16ResumeEqualsTheUninterruptedRunBitForBit) {
     config::Deck dk = deck(schedule, warmup, d, 1, 2 * d);
     dk.pipeline.weight_prediction = prediction;
     dk.model.precision = config::Precision::bf16;
-    const std::string folder = shared_folder("p2bw_ckpt_bf16");
-    Outcome whole, resumed;
-    with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
-      PipelineTrainer trainer(dk, grid, text());
-      whole = finish(trainer, dk.train.steps);
-    });
-    with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
-      PipelineTrainer trainer(dk, grid, text());
-      finish(trainer, 3);
-      trainer.save_checkpoint(folder, 2);
-    });
-    with_layout(d, 1, [&](const comm::ProcessGrid& grid) {
-      io::CheckpointReader checkpoint(io::resolve_checkpoint(folder, "latest"), dk);
-      PipelineTrainer trainer(dk, grid, text(), &checkpoint);
-      resumed = finish(trainer, dk.train.steps);
-    });
-    const std::string label =
-        fmt::format("bf16 {} warm-up {} prediction {}", to_string(schedule), warmup, prediction);
-    ASSERT_EQ(resumed.losses.size(), 4u) << label;
-    for (size_t i = 0; i < 4; ++i)
-      EXPECT_TRUE(same_bits(resumed.losses[i], whole.losses[3 + i])) << label << " step " << 4 + i;
-    EXPECT_EQ(resumed.weights, whole.weights) << label;
-    if (world_rank() == 0) fs::remove_all(folder);
+    expect_resume_bit_for_bit(dk, fmt::format("bf16 {} warm-up {} prediction {}",
+                                              to_string(schedule), warmup, prediction));
   }
 }
 
