@@ -1,7 +1,9 @@
 // Host staging buffers for MPI (which need not be CUDA-aware), kept and reused across steps, so a
 // steady-state step allocates none. On CUDA builds they are pinned host memory
 // (Kokkos::CudaHostPinnedSpace: the device copies them by DMA at full speed); on host builds the
-// device buffer is host memory already and is handed to MPI itself, with no copy.
+// device buffer is host memory already and is handed to MPI itself, with no copy. BufferPool is
+// the same reuse for any buffer: the transport's bf16 wire packs into pooled 16-bit buffers (on
+// the device, then staged; on host builds straight into the buffer MPI sends).
 #pragma once
 
 #include <cstddef>
@@ -18,12 +20,40 @@ using StagingSpace = Kokkos::CudaHostPinnedSpace;
 using StagingSpace = Kokkos::HostSpace;
 #endif
 
-// Free staging buffers by length. take() hands out a buffer for a device View (the View itself
-// when it lives in host memory), give_back() returns it when MPI is done with it.
+// Free buffers of T in Space by length, allocated on first need and reused after: take(n) hands
+// one out, give_back() returns it when its user is done with it.
+template <class T, class Space>
+class BufferPool {
+ public:
+  using Buffer = Kokkos::View<T*, Space>;  // (n)
+
+  Buffer take(std::size_t n) {
+    auto found = free_.find(n);
+    if (found != free_.end()) {
+      Buffer buffer = found->second;
+      free_.erase(found);
+      return buffer;
+    }
+    ++allocations_;
+    return Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::staging"), n);
+  }
+
+  void give_back(const Buffer& buffer) { free_.emplace(buffer.extent(0), buffer); }
+
+  // Buffers allocated so far: constant once every message size has been seen as often at once.
+  std::size_t allocations() const { return allocations_; }
+
+ private:
+  std::multimap<std::size_t, Buffer> free_;
+  std::size_t allocations_ = 0;
+};
+
+// Host staging for device Views of T: take() hands out a buffer for a device View (the View
+// itself when it lives in host memory), give_back() returns it when MPI is done with it.
 template <class T>
 class StagingPool {
  public:
-  using Buffer = Kokkos::View<T*, StagingSpace>;  // (n)
+  using Buffer = typename BufferPool<T, StagingSpace>::Buffer;  // (n)
   // Whether device buffers need a host copy at all (false on host builds).
   static constexpr bool copies = !std::is_same<StagingSpace, Memory>::value;
 
@@ -32,28 +62,19 @@ class StagingPool {
     if constexpr (!copies) {
       return data;
     } else {
-      const std::size_t n = data.extent(0);
-      auto found = free_.find(n);
-      if (found != free_.end()) {
-        Buffer buffer = found->second;
-        free_.erase(found);
-        return buffer;
-      }
-      ++allocations_;
-      return Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::staging"), n);
+      return pool_.take(data.extent(0));
     }
   }
 
   void give_back(const Buffer& buffer) {
-    if constexpr (copies) free_.emplace(buffer.extent(0), buffer);
+    if constexpr (copies) pool_.give_back(buffer);
   }
 
   // Staging buffers allocated so far: constant once every message size has been seen.
-  std::size_t allocations() const { return allocations_; }
+  std::size_t allocations() const { return pool_.allocations(); }
 
  private:
-  std::multimap<std::size_t, Buffer> free_;
-  std::size_t allocations_ = 0;
+  BufferPool<T, StagingSpace> pool_;
 };
 
 }  // namespace p2bw::comm

@@ -71,13 +71,15 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
                                                   model_->num_params(), deck.model.precision);
   if (backend == comm::TransportBackend::nccl) {
 #ifdef P2BW_HAVE_NCCL_TRANSPORT
-    transport_ = comm::make_nccl_transport(grid, deck.pipeline.timeout_s, exec_);
+    transport_ = comm::make_nccl_transport(grid, deck.pipeline.timeout_s,
+                                           comm::wire_for(deck.model.precision), exec_);
     collectives_ = comm::make_nccl_collectives(grid, deck.pipeline.timeout_s, exec_);
 #else
     P2BW_INTERNAL_ERROR("NCCL chosen in a build without the NCCL transport");
 #endif
   } else {
-    transport_ = comm::make_mpi_transport(grid.world(), deck.pipeline.timeout_s, grid.stage());
+    transport_ = comm::make_mpi_transport(grid.world(), deck.pipeline.timeout_s, grid.stage(),
+                                          comm::wire_for(deck.model.precision), exec_);
     collectives_ = comm::make_mpi_collectives(grid, deck.pipeline.timeout_s);
   }
   reduction_ = std::make_unique<StepReduction>(deck_, grid_, *collectives_, *model_, first_part);
