@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "comm/deck_broadcast.hpp"
+#include "comm/transport.hpp"
 #include "comm/transport_choice.hpp"
 #include "command.hpp"
 #include "config/deck_io.hpp"
@@ -98,6 +99,9 @@ int run_check(const Context& context, const std::string& path,
     fmt::print("{:>5}  {:>6}  {:>14}  {}\n", s, map.stages[s].blocks, memory[s].params,
                parts(map.stages[s]));
   fmt::print("transport: {}\n", transport);
+  const comm::Wire wire = comm::wire_for(deck.model.precision);
+  fmt::print("messages: {} on the wire ({} bytes per value)\n", to_string(wire),
+             comm::bytes_per_value(wire));
   fmt::print("\n# predicted memory per rank of each stage ({}, b = {}, m = {}{}, {})\n",
              to_string(deck.pipeline.schedule), deck.train.microbatch_size,
              deck.pipeline.microbatches, deck.pipeline.recompute ? ", recompute" : "",

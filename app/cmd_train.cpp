@@ -288,7 +288,7 @@ int run_train(const Context& context, const std::string& path,
       fmt::print(
           "  precision: bf16 emulated in float storage (bf16's rounding of activations, their "
           "gradients and the compute weights, fp32 master and optimizer; not bf16's memory or "
-          "speed)\n");
+          "speed); stage-boundary messages 16-bit on the wire (2 bytes per value)\n");
     fmt::print("outputs: {} (run {})\n", deck.output.dir, run_dir->run_id());
     if (checkpoint)
       fmt::print("resumed after step {} from {}\n", checkpoint->state().step,

@@ -29,6 +29,8 @@ for deck in sorted((ROOT / "inputs").glob("*.yaml")):
 r = run("check", "inputs/demo.yaml", "--set", "pipeline.transport=mpi")
 check("check prints the transport in the stage map",
       r.returncode == 0 and "\ntransport: mpi (pipeline.transport = mpi)\n" in r.stdout, r.stdout + r.stderr)
+check("check prints the messages' element type on the wire: fp32, 4 bytes per value",
+      "\nmessages: fp32 on the wire (4 bytes per value)\n" in r.stdout, r.stdout)
 
 # model.precision: bf16 is predicted (check, plan) in its GPU layout and trained as an emulation in
 # float storage (bf16's rounding, not its memory); bench and profile refuse it (its timings would
@@ -37,6 +39,8 @@ r = run("check", "inputs/gpt-tiny.yaml", "--set", "model.precision=bf16")
 check("check predicts bf16 memory: bf16 compute versions plus one fp32 master",
       r.returncode == 0 and ", bf16)\n#   bf16: weights = 2 bf16 compute version(s) + one fp32 master" in r.stdout,
       r.stdout[-1500:] + r.stderr)
+check("check says that bf16 messages are 16-bit on the wire (what the planner's message time assumes)",
+      "\nmessages: bf16 on the wire (2 bytes per value)\n" in r.stdout, r.stdout[:1500])
 check("check says that this build's bf16 is an emulation in float storage, and what it allocates",
       "#   the bf16 GPU layout; this build trains bf16 as an emulation in float storage (bf16's rounding, "
       "not its memory): stage " in r.stdout, r.stdout[-1500:])
