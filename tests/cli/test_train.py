@@ -50,21 +50,29 @@ check("the demo deck on 2 stages with 2bw: the loss falls on real text",
 val_fp32 = [float(x) for x in re.findall(r"\| val loss ([0-9.]+)", r.stdout)]
 
 # model.precision: bf16 (the emulation in float storage) on the same run: its loss curve against
-# fp32's. The rounding moves step 1's loss by about 2e-5 relative; training amplifies differences
-# (AdamW's normalised steps, and the demo's loss spikes at lr 3e-3 are chaotic: in the 200-step demo
-# one precision spikes at step 19 and the other not), so the logged losses (steps 1, 10, 20, 30;
-# measured within 1.2%) are held to 3%, and the validation losses (64 sequences, steps 25 and 30;
-# measured within 0.2%) to 1%. Some value must differ: bf16 rounds.
+# fp32's. The rounding moves step 1's loss by about 2e-5 relative. Training amplifies differences
+# once the lr nears its peak of 3e-3: AdamW's normalised steps and the demo's loss spikes are
+# chaotic, and which run spikes where depends on the float bits, so on the CPU's GEMM kernels too
+# (on an AMD EPYC VM the two curves stayed within 1.2% through step 30; on an Intel Xeon VM fp32
+# spiked at step 20, grad norm 6.0, and bf16 did not, putting step 25's validation losses 3.0%
+# apart). So: the logged losses up to step 10 (lr 1.5e-3, before the spikes; measured within
+# 0.05% on both machines) are held to 1%, and the last validation loss (measured 0.2% and 1.8%
+# apart) to 5%, which a bf16 that trains worse than fp32 by more than the chaos would break; bf16
+# must learn like fp32 (its last validation loss 1.5 below its first loss). Some value must
+# differ: bf16 rounds.
 r, _ = train(2, "inputs/demo.yaml", "--set", "train.steps=30", "--set", "model.precision=bf16",
              "--set", f"output.dir={out}/demo-bf16")
 bf16_curve = losses(r.stdout)
 val_bf16 = [float(x) for x in re.findall(r"\| val loss ([0-9.]+)", r.stdout)]
 check("the demo in bf16 says it is an emulation in float storage",
       r.returncode == 0 and "\n  precision: bf16 emulated in float storage (" in r.stdout, r.stdout[:1500] + r.stderr[-800:])
-check("the demo in bf16: logged losses within 3% of fp32's, validation losses within 1%, not the same",
-      r.returncode == 0 and len(bf16_curve) == len(curve) >= 3 and len(val_bf16) == len(val_fp32) >= 1
-      and all(abs(b - f) <= 0.03 * f for b, f in zip(bf16_curve, curve))
-      and all(abs(b - f) <= 0.01 * f for b, f in zip(val_bf16, val_fp32))
+steps = [int(x) for x in re.findall(r"step +([0-9]+)/30 \| loss ", r.stdout)]
+check("the demo in bf16: losses to step 10 within 1% of fp32's, the last validation loss within 5%",
+      r.returncode == 0 and len(bf16_curve) == len(curve) == len(steps) >= 3
+      and len(val_bf16) == len(val_fp32) >= 1
+      and all(abs(b - f) <= 0.01 * f for b, f, s in zip(bf16_curve, curve, steps) if s <= 10)
+      and abs(val_bf16[-1] - val_fp32[-1]) <= 0.05 * val_fp32[-1]
+      and val_bf16[-1] < bf16_curve[0] - 1.5
       and bf16_curve + val_bf16 != curve + val_fp32,
       f"fp32 {curve} {val_fp32}, bf16 {bf16_curve} {val_bf16}; " + r.stderr[-800:])
 
