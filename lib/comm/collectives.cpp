@@ -14,6 +14,27 @@
 
 namespace p2bw::comm {
 
+MPI_Comm group_comm(const ProcessGrid& grid, Group group) {
+  return group == Group::world      ? grid.world()
+         : group == Group::replicas ? grid.replicas()
+                                    : grid.tied();
+}
+
+std::string describe(const ProcessGrid& grid, Group group) {
+  const int d = grid.depth(), w = grid.width();
+  switch (group) {
+    case Group::world:
+      return fmt::format("all {} ranks", d * w);
+    case Group::replicas:
+      return fmt::format("the replicas of stage {} (ranks {}..{})", grid.stage(), grid.stage() * w,
+                         grid.stage() * w + w - 1);
+    case Group::tied:
+      return fmt::format("the tied embedding (ranks {} and {})", grid.rank_of_stage(0),
+                         grid.rank_of_stage(d - 1));
+  }
+  return "?";
+}
+
 namespace {
 
 class MpiCollectives : public Collectives {
@@ -69,28 +90,12 @@ class MpiCollectives : public Collectives {
   };
 
   MPI_Comm comm(Group group) const {
-    const MPI_Comm c = group == Group::world      ? grid_.world()
-                       : group == Group::replicas ? grid_.replicas()
-                                                  : grid_.tied();
+    const MPI_Comm c = group_comm(grid_, group);
     P2BW_ASSERT(c != MPI_COMM_NULL, "a collective over a group this rank is not in");
     return c;
   }
 
-  // The ranks of a group, for messages.
-  std::string describe(Group group) const {
-    const int d = grid_.depth(), w = grid_.width();
-    switch (group) {
-      case Group::world:
-        return fmt::format("all {} ranks", d * w);
-      case Group::replicas:
-        return fmt::format("the replicas of stage {} (ranks {}..{})", grid_.stage(),
-                           grid_.stage() * w, grid_.stage() * w + w - 1);
-      case Group::tied:
-        return fmt::format("the tied embedding (ranks {} and {})", grid_.rank_of_stage(0),
-                           grid_.rank_of_stage(d - 1));
-    }
-    return "?";
-  }
+  std::string describe(Group group) const { return comm::describe(grid_, group); }
 
   // Staging buffers (pinned on CUDA builds), reused across steps: the executor reduces the same
   // few buffers every step.

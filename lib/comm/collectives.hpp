@@ -19,6 +19,11 @@ enum class Group {
   tied,      // the first and the last stage of this rank's pipeline (the tied embedding; d > 1)
 };
 
+// The MPI communicator of `group` on this rank (MPI_COMM_NULL for the tied group on a rank outside
+// it), and the group's ranks in words for messages ("the replicas of stage 1 (ranks 2..3)").
+MPI_Comm group_comm(const ProcessGrid& grid, Group group);
+std::string describe(const ProcessGrid& grid, Group group);
+
 class Collectives {
  public:
   virtual ~Collectives() = default;

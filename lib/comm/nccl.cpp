@@ -204,11 +204,7 @@ class NcclTransport : public Transport {
     const Operation& op = it->second;
     if (!noting_errors([&] { return poll(op.done, comm_, timeout_s_); })) {
       aborted_ = true;
-      throw RunError(fmt::format(
-          "stage {}: {}: no progress for {} s waiting to {} the {} of microbatch {} {} rank {} "
-          "(pipeline.timeout_s)",
-          stage_, what, timeout_s_, op.send ? "send" : "receive", to_string(op.message.direction),
-          op.message.microbatch, op.send ? "to" : "from", op.message.peer));
+      throw RunError(stalled_transfer(stage_, what, timeout_s_, op.message, op.send));
     }
     finish(it);
   }
@@ -302,7 +298,7 @@ class NcclCollectives : public Collectives {
   NcclCollectives(const ProcessGrid& grid, double timeout_s, const Exec& compute)
       : grid_(grid), stream_(make_stream()), compute_(stream_of(compute)), timeout_s_(timeout_s) {
     for (const Group group : {Group::world, Group::replicas, Group::tied}) {
-      const MPI_Comm c = mpi_comm(group);
+      const MPI_Comm c = group_comm(grid_, group);
       if (c != MPI_COMM_NULL)
         comms_[group] = make_comm(c, timeout_s, grid.stage(), describe(group));
     }
@@ -346,7 +342,7 @@ class NcclCollectives : public Collectives {
   }
 
   void barrier(Group group, const std::string& what) override {
-    const MPI_Comm c = mpi_comm(group);
+    const MPI_Comm c = group_comm(grid_, group);
     P2BW_ASSERT(c != MPI_COMM_NULL, "a barrier over a group this rank is not in");
     MPI_Request request;
     P2BW_MPI_CHECK(MPI_Ibarrier(c, &request));
@@ -363,33 +359,13 @@ class NcclCollectives : public Collectives {
     cudaEvent_t done;
   };
 
-  // The MPI communicator of a group (MPI_COMM_NULL for the tied group on a rank outside it).
-  MPI_Comm mpi_comm(Group group) const {
-    return group == Group::world      ? grid_.world()
-           : group == Group::replicas ? grid_.replicas()
-                                      : grid_.tied();
-  }
-
   ncclComm_t comm(Group group) const {
     auto it = comms_.find(group);
     P2BW_ASSERT(it != comms_.end(), "a collective over a group this rank is not in");
     return it->second;
   }
 
-  std::string describe(Group group) const {
-    const int d = grid_.depth(), w = grid_.width();
-    switch (group) {
-      case Group::world:
-        return fmt::format("all {} ranks", d * w);
-      case Group::replicas:
-        return fmt::format("the replicas of stage {} (ranks {}..{})", grid_.stage(),
-                           grid_.stage() * w, grid_.stage() * w + w - 1);
-      case Group::tied:
-        return fmt::format("the tied embedding (ranks {} and {})", grid_.rank_of_stage(0),
-                           grid_.rank_of_stage(d - 1));
-    }
-    return "?";
-  }
+  std::string describe(Group group) const { return comm::describe(grid_, group); }
 
   int post(void* data, size_t count, ncclDataType_t type, Group group, const std::string& what) {
     order_after(compute_, stream_);

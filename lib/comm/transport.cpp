@@ -32,6 +32,15 @@ const char* to_string(Wire wire) {
   return wire == Wire::bf16 ? "bf16" : "fp32";
 }
 
+std::string stalled_transfer(int stage, const std::string& what, double timeout_s,
+                             const Message& message, bool send) {
+  return fmt::format(
+      "stage {}: {}: no progress for {} s waiting to {} the {} of microbatch {} {} rank {} "
+      "(pipeline.timeout_s)",
+      stage, what, timeout_s, send ? "send" : "receive", to_string(message.direction),
+      message.microbatch, send ? "to" : "from", message.peer);
+}
+
 int bytes_per_value(Wire wire) {
   return wire == Wire::bf16 ? 2 : 4;
 }
@@ -132,11 +141,7 @@ class MpiTransport : public Transport {
     P2BW_ASSERT(it != pending_.end(), "waiting for an unknown transfer");
     Operation& op = it->second;
     if (!poll(op.request, timeout_s_))
-      throw RunError(fmt::format(
-          "stage {}: {}: no progress for {} s waiting to {} the {} of microbatch {} {} rank {} "
-          "(pipeline.timeout_s)",
-          stage_, what, timeout_s_, op.send ? "send" : "receive", to_string(op.message.direction),
-          op.message.microbatch, op.send ? "to" : "from", op.message.peer));
+      throw RunError(stalled_transfer(stage_, what, timeout_s_, op.message, op.send));
     finish(it);
   }
 

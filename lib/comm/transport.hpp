@@ -78,6 +78,11 @@ class RunError : public std::runtime_error {
   explicit RunError(const std::string& message) : std::runtime_error(message) {}
 };
 
+// The one-line message of a transfer that made no progress within the deadline: "stage S: WHAT: no
+// progress for T s waiting to send the activation of microbatch M to rank R (pipeline.timeout_s)".
+std::string stalled_transfer(int stage, const std::string& what, double timeout_s,
+                             const Message& message, bool send);
+
 // MPI point-to-point over `world` (peers are its ranks), messages as `wire` says; `compute` is the
 // execution space instance whose kernels write and read the buffers (the bf16 packing runs on it).
 std::unique_ptr<Transport> make_mpi_transport(MPI_Comm world, double timeout_s, int stage,
