@@ -50,7 +50,7 @@ Tokens load_p2bw(const std::string& path, const std::string& bytes) {
   const auto count = read_at<std::uint64_t>(bytes, 16);
   const auto width = read_at<std::uint32_t>(bytes, 24);
   if (width != 2 && width != 4) malformed(path, fmt::format("{} bytes per token", width), "2 or 4");
-  if (bytes.size() != header + count * width)
+  if (count > (bytes.size() - header) / width || bytes.size() != header + count * width)
     malformed(path, fmt::format("{} bytes for {} tokens of {} bytes", bytes.size(), count, width),
               "a complete file; it may be truncated");
   tokens.ids.resize(count);
@@ -83,8 +83,15 @@ Tokens load_llmc(const std::string& path, const std::string& bytes) {
   Tokens tokens;
   tokens.vocab = 50257;  // GPT-2 BPE
   tokens.ids.resize(static_cast<size_t>(count));
-  for (std::int32_t i = 0; i < count; ++i)
-    tokens.ids[i] = read_at<std::uint16_t>(bytes, header + 2 * static_cast<size_t>(i));
+  for (std::int32_t i = 0; i < count; ++i) {
+    const std::int32_t id = read_at<std::uint16_t>(bytes, header + 2 * static_cast<size_t>(i));
+    if (id >= tokens.vocab)
+      malformed(path,
+                fmt::format("token {} at position {} is not below GPT-2's vocabulary size {}", id,
+                            i, tokens.vocab),
+                "GPT-2 tokens, 0 to 50256");
+    tokens.ids[i] = id;
+  }
   return tokens;
 }
 

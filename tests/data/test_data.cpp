@@ -133,6 +133,33 @@ TEST_F(DataTest, ReadsLlmcShards) {
   }
   EXPECT_NE(error_of(path("bad.bin"), config::DataFormat::llmc).find("bad magic"),
             std::string::npos);
+  // A uint16 shard can hold ids up to 65535; GPT-2's end at 50256 (found by fuzz_inputs: the id
+  // reached the embedding unchecked).
+  header[0] = 20240520;
+  const std::uint16_t beyond[3] = {5, 50257, 7};
+  {
+    std::ofstream out(path("beyond.bin"), std::ios::binary);
+    out.write(reinterpret_cast<const char*>(header.data()), 256 * 4);
+    out.write(reinterpret_cast<const char*>(beyond), sizeof(beyond));
+  }
+  EXPECT_NE(error_of(path("beyond.bin"), config::DataFormat::llmc)
+                .find("token 50257 at position 1 is not below GPT-2's vocabulary size 50257"),
+            std::string::npos);
+}
+
+TEST_F(DataTest, TokenCountsThatOverflowTheFileSizeAreRejected) {
+  // count * width wraps to 0 for count = 2^63 and width 2: the size check alone would pass.
+  std::string bytes = "P2BWTOK";  // the magic, its NUL added by the resize
+  bytes.resize(32, '\0');
+  const std::uint32_t version = 1, vocab = 256, width = 2;
+  const std::uint64_t count = std::uint64_t{1} << 63;
+  std::memcpy(&bytes[8], &version, 4);
+  std::memcpy(&bytes[12], &vocab, 4);
+  std::memcpy(&bytes[16], &count, 8);
+  std::memcpy(&bytes[24], &width, 4);
+  std::ofstream(path("wrap.tok"), std::ios::binary) << bytes;
+  EXPECT_NE(error_of(path("wrap.tok"), config::DataFormat::tokens).find("it may be truncated"),
+            std::string::npos);
 }
 
 TEST(Loader, GptTargetsAreShiftedInputs) {
