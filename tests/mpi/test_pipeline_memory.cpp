@@ -26,11 +26,33 @@ namespace {
 using p2bw::testing::world_rank;
 using p2bw::testing::world_size;
 
-TEST(PipelineMemory, MeasuredMatchesPredicted) {
+// A corpus of one sentence repeated 50 times, byte-tokenized.
+std::shared_ptr<data::Tokens> repeated_text(const std::string& sentence) {
   std::string text;
-  for (int i = 0; i < 50; ++i)
-    text += "All happy families are alike; each unhappy family is unhappy in its own way. ";
-  auto tokens = std::make_shared<data::Tokens>(data::tokenize_bytes(text));
+  for (int i = 0; i < 50; ++i) text += sentence;
+  return std::make_shared<data::Tokens>(data::tokenize_bytes(text));
+}
+
+// The tests' pipeline: GPT 4 x 64 (4 heads, T = 32, bytes) on d stages, 2d microbatches of 2,
+// `steps` steps, no flush steps before 2bw unless `sync_warmup_steps` says so.
+config::Deck pipeline_deck(int d, config::ScheduleKind schedule, bool recompute,
+                           config::Precision precision, int steps, int sync_warmup_steps = 0) {
+  config::Deck deck;
+  deck.model = {config::ModelKind::gpt, 4, 64, 4, 32, 256};
+  deck.model.precision = precision;
+  deck.pipeline.depth = d;
+  deck.pipeline.schedule = schedule;
+  deck.pipeline.microbatches = 2 * d;
+  deck.pipeline.recompute = recompute;
+  deck.pipeline.sync_warmup_steps = sync_warmup_steps;
+  deck.train.microbatch_size = 2;
+  deck.train.steps = steps;
+  return deck;
+}
+
+TEST(PipelineMemory, MeasuredMatchesPredicted) {
+  const auto tokens = repeated_text(
+      "All happy families are alike; each unhappy family is unhappy in its own way. ");
   const int d = world_size();
   // (schedule, weight prediction): with prediction 2bw keeps a third weight copy.
   for (auto [schedule, prediction] :
@@ -39,16 +61,8 @@ TEST(PipelineMemory, MeasuredMatchesPredicted) {
         std::pair{config::ScheduleKind::two_bw, 1.0}}) {
     for (auto [recompute, validation] : {std::pair{false, false}, std::pair{true, false},
                                          std::pair{false, true}, std::pair{true, true}}) {
-      config::Deck deck;
-      deck.model = {config::ModelKind::gpt, 4, 64, 4, 32, 256};
-      deck.pipeline.depth = d;
-      deck.pipeline.schedule = schedule;
-      deck.pipeline.microbatches = 2 * d;
-      deck.pipeline.recompute = recompute;
-      deck.pipeline.sync_warmup_steps = 0;
+      config::Deck deck = pipeline_deck(d, schedule, recompute, config::Precision::fp32, 3);
       deck.pipeline.weight_prediction = prediction;
-      deck.train.microbatch_size = 2;
-      deck.train.steps = 3;
       deck.data.val_fraction = validation ? 0.2 : 0.0;  // with an evaluation after the steps
       deck.train.eval_batches = 1;
       const comm::ProcessGrid grid(MPI_COMM_WORLD, d, 1);
@@ -79,26 +93,15 @@ TEST(PipelineMemory, MeasuredMatchesPredicted) {
 }
 
 TEST(PipelineMemory, Bf16AllocatesItsFloatEmulationAndPredictsItsGpuLayout) {
-  std::string text;
-  for (int i = 0; i < 50; ++i)
-    text += "All happy families are alike; each unhappy family is unhappy in its own way. ";
-  auto tokens = std::make_shared<data::Tokens>(data::tokenize_bytes(text));
+  const auto tokens = repeated_text(
+      "All happy families are alike; each unhappy family is unhappy in its own way. ");
   const int d = world_size();
   for (auto [schedule, prediction] :
        {std::pair{config::ScheduleKind::flush, 0.0}, std::pair{config::ScheduleKind::two_bw, 0.0},
         std::pair{config::ScheduleKind::two_bw, 1.0}}) {
     for (bool recompute : {false, true}) {
-      config::Deck deck;
-      deck.model = {config::ModelKind::gpt, 4, 64, 4, 32, 256};
-      deck.model.precision = config::Precision::bf16;
-      deck.pipeline.depth = d;
-      deck.pipeline.schedule = schedule;
-      deck.pipeline.microbatches = 2 * d;
-      deck.pipeline.recompute = recompute;
-      deck.pipeline.sync_warmup_steps = 0;
+      config::Deck deck = pipeline_deck(d, schedule, recompute, config::Precision::bf16, 3);
       deck.pipeline.weight_prediction = prediction;
-      deck.train.microbatch_size = 2;
-      deck.train.steps = 3;
       const comm::ProcessGrid grid(MPI_COMM_WORLD, d, 1);
       PipelineTrainer trainer(deck, grid, tokens);
       for (int s = 0; s < deck.train.steps; ++s) trainer.step();
@@ -134,13 +137,8 @@ TEST(PipelineMemory, Bf16AllocatesItsFloatEmulationAndPredictsItsGpuLayout) {
 }
 
 TEST(PipelineMemory, Fp32AllocationIsItsPrediction) {
-  config::Deck deck;
-  deck.model = {config::ModelKind::gpt, 4, 64, 4, 32, 256};
-  deck.pipeline.depth = 1;
-  deck.pipeline.schedule = config::ScheduleKind::two_bw;
-  deck.pipeline.microbatches = 2;
-  deck.train.microbatch_size = 2;
-  deck.train.steps = 3;
+  config::Deck deck =
+      pipeline_deck(1, config::ScheduleKind::two_bw, false, config::Precision::fp32, 3);
   for (auto precision : {config::Precision::fp32, config::Precision::tf32}) {
     deck.model.precision = precision;
     const StageMap map = make_stage_map(deck);
@@ -149,9 +147,7 @@ TEST(PipelineMemory, Fp32AllocationIsItsPrediction) {
 }
 
 TEST(PipelineMemory, NothingIsAllocatedAfterTheFirstStep) {
-  std::string text;
-  for (int i = 0; i < 50; ++i) text += "It was the best of times, it was the worst of times. ";
-  auto tokens = std::make_shared<data::Tokens>(data::tokenize_bytes(text));
+  const auto tokens = repeated_text("It was the best of times, it was the worst of times. ");
   const int d = world_size();
   for (auto [schedule, precision] :
        {std::pair{config::ScheduleKind::flush, config::Precision::fp32},
@@ -160,16 +156,7 @@ TEST(PipelineMemory, NothingIsAllocatedAfterTheFirstStep) {
         std::pair{config::ScheduleKind::flush, config::Precision::bf16},
         std::pair{config::ScheduleKind::two_bw, config::Precision::bf16}}) {
     for (bool recompute : {false, true}) {
-      config::Deck deck;
-      deck.model = {config::ModelKind::gpt, 4, 64, 4, 32, 256};
-      deck.model.precision = precision;
-      deck.pipeline.depth = d;
-      deck.pipeline.schedule = schedule;
-      deck.pipeline.microbatches = 2 * d;
-      deck.pipeline.recompute = recompute;
-      deck.pipeline.sync_warmup_steps = 1;
-      deck.train.microbatch_size = 2;
-      deck.train.steps = 5;
+      const config::Deck deck = pipeline_deck(d, schedule, recompute, precision, 5, 1);
       const comm::ProcessGrid grid(MPI_COMM_WORLD, d, 1);
       PipelineTrainer trainer(deck, grid, tokens);
       trainer.step();
