@@ -163,8 +163,12 @@ class MpiTransport : public Transport {
   using Packed = BufferPool<kernels::bf16, StagingSpace>::Buffer;  // (n) what MPI sends, bf16
   using DevicePacked = BufferPool<kernels::bf16, Memory>::Buffer;  // (n) CUDA builds: packing's
   // Whether a packed buffer of type V is not in device memory (so is staged through it).
+  // A function, not a static variable template: nvcc 13 warns that such a member is "referenced
+  // but not defined" (#114-D), although C++17 makes it inline.
   template <class V>
-  static constexpr bool staged = !std::is_same<typename V::memory_space, Memory>::value;
+  static constexpr bool staged() {
+    return !std::is_same<typename V::memory_space, Memory>::value;
+  }
 
   struct Operation {
     Message message;
@@ -187,7 +191,7 @@ class MpiTransport : public Transport {
   void pack(const PackedView& packed, const Message& message) {
     const kernels::index_t n = count(message);
     kernels::index_t rounded = 0;
-    if constexpr (staged<PackedView>) {
+    if constexpr (staged<PackedView>()) {
       const DevicePacked device = device_packed_.take(static_cast<std::size_t>(n));
       rounded = kernels::pack_bf16(compute_, device, message.buffer, n);
       Kokkos::deep_copy(packed, device);
@@ -209,7 +213,7 @@ class MpiTransport : public Transport {
   template <class PackedView>
   void unpack(const PackedView& packed, const Message& message) {
     const kernels::index_t n = count(message);
-    if constexpr (staged<PackedView>) {
+    if constexpr (staged<PackedView>()) {
       const DevicePacked device = device_packed_.take(static_cast<std::size_t>(n));
       Kokkos::deep_copy(device, packed);
       kernels::unpack_bf16(compute_, message.buffer, device, n);
