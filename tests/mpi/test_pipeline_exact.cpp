@@ -145,6 +145,21 @@ std::vector<std::pair<int, int>> layouts() {
   return result;
 }
 
+// The grids' (schedule, warm-up, weight prediction) cases.
+const std::vector<std::tuple<config::ScheduleKind, int, double>> kScheduleCases = {
+    {config::ScheduleKind::flush, 0, 0.0},
+    {config::ScheduleKind::gpipe, 0, 0.0},
+    {config::ScheduleKind::two_bw, 0, 0.0},
+    {config::ScheduleKind::two_bw, 2, 0.0},
+    {config::ScheduleKind::two_bw, 1, 1.0}};
+
+// Whether some rank's `problem` is not empty (every rank must call it).
+bool failed_on_any_rank(const std::string& problem) {
+  int bad = problem.empty() ? 0 : 1, any = 0;
+  MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  return any != 0;
+}
+
 class PipelineExact : public ::testing::TestWithParam<config::ModelKind> {};
 
 TEST_P(PipelineExact, EveryScheduleAndLayoutMatchesTheSingleRankReference) {
@@ -153,21 +168,13 @@ TEST_P(PipelineExact, EveryScheduleAndLayoutMatchesTheSingleRankReference) {
   for (auto [d, w] : layouts()) {
     for (int factor : {1, 2, 3}) {
       for (bool recompute : {false, true}) {
-        // (schedule, warm-up, weight prediction)
-        for (auto [schedule, warmup, prediction] :
-             std::vector<std::tuple<config::ScheduleKind, int, double>>{
-                 {config::ScheduleKind::flush, 0, 0.0},
-                 {config::ScheduleKind::gpipe, 0, 0.0},
-                 {config::ScheduleKind::two_bw, 0, 0.0},
-                 {config::ScheduleKind::two_bw, 2, 0.0},
-                 {config::ScheduleKind::two_bw, 1, 1.0}}) {
+        for (auto [schedule, warmup, prediction] : kScheduleCases) {
           const Case c{GetParam(), schedule, warmup, recompute, d, w, factor * d, prediction};
           std::string problem = run_case(c, tokens);
           // Every rank must agree that the case passed.
-          int bad = problem.empty() ? 0 : 1, any = 0;
-          MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+          const bool any = failed_on_any_rank(problem);
           EXPECT_TRUE(problem.empty()) << c.name() << ": " << problem;
-          EXPECT_EQ(any, 0) << c.name() << ": failed on another rank";
+          EXPECT_FALSE(any) << c.name() << ": failed on another rank";
           ++cases;
         }
       }
@@ -191,20 +198,13 @@ TEST_P(PipelineExactBf16, EveryScheduleAndLayoutMatchesTheSingleRankReference) {
   for (auto [d, w] : layouts()) {
     for (int factor : {1, 2}) {
       for (bool recompute : {false, true}) {
-        for (auto [schedule, warmup, prediction] :
-             std::vector<std::tuple<config::ScheduleKind, int, double>>{
-                 {config::ScheduleKind::flush, 0, 0.0},
-                 {config::ScheduleKind::gpipe, 0, 0.0},
-                 {config::ScheduleKind::two_bw, 0, 0.0},
-                 {config::ScheduleKind::two_bw, 2, 0.0},
-                 {config::ScheduleKind::two_bw, 1, 1.0}}) {
+        for (auto [schedule, warmup, prediction] : kScheduleCases) {
           Case c{GetParam(), schedule, warmup, recompute, d, w, factor * d, prediction};
           c.precision = config::Precision::bf16;
           std::string problem = run_case(c, tokens, 1e-3);
-          int bad = problem.empty() ? 0 : 1, any = 0;
-          MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+          const bool any = failed_on_any_rank(problem);
           EXPECT_TRUE(problem.empty()) << c.name() << ": " << problem;
-          EXPECT_EQ(any, 0) << c.name() << ": failed on another rank";
+          EXPECT_FALSE(any) << c.name() << ": failed on another rank";
           ++cases;
         }
       }
@@ -277,9 +277,7 @@ TEST(PipelineExactMutation, AnUpdateAppliedOneBatchTooLateIsCaught) {
   setenv("P2BW_TEST_LATE_UPDATE", "1", 1);
   const std::string problem = run_case(c, tokens);
   unsetenv("P2BW_TEST_LATE_UPDATE");
-  int bad = problem.empty() ? 0 : 1, any = 0;
-  MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  EXPECT_EQ(any, 1) << c.name() << ": the late update went unnoticed";
+  EXPECT_TRUE(failed_on_any_rank(problem)) << c.name() << ": the late update went unnoticed";
 }
 
 TEST(PipelineExactPrediction, ThePredictionChangesExactlyTheBatchesAfterTheWarmUpsFirstTwo) {
