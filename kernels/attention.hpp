@@ -14,6 +14,11 @@
 //  - blas (host spaces with CBLAS): the same tiles, 64 rows, with every tile product (scores,
 //    P v, and backward's dp, dv, dk, dq) one sgemm straight on the strided (B, T, 3C) buffers;
 //    backward in one pass per (batch, head).
+// Storage (kernels/storage.hpp): qkv, out, dout and dqkv are Store (float, or bf16 under mixed
+// precision), the lse, D and every tile in scratch are Real. The native kernels read bf16 directly;
+// the blas path computes in float BLAS, so with Store = bf16 it widens qkv (and dout, out) into
+// float copies in the workspace, runs on those and narrows its results once: in both, the bits are
+// the float kernel's on the same inputs with its outputs rounded to bf16.
 // The summation order depends only on the shape, the tile size and the backend, so results are
 // bitwise reproducible. The former kernel (probabilities (B, NH, T, T) through batched GEMMs) is
 // the tests' reference, tests/kernels/attention_reference.hpp.
@@ -21,20 +26,12 @@
 
 #include <string>
 
+#include "kernels/bf16_pack.hpp"
 #include "kernels/gemm.hpp"
+#include "kernels/storage.hpp"
 #include "kernels/types.hpp"
 
 namespace p2bw::kernels {
-
-// Workspace elements for attention_forward: none.
-inline index_t attention_forward_workspace(int /*B*/, int /*T*/, int /*C*/, int /*NH*/) {
-  return 0;
-}
-
-// Workspace elements for attention_backward: D (B, NH, T).
-inline index_t attention_backward_workspace(int B, int T, int /*C*/, int NH) {
-  return static_cast<index_t>(B) * NH * T;
-}
 
 // Elements of the saved log-sum-exp (B, NH, T).
 inline index_t attention_lse_size(int B, int T, int NH) {
@@ -121,9 +118,9 @@ KOKKOS_INLINE_FUNCTION Real online_softmax_step(Real* s, int allowed, Real& m, R
 
 namespace detail {
 
-template <class Real, class Exec>
-void check_forward_args(const Flat<Real, Exec>& out, const Flat<Real, Exec>& lse,
-                        const ConstFlat<Real, Exec>& qkv, int B, int T, int C, int NH) {
+template <class Real, class Store, class Exec>
+void check_forward_args(const Flat<Store, Exec>& out, const Flat<Real, Exec>& lse,
+                        const ConstFlat<Store, Exec>& qkv, int B, int T, int C, int NH) {
   check_attention_dims(B, T, C, NH, "attention_forward");
   const index_t BTC = static_cast<index_t>(B) * T * C;
   require_size(out, BTC, "attention_forward", "out");
@@ -131,11 +128,11 @@ void check_forward_args(const Flat<Real, Exec>& out, const Flat<Real, Exec>& lse
   require_size(qkv, 3 * BTC, "attention_forward", "qkv");
 }
 
-template <class Real, class Exec>
-void check_backward_args(const Flat<Real, Exec>& dqkv, const ConstFlat<Real, Exec>& dout,
-                         const ConstFlat<Real, Exec>& qkv, const ConstFlat<Real, Exec>& out,
-                         const ConstFlat<Real, Exec>& lse, const Flat<Real, Exec>& workspace, int B,
-                         int T, int C, int NH) {
+template <class Real, class Store, class Exec>
+void check_backward_args(const Flat<Store, Exec>& dqkv, const ConstFlat<Store, Exec>& dout,
+                         const ConstFlat<Store, Exec>& qkv, const ConstFlat<Store, Exec>& out,
+                         const ConstFlat<Real, Exec>& lse, const Flat<Real, Exec>& workspace,
+                         index_t workspace_needed, int B, int T, int C, int NH) {
   check_attention_dims(B, T, C, NH, "attention_backward");
   const index_t BTC = static_cast<index_t>(B) * T * C;
   require_size(dqkv, 3 * BTC, "attention_backward", "dqkv");
@@ -143,15 +140,14 @@ void check_backward_args(const Flat<Real, Exec>& dqkv, const ConstFlat<Real, Exe
   require_size(qkv, 3 * BTC, "attention_backward", "qkv");
   require_size(out, BTC, "attention_backward", "out");
   require_size(lse, attention_lse_size(B, T, NH), "attention_backward", "lse");
-  require_size(workspace, attention_backward_workspace(B, T, C, NH), "attention_backward",
-               "workspace");
+  require_size(workspace, workspace_needed, "attention_backward", "workspace");
 }
 
 // D[b, h, t] = sum_d dout[b, t, h, d] * out[b, t, h, d], the softmax backward's row term.
-template <class Real, class Exec>
+template <class Real, class Store, class Exec>
 void attention_row_dots(const Exec& exec, const Flat<Real, Exec>& D,  // (B, NH, T)
-                        const ConstFlat<Real, Exec>& dout,            // (B, T, C)
-                        const ConstFlat<Real, Exec>& out,             // (B, T, C)
+                        const ConstFlat<Store, Exec>& dout,           // (B, T, C)
+                        const ConstFlat<Store, Exec>& out,            // (B, T, C)
                         int B, int T, int C, int NH) {
   const int hs = C / NH;
   Kokkos::parallel_for(
@@ -164,7 +160,7 @@ void attention_row_dots(const Exec& exec, const Flat<Real, Exec>& D,  // (B, NH,
         Real sum = Real(0);
         for (int d = 0; d < hs; ++d) {
           const index_t i = btc_index(b, t, h, d, T, C, hs);
-          sum += dout(i) * out(i);
+          sum += widen(dout(i)) * widen(out(i));
         }
         D(r) = sum;
       });
@@ -174,12 +170,12 @@ void attention_row_dots(const Exec& exec, const Flat<Real, Exec>& D,  // (B, NH,
 
 // out = concat over heads of softmax(mask(q k^T / sqrt(hs))) v; lse[b, h, t] = log sum_j
 // exp(score[t, j]) over the allowed keys j. The portable team kernel (see the top of the file).
-template <class Real, class Exec>
-void attention_forward_native(const Exec& exec, Flat<Real, Exec> out,  // (B, T, C)
-                              Flat<Real, Exec> lse,       // (B, NH, T), saved for backward
-                              ConstFlat<Real, Exec> qkv,  // (B, T, 3C)
+template <class Real, class Store = Real, class Exec>
+void attention_forward_native(const Exec& exec, Flat<Store, Exec> out,  // (B, T, C)
+                              Flat<Real, Exec> lse,        // (B, NH, T), saved for backward
+                              ConstFlat<Store, Exec> qkv,  // (B, T, 3C)
                               int B, int T, int C, int NH, bool causal) {
-  detail::check_forward_args<Real, Exec>(out, lse, qkv, B, T, C, NH);
+  detail::check_forward_args<Real, Store, Exec>(out, lse, qkv, B, T, C, NH);
   const index_t BTC = static_cast<index_t>(B) * T * C;
   if (BTC == 0) return;
   const int hs = C / NH;
@@ -206,7 +202,7 @@ void attention_forward_native(const Exec& exec, Flat<Real, Exec> out,  // (B, T,
         Real* l = m + tile;         // (tile) running sum
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows), [&](const int i) {
           for (int d = 0; d < hs; ++d) {
-            q[i * hs + d] = qkv(detail::qkv_index(b, q0 + i, h, d, 0, T, C, hs));
+            q[i * hs + d] = widen(qkv(detail::qkv_index(b, q0 + i, h, d, 0, T, C, hs)));
             o[i * hs + d] = Real(0);
           }
           m[i] = math::lowest<Real>();
@@ -219,8 +215,8 @@ void attention_forward_native(const Exec& exec, Flat<Real, Exec> out,  // (B, T,
           team.team_barrier();
           Kokkos::parallel_for(Kokkos::TeamThreadRange(team, cols), [&](const int j) {
             for (int d = 0; d < hs; ++d) {
-              kt[d * tile + j] = qkv(detail::qkv_index(b, k0 + j, h, d, 1, T, C, hs));
-              v[j * hs + d] = qkv(detail::qkv_index(b, k0 + j, h, d, 2, T, C, hs));
+              kt[d * tile + j] = widen(qkv(detail::qkv_index(b, k0 + j, h, d, 1, T, C, hs)));
+              v[j * hs + d] = widen(qkv(detail::qkv_index(b, k0 + j, h, d, 2, T, C, hs)));
             }
           });
           team.team_barrier();
@@ -245,7 +241,7 @@ void attention_forward_native(const Exec& exec, Flat<Real, Exec> out,  // (B, T,
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows), [&](const int i) {
           const Real inv = Real(1) / l[i];
           for (int d = 0; d < hs; ++d)
-            out(detail::btc_index(b, q0 + i, h, d, T, C, hs)) = o[i * hs + d] * inv;
+            out(detail::btc_index(b, q0 + i, h, d, T, C, hs)) = narrow<Store>(o[i * hs + d] * inv);
           lse(static_cast<index_t>(bh) * T + q0 + i) = m[i] + math::log(l[i]);
         });
       });
@@ -253,15 +249,16 @@ void attention_forward_native(const Exec& exec, Flat<Real, Exec> out,  // (B, T,
 
 // dqkv (assigned) from dout, given the forward's qkv, its output `out` and the saved lse. The
 // portable team kernels (see the top of the file).
-template <class Real, class Exec>
-void attention_backward_native(const Exec& exec, Flat<Real, Exec> dqkv,  // (B, T, 3C), assigned
-                               ConstFlat<Real, Exec> dout,               // (B, T, C)
-                               ConstFlat<Real, Exec> qkv,                // (B, T, 3C)
-                               ConstFlat<Real, Exec> out,                // (B, T, C) forward output
-                               ConstFlat<Real, Exec> lse,                // (B, NH, T)
-                               Flat<Real, Exec> workspace,  // (attention_backward_workspace)
+template <class Real, class Store = Real, class Exec>
+void attention_backward_native(const Exec& exec, Flat<Store, Exec> dqkv,  // (B, T, 3C), assigned
+                               ConstFlat<Store, Exec> dout,               // (B, T, C)
+                               ConstFlat<Store, Exec> qkv,                // (B, T, 3C)
+                               ConstFlat<Store, Exec> out,  // (B, T, C) forward output
+                               ConstFlat<Real, Exec> lse,   // (B, NH, T)
+                               Flat<Real, Exec> workspace,  // (B, NH, T): D
                                int B, int T, int C, int NH, bool causal) {
-  detail::check_backward_args<Real, Exec>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH);
+  detail::check_backward_args<Real, Store, Exec>(dqkv, dout, qkv, out, lse, workspace,
+                                                 attention_lse_size(B, T, NH), B, T, C, NH);
   const index_t BTC = static_cast<index_t>(B) * T * C;
   if (BTC == 0) return;
   const int hs = C / NH;
@@ -269,7 +266,7 @@ void attention_backward_native(const Exec& exec, Flat<Real, Exec> dqkv,  // (B, 
   const int tiles = (T + tile - 1) / tile;
   const Real scale = Real(1) / math::sqrt(static_cast<Real>(hs));
   const Flat<Real, Exec> D = workspace;  // (B, NH, T) D[t] = sum_d dout[t, d] * out[t, d]
-  detail::attention_row_dots<Real, Exec>(exec, D, dout, out, B, T, C, NH);
+  detail::attention_row_dots<Real, Store, Exec>(exec, D, dout, out, B, T, C, NH);
   const index_t scratch = detail::attention_scratch_elements(tile, hs);
   const auto policy = Kokkos::TeamPolicy<Exec>(exec, B * NH * tiles, Kokkos::AUTO)
                           .set_scratch_size(0, Kokkos::PerTeam(static_cast<size_t>(
@@ -295,8 +292,8 @@ void attention_backward_native(const Exec& exec, Flat<Real, Exec> dqkv,  // (B, 
         Real* Ds = ls + tile;         // (tile)
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, cols), [&](const int j) {
           for (int d = 0; d < hs; ++d) {
-            k[j * hs + d] = qkv(detail::qkv_index(b, k0 + j, h, d, 1, T, C, hs));
-            v[j * hs + d] = qkv(detail::qkv_index(b, k0 + j, h, d, 2, T, C, hs));
+            k[j * hs + d] = widen(qkv(detail::qkv_index(b, k0 + j, h, d, 1, T, C, hs)));
+            v[j * hs + d] = widen(qkv(detail::qkv_index(b, k0 + j, h, d, 2, T, C, hs)));
             dk[j * hs + d] = Real(0);
             dv[j * hs + d] = Real(0);
           }
@@ -307,8 +304,8 @@ void attention_backward_native(const Exec& exec, Flat<Real, Exec> dqkv,  // (B, 
           team.team_barrier();
           Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows), [&](const int i) {
             for (int d = 0; d < hs; ++d) {
-              const Real qd = qkv(detail::qkv_index(b, q0 + i, h, d, 0, T, C, hs));
-              const Real dyd = dout(detail::btc_index(b, q0 + i, h, d, T, C, hs));
+              const Real qd = widen(qkv(detail::qkv_index(b, q0 + i, h, d, 0, T, C, hs)));
+              const Real dyd = widen(dout(detail::btc_index(b, q0 + i, h, d, T, C, hs)));
               q[i * hs + d] = qd;
               dy[i * hs + d] = dyd;
               qt[d * tile + i] = qd;
@@ -349,8 +346,8 @@ void attention_backward_native(const Exec& exec, Flat<Real, Exec> dqkv,  // (B, 
         team.team_barrier();
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, cols), [&](const int j) {
           for (int d = 0; d < hs; ++d) {
-            dqkv(detail::qkv_index(b, k0 + j, h, d, 1, T, C, hs)) = dk[j * hs + d];
-            dqkv(detail::qkv_index(b, k0 + j, h, d, 2, T, C, hs)) = dv[j * hs + d];
+            dqkv(detail::qkv_index(b, k0 + j, h, d, 1, T, C, hs)) = narrow<Store>(dk[j * hs + d]);
+            dqkv(detail::qkv_index(b, k0 + j, h, d, 2, T, C, hs)) = narrow<Store>(dv[j * hs + d]);
           }
         });
       });
@@ -373,8 +370,8 @@ void attention_backward_native(const Exec& exec, Flat<Real, Exec> dqkv,  // (B, 
         Real* Ds = ls + tile;         // (tile)
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows), [&](const int i) {
           for (int d = 0; d < hs; ++d) {
-            q[i * hs + d] = qkv(detail::qkv_index(b, q0 + i, h, d, 0, T, C, hs));
-            dy[i * hs + d] = dout(detail::btc_index(b, q0 + i, h, d, T, C, hs));
+            q[i * hs + d] = widen(qkv(detail::qkv_index(b, q0 + i, h, d, 0, T, C, hs)));
+            dy[i * hs + d] = widen(dout(detail::btc_index(b, q0 + i, h, d, T, C, hs)));
             dq[i * hs + d] = Real(0);
           }
           ls[i] = lse(static_cast<index_t>(bh) * T + q0 + i);
@@ -387,10 +384,10 @@ void attention_backward_native(const Exec& exec, Flat<Real, Exec> dqkv,  // (B, 
           team.team_barrier();
           Kokkos::parallel_for(Kokkos::TeamThreadRange(team, cols), [&](const int j) {
             for (int d = 0; d < hs; ++d) {
-              const Real kd = qkv(detail::qkv_index(b, k0 + j, h, d, 1, T, C, hs));
+              const Real kd = widen(qkv(detail::qkv_index(b, k0 + j, h, d, 1, T, C, hs)));
               k[j * hs + d] = kd;
               kt[d * tile + j] = kd;
-              vt[d * tile + j] = qkv(detail::qkv_index(b, k0 + j, h, d, 2, T, C, hs));
+              vt[d * tile + j] = widen(qkv(detail::qkv_index(b, k0 + j, h, d, 2, T, C, hs)));
             }
           });
           team.team_barrier();
@@ -420,7 +417,7 @@ void attention_backward_native(const Exec& exec, Flat<Real, Exec> dqkv,  // (B, 
         team.team_barrier();
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, rows), [&](const int i) {
           for (int d = 0; d < hs; ++d)
-            dqkv(detail::qkv_index(b, q0 + i, h, d, 0, T, C, hs)) = dq[i * hs + d];
+            dqkv(detail::qkv_index(b, q0 + i, h, d, 0, T, C, hs)) = narrow<Store>(dq[i * hs + d]);
         });
       });
 }
@@ -566,7 +563,29 @@ constexpr bool attention_uses_blas() {
   return gemm_backend<Real, Exec>() == GemmBackend::cblas;
 }
 
+// Whether the blas path runs on float copies of bf16 buffers (see the top of the file).
+template <class Real, class Store, class Exec>
+constexpr bool attention_widens() {
+  return attention_uses_blas<Real, Exec>() && !std::is_same<Store, Real>::value;
+}
+
 }  // namespace detail
+
+// Workspace elements for attention_forward: none, or 4 B*T*C where the blas path widens bf16
+// storage (the float copies of qkv and of the output).
+template <class Real = float, class Store = Real, class Exec = Kokkos::DefaultExecutionSpace>
+index_t attention_forward_workspace(int B, int T, int C, int /*NH*/) {
+  return detail::attention_widens<Real, Store, Exec>() ? 4 * static_cast<index_t>(B) * T * C : 0;
+}
+
+// Workspace elements for attention_backward: D (B, NH, T), and where the blas path widens bf16
+// storage the float copies of qkv, dout, out and dqkv (8 B*T*C) after it.
+template <class Real = float, class Store = Real, class Exec = Kokkos::DefaultExecutionSpace>
+index_t attention_backward_workspace(int B, int T, int C, int NH) {
+  const index_t D = attention_lse_size(B, T, NH);
+  return detail::attention_widens<Real, Store, Exec>() ? D + 8 * static_cast<index_t>(B) * T * C
+                                                       : D;
+}
 
 // The implementation attention_forward and attention_backward use: "blas" or "native".
 template <class Real, class Exec>
@@ -576,42 +595,76 @@ constexpr const char* attention_backend_name() {
 
 // out = concat over heads of softmax(mask(q k^T / sqrt(hs))) v; lse[b, h, t] = log sum_j
 // exp(score[t, j]) over the allowed keys j.
-template <class Real, class Exec>
-void attention_forward(const Exec& exec, Flat<Real, Exec> out,  // (B, T, C)
-                       Flat<Real, Exec> lse,                    // (B, NH, T), saved for backward
-                       ConstFlat<Real, Exec> qkv,               // (B, T, 3C)
-                       int B, int T, int C, int NH, bool causal) {
+template <class Real, class Store = Real, class Exec>
+void attention_forward(const Exec& exec, Flat<Store, Exec> out,  // (B, T, C)
+                       Flat<Real, Exec> lse,                     // (B, NH, T), saved for backward
+                       ConstFlat<Store, Exec> qkv,               // (B, T, 3C)
+                       int B, int T, int C, int NH, bool causal,
+                       Flat<Real, Exec> workspace = {}) {  // (attention_forward_workspace)
   if constexpr (detail::attention_uses_blas<Real, Exec>()) {
 #ifdef P2BW_HAVE_CBLAS
-    detail::check_forward_args<Real, Exec>(out, lse, qkv, B, T, C, NH);
-    if (static_cast<index_t>(B) * T * C == 0) return;
-    detail::attention_forward_blas<Real, Exec>(exec, out, lse, qkv, B, T, C, NH, causal);
+    detail::check_forward_args<Real, Store, Exec>(out, lse, qkv, B, T, C, NH);
+    const index_t BTC = static_cast<index_t>(B) * T * C;
+    if (BTC == 0) return;
+    if constexpr (detail::attention_widens<Real, Store, Exec>()) {
+      static_assert(std::is_same<Real, float>::value, "bf16 storage computes in float");
+      detail::require_size(workspace, attention_forward_workspace<Real, Store, Exec>(B, T, C, NH),
+                           "attention_forward", "workspace");
+      const Flat<Real, Exec> qkv32(workspace.data(), 3 * BTC);        // (B, T, 3C)
+      const Flat<Real, Exec> out32(workspace.data() + 3 * BTC, BTC);  // (B, T, C)
+      unpack_bf16(exec, qkv32, qkv, 3 * BTC);
+      detail::attention_forward_blas<Real, Exec>(exec, out32, lse, qkv32, B, T, C, NH, causal);
+      pack_bf16_async(exec, out, out32, BTC);
+    } else {
+      detail::attention_forward_blas<Real, Exec>(exec, out, lse, qkv, B, T, C, NH, causal);
+    }
 #endif
   } else {
-    attention_forward_native<Real>(exec, out, lse, qkv, B, T, C, NH, causal);
+    attention_forward_native<Real, Store>(exec, out, lse, qkv, B, T, C, NH, causal);
   }
 }
 
 // dqkv (assigned) from dout, given the forward's qkv, its output `out` and the saved lse.
-template <class Real, class Exec>
-void attention_backward(const Exec& exec, Flat<Real, Exec> dqkv,  // (B, T, 3C), assigned
-                        ConstFlat<Real, Exec> dout,               // (B, T, C)
-                        ConstFlat<Real, Exec> qkv,                // (B, T, 3C)
-                        ConstFlat<Real, Exec> out,                // (B, T, C) forward output
-                        ConstFlat<Real, Exec> lse,                // (B, NH, T)
-                        Flat<Real, Exec> workspace,  // (attention_backward_workspace(B, T, C, NH))
+template <class Real, class Store = Real, class Exec>
+void attention_backward(const Exec& exec, Flat<Store, Exec> dqkv,  // (B, T, 3C), assigned
+                        ConstFlat<Store, Exec> dout,               // (B, T, C)
+                        ConstFlat<Store, Exec> qkv,                // (B, T, 3C)
+                        ConstFlat<Store, Exec> out,                // (B, T, C) forward output
+                        ConstFlat<Real, Exec> lse,                 // (B, NH, T)
+                        Flat<Real, Exec> workspace,                // (attention_backward_workspace)
                         int B, int T, int C, int NH, bool causal) {
   if constexpr (detail::attention_uses_blas<Real, Exec>()) {
 #ifdef P2BW_HAVE_CBLAS
-    detail::check_backward_args<Real, Exec>(dqkv, dout, qkv, out, lse, workspace, B, T, C, NH);
-    if (static_cast<index_t>(B) * T * C == 0) return;
-    const Flat<Real, Exec> D = workspace;  // (B, NH, T)
-    detail::attention_row_dots<Real, Exec>(exec, D, dout, out, B, T, C, NH);
-    detail::attention_backward_blas<Real, Exec>(exec, dqkv, dout, qkv, lse, D, B, T, C, NH, causal);
+    detail::check_backward_args<Real, Store, Exec>(
+        dqkv, dout, qkv, out, lse, workspace,
+        attention_backward_workspace<Real, Store, Exec>(B, T, C, NH), B, T, C, NH);
+    const index_t BTC = static_cast<index_t>(B) * T * C;
+    if (BTC == 0) return;
+    const index_t rows = attention_lse_size(B, T, NH);
+    const Flat<Real, Exec> D(workspace.data(), rows);  // (B, NH, T)
+    if constexpr (detail::attention_widens<Real, Store, Exec>()) {
+      static_assert(std::is_same<Real, float>::value, "bf16 storage computes in float");
+      Real* const w = workspace.data() + rows;
+      const Flat<Real, Exec> qkv32(w, 3 * BTC);             // (B, T, 3C)
+      const Flat<Real, Exec> dout32(w + 3 * BTC, BTC);      // (B, T, C)
+      const Flat<Real, Exec> out32(w + 4 * BTC, BTC);       // (B, T, C)
+      const Flat<Real, Exec> dqkv32(w + 5 * BTC, 3 * BTC);  // (B, T, 3C)
+      unpack_bf16(exec, qkv32, qkv, 3 * BTC);
+      unpack_bf16(exec, dout32, dout, BTC);
+      unpack_bf16(exec, out32, out, BTC);
+      detail::attention_row_dots<Real, Real, Exec>(exec, D, dout32, out32, B, T, C, NH);
+      detail::attention_backward_blas<Real, Exec>(exec, dqkv32, dout32, qkv32, lse, D, B, T, C, NH,
+                                                  causal);
+      pack_bf16_async(exec, dqkv, dqkv32, 3 * BTC);
+    } else {
+      detail::attention_row_dots<Real, Store, Exec>(exec, D, dout, out, B, T, C, NH);
+      detail::attention_backward_blas<Real, Exec>(exec, dqkv, dout, qkv, lse, D, B, T, C, NH,
+                                                  causal);
+    }
 #endif
   } else {
-    attention_backward_native<Real>(exec, dqkv, dout, qkv, out, lse, workspace, B, T, C, NH,
-                                    causal);
+    attention_backward_native<Real, Store>(exec, dqkv, dout, qkv, out, lse, workspace, B, T, C, NH,
+                                           causal);
   }
 }
 

@@ -2,8 +2,8 @@
 // tiles on a host build, and the native team kernels): forward output and log-sum-exp against a
 // naive per-head loop and against the former kernel (attention_reference.hpp), causal and
 // bidirectional, in double and float, at sizes below, at and beyond one tile; backward against
-// the reference kernel and against finite differences in double; bitwise repeatability;
-// the contract checks.
+// the reference kernel and against finite differences in double; bitwise repeatability; bf16
+// storage against the float kernel rounded; the contract checks.
 #include "kernels/attention.hpp"
 
 #include <cstring>
@@ -236,6 +236,81 @@ TEST(Attention, MemoryIsLinearInT) {
   EXPECT_EQ(attention_lse_size(16, 1024, 12), 16 * 12 * 1024);
   EXPECT_EQ(attention_forward_workspace(16, 1024, 768, 12), 0);
   EXPECT_EQ(attention_backward_workspace(16, 1024, 768, 12), 16 * 12 * 1024);
+}
+
+// bf16 storage (kernels/storage.hpp): with qkv, out, dout and dqkv in bf16, both implementations
+// give the float kernel's bits on the same bf16-exact inputs, its stored outputs rounded to bf16
+// (the emulation: the model rounds `out` before backward reads it), and the same lse. The float
+// run's outputs are checked not to be bf16-exact already, so a skipped rounding would show.
+TEST(Attention, Bf16StorageIsTheRoundedFloatKernel) {
+  for (Impl impl : kImpls) {
+    for (bool causal : {true, false}) {
+      for (const Dims& d : {Dims{2, 21, 48, 2}, Dims{1, 70, 32, 2}}) {
+        SCOPED_TRACE(std::string(name(impl)) + (causal ? " causal" : " bidirectional") +
+                     " T=" + std::to_string(d.T));
+        const std::size_t BTC = static_cast<std::size_t>(d.B) * d.T * d.C;
+        const std::size_t L = attention_lse_size(d.B, d.T, d.NH);
+        Buf<float> qkv(3 * BTC, "qkv"), dout(BTC, "dout");
+        fill_random_bf16_exact(qkv, 21, -2.0, 2.0);
+        fill_random_bf16_exact(dout, 22);
+        // float storage, the stored output rounded as the model's emulation does
+        Buf<float> out(BTC, "out"), lse(L, "lse"), dqkv(3 * BTC, "dqkv");
+        Buf<float> ws(attention_backward_workspace<float, float, Exec>(d.B, d.T, d.C, d.NH));
+        forward(impl, out, lse, qkv, d, causal);
+        Buf<float> out_rounded(BTC, "out_rounded");
+        std::size_t inexact = 0;
+        for (std::size_t i = 0; i < BTC; ++i) {
+          out_rounded[i] = static_cast<float>(bf16(out[i]));
+          inexact += out_rounded[i] != out[i];
+        }
+        out_rounded.to_device();
+        EXPECT_GT(inexact, BTC / 2) << "the float output is mostly not bf16-exact";
+        backward(impl, dqkv, dout, qkv, out_rounded, lse, ws, d, causal);
+        // bf16 storage
+        const Buf<bf16> qkv16 = to_bf16(qkv, "qkv16"), dout16 = to_bf16(dout, "dout16");
+        Buf<bf16> out16(BTC, "out16"), dqkv16(3 * BTC, "dqkv16");
+        Buf<float> lse16(L, "lse16");
+        Buf<float> ws16_fwd(std::max<index_t>(
+            1, attention_forward_workspace<float, bf16, Exec>(d.B, d.T, d.C, d.NH)));
+        Buf<float> ws16(attention_backward_workspace<float, bf16, Exec>(d.B, d.T, d.C, d.NH));
+        if (impl == Impl::native) {
+          attention_forward_native<float, bf16>(Exec(), out16.d, lse16.d, qkv16.d, d.B, d.T, d.C,
+                                                d.NH, causal);
+          attention_backward_native<float, bf16>(Exec(), dqkv16.d, dout16.d, qkv16.d, out16.d,
+                                                 lse16.d, ws16.d, d.B, d.T, d.C, d.NH, causal);
+        } else {
+          attention_forward<float, bf16>(Exec(), out16.d, lse16.d, qkv16.d, d.B, d.T, d.C, d.NH,
+                                         causal, ws16_fwd.d);
+          attention_backward<float, bf16>(Exec(), dqkv16.d, dout16.d, qkv16.d, out16.d, lse16.d,
+                                          ws16.d, d.B, d.T, d.C, d.NH, causal);
+        }
+        expect_bf16_bits("out", out16, out);
+        expect_same_float_bits("lse", lse16, lse);
+        expect_bf16_bits("dqkv", dqkv16, dqkv);
+      }
+    }
+  }
+}
+
+// The blas path needs float copies of bf16 buffers in its workspace; the native one does not.
+TEST(Attention, Bf16WorkspaceHoldsTheFloatCopies) {
+  const index_t BTC = 16 * 1024 * 768, L = 16 * 12 * 1024;
+  const bool widens = std::string(attention_backend_name<float, Exec>()) == "blas";
+  EXPECT_EQ((attention_forward_workspace<float, bf16, Exec>(16, 1024, 768, 12)),
+            widens ? 4 * BTC : 0);
+  EXPECT_EQ((attention_backward_workspace<float, bf16, Exec>(16, 1024, 768, 12)),
+            widens ? L + 8 * BTC : L);
+  // A workspace one element short is refused.
+  if (widens) {
+    const Dims d = kSmall;
+    const std::size_t n = static_cast<std::size_t>(d.B) * d.T * d.C;
+    Buf<bf16> qkv(3 * n), out(n);
+    Buf<float> lse(attention_lse_size(d.B, d.T, d.NH));
+    Buf<float> ws(attention_forward_workspace<float, bf16, Exec>(d.B, d.T, d.C, d.NH) - 1);
+    EXPECT_THROW((attention_forward<float, bf16>(Exec(), out.d, lse.d, qkv.d, d.B, d.T, d.C, d.NH,
+                                                 true, ws.d)),
+                 std::invalid_argument);
+  }
 }
 
 TEST(Attention, ArgumentChecks) {
