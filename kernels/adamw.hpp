@@ -21,7 +21,7 @@ namespace p2bw::kernels {
 // with wd_i = weight_decay inside the decay ranges, else 0. Arithmetic in float for float
 // weights (double for double); m and v are stored in float. With a prediction, also
 // prediction.out = w_out + gamma (w_out - w_in) (kernels/prediction.hpp).
-template <class Real, class Exec>
+template <class Real, class Store = Real, class Exec>
 void adamw_update(const Exec& exec, Flat<Real, Exec> w_out,  // (n), may be w_in
                   ConstFlat<Real, Exec> w_in,                // (n)
                   ConstFlat<Real, Exec> grad,                // (n)
@@ -30,7 +30,7 @@ void adamw_update(const Exec& exec, Flat<Real, Exec> w_out,  // (n), may be w_in
                   const DecayRanges<Exec>& decay,            // elements with weight decay
                   double lr, double beta1, double beta2, double eps, double weight_decay,
                   std::int64_t step, double grad_scale,
-                  const Prediction<Real, Exec>& prediction = {}) {
+                  const Prediction<Real, Exec, Store>& prediction = {}) {
   const index_t n = static_cast<index_t>(w_in.extent(0));
   detail::require(step >= 1, "adamw_update", "step counts from 1");
   detail::require_size(w_out, n, "adamw_update", "w_out");
@@ -48,7 +48,7 @@ void adamw_update(const Exec& exec, Flat<Real, Exec> w_out,  // (n), may be w_in
   const Acc correction1 = static_cast<Acc>(1.0 - std::pow(beta1, t));
   const Acc correction2 = static_cast<Acc>(1.0 - std::pow(beta2, t));
   const DecayRanges<Exec> ranges = decay;
-  const detail::Predict<Real, Exec> predict(prediction, n, "adamw_update");
+  const detail::Predict<Real, Exec, Store> predict(prediction, n, "adamw_update");
   for_each_decay(
       exec, "p2bw::adamw_update", n, ranges, KOKKOS_LAMBDA(const index_t i, const bool decays) {
         const Acc g = static_cast<Acc>(grad(i)) * scale;

@@ -2,19 +2,21 @@
 // with w = W(t) read and w' = W(t+1) written, out = w' + gamma (w' - w), a linear extrapolation
 // of the next weights (SpecTrain, PipeMare) on which 2bw runs its stale batch instead of W(t+1)
 // (docs/convergence.md). `out` may alias the gradient (each gradient is read before `out` is
-// written), never the weights. With round_bf16 (model.precision: bf16) `out` is the bf16 compute
-// copy: the value written is rounded to the nearest bf16 (kernels/bf16_round.hpp), so the update
-// writes the master and the compute copy in one pass; gamma = 0 then writes bf16(w').
+// written), never the weights. Under bf16 `out` is the compute copy: with Store = bf16 a bf16
+// buffer (kernels/storage.hpp), or in float storage with round_bf16 (the emulation,
+// kernels/bf16_round.hpp); either way the value written is rounded to the nearest bf16, so the
+// update writes the master and the compute copy in one pass; gamma = 0 then writes bf16(w').
 #pragma once
 
 #include "kernels/bf16_round.hpp"
+#include "kernels/storage.hpp"
 #include "kernels/types.hpp"
 
 namespace p2bw::kernels {
 
-template <class Real, class Exec>
+template <class Real, class Exec, class Store = Real>
 struct Prediction {
-  Flat<Real, Exec> out;  // (n), or empty: no prediction
+  Flat<Store, Exec> out;  // (n), or empty: no prediction
   double gamma = 0.0;
   bool round_bf16 = false;  // out = bf16(w' + gamma (w' - w)): the bf16 compute copy
 };
@@ -22,14 +24,14 @@ struct Prediction {
 namespace detail {
 
 // The checks and the lambda's copy of a prediction for an update of n elements.
-template <class Real, class Exec>
+template <class Real, class Exec, class Store>
 struct Predict {
-  Flat<Real, Exec> out;
+  Flat<Store, Exec> out;
   double gamma;
   bool on;
   bool round_bf16;
 
-  Predict(const Prediction<Real, Exec>& p, index_t n, const char* kernel)
+  Predict(const Prediction<Real, Exec, Store>& p, index_t n, const char* kernel)
       : out(p.out), gamma(p.gamma), on(p.out.data() != nullptr), round_bf16(p.round_bf16) {
     if (on) require_size(out, n, kernel, "prediction");
   }
@@ -39,7 +41,8 @@ struct Predict {
     if (on) {
       const Acc next = static_cast<Acc>(after);
       const Real value = static_cast<Real>(next + static_cast<Acc>(gamma) * (next - before));
-      out(i) = round_bf16 ? static_cast<Real>(round_to_bf16(static_cast<float>(value))) : value;
+      out(i) = narrow<Store>(
+          round_bf16 ? static_cast<Real>(round_to_bf16(static_cast<float>(value))) : value);
     }
   }
 };

@@ -16,14 +16,14 @@ namespace p2bw::kernels {
 // momentum buf + g and g = buf (buf starts at 0, which equals PyTorch's first step buf = g); w_out
 // = w_in - lr g. momentum_buf may be empty when momentum == 0. With a prediction, also
 // prediction.out = w_out + gamma (w_out - w_in) (kernels/prediction.hpp).
-template <class Real, class Exec>
+template <class Real, class Store = Real, class Exec>
 void sgd_update(const Exec& exec, Flat<Real, Exec> w_out,  // (n), may be w_in
                 ConstFlat<Real, Exec> w_in,                // (n)
                 ConstFlat<Real, Exec> grad,                // (n)
                 Flat<float, Exec> momentum_buf,            // (n) or empty when momentum == 0
                 const DecayRanges<Exec>& decay,            // elements with weight decay
                 double lr, double momentum, double weight_decay, double grad_scale,
-                const Prediction<Real, Exec>& prediction = {}) {
+                const Prediction<Real, Exec, Store>& prediction = {}) {
   const index_t n = static_cast<index_t>(w_in.extent(0));
   detail::require_size(w_out, n, "sgd_update", "w_out");
   detail::require_size(w_in, n, "sgd_update", "w_in");
@@ -34,7 +34,7 @@ void sgd_update(const Exec& exec, Flat<Real, Exec> w_out,  // (n), may be w_in
   const Acc rate = static_cast<Acc>(lr), mu = static_cast<Acc>(momentum);
   const Acc wd = static_cast<Acc>(weight_decay), scale = static_cast<Acc>(grad_scale);
   const DecayRanges<Exec> ranges = decay;
-  const detail::Predict<Real, Exec> predict(prediction, n, "sgd_update");
+  const detail::Predict<Real, Exec, Store> predict(prediction, n, "sgd_update");
   for_each_decay(
       exec, "p2bw::sgd_update", n, ranges, KOKKOS_LAMBDA(const index_t i, const bool decays) {
         const Acc w = static_cast<Acc>(w_in(i));

@@ -285,5 +285,36 @@ TEST(Prediction, TheBf16ComputeCopyIsTheRoundedPrediction) {
   }
 }
 
+// With Store = bf16 the compute copy is a bf16 buffer holding the bits the float-storage emulation
+// (round_bf16) writes, for AdamW and SGD; the fp32 weights are the same bits either way.
+TEST(Prediction, ABf16ComputeCopyHoldsTheEmulationsBits) {
+  for (bool adamw : {true, false}) {
+    for (double gamma : {0.0, 0.75}) {
+      SCOPED_TRACE(std::string(adamw ? "adamw" : "sgd") + " gamma " + std::to_string(gamma));
+      Buf<float> w(kN), w2(kN), grad(kN), emulated(kN), m(kN), v(kN), m2(kN), v2(kN);
+      Buf<bf16> copy(kN, "copy");
+      fill_random(w, 82);
+      fill_random(w2, 82);
+      fill_random(grad, 83);
+      for (Buf<float>* b : {&m, &v, &m2, &v2}) b->fill(0.0f);
+      const DecayRanges<Exec> ranges(Exec(), kDecay);
+      const Prediction<float, Exec> emulation{emulated.d, gamma, true};
+      const Prediction<float, Exec, bf16> storage{copy.d, gamma};
+      if (adamw) {
+        adamw_update<float>(Exec(), w.d, w.d, grad.d, m.d, v.d, ranges, 1e-2, 0.9, 0.95, 1e-8, 0.1,
+                            1, 0.5, emulation);
+        adamw_update<float, bf16>(Exec(), w2.d, w2.d, grad.d, m2.d, v2.d, ranges, 1e-2, 0.9, 0.95,
+                                  1e-8, 0.1, 1, 0.5, storage);
+      } else {
+        sgd_update<float>(Exec(), w.d, w.d, grad.d, m.d, ranges, 5e-2, 0.9, 0.01, 0.5, emulation);
+        sgd_update<float, bf16>(Exec(), w2.d, w2.d, grad.d, m2.d, ranges, 5e-2, 0.9, 0.01, 0.5,
+                                storage);
+      }
+      expect_same_float_bits("weights", w2, w);
+      expect_bf16_bits("compute copy", copy, emulated);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace p2bw::kernels::test
