@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -27,6 +28,11 @@ double Cluster::flops_for(config::Precision precision) const {
   return 0;
 }
 
+double Cluster::inter_node_bandwidth_for(int flows) const {
+  if (node_network_bandwidth_gbps <= 0) return inter_node_bandwidth_gbps;
+  return std::min(inter_node_bandwidth_gbps, node_network_bandwidth_gbps / std::max(flows, 1));
+}
+
 void Cluster::set_flops(config::Precision precision, double flops) {
   (precision == config::Precision::fp32   ? flops_fp32
    : precision == config::Precision::tf32 ? flops_tf32
@@ -35,7 +41,7 @@ void Cluster::set_flops(config::Precision precision, double flops) {
 
 const std::vector<ClusterKey>& cluster_keys() {
   static const std::vector<ClusterKey> keys = {
-      {"format_version", "2", false,
+      {"format_version", "3 or 2", false,
        "cluster file format; without it the file is format 1 (flops_per_device one number, the "
        "fp32 rate)"},
       {"name", "any text", false, "a label for reports"},
@@ -46,6 +52,9 @@ const std::vector<ClusterKey>& cluster_keys() {
        "effective bandwidth between two devices of a node, GB/s"},
       {"inter_node_bandwidth_gbps", "a number > 0", true,
        "effective bandwidth between devices of different nodes, GB/s"},
+      {"node_network_bandwidth_gbps", "a number > 0 (format 3)", false,
+       "a node's bandwidth to other nodes in each direction, GB/s, shared by the flows that leave "
+       "it at once (default: none, each inter-node flow gets inter_node_bandwidth_gbps)"},
       {"intra_node_latency_us", "a number >= 0", true, "per-message latency inside a node, us"},
       {"inter_node_latency_us", "a number >= 0", true, "per-message latency across nodes, us"},
       {"flops_per_device", "a map of fp32, tf32, bf16 to numbers > 0, each optional", false,
@@ -189,9 +198,9 @@ Cluster parse_cluster(const std::string& yaml_text, const std::string& source) {
     const std::string& k = key.key;
     if (k == "format_version") {
       const long long version = read_integer(source, node, key, 1);
-      if (version != kClusterFormatVersion)
+      if (version != kClusterFormatVersion && version != 2)
         fail(source, node, key.key, fmt::format("{} is not supported", version),
-             fmt::format("{}, or no format_version for format 1", kClusterFormatVersion));
+             fmt::format("{} or 2, or no format_version for format 1", kClusterFormatVersion));
       cluster.format_version = static_cast<int>(version);
     }
     if (k == "name") cluster.name = scalar_text(source, node, key);
@@ -208,6 +217,14 @@ Cluster parse_cluster(const std::string& yaml_text, const std::string& source) {
       cluster.intra_node_latency_us = read_number(source, node, key, true);
     if (k == "inter_node_latency_us")
       cluster.inter_node_latency_us = read_number(source, node, key, true);
+    if (k == "node_network_bandwidth_gbps") {
+      if (cluster.format_version < 3)
+        fail(
+            source, node, key.key,
+            fmt::format("needs format_version: 3 (this file is format {})", cluster.format_version),
+            "format_version: 3 with this key, or no such key");
+      cluster.node_network_bandwidth_gbps = read_number(source, node, key, false);
+    }
     if (k == "flops_per_device") read_flops(source, flops_name, node, key, cluster);
     if (k == "gpus") {
       const std::string text = scalar_text(source, node, key);

@@ -2,9 +2,11 @@
 // latencies, and the sustained FLOP/s per precision used by the analytic cost model. Read from
 // YAML and validated like the deck: every mistake is a one-line UserError "FILE:LINE: key:
 // problem (allowed: ...)".
-// Format 2 (format_version: 2): flops_per_device is a map precision -> FLOP/s (fp32, tf32, bf16,
-// each optional). Format 1 (no format_version key) is still read: its flops_per_device is one
-// number, the fp32 rate (as every format-1 file shipped with p2bw stated).
+// Format 3 (format_version: 3): format 2 plus the optional node_network_bandwidth_gbps, a node's
+// bandwidth to other nodes in each direction, which the flows leaving a node at once share.
+// Format 2: flops_per_device is a map precision -> FLOP/s (fp32, tf32, bf16, each optional).
+// Format 1 (no format_version key): its flops_per_device is one number, the fp32 rate (as every
+// format-1 file shipped with p2bw stated). Formats 1 and 2 are still read (no NIC sharing).
 #pragma once
 
 #include <string>
@@ -14,7 +16,7 @@
 
 namespace p2bw::planner {
 
-constexpr int kClusterFormatVersion = 2;
+constexpr int kClusterFormatVersion = 3;
 
 struct Cluster {
   std::string name;                      // free text, for reports
@@ -25,6 +27,10 @@ struct Cluster {
   double inter_node_bandwidth_gbps = 0;  // GB/s between ranks of different nodes
   double intra_node_latency_us = 0;      // microseconds per message inside a node
   double inter_node_latency_us = 0;      // microseconds per message across nodes
+  // GB/s a node's network interfaces carry to other nodes in each direction, shared by the
+  // inter-node flows that leave the node at once; 0: not given (every inter-node flow gets
+  // inter_node_bandwidth_gbps, as if each device had its own NIC).
+  double node_network_bandwidth_gbps = 0;
   int format_version = kClusterFormatVersion;  // of the file it was read from
   // Sustained FLOP/s of one device on the model's kernels in each model.precision (analytic
   // mode); 0: not given.
@@ -38,6 +44,9 @@ struct Cluster {
   double memory_bytes() const { return memory_per_device_gb * 1e9; }
   // Node of a world rank: devices_per_node consecutive ranks per node, as mpiexec/srun place them.
   int node_of(int rank) const { return rank / devices_per_node; }
+  // Bandwidth of one of `flows` inter-node flows leaving a node at once (flows >= 1): the
+  // per-device link's, or the node's share if that is less.
+  double inter_node_bandwidth_for(int flows) const;
 };
 
 // Parses cluster YAML text; `source` names it in messages. Throws UserError.

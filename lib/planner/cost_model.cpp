@@ -56,12 +56,62 @@ bool replicas_share_node(const Cluster& cluster, int width, int stage) {
   return cluster.node_of(stage * width) == cluster.node_of(stage * width + width - 1);
 }
 
+NodeFlows node_flows(const Cluster& cluster, int width, int depth) {
+  const auto nodes = static_cast<size_t>(cluster.node_of(width * depth - 1) + 1);
+  NodeFlows flows{std::vector<int>(nodes, 0), std::vector<int>(nodes, 0),
+                  std::vector<int>(nodes, 0), std::vector<int>(nodes, 0)};
+  for (int s = 0; s + 1 < depth; ++s) {
+    for (int j = 0; j < width; ++j) {
+      const int from = cluster.node_of(s * width + j), to = cluster.node_of((s + 1) * width + j);
+      if (from == to) continue;
+      ++flows.forward[static_cast<size_t>(from)];
+      ++flows.backward[static_cast<size_t>(to)];
+    }
+  }
+  for (int s = 0; s < depth && width > 1; ++s) {
+    for (int j = 0; j < width; ++j) {
+      const int from = cluster.node_of(s * width + j);
+      if (from != cluster.node_of(s * width + (j + 1) % width))
+        ++flows.ring[static_cast<size_t>(from)];
+    }
+  }
+  for (int j = 0; j < width && depth > 1; ++j) {
+    const int first = cluster.node_of(j), last = cluster.node_of((depth - 1) * width + j);
+    if (first == last) continue;
+    ++flows.tied[static_cast<size_t>(first)];
+    ++flows.tied[static_cast<size_t>(last)];
+  }
+  return flows;
+}
+
+int hop_flows(const Cluster& cluster, const NodeFlows& flows, int width, int stage) {
+  int most = 0;
+  for (int j = 0; j < width; ++j) {
+    const int from = cluster.node_of(stage * width + j);
+    const int to = cluster.node_of((stage + 1) * width + j);
+    if (from != to)
+      most = std::max({most, flows.forward[static_cast<size_t>(from)],
+                       flows.backward[static_cast<size_t>(to)]});
+  }
+  return most;
+}
+
+int ring_flows(const Cluster& cluster, const NodeFlows& flows, int width, int stage) {
+  int most = 0;
+  for (int j = 0; j < width; ++j) {
+    const int from = cluster.node_of(stage * width + j);
+    if (from != cluster.node_of(stage * width + (j + 1) % width))
+      most = std::max(most, flows.ring[static_cast<size_t>(from)]);
+  }
+  return most;
+}
+
 StageCosts stage_costs(const Candidate& candidate, const pipeline::StageMap& map,
                        const MicrobatchProfile& profile, const Cluster& cluster) {
   const int d = static_cast<int>(map.stages.size());
   StageCosts costs;
   const double intra_bw = cluster.intra_node_bandwidth_gbps;
-  const double inter_bw = cluster.inter_node_bandwidth_gbps;
+  const NodeFlows flows = node_flows(cluster, candidate.width, d);
   for (int s = 0; s < d; ++s) {
     const pipeline::StageRange& range = map.stages[s];
     double forward = range.blocks * profile.block.forward_s;
@@ -82,15 +132,21 @@ StageCosts stage_costs(const Candidate& candidate, const pipeline::StageMap& map
     costs.backward.push_back(backward);
     costs.step.push_back(step);
     const bool local = replicas_share_node(cluster, candidate.width, s);
+    const double ring_bw =
+        local ? intra_bw
+              : cluster.inter_node_bandwidth_for(ring_flows(cluster, flows, candidate.width, s));
     costs.allreduce.push_back(
-        ring_allreduce_time(weight_bytes, candidate.width, local ? intra_bw : inter_bw,
+        ring_allreduce_time(weight_bytes, candidate.width, ring_bw,
                             local ? cluster.intra_node_latency_us : cluster.inter_node_latency_us));
     if (s + 1 < d) {
       const bool cross = hop_crosses_nodes(cluster, candidate.width, s);
+      const double hop_bw =
+          cross ? cluster.inter_node_bandwidth_for(hop_flows(cluster, flows, candidate.width, s))
+                : intra_bw;
       // The boundary activation (B, T, C) forward, and its gradient of the same size backward.
-      costs.message.push_back(message_time(
-          static_cast<double>(profile.block.boundary_bytes), cross ? inter_bw : intra_bw,
-          cross ? cluster.inter_node_latency_us : cluster.intra_node_latency_us));
+      costs.message.push_back(
+          message_time(static_cast<double>(profile.block.boundary_bytes), hop_bw,
+                       cross ? cluster.inter_node_latency_us : cluster.intra_node_latency_us));
     }
   }
   return costs;
@@ -221,12 +277,13 @@ Prediction evaluate(const config::Deck& deck, const Cluster& cluster, const Prof
     // Tied token embedding (padded vocab x hidden floats): summed between the first and last
     // stage of every pipeline each batch, rank j <-> rank (d-1)·w + j.
     const double tied_bytes = 4.0 * config::padded_vocab(deck.model.vocab) * deck.model.hidden;
-    bool cross = false;
-    for (int j = 0; j < c.width && !cross; ++j)
-      cross = cluster.node_of(j) != cluster.node_of((c.depth - 1) * c.width + j);
+    const NodeFlows flows = node_flows(cluster, c.width, c.depth);
+    int tied_flows = 0;  // the most crossing pairs at one node (0: no pair crosses)
+    for (int node_count : flows.tied) tied_flows = std::max(tied_flows, node_count);
+    const bool cross = tied_flows > 0;
     costs.tied_allreduce = ring_allreduce_time(
         tied_bytes, 2,
-        cross ? cluster.inter_node_bandwidth_gbps : cluster.intra_node_bandwidth_gbps,
+        cross ? cluster.inter_node_bandwidth_for(tied_flows) : cluster.intra_node_bandwidth_gbps,
         cross ? cluster.inter_node_latency_us : cluster.intra_node_latency_us);
   }
   SimulationCache local;

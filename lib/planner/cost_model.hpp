@@ -1,7 +1,8 @@
 // The planner's cost model (the paper's planner, section 4): per-stage compute from a profile,
 // inter-stage messages and data-parallel all-reduces over the right link for p2bw's rank
-// placement, bubbles from the schedule simulator, and memory from pipeline::predict_memory.
-// `evaluate` predicts one configuration; search.hpp enumerates many.
+// placement (inter-node flows sharing their node's network bandwidth), bubbles from the schedule
+// simulator, and memory from pipeline::predict_memory. `evaluate` predicts one configuration;
+// search.hpp enumerates many.
 #pragma once
 
 #include <cstdint>
@@ -44,6 +45,21 @@ double ring_allreduce_time(double bytes, int replicas, double bandwidth_gbps, do
 // whether the w replicas of stage s share one node.
 bool hop_crosses_nodes(const Cluster& cluster, int width, int stage);
 bool replicas_share_node(const Cluster& cluster, int width, int stage);
+
+// Inter-node flows leaving each node at once, by node, in each phase of a step: the forward
+// sends of every pipeline's hops, the backward sends, one ring step of the data-parallel
+// all-reduces of every stage, and the tied-embedding exchanges between the first and last stage.
+// A node's network interfaces carry the flows of a phase together
+// (Cluster::node_network_bandwidth_gbps), so each gets the node's share.
+struct NodeFlows {
+  std::vector<int> forward, backward, ring, tied;
+};
+NodeFlows node_flows(const Cluster& cluster, int width, int depth);
+// The most flows any of hop s's crossing pipelines shares a node with (its sending node's
+// forward flows or its receiving node's backward flows); 0 if the hop stays in nodes.
+int hop_flows(const Cluster& cluster, const NodeFlows& flows, int width, int stage);
+// The same for the ring of stage s's all-reduce.
+int ring_flows(const Cluster& cluster, const NodeFlows& flows, int width, int stage);
 
 // Costs of one configuration, in seconds, per microbatch unless said otherwise.
 struct StageCosts {

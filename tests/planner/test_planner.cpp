@@ -83,7 +83,7 @@ Cluster cluster_of(int nodes, int per_node, double memory_gb, double intra = 100
   return c;
 }
 
-const char* kCluster = R"(format_version: 2
+const char* kCluster = R"(format_version: 3
 name: test
 nodes: 2
 devices_per_node: 4
@@ -114,7 +114,8 @@ TEST(Cluster, ParsesAllKeys) {
   EXPECT_DOUBLE_EQ(c.inter_node_bandwidth_gbps, 3.125);
   EXPECT_DOUBLE_EQ(c.inter_node_latency_us, 20);
   EXPECT_DOUBLE_EQ(c.flops_fp32, 14e12);
-  EXPECT_EQ(c.format_version, 2);
+  EXPECT_EQ(c.format_version, 3);
+  EXPECT_EQ(c.node_network_bandwidth_gbps, 0);  // not given: no sharing
   EXPECT_EQ(c.flops_for(config::Precision::bf16), 39e12);
   EXPECT_EQ(c.flops_for(config::Precision::tf32), 0);  // not given
   EXPECT_TRUE(c.gpus);
@@ -148,7 +149,7 @@ TEST(Cluster, ErrorsAreOneLineWithFileLineKeyAndAllowed) {
   EXPECT_EQ(error_of(text), "");
   EXPECT_EQ(error_of(std::string(kCluster) + "nodes: 3\n"),
             "c.yaml:13: nodes: is given twice (allowed: each key once)");
-  EXPECT_EQ(error_of("format_version: 2\nnodes: 2000000\ndevices_per_node: 8\n" +
+  EXPECT_EQ(error_of("format_version: 3\nnodes: 2000000\ndevices_per_node: 8\n" +
                      std::string(kCluster).substr(std::string(kCluster).find("memory"))),
             "c.yaml:2: nodes: 2000000 nodes x 8 devices_per_node is too many devices (allowed: at "
             "most 1048576)");
@@ -181,11 +182,31 @@ TEST(Cluster, FlopsPerPrecisionAndFormatOne) {
             "c.yaml:11: flops_per_device.fp16: unknown precision (allowed: fp32 | tf32 | bf16)");
   EXPECT_EQ(error_of(head + "flops_per_device:\n  bf16: 0\n"),
             "c.yaml:11: flops_per_device.bf16: 0 is out of range (allowed: a number > 0)");
-  std::string v3 = kCluster;
-  v3.replace(0, 17, "format_version: 3");
-  EXPECT_EQ(error_of(v3),
-            "c.yaml:1: format_version: 3 is not supported (allowed: 2, or no format_version for "
-            "format 1)");
+  std::string v4 = kCluster;
+  v4.replace(0, 17, "format_version: 4");
+  EXPECT_EQ(error_of(v4),
+            "c.yaml:1: format_version: 4 is not supported (allowed: 3 or 2, or no format_version "
+            "for format 1)");
+}
+
+TEST(Cluster, NodeNetworkBandwidthIsFormatThreeAndShared) {
+  const std::string with = std::string(kCluster) + "node_network_bandwidth_gbps: 6.25\n";
+  const Cluster c = parse_cluster(with, "c.yaml");
+  EXPECT_EQ(c.node_network_bandwidth_gbps, 6.25);
+  // One or two flows get the per-device link's 3.125 GB/s; four share the node's 6.25.
+  EXPECT_EQ(c.inter_node_bandwidth_for(1), 3.125);
+  EXPECT_EQ(c.inter_node_bandwidth_for(2), 3.125);
+  EXPECT_EQ(c.inter_node_bandwidth_for(4), 6.25 / 4);
+  // Format 2 files are still read (no sharing) but cannot have the key.
+  std::string v2 = kCluster;
+  v2.replace(0, 17, "format_version: 2");
+  EXPECT_EQ(parse_cluster(v2, "c.yaml").inter_node_bandwidth_for(8), 3.125);
+  EXPECT_EQ(error_of(v2 + "node_network_bandwidth_gbps: 6.25\n"),
+            "c.yaml:13: node_network_bandwidth_gbps: needs format_version: 3 (this file is format "
+            "2) (allowed: format_version: 3 with this key, or no such key)");
+  EXPECT_EQ(error_of(std::string(kCluster) + "node_network_bandwidth_gbps: 0\n"),
+            "c.yaml:13: node_network_bandwidth_gbps: 0 is out of range (allowed: a number > 0 "
+            "(format 3))");
 }
 
 TEST(CostModel, MessageAndRingAllReduceFormulas) {
@@ -219,6 +240,43 @@ TEST(CostModel, LinkChoiceFollowsRankPlacement) {
   EXPECT_DOUBLE_EQ(costs.message[0], message_time(bytes, 100, 0));
   EXPECT_DOUBLE_EQ(costs.message[1], message_time(bytes, 10, 0));
   EXPECT_DOUBLE_EQ(costs.message[2], message_time(bytes, 100, 0));
+}
+
+// Inter-node flows that leave a node at once share its network bandwidth: count them per node and
+// phase, and charge each hop and ring the share of its busiest node.
+TEST(CostModel, InterNodeFlowsShareTheirNodesNetwork) {
+  Cluster c = cluster_of(4, 4, 16);  // nodes of ranks 0-3, 4-7, 8-11, 12-15
+  // w = 4, d = 4: stage s alone on node s; every pipeline's hop crosses, four flows a node.
+  NodeFlows f = node_flows(c, 4, 4);
+  EXPECT_EQ(f.forward, (std::vector<int>{4, 4, 4, 0}));
+  EXPECT_EQ(f.backward, (std::vector<int>{0, 4, 4, 4}));
+  EXPECT_EQ(f.ring, (std::vector<int>{0, 0, 0, 0}));  // replicas share their node
+  EXPECT_EQ(f.tied, (std::vector<int>{4, 0, 0, 4}));
+  EXPECT_EQ(hop_flows(c, f, 4, 1), 4);
+  // w = 2, d = 8: two stages a node, only every other hop crosses, two flows.
+  f = node_flows(c, 2, 8);
+  EXPECT_EQ(f.forward, (std::vector<int>{2, 2, 2, 0}));
+  EXPECT_EQ(hop_flows(c, f, 2, 0), 0);
+  EXPECT_EQ(hop_flows(c, f, 2, 1), 2);
+  // w = 8, d = 2: each stage's ring spans two nodes and leaves each once (3 -> 4, 7 -> 0).
+  f = node_flows(c, 8, 2);
+  EXPECT_EQ(f.ring, (std::vector<int>{1, 1, 1, 1}));
+  EXPECT_EQ(ring_flows(c, f, 8, 0), 1);
+  EXPECT_EQ(f.forward, (std::vector<int>{4, 4, 0, 0}));  // ranks 0-3 -> 8-11, 4-7 -> 12-15
+  // The hop's message gets the node's share: 4 flows over 20 GB/s against a 10 GB/s link.
+  c.node_network_bandwidth_gbps = 20;
+  const config::Deck deck =
+      apply(deck_from(kDeck), Candidate{4, 4, 4, 4, config::ScheduleKind::flush, false});
+  const Profile profile = analytic_profile(deck.model, 1e12, {4});
+  const StageCosts shared =
+      stage_costs(candidate_of(deck), pipeline::make_stage_map(deck), profile.entries[0], c);
+  const double bytes = 4.0 * 4 * 64 * 128;
+  ASSERT_EQ(shared.message.size(), 3u);
+  for (double t : shared.message) EXPECT_DOUBLE_EQ(t, message_time(bytes, 5, 0));
+  c.node_network_bandwidth_gbps = 0;  // not given: the per-device link
+  const StageCosts own =
+      stage_costs(candidate_of(deck), pipeline::make_stage_map(deck), profile.entries[0], c);
+  for (double t : own.message) EXPECT_DOUBLE_EQ(t, message_time(bytes, 10, 0));
 }
 
 TEST(CostModel, FlushBatchTimeByHand) {
@@ -542,16 +600,17 @@ TEST(CostModel, StepTimeComesFromTheProfile) {
 }
 
 // The paper's setting (shared/design/pipedream-2bw.md, "The paper's results"): 8 nodes x 8
-// V100-16GB (inputs/clusters/v100-p3.yaml), mixed precision (bf16 for the paper's fp16: the file
-// says why), GPT-2.2B and GPT-3.8B (inputs/gpt-2.2b.yaml, gpt-3.8b.yaml: the paper's shapes,
-// T = 512), global batch B = 512, the analytic profile of p2bw plan (b = 1 .. 64), 2bw (the
-// paper's planner plans 2bw). The paper's planner chose (w, d) = (8, 8) for 2.2B and (4, 16) for
-// 3.8B and measured about 160 and 127 sequences/s. p2bw agrees on 2.2B. On 3.8B it keeps w = 8
-// (d = 7 and 8 tie): at b = 1 their first stage fits 16 GB with about 0.5 GB to spare in p2bw's
-// memory model, which stashes no attention probabilities or dropout masks (flash-style
-// attention) where the paper's Megatron-based prototype kept several GB more activations per
-// stage; the paper's (4, 16) fits with room and is predicted within 10% of its measured rate
-// (docs/planner.md, "The paper's setting").
+// V100-16GB (inputs/clusters/v100-p3.yaml: one 25 Gb/s NIC a node, shared by its GPUs), mixed
+// precision (bf16 for the paper's fp16: the file says why), GPT-2.2B and GPT-3.8B
+// (inputs/gpt-2.2b.yaml, gpt-3.8b.yaml: the paper's shapes, T = 512), global batch B = 512, the
+// analytic profile of p2bw plan (b = 1 .. 64), 2bw (the paper's planner plans 2bw). The paper's
+// planner chose (w, d) = (8, 8) for 2.2B and (4, 16) for 3.8B and measured about 160 and 127
+// sequences/s. Its cost model gave every inter-node link its full bandwidth; p2bw's shares a
+// node's NIC among the flows that leave it at once, which predicts both measured layouts within
+// 25% (without sharing: 66% high for 2.2B) and makes (4, 16) beat (8, 8) for 3.8B, as the paper
+// found, where every pipeline of (8, 8) crosses the same NICs at once. Inside the paper's search
+// space (64 GPUs, powers of two) p2bw chooses (4, 16) for both models (docs/planner.md, "The
+// paper's setting").
 SearchResult paper_search(const config::Deck& deck, const Cluster& cluster) {
   const Profile profile = analytic_profile(deck.model, cluster.flops_for(config::Precision::bf16),
                                            {1, 2, 4, 8, 16, 32, 64});
@@ -582,44 +641,70 @@ void print_top(const char* name, const SearchResult& r) {
   }
 }
 
+// The best fitting configuration of the paper's search space: all 64 GPUs, w and d powers of two.
+const Prediction* best_of_paper_space(const SearchResult& r) {
+  for (const Prediction& p : r.fitting) {
+    const int w = p.candidate.width, d = p.candidate.depth;
+    if (w * d == 64 && (w & (w - 1)) == 0) return &p;
+  }
+  return nullptr;
+}
+
 TEST(Search, PaperSettingOnSixtyFourV100s) {
-  const Cluster cluster =
-      load_cluster(std::string(P2BW_SOURCE_DIR) + "/inputs/clusters/v100-p3.yaml");
+  Cluster cluster = load_cluster(std::string(P2BW_SOURCE_DIR) + "/inputs/clusters/v100-p3.yaml");
+  ASSERT_EQ(cluster.node_network_bandwidth_gbps, 3.125);
   const auto two_bw = config::ScheduleKind::two_bw;
-  {
-    const config::Deck deck = paper_deck("gpt-2.2b.yaml");
+  for (const char* name : {"gpt-2.2b.yaml", "gpt-3.8b.yaml"}) {
+    const config::Deck deck = paper_deck(name);
     const SearchResult r = paper_search(deck, cluster);
     ASSERT_FALSE(r.fitting.empty());
-    print_top("gpt-2.2b", r);
-    EXPECT_EQ(r.fitting.front().candidate.width, 8);
-    EXPECT_EQ(r.fitting.front().candidate.depth, 8);
+    print_top(name, r);
+    const Prediction* paper_space = best_of_paper_space(r);
+    ASSERT_NE(paper_space, nullptr);
+    std::printf(
+        "%s in the paper's space (64 GPUs, powers of two): w %d d %d b %d m %d: %.1f "
+        "sequences/s\n",
+        name, paper_space->candidate.width, paper_space->candidate.depth,
+        paper_space->candidate.microbatch_size, paper_space->candidate.microbatches,
+        paper_space->samples_per_s);
+    EXPECT_EQ(paper_space->candidate.width, 4) << name;
+    EXPECT_EQ(paper_space->candidate.depth, 16) << name;
   }
+  // The paper's layouts at b = 1 against its measured rates: within 25% (the analytic profile's
+  // sustained 39 TFLOP/s alone is uncertain by about that much).
+  const config::Deck small = paper_deck("gpt-2.2b.yaml");
+  const Prediction small_88 = evaluate(apply(small, Candidate{8, 8, 1, 64, two_bw, false}), cluster,
+                                       analytic_profile(small.model, cluster.flops_bf16, {1}));
+  EXPECT_NEAR(small_88.samples_per_s, 160, 0.25 * 160);
   const config::Deck deck = paper_deck("gpt-3.8b.yaml");
-  const SearchResult r = paper_search(deck, cluster);
-  ASSERT_FALSE(r.fitting.empty());
-  print_top("gpt-3.8b", r);
-  const Candidate& best = r.fitting.front().candidate;
-  EXPECT_EQ(best.width, 8);
-  EXPECT_TRUE(best.depth == 7 || best.depth == 8) << best.depth;
-  EXPECT_EQ(best.microbatch_size, 1);
-  EXPECT_FALSE(best.recompute);
-  // Why not (4, 16): (8, 8) at b = 1 fits, but within 5% of the memory limit ...
-  const Prediction eight = evaluate(apply(deck, Candidate{8, 8, 1, 64, two_bw, false}), cluster,
-                                    analytic_profile(deck.model, cluster.flops_bf16, {1}));
+  const Profile profile = analytic_profile(deck.model, cluster.flops_bf16, {1});
+  const Prediction paper =
+      evaluate(apply(deck, Candidate{4, 16, 1, 128, two_bw, false}), cluster, profile);
+  ASSERT_TRUE(paper.fits());
+  EXPECT_LT(worst_stage(paper), 0.7 * paper.memory_limit_bytes);  // fits with room
+  EXPECT_NEAR(paper.samples_per_s, 127, 0.25 * 127);
+  // 3.8B's (8, 8) at b = 1 fits, within 5% of the memory limit, and b = 2 does not ...
+  const Prediction eight =
+      evaluate(apply(deck, Candidate{8, 8, 1, 64, two_bw, false}), cluster, profile);
   ASSERT_TRUE(eight.fits());
   EXPECT_GT(worst_stage(eight), 0.95 * eight.memory_limit_bytes);
-  // ... and b = 2 does not fit: the stash of 8 microbatches in flight is what decides.
   EXPECT_EQ(evaluate(apply(deck, Candidate{8, 8, 2, 32, two_bw, false}), cluster,
                      analytic_profile(deck.model, cluster.flops_bf16, {2}))
                 .rejection,
             Rejection::memory);
-  // The paper's (4, 16) fits with room and is predicted within 10% of its measured 127/s.
-  const Prediction paper = evaluate(apply(deck, Candidate{4, 16, 1, 128, two_bw, false}), cluster,
-                                    analytic_profile(deck.model, cluster.flops_bf16, {1}));
-  ASSERT_TRUE(paper.fits());
-  EXPECT_LT(worst_stage(paper), 0.7 * paper.memory_limit_bytes);
-  EXPECT_NEAR(paper.samples_per_s, 127, 12.7);
-  EXPECT_LT(paper.samples_per_s, eight.samples_per_s);
+  // ... and it is slower than (4, 16) because its 8 pipelines share each node's NIC; with a NIC
+  // per GPU it would be faster.
+  EXPECT_LT(eight.samples_per_s, paper.samples_per_s);
+  cluster.node_network_bandwidth_gbps = 0;
+  const Prediction eight_own =
+      evaluate(apply(deck, Candidate{8, 8, 1, 64, two_bw, false}), cluster, profile);
+  const Prediction paper_own =
+      evaluate(apply(deck, Candidate{4, 16, 1, 128, two_bw, false}), cluster, profile);
+  std::printf(
+      "gpt-3.8b b = 1: (8, 8) %.1f, (4, 16) %.1f sequences/s with shared NICs; %.1f, %.1f "
+      "with a NIC per GPU\n",
+      eight.samples_per_s, paper.samples_per_s, eight_own.samples_per_s, paper_own.samples_per_s);
+  EXPECT_GT(eight_own.samples_per_s, paper_own.samples_per_s);
 }
 
 }  // namespace
