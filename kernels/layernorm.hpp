@@ -107,8 +107,20 @@ constexpr bool layernorm_on_host() {
          (std::is_same<Store, float>::value || is_bf16_storage<Store>()) && is_host_space<Exec>();
 }
 
-// The portable kernels (one team per row, sums in column order), in functions of their own so
-// that no device lambda sits inside a constexpr-if.
+// Threads per row (team) of the portable kernels. A team's parallel_reduce adds its threads'
+// partial sums in an order set by the team size, so the size is fixed: Kokkos::AUTO picks it per
+// kernel instantiation (from its register use on a GPU), and Store = float and Store = bf16
+// could then sum in different orders and break the bf16 storage rule (kernels/storage.hpp). One
+// thread on the host: the sums in column order.
+constexpr int kLayerNormDeviceTeam = 128;
+
+template <class Exec>
+constexpr int layernorm_team_size() {
+  return is_host_space<Exec>() ? 1 : kLayerNormDeviceTeam;
+}
+
+// The portable kernels (one team per row, sums in an order fixed by C and the team size), in
+// functions of their own so that no device lambda sits inside a constexpr-if.
 template <class Real, class Store, class Exec>
 void layernorm_forward_portable(const Exec& exec, const Flat<Store, Exec>& out,  // (N, C)
                                 const Flat<Real, Exec>& mean,                    // (N)
@@ -119,7 +131,7 @@ void layernorm_forward_portable(const Exec& exec, const Flat<Store, Exec>& out, 
                                 int N, int C) {
   const Real eps = static_cast<Real>(kLayerNormEps);
   Kokkos::parallel_for(
-      "p2bw::layernorm_forward", Kokkos::TeamPolicy<Exec>(exec, N, Kokkos::AUTO),
+      "p2bw::layernorm_forward", Kokkos::TeamPolicy<Exec>(exec, N, layernorm_team_size<Exec>()),
       KOKKOS_LAMBDA(const Team<Exec>& team) {
         const index_t base = static_cast<index_t>(team.league_rank()) * C;
         Real sum = Real(0);
@@ -156,7 +168,7 @@ void layernorm_backward_portable(const Exec& exec, const Flat<Store, Exec>& dinp
                                  const ConstFlat<Store, Exec>& weight,             // (C)
                                  int N, int C) {
   Kokkos::parallel_for(
-      "p2bw::layernorm_backward", Kokkos::TeamPolicy<Exec>(exec, N, Kokkos::AUTO),
+      "p2bw::layernorm_backward", Kokkos::TeamPolicy<Exec>(exec, N, layernorm_team_size<Exec>()),
       KOKKOS_LAMBDA(const Team<Exec>& team) {
         const int row = team.league_rank();
         const index_t base = static_cast<index_t>(row) * C;
