@@ -19,7 +19,7 @@ constexpr double kGeluCube = 0.044715;
 // exp per element instead of a tanh (libm's tanhf is several times slower than expf on the host,
 // and it made GELU a quarter of a block's time), with no cancellation in 1 + tanh(u) for
 // negative u and exact limits (exp overflowing to inf gives g = 0). The exp is math::fast_exp,
-// inline on the host, so GELU's loops vectorise (for float, in multi-versioned host loops).
+// inline on the host, so GELU's loops vectorise (for Real = float, in multi-versioned host loops).
 template <class Real>
 KOKKOS_INLINE_FUNCTION Real gelu_sigmoid(Real x) {
   const Real u = Real(kGeluScale) * (x + Real(kGeluCube) * x * x * x);

@@ -21,7 +21,8 @@ namespace detail {
 // types sum in the same order): rows in multi-versioned loops (P2BW_HOST_CLONES) whose row sums
 // run in kLayerNormLanes lanes (lane l sums the columns c = l mod kLayerNormLanes in column order,
 // then the lanes are added in lane order), so they vectorise; the portable kernels below sum in
-// column order. Both orders depend on C alone.
+// column order on the host and, on a device, in an order fixed by C and their fixed team size
+// (layernorm_team_size). Both orders depend on C alone.
 constexpr int kLayerNormLanes = 8;
 constexpr index_t kLayerNormHostRows = 64;  // rows per host iteration
 
@@ -202,7 +203,8 @@ void layernorm_backward_portable(const Exec& exec, const Flat<Store, Exec>& dinp
 }  // namespace detail
 
 // out = (inp - mean) * rstd * weight + bias, row by row, two-pass variance: one team per row, or
-// on the host for float the multi-versioned row loops with the sums in lanes (see above).
+// on the host for Real = float (Store float or bf16) the multi-versioned row loops with the sums
+// in lanes (see above).
 template <class Real, class Store = Real, class Exec>
 void layernorm_forward(const Exec& exec, Flat<Store, Exec> out,  // (N, C)
                        Flat<Real, Exec> mean,                    // (N), saved for backward
