@@ -6,11 +6,14 @@
 // writes the logits' gradient from the logits and that log-sum-exp in one pass, in place. The
 // microbatch's mean loss is summed on the device (classifier_mean_loss), so nothing is copied
 // to the host per microbatch.
+// The logits and their gradient are Store (kernels/storage.hpp); the per-row losses and
+// log-sum-exps are Real.
 // The former kernels (probabilities, then their gradient) are the tests' reference,
 // tests/kernels/crossentropy_reference.hpp.
 #pragma once
 
 #include "kernels/reduce.hpp"
+#include "kernels/storage.hpp"
 #include "kernels/types.hpp"
 
 namespace p2bw::kernels {
@@ -25,10 +28,10 @@ constexpr int kClassifierLanes = 32;  // virtual lanes per row: column j goes to
 // ignored). One team per row; each of kClassifierLanes virtual lanes keeps a running max and sum
 // over its columns in column order, and the lanes are merged in lane order, so the result does
 // not depend on the team size. Precondition: targets[n] < V.
-template <class Real, class Exec>
+template <class Real, class Store = Real, class Exec>
 void classifier_forward(const Exec& exec, Flat<Real, Exec> losses,  // (N)
                         Flat<Real, Exec> lse,                       // (N), saved for backward
-                        ConstFlat<Real, Exec> logits,               // (N, Vp)
+                        ConstFlat<Store, Exec> logits,              // (N, Vp)
                         ConstFlat<int, Exec> targets,               // (N)
                         int N, int V, int Vp) {
   using detail::kClassifierLanes;
@@ -49,7 +52,7 @@ void classifier_forward(const Exec& exec, Flat<Real, Exec> losses,  // (N)
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kClassifierLanes), [&](const int lane) {
           Real m = math::lowest<Real>(), s = Real(0);
           for (int j = lane; j < V; j += kClassifierLanes) {
-            const Real x = logits(base + j);
+            const Real x = widen(logits(base + j));
             if (x > m) {
               s = s * math::fast_exp(m - x) + Real(1);
               m = x;
@@ -70,7 +73,7 @@ void classifier_forward(const Exec& exec, Flat<Real, Exec> losses,  // (N)
           const Real l = m + math::log(s);
           const int target = targets(row);
           lse(row) = l;
-          losses(row) = target < 0 ? Real(0) : l - logits(base + target);
+          losses(row) = target < 0 ? Real(0) : l - static_cast<Real>(widen(logits(base + target)));
         });
       });
 }
@@ -116,12 +119,12 @@ void classifier_mean_loss(const Exec& exec, Flat<double, Exec> loss_sum,  // (1)
 // columns and ignored rows (assigned; dlogits may alias logits). scale = d(loss)/d(loss_n) =
 // loss_scale / positions(0), the device count of rows with a loss (classifier_mean_loss): the
 // gradient of loss_scale times the mean loss; 0 when positions(0) is 0.
-template <class Real, class Exec>
-void classifier_backward(const Exec& exec, Flat<Real, Exec> dlogits,  // (N, Vp), assigned
-                         ConstFlat<Real, Exec> logits,                // (N, Vp)
-                         ConstFlat<Real, Exec> lse,                   // (N)
-                         ConstFlat<int, Exec> targets,                // (N)
-                         ConstFlat<double, Exec> positions,           // (1)
+template <class Real, class Store = Real, class Exec>
+void classifier_backward(const Exec& exec, Flat<Store, Exec> dlogits,  // (N, Vp), assigned
+                         ConstFlat<Store, Exec> logits,                // (N, Vp)
+                         ConstFlat<Real, Exec> lse,                    // (N)
+                         ConstFlat<int, Exec> targets,                 // (N)
+                         ConstFlat<double, Exec> positions,            // (1)
                          double loss_scale, int N, int V, int Vp) {
   const index_t NV = static_cast<index_t>(N) * Vp;
   detail::require(0 < V && V <= Vp, "classifier_backward", "needs 0 < V <= Vp");
@@ -143,9 +146,11 @@ void classifier_backward(const Exec& exec, Flat<Real, Exec> dlogits,  // (N, Vp)
         const Real l = lse(row);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, Vp), [&](const int j) {
           Real d = Real(0);
-          if (has_loss && j < V)
-            d = (math::fast_exp(logits(base + j) - l) - (j == target ? Real(1) : Real(0))) * scale;
-          dlogits(base + j) = d;
+          if (has_loss && j < V) {
+            const Real x = widen(logits(base + j));  // read before dlogits (may alias) is written
+            d = (math::fast_exp(x - l) - (j == target ? Real(1) : Real(0))) * scale;
+          }
+          dlogits(base + j) = narrow<Store>(d);
         });
       });
 }

@@ -2,22 +2,25 @@
 // wpe[t, :]. Forward keeps nothing but the token ids; backward accumulates into dwte and dwpe
 // without floating-point atomics, in a fixed order (bitwise reproducible, see encoder_backward),
 // over the positions grouped by token on the host (EncoderBuckets), never comparing pairs.
+// The embeddings (weights used in compute), the output and its gradient are Store
+// (kernels/storage.hpp); the parameter gradients dwte and dwpe are Real.
 #pragma once
 
 #include <algorithm>
 #include <utility>
 #include <vector>
 
+#include "kernels/storage.hpp"
 #include "kernels/types.hpp"
 
 namespace p2bw::kernels {
 
 // Precondition (not checked on the device): 0 <= tokens[i] < the number of rows of wte.
-template <class Real, class Exec>
-void encoder_forward(const Exec& exec, Flat<Real, Exec> out,  // (B, T, C)
-                     ConstFlat<int, Exec> tokens,             // (B, T)
-                     ConstFlat<Real, Exec> wte,               // (Vp, C)
-                     ConstFlat<Real, Exec> wpe,               // (maxT, C), maxT >= T
+template <class Real, class Store = Real, class Exec>
+void encoder_forward(const Exec& exec, Flat<Store, Exec> out,  // (B, T, C)
+                     ConstFlat<int, Exec> tokens,              // (B, T)
+                     ConstFlat<Store, Exec> wte,               // (Vp, C)
+                     ConstFlat<Store, Exec> wpe,               // (maxT, C), maxT >= T
                      int B, int T, int C) {
   const index_t BT = static_cast<index_t>(B) * T;
   detail::require_size(out, BT * C, "encoder_forward", "out");
@@ -29,7 +32,9 @@ void encoder_forward(const Exec& exec, Flat<Real, Exec> out,  // (B, T, C)
         const index_t bt = i / C;
         const index_t c = i % C;
         const index_t t = bt % T;
-        out(i) = wte(static_cast<index_t>(tokens(bt)) * C + c) + wpe(t * C + c);
+        const Real e = widen(wte(static_cast<index_t>(tokens(bt)) * C + c));
+        const Real p = widen(wpe(t * C + c));
+        out(i) = narrow<Store>(e + p);
       });
 }
 
@@ -97,10 +102,10 @@ class EncoderBuckets {
 // dwte[tok, :]. Each row is owned by one team and the additions happen in position order, so
 // the result equals the sequential loop over positions bit for bit, with no atomics; the work is
 // O(B*T*C) after an O(B*T log(B*T)) sort on the host.
-template <class Real, class Exec>
+template <class Real, class Store = Real, class Exec>
 void encoder_backward(const Exec& exec, Flat<Real, Exec> dwte,  // (Vp, C), accumulated
                       Flat<Real, Exec> dwpe,                    // (maxT, C), accumulated
-                      ConstFlat<Real, Exec> dout,               // (B, T, C)
+                      ConstFlat<Store, Exec> dout,              // (B, T, C)
                       const EncoderBuckets<Exec>& buckets,      // of the tokens (B, T)
                       int B, int T, int C) {
   const index_t BT = static_cast<index_t>(B) * T;
@@ -110,7 +115,8 @@ void encoder_backward(const Exec& exec, Flat<Real, Exec> dwte,  // (Vp, C), accu
       "p2bw::encoder_backward_wpe", Kokkos::RangePolicy<Exec>(exec, 0, static_cast<index_t>(T) * C),
       KOKKOS_LAMBDA(const index_t i) {
         Real sum = dwpe(i);
-        for (int b = 0; b < B; ++b) sum += dout(b * static_cast<index_t>(T) * C + i);
+        for (int b = 0; b < B; ++b)
+          sum += static_cast<Real>(widen(dout(b * static_cast<index_t>(T) * C + i)));
         dwpe(i) = sum;
       });
   if (buckets.buckets() == 0) return;
@@ -125,24 +131,25 @@ void encoder_backward(const Exec& exec, Flat<Real, Exec> dwte,  // (Vp, C), accu
         const int first = begin(k), end = begin(k + 1);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, C), [&](const int c) {
           Real sum = dwte(row + c);
-          for (int i = first; i < end; ++i) sum += dout(static_cast<index_t>(positions(i)) * C + c);
+          for (int i = first; i < end; ++i)
+            sum += static_cast<Real>(widen(dout(static_cast<index_t>(positions(i)) * C + c)));
           dwte(row + c) = sum;
         });
       });
 }
 
 // The same with buckets made for this one call (tests; a model keeps its EncoderBuckets).
-template <class Real, class Exec>
+template <class Real, class Store = Real, class Exec>
 void encoder_backward(const Exec& exec, Flat<Real, Exec> dwte,  // (Vp, C), accumulated
                       Flat<Real, Exec> dwpe,                    // (maxT, C), accumulated
-                      ConstFlat<Real, Exec> dout,               // (B, T, C)
+                      ConstFlat<Store, Exec> dout,              // (B, T, C)
                       ConstFlat<int, Exec> tokens,              // (B, T)
                       int B, int T, int C) {
   const index_t BT = static_cast<index_t>(B) * T;
   detail::require_size(tokens, BT, "encoder_backward", "tokens");
   EncoderBuckets<Exec> buckets(BT);
   buckets.build(exec, tokens, BT);
-  encoder_backward<Real>(exec, dwte, dwpe, dout, buckets, B, T, C);
+  encoder_backward<Real, Store>(exec, dwte, dwpe, dout, buckets, B, T, C);
 }
 
 }  // namespace p2bw::kernels

@@ -2,8 +2,11 @@
 // x^3))) with s = sqrt(2/pi), computed as x sigmoid(2 s (x + 0.044715 x^3)) (the same function).
 // Elementwise forward and backward, plus a fused bias + GELU forward that finishes the MLP's first
 // linear layer (matmul_forward without bias, then bias_gelu_forward).
+// Activations, their gradients and the bias are Store (kernels/storage.hpp): each kernel reads
+// them with widen(), computes in Real and rounds only what it stores.
 #pragma once
 
+#include "kernels/storage.hpp"
 #include "kernels/types.hpp"
 
 namespace p2bw::kernels {
@@ -16,7 +19,7 @@ constexpr double kGeluCube = 0.044715;
 // exp per element instead of a tanh (libm's tanhf is several times slower than expf on the host,
 // and it made GELU a quarter of a block's time), with no cancellation in 1 + tanh(u) for
 // negative u and exact limits (exp overflowing to inf gives g = 0). The exp is math::fast_exp,
-// inline on the host, so GELU's loops vectorise (for float, in multi-versioned host loops).
+// inline on the host, so GELU's loops vectorise (for Real = float, in multi-versioned host loops).
 template <class Real>
 KOKKOS_INLINE_FUNCTION Real gelu_sigmoid(Real x) {
   const Real u = Real(kGeluScale) * (x + Real(kGeluCube) * x * x * x);
@@ -36,137 +39,150 @@ KOKKOS_INLINE_FUNCTION Real gelu_grad(Real x) {
   return g + Real(2) * x * g * (Real(1) - g) * du;
 }
 
-// Host loops of the float kernels below over elements (or rows) [begin, end), multi-versioned
-// (P2BW_HOST_CLONES); callers split their range into chunks over a host RangePolicy.
+// Host loops of the kernels below for Real = float (Store float or bf16) over elements (or rows)
+// [begin, end), multi-versioned (P2BW_HOST_CLONES); callers split their range into chunks over a
+// host RangePolicy.
 constexpr index_t kGeluHostChunk = 16384;  // elements per host iteration
 
-P2BW_HOST_CLONES inline void gelu_forward_host(float* out, const float* inp, index_t begin,
+template <class Store>
+P2BW_HOST_CLONES inline void gelu_forward_host(Store* out, const Store* inp, index_t begin,
                                                index_t end) {
-  for (index_t i = begin; i < end; ++i) out[i] = gelu(inp[i]);
+  for (index_t i = begin; i < end; ++i) out[i] = narrow<Store>(gelu(widen(inp[i])));
 }
 
 // dinp may be dout (in place).
-P2BW_HOST_CLONES inline void gelu_backward_host(float* dinp, const float* dout, const float* inp,
+template <class Store>
+P2BW_HOST_CLONES inline void gelu_backward_host(Store* dinp, const Store* dout, const Store* inp,
                                                 index_t begin, index_t end) {
-  for (index_t i = begin; i < end; ++i) dinp[i] = gelu_grad(inp[i]) * dout[i];
+  for (index_t i = begin; i < end; ++i)
+    dinp[i] = narrow<Store>(gelu_grad(widen(inp[i])) * widen(dout[i]));
 }
 
-P2BW_HOST_CLONES inline void bias_gelu_forward_host(float* out, float* pre, const float* bias,
+template <class Store>
+P2BW_HOST_CLONES inline void bias_gelu_forward_host(Store* out, Store* pre, const Store* bias,
                                                     index_t first_row, index_t end_row, int C) {
   for (index_t row = first_row; row < end_row; ++row) {
-    float* p = pre + row * C;  // (C)
-    float* o = out + row * C;  // (C)
+    Store* p = pre + row * C;  // (C)
+    Store* o = out + row * C;  // (C)
     for (int c = 0; c < C; ++c) {
-      const float x = p[c] + bias[c];
-      p[c] = x;
-      o[c] = gelu(x);
+      const float x = widen(p[c]) + widen(bias[c]);
+      p[c] = narrow<Store>(x);
+      o[c] = narrow<Store>(gelu(x));  // of the unrounded pre-activation
     }
   }
 }
 
-template <class Real, class Exec>
+template <class Real, class Store, class Exec>
 constexpr bool gelu_on_host() {
-  return std::is_same<Real, float>::value && is_host_space<Exec>();
+  return std::is_same<Real, float>::value &&
+         (std::is_same<Store, float>::value || is_bf16_storage<Store>()) && is_host_space<Exec>();
 }
 
 // The portable kernels (any execution space and scalar), in functions of their own: the public
 // entry points below choose between them and the host loops with `if constexpr`, as gemm.hpp
 // and attention.hpp do, with no device lambda inside a constexpr-if.
-template <class Real, class Exec>
-void gelu_forward_portable(const Exec& exec, const Flat<Real, Exec>& out,  // (n)
-                           const ConstFlat<Real, Exec>& inp, index_t n) {  // (n)
+template <class Real, class Store, class Exec>
+void gelu_forward_portable(const Exec& exec, const Flat<Store, Exec>& out,  // (n)
+                           const ConstFlat<Store, Exec>& inp, index_t n) {  // (n)
   Kokkos::parallel_for(
-      "p2bw::gelu_forward", Kokkos::RangePolicy<Exec>(exec, 0, n),
-      KOKKOS_LAMBDA(const index_t i) { out(i) = gelu(inp(i)); });
+      "p2bw::gelu_forward", Kokkos::RangePolicy<Exec>(exec, 0, n), KOKKOS_LAMBDA(const index_t i) {
+        const Real x = widen(inp(i));
+        out(i) = narrow<Store>(gelu(x));
+      });
 }
 
-template <class Real, class Exec>
-void gelu_backward_portable(const Exec& exec, const Flat<Real, Exec>& dinp,  // (n)
-                            const ConstFlat<Real, Exec>& dout,               // (n)
-                            const ConstFlat<Real, Exec>& inp, index_t n) {   // (n)
+template <class Real, class Store, class Exec>
+void gelu_backward_portable(const Exec& exec, const Flat<Store, Exec>& dinp,  // (n)
+                            const ConstFlat<Store, Exec>& dout,               // (n)
+                            const ConstFlat<Store, Exec>& inp, index_t n) {   // (n)
   Kokkos::parallel_for(
-      "p2bw::gelu_backward", Kokkos::RangePolicy<Exec>(exec, 0, n),
-      KOKKOS_LAMBDA(const index_t i) { dinp(i) = gelu_grad(inp(i)) * dout(i); });
+      "p2bw::gelu_backward", Kokkos::RangePolicy<Exec>(exec, 0, n), KOKKOS_LAMBDA(const index_t i) {
+        const Real x = widen(inp(i)), dy = widen(dout(i));
+        dinp(i) = narrow<Store>(gelu_grad(x) * dy);
+      });
 }
 
 // One team per row: no division per element.
-template <class Real, class Exec>
-void bias_gelu_forward_portable(const Exec& exec, const Flat<Real, Exec>& out,  // (N, C)
-                                const Flat<Real, Exec>& pre,                    // (N, C)
-                                const ConstFlat<Real, Exec>& bias,              // (C)
+template <class Real, class Store, class Exec>
+void bias_gelu_forward_portable(const Exec& exec, const Flat<Store, Exec>& out,  // (N, C)
+                                const Flat<Store, Exec>& pre,                    // (N, C)
+                                const ConstFlat<Store, Exec>& bias,              // (C)
                                 int N, int C) {
   Kokkos::parallel_for(
       "p2bw::bias_gelu_forward", Kokkos::TeamPolicy<Exec>(exec, N, Kokkos::AUTO),
       KOKKOS_LAMBDA(const Team<Exec>& team) {
         const index_t row = static_cast<index_t>(team.league_rank()) * C;
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, C), [&](const int c) {
-          const Real x = pre(row + c) + bias(c);
-          pre(row + c) = x;
-          out(row + c) = gelu(x);
+          const Real p = widen(pre(row + c)), b = widen(bias(c));
+          const Real x = p + b;
+          pre(row + c) = narrow<Store>(x);
+          out(row + c) = narrow<Store>(gelu(x));  // of the unrounded pre-activation
         });
       });
 }
 }  // namespace detail
 
-template <class Real, class Exec>
-void gelu_forward(const Exec& exec, Flat<Real, Exec> out,  // (n)
-                  ConstFlat<Real, Exec> inp,               // (n)
+template <class Real, class Store = Real, class Exec>
+void gelu_forward(const Exec& exec, Flat<Store, Exec> out,  // (n)
+                  ConstFlat<Store, Exec> inp,               // (n)
                   index_t n) {
   detail::require_size(out, n, "gelu_forward", "out");
   detail::require_size(inp, n, "gelu_forward", "inp");
-  if constexpr (detail::gelu_on_host<Real, Exec>()) {
-    float* o = out.data();
-    const float* x = inp.data();
+  if constexpr (detail::gelu_on_host<Real, Store, Exec>()) {
+    Store* o = out.data();
+    const Store* x = inp.data();
     detail::host_chunks(
         exec, "p2bw::gelu_forward", n, detail::kGeluHostChunk,
         [=](index_t begin, index_t end) { detail::gelu_forward_host(o, x, begin, end); });
   } else {
-    detail::gelu_forward_portable<Real, Exec>(exec, out, inp, n);
+    detail::gelu_forward_portable<Real, Store, Exec>(exec, out, inp, n);
   }
 }
 
 // dinp = gelu'(inp) * dout (assigned; dinp may alias dout).
-template <class Real, class Exec>
-void gelu_backward(const Exec& exec, Flat<Real, Exec> dinp,  // (n), assigned
-                   ConstFlat<Real, Exec> dout,               // (n)
-                   ConstFlat<Real, Exec> inp,                // (n)
+template <class Real, class Store = Real, class Exec>
+void gelu_backward(const Exec& exec, Flat<Store, Exec> dinp,  // (n), assigned
+                   ConstFlat<Store, Exec> dout,               // (n)
+                   ConstFlat<Store, Exec> inp,                // (n)
                    index_t n) {
   detail::require_size(dinp, n, "gelu_backward", "dinp");
   detail::require_size(dout, n, "gelu_backward", "dout");
   detail::require_size(inp, n, "gelu_backward", "inp");
-  if constexpr (detail::gelu_on_host<Real, Exec>()) {
-    float* d = dinp.data();
-    const float* dy = dout.data();
-    const float* x = inp.data();
+  if constexpr (detail::gelu_on_host<Real, Store, Exec>()) {
+    Store* d = dinp.data();
+    const Store* dy = dout.data();
+    const Store* x = inp.data();
     detail::host_chunks(
         exec, "p2bw::gelu_backward", n, detail::kGeluHostChunk,
         [=](index_t begin, index_t end) { detail::gelu_backward_host(d, dy, x, begin, end); });
   } else {
-    detail::gelu_backward_portable<Real, Exec>(exec, dinp, dout, inp, n);
+    detail::gelu_backward_portable<Real, Store, Exec>(exec, dinp, dout, inp, n);
   }
 }
 
 // Fused: pre += bias (in place: pre becomes the pre-activation kept for gelu_backward), then
 // out = gelu(pre). The gradient of the bias is taken by matmul_backward from gelu_backward's dinp.
-template <class Real, class Exec>
-void bias_gelu_forward(const Exec& exec, Flat<Real, Exec> out,  // (N, C)
-                       Flat<Real, Exec> pre,        // (N, C), in: inp * W^T, out: + bias
-                       ConstFlat<Real, Exec> bias,  // (C)
+// out is gelu of the pre-activation before it is rounded to Store (as a GEMM epilogue computes
+// it), not of the stored pre.
+template <class Real, class Store = Real, class Exec>
+void bias_gelu_forward(const Exec& exec, Flat<Store, Exec> out,  // (N, C)
+                       Flat<Store, Exec> pre,        // (N, C), in: inp * W^T, out: + bias
+                       ConstFlat<Store, Exec> bias,  // (C)
                        int N, int C) {
   const index_t NC = static_cast<index_t>(N) * C;
   detail::require_size(out, NC, "bias_gelu_forward", "out");
   detail::require_size(pre, NC, "bias_gelu_forward", "pre");
   detail::require_size(bias, C, "bias_gelu_forward", "bias");
-  if constexpr (detail::gelu_on_host<Real, Exec>()) {
-    float* o = out.data();
-    float* p = pre.data();
-    const float* b = bias.data();
+  if constexpr (detail::gelu_on_host<Real, Store, Exec>()) {
+    Store* o = out.data();
+    Store* p = pre.data();
+    const Store* b = bias.data();
     const index_t rows = C > 0 ? (detail::kGeluHostChunk + C - 1) / C : 1;  // per iteration
     detail::host_chunks(exec, "p2bw::bias_gelu_forward", N, rows, [=](index_t first, index_t end) {
       detail::bias_gelu_forward_host(o, p, b, first, end, C);
     });
   } else {
-    detail::bias_gelu_forward_portable<Real, Exec>(exec, out, pre, bias, N, C);
+    detail::bias_gelu_forward_portable<Real, Store, Exec>(exec, out, pre, bias, N, C);
   }
 }
 

@@ -2,9 +2,11 @@
 // softmax + CE over a padded vocabulary with ignored positions (double and float), rows wider
 // than the 32 lanes, the logits' gradient against the former kernels (crossentropy_reference.hpp)
 // and against finite differences in double, exact zeros on padded columns and ignored rows,
-// in-place use.
+// in-place use; with bf16 logits, forward and backward bit for bit against the float-storage
+// emulation.
 #include "kernels/crossentropy.hpp"
 
+#include "bf16_storage.hpp"
 #include "crossentropy_reference.hpp"
 #include "test_util.hpp"
 
@@ -177,6 +179,51 @@ TEST(Classifier, ArgumentChecks) {
   EXPECT_THROW(
       classifier_forward<double>(Exec(), losses.d, short_lse.d, logits.d, targets.d, N, V, Vp),
       std::invalid_argument);
+}
+
+// bf16 storage (kernels/storage.hpp): with Store = bf16 logits the Real losses and log-sum-exps
+// are bitwise those of the Store = float run on the same bf16-exact logits, and the gradient is
+// the float run's rounded, in place over the logits as the LM head calls it and out of place;
+// padded columns and ignored rows stay exact zeros.
+TEST(Classifier, Bf16StorageMatchesEmulation) {
+  const Buf<int> targets = make_targets();
+  Buf<float> logits(N * Vp, "logits"), lse(N, "lse"), losses(N, "losses");
+  fill_logits(logits, 40);
+  logits.to_host();
+  for (int i = 0; i < N * Vp; ++i) set_bf16_exact(logits, i, logits[i]);  // padded ones too
+  logits.to_device();
+  const Buf<bf16> logits16 = to_bf16(logits, "logits16");
+  Buf<float> lse16(N, "lse16"), losses16(N, "losses16");
+  const Exec exec;
+  classifier_forward<float>(exec, losses.d, lse.d, logits.d, targets.d, N, V, Vp);
+  classifier_forward<float, bf16>(exec, losses16.d, lse16.d, logits16.d, targets.d, N, V, Vp);
+  expect_same_float_bits("classifier losses", losses16, losses);
+  expect_same_float_bits("classifier lse", lse16, lse);
+
+  Buf<double> loss_sum(1, "loss_sum"), positions(1, "positions");
+  Buf<double> ws(classifier_mean_loss_workspace(N), "ws");
+  loss_sum.fill(0.0);
+  classifier_mean_loss<float>(exec, loss_sum.d, positions.d, losses.d, targets.d, ws.d, N);
+  const double loss_scale = 0.3;
+  Buf<bf16> dlogits16(N * Vp, "dlogits16");
+  dlogits16.fill(bf16_nan());
+  classifier_backward<float, bf16>(exec, dlogits16.d, logits16.d, lse16.d, targets.d, positions.d,
+                                   loss_scale, N, V, Vp);
+  classifier_backward<float>(exec, logits.d, logits.d, lse.d, targets.d, positions.d, loss_scale, N,
+                             V, Vp);
+  classifier_backward<float, bf16>(exec, logits16.d, logits16.d, lse16.d, targets.d, positions.d,
+                                   loss_scale, N, V, Vp);
+  expect_bf16_bits("classifier dlogits in place", logits16, logits);
+  expect_bf16_bits("classifier dlogits", dlogits16, logits);
+  expect_needs_rounding("classifier dlogits", logits);
+  logits16.to_host();
+  for (int n = 0; n < N; ++n) {
+    for (int j = 0; j < Vp; ++j) {
+      if (j >= V || kTargets[n] < 0) {
+        EXPECT_EQ(logits16[n * Vp + j].bits, 0u) << "row " << n << ", column " << j;
+      }
+    }
+  }
 }
 
 }  // namespace

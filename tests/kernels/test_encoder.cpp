@@ -1,10 +1,12 @@
 // Tests of kernels/encoder.hpp: forward against the definition, finite-difference gradients of
 // wte and wpe (with repeated tokens), the accumulate contract, and bitwise determinism of the
-// scatter-add into dwte (equal to the sequential loop over positions).
+// scatter-add into dwte (equal to the sequential loop over positions); with bf16 storage, forward
+// and backward bit for bit against the float-storage emulation.
 #include "kernels/encoder.hpp"
 
 #include <cstring>
 
+#include "bf16_storage.hpp"
 #include "test_util.hpp"
 
 namespace p2bw::kernels::test {
@@ -124,6 +126,45 @@ TEST(Encoder, ShortBuffersThrow) {
   Buf<double> wte(Vp * C), wpe(maxT * C), out(B * T * C - 1);
   EXPECT_THROW(encoder_forward<double>(Exec(), out.d, tokens.d, wte.d, wpe.d, B, T, C),
                std::invalid_argument);
+}
+
+// bf16 storage (kernels/storage.hpp): with Store = bf16 the forward's output is the Store = float
+// run's rounded, and the Real parameter gradients of backward (both overloads) are bitwise those
+// of the Store = float run on the same bf16-exact dout.
+TEST(Encoder, Bf16StorageMatchesEmulation) {
+  const Buf<int> tokens = make_tokens(kTokens);
+  Buf<float> wte(Vp * C, "wte"), wpe(maxT * C, "wpe"), out(B * T * C, "out");
+  fill_random_bf16_exact(wte, 40);
+  fill_random_bf16_exact(wpe, 41);
+  const Buf<bf16> wte16 = to_bf16(wte, "wte16"), wpe16 = to_bf16(wpe, "wpe16");
+  Buf<bf16> out16(B * T * C, "out16");
+  out.fill(std::numeric_limits<float>::quiet_NaN());
+  out16.fill(bf16_nan());
+  const Exec exec;
+  encoder_forward<float>(exec, out.d, tokens.d, wte.d, wpe.d, B, T, C);
+  encoder_forward<float, bf16>(exec, out16.d, tokens.d, wte16.d, wpe16.d, B, T, C);
+  expect_bf16_bits("encoder out", out16, out);
+  expect_needs_rounding("encoder out", out);
+
+  Buf<float> dout(B * T * C, "dout"), dwte(Vp * C, "dwte"), dwpe(maxT * C, "dwpe");
+  fill_random_bf16_exact(dout, 42);
+  const Buf<bf16> dout16 = to_bf16(dout, "dout16");
+  fill_random(dwte, 43);  // accumulated into: any float values, the same in both runs
+  fill_random(dwpe, 44);
+  Buf<float> dwte16(Vp * C, "dwte16"), dwpe16(maxT * C, "dwpe16");
+  dwte16.assign(dwte.values());
+  dwpe16.assign(dwpe.values());
+  encoder_backward<float>(exec, dwte.d, dwpe.d, dout.d, tokens.d, B, T, C);
+  encoder_backward<float, bf16>(exec, dwte16.d, dwpe16.d, dout16.d, tokens.d, B, T, C);
+  expect_same_float_bits("encoder dwte", dwte16, dwte);
+  expect_same_float_bits("encoder dwpe", dwpe16, dwpe);
+  // The model's overload, with buckets kept: a second accumulation onto the same values.
+  EncoderBuckets<Exec> buckets(B * T);
+  buckets.build(exec, tokens.d, B * T);
+  encoder_backward<float>(exec, dwte.d, dwpe.d, dout.d, buckets, B, T, C);
+  encoder_backward<float, bf16>(exec, dwte16.d, dwpe16.d, dout16.d, buckets, B, T, C);
+  expect_same_float_bits("encoder dwte, kept buckets", dwte16, dwte);
+  expect_same_float_bits("encoder dwpe, kept buckets", dwpe16, dwpe);
 }
 
 }  // namespace

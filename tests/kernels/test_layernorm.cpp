@@ -1,8 +1,10 @@
 // Tests of kernels/layernorm.hpp: forward (out, mean, rstd) against a plain-loop reference in
 // double and in float, finite-difference gradients of input, weight and bias in double, and the
-// contract (input gradient assigned, parameter gradients accumulated).
+// contract (input gradient assigned, parameter gradients accumulated); with bf16 storage, forward
+// and backward bit for bit against the float-storage emulation.
 #include "kernels/layernorm.hpp"
 
+#include "bf16_storage.hpp"
 #include "test_util.hpp"
 
 namespace p2bw::kernels::test {
@@ -80,6 +82,61 @@ TEST(LayerNorm, GradientCheck) {
   check_gradient("layernorm dinp", inp, dinp.values(), n_red, loss);
   check_gradient("layernorm dweight", weight, accumulated(dweight, dweight0), n_red, loss);
   check_gradient("layernorm dbias", bias, accumulated(dbias, dbias0), n_red, loss);
+}
+
+// bf16 storage (kernels/storage.hpp): forward and backward with Store = bf16 give the bits of the
+// Store = float run on the same bf16-exact inputs, the stored outputs (out, dinp) rounded, the
+// Real ones (mean, rstd, dweight, dbias) equal. C = 21: whole lanes of the host loops and a tail;
+// C = 5: the tail alone; with and without the column-sum workspace.
+void check_bf16_storage(int n_rows, int c_, bool workspace, unsigned seed) {
+  const int nc = n_rows * c_;
+  Buf<float> inp(nc, "inp"), weight(c_, "weight"), bias(c_, "bias"), dout(nc, "dout");
+  fill_random_bf16_exact(inp, seed, -2.0, 3.0);
+  fill_random_bf16_exact(weight, seed + 1, 0.5, 1.5);
+  fill_random_bf16_exact(bias, seed + 2);
+  fill_random_bf16_exact(dout, seed + 3);
+  const Buf<bf16> inp16 = to_bf16(inp, "inp16"), weight16 = to_bf16(weight, "weight16");
+  const Buf<bf16> bias16 = to_bf16(bias, "bias16"), dout16 = to_bf16(dout, "dout16");
+  Buf<float> out(nc, "out"), mean(n_rows, "mean"), rstd(n_rows, "rstd");
+  Buf<float> mean16(n_rows, "mean16"), rstd16(n_rows, "rstd16");
+  Buf<bf16> out16(nc, "out16");
+  const float qnan = std::numeric_limits<float>::quiet_NaN();
+  out.fill(qnan);
+  out16.fill(bf16_nan());
+  const Exec exec;
+  layernorm_forward<float>(exec, out.d, mean.d, rstd.d, inp.d, weight.d, bias.d, n_rows, c_);
+  layernorm_forward<float, bf16>(exec, out16.d, mean16.d, rstd16.d, inp16.d, weight16.d, bias16.d,
+                                 n_rows, c_);
+  expect_bf16_bits("layernorm out", out16, out);
+  expect_needs_rounding("layernorm out", out);
+  expect_same_float_bits("layernorm mean", mean16, mean);
+  expect_same_float_bits("layernorm rstd", rstd16, rstd);
+
+  // Backward: dinp assigned (NaN before), the parameter gradients accumulated onto the same
+  // (not bf16-exact) values in both runs.
+  Buf<float> dinp(nc, "dinp"), dweight(c_, "dweight"), dbias(c_, "dbias");
+  Buf<float> dweight16(c_, "dweight16"), dbias16(c_, "dbias16");
+  Buf<bf16> dinp16(nc, "dinp16");
+  fill_random(dweight, seed + 4);
+  fill_random(dbias, seed + 5);
+  dweight16.assign(dweight.values());
+  dbias16.assign(dbias.values());
+  dinp.fill(qnan);
+  dinp16.fill(bf16_nan());
+  Buf<float> colsum(workspace ? column_sum_workspace(c_) : 0, "colsum");
+  layernorm_backward<float>(exec, dinp.d, dweight.d, dbias.d, dout.d, inp.d, mean.d, rstd.d,
+                            weight.d, n_rows, c_, colsum.d);
+  layernorm_backward<float, bf16>(exec, dinp16.d, dweight16.d, dbias16.d, dout16.d, inp16.d,
+                                  mean16.d, rstd16.d, weight16.d, n_rows, c_, colsum.d);
+  expect_bf16_bits("layernorm dinp", dinp16, dinp);
+  expect_needs_rounding("layernorm dinp", dinp);
+  expect_same_float_bits("layernorm dweight", dweight16, dweight);
+  expect_same_float_bits("layernorm dbias", dbias16, dbias);
+}
+
+TEST(LayerNorm, Bf16StorageMatchesEmulation) {
+  check_bf16_storage(7, 21, true, 40);
+  check_bf16_storage(9, 5, false, 50);
 }
 
 }  // namespace
