@@ -1,10 +1,15 @@
 // Tests of kernels/gemm.hpp: the dispatched GEMM (CBLAS on host spaces) and the native Kokkos
 // kernel against naive loops, for all four transpose combinations, the strided-batched variant,
-// partial tiles, k = 0, BLAS's beta = 0 semantics (C not read) and the shape checks.
+// partial tiles, k = 0, BLAS's beta = 0 semantics (C not read) and the shape checks; bf16
+// storage (bf16 operands, bf16 or float C, the bias epilogue) against float storage followed by
+// rounding, bit for bit on the host, and that the CBLAS path's widening buffers are not
+// reallocated in steady state.
 #include "kernels/gemm.hpp"
 
 #include <cstring>
 
+#include "../allocation_counter.hpp"
+#include "store_compare.hpp"
 #include "test_util.hpp"
 
 namespace p2bw::kernels::test {
@@ -174,6 +179,172 @@ TEST(Gemm, NativeIsDeterministic) {
   const std::vector<float> first = run<float>(g, Path::native, A, B, c0);
   const std::vector<float> second = run<float>(g, Path::native, A, B, c0);
   EXPECT_EQ(0, std::memcmp(first.data(), second.data(), first.size() * sizeof(float)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// bf16 storage: A and B bf16, C bf16 (activations) or float (weight gradients), the bias in C's
+// type, against the same GEMM in float storage on the same bf16-exact values.
+
+struct StoreCase {
+  Trans ta, tb;
+  int batch, m, n, k;
+  float alpha, beta;
+  bool bias;
+};
+
+std::string describe(const StoreCase& g) {
+  return describe(GemmCase{g.ta, g.tb, g.batch, g.m, g.n, g.k, g.alpha, g.beta}) +
+         (g.bias ? " bias" : " no bias");
+}
+
+// C = alpha op(A) op(B) + beta C (+ bias) on one path, Store = S, Out = O; batch == 1 goes
+// through the 2-D entry points.
+template <class S, class O>
+void run_store(const StoreCase& g, Path path, const Buf<S>& A, const Buf<S>& B, const Buf<O>& C,
+               const Buf<O>& bias) {
+  const int ar = g.ta == Trans::N ? g.m : g.k, ac = g.ta == Trans::N ? g.k : g.m;
+  const int br = g.tb == Trans::N ? g.k : g.n, bc = g.tb == Trans::N ? g.n : g.k;
+  const Exec exec;
+  const ConstFlat<O, Exec> b = g.bias ? ConstFlat<O, Exec>(bias.d) : ConstFlat<O, Exec>();
+  if (g.batch == 1) {
+    const ConstMatrix<S, Exec> a_m(A.d.data(), ar, ac);  // (ar, ac)
+    const ConstMatrix<S, Exec> b_m(B.d.data(), br, bc);  // (br, bc)
+    const Matrix<O, Exec> c_m(C.d.data(), g.m, g.n);     // (m, n)
+    if (path == Path::dispatch) {
+      gemm<float, S, O>(exec, g.ta, g.tb, g.alpha, a_m, b_m, g.beta, c_m, b);
+    } else {
+      gemm_native<float, S, O>(exec, g.ta, g.tb, g.alpha, a_m, b_m, g.beta, c_m, b);
+    }
+  } else {
+    const ConstMatrixBatch<S, Exec> a_m(A.d.data(), g.batch, ar, ac);  // (batch, ar, ac)
+    const ConstMatrixBatch<S, Exec> b_m(B.d.data(), g.batch, br, bc);  // (batch, br, bc)
+    const MatrixBatch<O, Exec> c_m(C.d.data(), g.batch, g.m, g.n);     // (batch, m, n)
+    if (path == Path::dispatch) {
+      gemm_batched<float, S, O>(exec, g.ta, g.tb, g.alpha, a_m, b_m, g.beta, c_m, b);
+    } else {
+      gemm_native_batched<float, S, O>(exec, g.ta, g.tb, g.alpha, a_m, b_m, g.beta, c_m, b);
+    }
+  }
+  Kokkos::fence();
+}
+
+void check_bf16_storage(const StoreCase& g, Path path, unsigned seed) {
+  SCOPED_TRACE(describe(g) + (path == Path::dispatch ? " (dispatch)" : " (native)"));
+  const int ar = g.ta == Trans::N ? g.m : g.k, ac = g.ta == Trans::N ? g.k : g.m;
+  const int br = g.tb == Trans::N ? g.k : g.n, bc = g.tb == Trans::N ? g.n : g.k;
+  const std::size_t nc = static_cast<std::size_t>(g.batch) * g.m * g.n;
+  Buf<float> A(static_cast<std::size_t>(g.batch) * ar * ac, "A");  // (batch, ar, ac)
+  Buf<float> B(static_cast<std::size_t>(g.batch) * br * bc, "B");  // (batch, br, bc)
+  Buf<float> bias(g.n, "bias");                                    // (n)
+  Buf<float> c0(nc, "C0");                                         // (batch, m, n)
+  fill_random_bf16_exact(A, seed);
+  fill_random_bf16_exact(B, seed + 1);
+  fill_random_bf16_exact(bias, seed + 2);
+  if (g.beta == 0.0f) {
+    c0.fill(std::numeric_limits<float>::quiet_NaN());  // C is not read: NaN must not propagate
+  } else {
+    fill_random_bf16_exact(c0, seed + 3);
+  }
+  const Buf<float> c_float = copy_of(c0, "C float"), c_real = copy_of(c0, "C real");
+  const Buf<bf16> c_bf16 = to_bf16(c0, "C bf16");
+  const Buf<bf16> A16 = to_bf16(A, "A bf16"), B16 = to_bf16(B, "B bf16");
+  const Buf<bf16> bias16 = to_bf16(bias, "bias bf16");
+  run_store<float, float>(g, path, A, B, c_float, bias);  // the emulation's GEMM
+  run_store<bf16, bf16>(g, path, A16, B16, c_bf16, bias16);
+  run_store<bf16, float>(g, path, A16, B16, c_real, bias);
+  // Per-element bound of two float GEMMs for the device comparison.
+  std::vector<double> gap(nc);
+  for (int b = 0; b < g.batch; ++b) {
+    for (int i = 0; i < g.m; ++i) {
+      for (int j = 0; j < g.n; ++j) {
+        double mag = 0.0;
+        for (int kk = 0; kk < g.k; ++kk) {
+          const double a = g.ta == Trans::N ? A[(b * ar + i) * ac + kk] : A[(b * ar + kk) * ac + i];
+          const double bb =
+              g.tb == Trans::N ? B[(b * br + kk) * bc + j] : B[(b * br + j) * bc + kk];
+          mag += std::abs(a * bb);
+        }
+        const std::size_t idx = (static_cast<std::size_t>(b) * g.m + i) * g.n + j;
+        const double c = g.beta == 0.0f ? 0.0 : std::abs(g.beta * c0[idx]);
+        gap[idx] =
+            float_gemm_gap(g.k, std::abs(g.alpha) * mag + c + (g.bias ? std::abs(bias[j]) : 0.0));
+      }
+    }
+  }
+  expect_bf16_storage_matches("C (bf16 C)", c_bf16, c_float, gap);
+  expect_real_matches("C (float C, bf16 operands)", c_real, c_float, gap);
+  // Sums of products of bf16 values are mostly not bf16 values: the rounding is exercised.
+  EXPECT_GT(count_not_bf16_exact(c_float), nc / 2);
+}
+
+void check_bf16_storage_all(Path path, unsigned seed) {
+  for (Trans ta : {Trans::N, Trans::T}) {
+    for (Trans tb : {Trans::N, Trans::T}) {
+      for (bool bias : {false, true}) {
+        // m, n, k not multiples of 4, 8 or 16; k spanning three of the native kernel's k-tiles.
+        check_bf16_storage({ta, tb, 1, 37, 23, 41, 0.75f, 0.0f, bias}, path, seed++);
+        check_bf16_storage({ta, tb, 1, 5, 13, 7, -1.5f, 0.5f, bias}, path, seed++);
+        check_bf16_storage({ta, tb, 3, 9, 19, 21, 1.0f, -0.25f, bias}, path, seed++);
+      }
+    }
+  }
+}
+
+TEST(GemmBf16Storage, DispatchMatchesFloatStorageRounded) {
+  std::printf("  backend for bf16 operands: %s (bf16 C), %s (float C)\n",
+              gemm_backend_name<float, Exec, bf16, bf16>(),
+              gemm_backend_name<float, Exec, bf16, float>());
+  check_bf16_storage_all(Path::dispatch, 1000);
+}
+
+TEST(GemmBf16Storage, NativeMatchesFloatStorageRounded) {
+  check_bf16_storage_all(Path::native, 2000);
+}
+
+TEST(GemmBf16Storage, BackendsOnHost) {
+#ifdef P2BW_HAVE_CBLAS
+  const char* host = "cblas";  // bf16 operands and results widened around sgemm
+#else
+  const char* host = "native";
+#endif
+  using Host = Kokkos::DefaultHostExecutionSpace;
+  EXPECT_STREQ((gemm_backend_name<float, Host, bf16, bf16>()), host);
+  EXPECT_STREQ((gemm_backend_name<float, Host, bf16, float>()), host);
+  // CBLAS widens bf16 to float only: double compute with bf16 storage stays native.
+  EXPECT_STREQ((gemm_backend_name<double, Host, bf16, bf16>()), "native");
+}
+
+// The CBLAS path widens bf16 into grow-only buffers: once a shape has run, the same or a
+// smaller one allocates nothing; a larger one grows them (and that is seen).
+TEST(GemmBf16Storage, WideningBuffersAreReusedInSteadyState) {
+  if (std::string(gemm_backend_name<float, Exec, bf16, bf16>()) != "cblas") {
+    GTEST_SKIP() << "bf16 GEMMs on this execution space use "
+                 << gemm_backend_name<float, Exec, bf16, bf16>()
+                 << ", which widens in registers or scratch (no buffers)";
+  }
+  const StoreCase big{Trans::N, Trans::T, 1, 40, 30, 20, 1.0f, 0.0f, true};
+  const StoreCase small{Trans::N, Trans::N, 1, 10, 12, 14, 1.0f, 1.0f, false};
+  const StoreCase bigger{Trans::N, Trans::T, 1, 80, 30, 20, 1.0f, 0.0f, true};
+  Buf<bf16> A(80 * 20), B(30 * 20), C(80 * 30), bias(30);
+  run_store<bf16, bf16>(big, Path::dispatch, A, B, C, bias);  // first use: buffers grow
+  {
+    const p2bw::testing::AllocationCounter counter;
+    run_store<bf16, bf16>(big, Path::dispatch, A, B, C, bias);
+    run_store<bf16, bf16>(small, Path::dispatch, A, B, C, bias);
+    EXPECT_TRUE(counter.allocations().empty()) << counter.summary();
+  }
+  {
+    const p2bw::testing::AllocationCounter counter;
+    run_store<bf16, bf16>(bigger, Path::dispatch, A, B, C, bias);
+    EXPECT_FALSE(counter.allocations().empty()) << "a larger GEMM must grow the buffers";
+    for (const std::string& label : counter.allocations()) EXPECT_EQ(label, "p2bw::gemm_widened");
+  }
+  release_gemm_resources();  // frees them; the next GEMM allocates again
+  {
+    const p2bw::testing::AllocationCounter counter;
+    run_store<bf16, bf16>(small, Path::dispatch, A, B, C, bias);
+    EXPECT_FALSE(counter.allocations().empty());
+  }
 }
 
 }  // namespace
