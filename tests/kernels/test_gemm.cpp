@@ -3,7 +3,8 @@
 // partial tiles, k = 0, BLAS's beta = 0 semantics (C not read) and the shape checks; bf16
 // storage (bf16 operands, bf16 or float C, the bias epilogue) against float storage followed by
 // rounding, bit for bit on the host, and that the CBLAS path's widening buffers are not
-// reallocated in steady state.
+// reallocated in steady state; on a CUDA build, cuBLASLt (float, TF32, bf16, with and without
+// the bias epilogue) against the native kernel, and its algorithm cache.
 #include "kernels/gemm.hpp"
 
 #include <cstring>
@@ -345,6 +346,158 @@ TEST(GemmBf16Storage, WideningBuffersAreReusedInSteadyState) {
     run_store<bf16, bf16>(small, Path::dispatch, A, B, C, bias);
     EXPECT_FALSE(counter.allocations().empty());
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// cuBLASLt (Kokkos::Cuda): the dispatched GEMM against the native kernel, and the algorithm
+// cache. Skipped where the default execution space's GEMM is not cuBLASLt (host builds).
+
+bool skip_unless_cublaslt() {
+  return std::string(gemm_backend_name<float, Exec>()) != "cublaslt";
+}
+#define P2BW_SKIP_UNLESS_CUBLASLT()                                                          \
+  if (skip_unless_cublaslt())                                                                \
+  GTEST_SKIP() << "gemm on " << Exec::name() << " uses " << gemm_backend_name<float, Exec>() \
+               << ", not cuBLASLt (these run on the GPU of a CUDA build)"
+
+// Restores TF32 off when a test ends (it is process-wide).
+struct Tf32Scope {
+  explicit Tf32Scope(bool on) { set_tf32(on); }
+  ~Tf32Scope() { set_tf32(false); }
+};
+
+enum class LtMode { float32, tf32, bf16_out_bf16, bf16_out_float };
+
+const char* name(LtMode mode) {
+  switch (mode) {
+    case LtMode::float32:
+      return "float";
+    case LtMode::tf32:
+      return "tf32";
+    case LtMode::bf16_out_bf16:
+      return "bf16 -> bf16";
+    case LtMode::bf16_out_float:
+      return "bf16 -> float";
+  }
+  return "?";
+}
+
+// One case through gemm (cuBLASLt) and gemm_native_batched, the native run computing in float
+// into float C on the same values. Bound per element, scale = |alpha| sum |a b| + |beta c| +
+// |bias| and gap = float_gemm_gap(k, scale) (two float GEMMs): float: gap. TF32: cuBLASLt rounds
+// each float operand to TF32's 10 explicit mantissa bits (relative error <= 2^-10 even if it
+// truncates), so a product is off by <= (2 2^-10 + 2^-20) |a b| < 1.01 * 2^-9 |a b|: that times
+// |alpha| sum |a b|, plus gap. bf16 operands: exact in float (bf16 x bf16 products too), so
+// gap; a bf16 C adds its rounding, half an ulp: 2^-8 (|y| + gap).
+void check_cublaslt(const StoreCase& g, LtMode mode, unsigned seed) {
+  SCOPED_TRACE(describe(g) + " " + name(mode));
+  const int ar = g.ta == Trans::N ? g.m : g.k, ac = g.ta == Trans::N ? g.k : g.m;
+  const int br = g.tb == Trans::N ? g.k : g.n, bc = g.tb == Trans::N ? g.n : g.k;
+  const std::size_t nc = static_cast<std::size_t>(g.batch) * g.m * g.n;
+  const bool bf16_operands = mode == LtMode::bf16_out_bf16 || mode == LtMode::bf16_out_float;
+  Buf<float> A(static_cast<std::size_t>(g.batch) * ar * ac, "A");  // (batch, ar, ac)
+  Buf<float> B(static_cast<std::size_t>(g.batch) * br * bc, "B");  // (batch, br, bc)
+  Buf<float> bias(g.n, "bias"), c0(nc, "C0");                      // (n), (batch, m, n)
+  if (bf16_operands) {
+    fill_random_bf16_exact(A, seed);
+    fill_random_bf16_exact(B, seed + 1);
+  } else {
+    fill_random(A, seed);
+    fill_random(B, seed + 1);
+  }
+  fill_random_bf16_exact(bias, seed + 2);  // bf16-exact: the same bias in every mode
+  fill_random_bf16_exact(c0, seed + 3);
+  const Buf<float> ref = copy_of(c0, "native C");
+  run_store<float, float>(g, Path::native, A, B, ref, bias);
+  Buf<float> got(nc, "cuBLASLt C");
+  const Tf32Scope tf32(mode == LtMode::tf32);
+  if (mode == LtMode::bf16_out_bf16) {
+    const Buf<bf16> A16 = to_bf16(A), B16 = to_bf16(B), bias16 = to_bf16(bias);
+    const Buf<bf16> C16 = to_bf16(c0);
+    run_store<bf16, bf16>(g, Path::dispatch, A16, B16, C16, bias16);
+    C16.to_host();
+    for (std::size_t i = 0; i < nc; ++i) got[i] = static_cast<float>(C16[i]);
+  } else if (mode == LtMode::bf16_out_float) {
+    const Buf<bf16> A16 = to_bf16(A), B16 = to_bf16(B);
+    const Buf<float> C = copy_of(c0);
+    run_store<bf16, float>(g, Path::dispatch, A16, B16, C, bias);
+    C.to_host();
+    for (std::size_t i = 0; i < nc; ++i) got[i] = C[i];
+  } else {
+    const Buf<float> C = copy_of(c0);
+    run_store<float, float>(g, Path::dispatch, A, B, C, bias);
+    C.to_host();
+    for (std::size_t i = 0; i < nc; ++i) got[i] = C[i];
+  }
+  ref.to_host();
+  for (int b = 0; b < g.batch; ++b) {
+    for (int i = 0; i < g.m; ++i) {
+      for (int j = 0; j < g.n; ++j) {
+        double mag = 0.0;
+        for (int kk = 0; kk < g.k; ++kk) {
+          const double a = g.ta == Trans::N ? A[(b * ar + i) * ac + kk] : A[(b * ar + kk) * ac + i];
+          const double bb =
+              g.tb == Trans::N ? B[(b * br + kk) * bc + j] : B[(b * br + j) * bc + kk];
+          mag += std::abs(a * bb);
+        }
+        const std::size_t idx = (static_cast<std::size_t>(b) * g.m + i) * g.n + j;
+        const double products = std::abs(g.alpha) * mag;
+        const double gap = float_gemm_gap(
+            g.k, products + std::abs(g.beta * c0[idx]) + (g.bias ? std::abs(bias[j]) : 0.0));
+        double tol = gap;
+        if (mode == LtMode::tf32) tol += 1.01 * std::ldexp(products, -9);
+        if (mode == LtMode::bf16_out_bf16) tol += std::ldexp(std::abs(ref[idx]) + gap, -8);
+        EXPECT_LE(std::abs(static_cast<double>(got[idx]) - ref[idx]), tol) << "element " << idx;
+      }
+    }
+  }
+}
+
+TEST(GemmCublasLt, MatchesNative) {
+  P2BW_SKIP_UNLESS_CUBLASLT();
+  unsigned seed = 3000;
+  for (LtMode mode :
+       {LtMode::float32, LtMode::tf32, LtMode::bf16_out_bf16, LtMode::bf16_out_float}) {
+    for (Trans ta : {Trans::N, Trans::T}) {
+      for (Trans tb : {Trans::N, Trans::T}) {
+        for (bool bias : {false, true}) {
+          check_cublaslt({ta, tb, 1, 37, 23, 41, 0.75f, 0.0f, bias}, mode, seed++);
+          check_cublaslt({ta, tb, 1, 128, 96, 64, 1.0f, 0.5f, bias}, mode, seed++);
+          check_cublaslt({ta, tb, 3, 9, 19, 21, -1.0f, 1.0f, bias}, mode, seed++);
+        }
+      }
+    }
+  }
+}
+
+// The first call of a problem asks the heuristic, the next ones reuse its answer; the TF32 flag
+// and the bias epilogue are part of the problem.
+TEST(GemmCublasLt, AlgorithmIsCachedPerProblem) {
+  P2BW_SKIP_UNLESS_CUBLASLT();
+  const StoreCase plain{Trans::N, Trans::T, 1, 29, 31, 33, 1.0f, 0.0f, false};
+  StoreCase with_bias = plain;
+  with_bias.bias = true;
+  Buf<float> A(29 * 33), B(31 * 33), C(29 * 31), bias(31);
+  fill_random(A, 4000);
+  fill_random(B, 4001);
+  fill_random(bias, 4002);
+  const long q0 = gemm_heuristic_queries();
+  run_store<float, float>(plain, Path::dispatch, A, B, C, bias);
+  EXPECT_EQ(gemm_heuristic_queries(), q0 + 1) << "a new problem asks the heuristic once";
+  run_store<float, float>(plain, Path::dispatch, A, B, C, bias);
+  run_store<float, float>(plain, Path::dispatch, A, B, C, bias);
+  EXPECT_EQ(gemm_heuristic_queries(), q0 + 1) << "the same problem reuses the algorithm";
+  {
+    const Tf32Scope tf32(true);
+    run_store<float, float>(plain, Path::dispatch, A, B, C, bias);
+    run_store<float, float>(plain, Path::dispatch, A, B, C, bias);
+    EXPECT_EQ(gemm_heuristic_queries(), q0 + 2) << "TF32 is another compute type";
+  }
+  run_store<float, float>(with_bias, Path::dispatch, A, B, C, bias);
+  run_store<float, float>(with_bias, Path::dispatch, A, B, C, bias);
+  EXPECT_EQ(gemm_heuristic_queries(), q0 + 3) << "the bias epilogue is another problem";
+  run_store<float, float>(plain, Path::dispatch, A, B, C, bias);
+  EXPECT_EQ(gemm_heuristic_queries(), q0 + 3);
 }
 
 }  // namespace
