@@ -181,12 +181,12 @@ int main(int argc, char** argv) {
     // mpiexec forwards a rank's stderr asynchronously; MPI_Abort kills the job at once and could
     // drop the message. A moment's pause lets the one line that explains the failure through.
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    p2bw::kernels::release_gemm_handles();
+    p2bw::kernels::release_gemm_resources();
     Kokkos::finalize();
     MPI_Abort(context.world, p2bw::kExitInternal);
     return p2bw::kExitInternal;
   }
-  p2bw::kernels::release_gemm_handles();  // cuBLAS handles die before Kokkos
+  p2bw::kernels::release_gemm_resources();  // GEMM buffers and cuBLAS handles die before Kokkos
   Kokkos::finalize();
   MPI_Finalize();
   return code;

@@ -1,23 +1,35 @@
-// GEMM dispatch: one row-major interface, C = alpha * op(A) * op(B) + beta * C, and its
-// strided-batched variant. The backend is chosen at compile time from the execution space:
-// cuBLAS for Kokkos::Cuda, CBLAS (OpenBLAS) for host spaces when linked (P2BW_HAVE_CBLAS, optional
-// in CUDA builds), a native Kokkos kernel otherwise
-// (and for scalar types BLAS does not know). The native kernel is public so tests can compare.
+// GEMM dispatch: one row-major interface, C = alpha * op(A) * op(B) + beta * C + bias, and its
+// strided-batched variant. A and B are stored as Store, C and the optional bias (one value per
+// column of C, added to every row) as Out (kernels/storage.hpp): both Real by default; under bf16
+// storage A and B are bf16 and C is bf16 (activations and their gradients) or Real (accumulated
+// weight gradients). Every backend computes in Real: bf16 operands are widened exactly, C is read
+// widened (beta != 0), the bias is added in Real to alpha op(A) op(B) + beta C, and only then is
+// the result narrowed to Out. So on the host a GEMM with bf16 storage gives the bits of the same
+// GEMM with Store = Out = Real on the same (bf16-exact) values followed by rounding to bf16.
+// The backend is chosen at compile time from the execution space and the types: cuBLASLt for
+// Kokkos::Cuda (the bias as its epilogue), CBLAS (OpenBLAS) for host spaces when linked
+// (P2BW_HAVE_CBLAS, optional in CUDA builds), a native Kokkos kernel otherwise (and for type
+// combinations the library does not take). The native kernel is public so tests can compare.
 // As in BLAS, beta == 0 means C is not read (NaN in C does not propagate).
 #pragma once
 
 #include <atomic>
+#include <mutex>
 
 #ifdef P2BW_HAVE_CBLAS
 #include <cblas.h>
 #endif
 
+#include "kernels/storage.hpp"
 #include "kernels/types.hpp"  // first: Kokkos defines KOKKOS_ENABLE_CUDA
 
 #ifdef KOKKOS_ENABLE_CUDA
-#include <cublas_v2.h>
+#include <cublasLt.h>
+#include <cuda_runtime.h>
 
-#include <mutex>
+#include <array>
+#include <cstdint>
+#include <functional>
 #include <unordered_map>
 #endif
 
@@ -32,7 +44,8 @@ inline std::atomic<bool>& tf32_flag() {
 }
 }  // namespace detail
 
-// TF32 tensor-core math for float GEMMs under cuBLAS (no effect on other backends or on double).
+// TF32 tensor-core math for float GEMMs under cuBLASLt (CUBLAS_COMPUTE_32F_FAST_TF32; no effect
+// on other backends, on bf16 operands or on double).
 // Off by default; read at every call, so it can be switched between steps.
 inline void set_tf32(bool on) {
   detail::tf32_flag().store(on);
@@ -63,21 +76,23 @@ inline GemmShape gemm_shape(Trans ta, Trans tb, std::size_t a_rows, std::size_t 
           static_cast<int>(ak)};
 }
 
-template <class Real, class Exec>
-GemmShape batched_shape(Trans ta, Trans tb, const ConstMatrixBatch<Real, Exec>& A,
-                        const ConstMatrixBatch<Real, Exec>& B, const MatrixBatch<Real, Exec>& C,
-                        const char* who) {
+// The shape of a batched GEMM; a non-empty bias must hold n values.
+template <class VA, class VB, class VC, class VBias>
+GemmShape batched_shape(Trans ta, Trans tb, const VA& A, const VB& B, const VC& C,
+                        const VBias& bias, const char* who) {
   require(A.extent(0) == C.extent(0) && B.extent(0) == C.extent(0), who,
           "batch counts of A, B and C differ");
-  return gemm_shape(ta, tb, A.extent(1), A.extent(2), B.extent(1), B.extent(2), C.extent(1),
-                    C.extent(2), C.extent(0), who);
+  const GemmShape s = gemm_shape(ta, tb, A.extent(1), A.extent(2), B.extent(1), B.extent(2),
+                                 C.extent(1), C.extent(2), C.extent(0), who);
+  if (bias.extent(0) > 0) require_size(bias, s.n, who, "bias");
+  return s;
 }
 
 // A 2-D operand as a batch of one; the 2-D View must be contiguous.
-template <class Real, class Exec>
-MatrixBatch<Real, Exec> as_batch(const Matrix<Real, Exec>& M, const char* who) {
+template <class T, class Exec>
+MatrixBatch<T, Exec> as_batch(const Matrix<T, Exec>& M, const char* who) {
   require(M.span_is_contiguous(), who, "2-D operands must be contiguous row-major");
-  return MatrixBatch<Real, Exec>(M.data(), 1, M.extent(0), M.extent(1));
+  return MatrixBatch<T, Exec>(M.data(), 1, M.extent(0), M.extent(1));
 }
 
 template <class Real>
@@ -91,23 +106,49 @@ int leading_dim(const V& M) {
   return static_cast<int>(ld > 0 ? ld : 1);
 }
 
+// The epilogue of the backends that compute into a Real buffer: c = narrow<Out>(acc + bias),
+// rows rows of n contiguous values; acc may be c itself (Out = Real). One team per row, no
+// division per element. With Out = Real this is the bias kernel matmul_forward ran before the
+// bias moved into the GEMM: the same additions, so the same bits.
+template <class Real, class Out, class Exec>
+void gemm_epilogue(const Exec& exec, ConstFlat<Real, Exec> acc,  // (rows, n)
+                   Flat<Out, Exec> c,                            // (rows, n)
+                   ConstFlat<Out, Exec> bias,                    // (n) or empty
+                   int rows, int n) {
+  const bool has_bias = bias.extent(0) > 0;
+  Kokkos::parallel_for(
+      "p2bw::gemm_epilogue", Kokkos::TeamPolicy<Exec>(exec, rows, Kokkos::AUTO),
+      KOKKOS_LAMBDA(const Team<Exec>& team) {
+        const index_t row = static_cast<index_t>(team.league_rank()) * n;
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](const int j) {
+          Real v = acc(row + j);
+          if (has_bias) v += static_cast<Real>(widen(bias(j)));
+          c(row + j) = narrow<Out>(v);
+        });
+      });
+}
+
 }  // namespace detail
 
 // ---------------------------------------------------------------------------------------------
-// Native Kokkos kernel: one team per 16x16 tile of C, operand tiles staged in team scratch.
-// Every element of C is accumulated in k order by one thread, so the result is deterministic.
+// Native Kokkos kernel: one team per 16x16 tile of C, operand tiles staged in team scratch,
+// widened to Real as they are staged. Every element of C is accumulated in k order by one
+// thread, so the result is deterministic; the bias is added and the result narrowed as it is
+// written.
 
-template <class Real, class Exec>
+template <class Real, class Store = Real, class Out = Store, class Exec>
 void gemm_native_batched(const Exec& exec, Trans ta, Trans tb, Real alpha,
-                         ConstMatrixBatch<Real, Exec> A,          // (batch, m, k) or (batch, k, m)
-                         ConstMatrixBatch<Real, Exec> B,          // (batch, k, n) or (batch, n, k)
-                         Real beta, MatrixBatch<Real, Exec> C) {  // (batch, m, n)
-  const detail::GemmShape s = detail::batched_shape<Real, Exec>(ta, tb, A, B, C, "gemm_native");
+                         ConstMatrixBatch<Store, Exec> A,      // (batch, m, k) or (batch, k, m)
+                         ConstMatrixBatch<Store, Exec> B,      // (batch, k, n) or (batch, n, k)
+                         Real beta, MatrixBatch<Out, Exec> C,  // (batch, m, n)
+                         ConstFlat<Out, Exec> bias = ConstFlat<Out, Exec>()) {  // (n) or empty
+  const detail::GemmShape s = detail::batched_shape(ta, tb, A, B, C, bias, "gemm_native");
   if (s.batch == 0 || s.m == 0 || s.n == 0) return;
   constexpr int TS = 16;
   const int m = s.m, n = s.n, k = s.k;
   const int tiles_m = (m + TS - 1) / TS, tiles_n = (n + TS - 1) / TS;
   const bool a_t = ta == Trans::T, b_t = tb == Trans::T;
+  const bool has_bias = bias.extent(0) > 0;
   const std::size_t tile_bytes = TeamScratch<Real, Exec>::shmem_size(TS * TS);
   const auto policy = Kokkos::TeamPolicy<Exec>(exec, s.batch * tiles_m * tiles_n, Kokkos::AUTO)
                           .set_scratch_size(0, Kokkos::PerTeam(3 * tile_bytes));
@@ -127,9 +168,11 @@ void gemm_native_batched(const Exec& exec, Trans ta, Trans tb, Real alpha,
           Kokkos::parallel_for(Kokkos::TeamThreadRange(team, TS * TS), [&](const int e) {
             const int r = e / TS, q = e % TS;
             const int i = i0 + r, ka = k0 + q;  // As(r, q) = op(A)(i, ka)
-            As(e) = (i < m && q < kt) ? (a_t ? A(bi, ka, i) : A(bi, i, ka)) : Real(0);
+            As(e) = (i < m && q < kt) ? static_cast<Real>(widen(a_t ? A(bi, ka, i) : A(bi, i, ka)))
+                                      : Real(0);
             const int kb = k0 + r, j = j0 + q;  // Bs(r, q) = op(B)(kb, j)
-            Bs(e) = (r < kt && j < n) ? (b_t ? B(bi, j, kb) : B(bi, kb, j)) : Real(0);
+            Bs(e) = (r < kt && j < n) ? static_cast<Real>(widen(b_t ? B(bi, j, kb) : B(bi, kb, j)))
+                                      : Real(0);
           });
           team.team_barrier();
           Kokkos::parallel_for(Kokkos::TeamThreadRange(team, TS * TS), [&](const int e) {
@@ -143,25 +186,32 @@ void gemm_native_batched(const Exec& exec, Trans ta, Trans tb, Real alpha,
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, TS * TS), [&](const int e) {
           const int i = i0 + e / TS, j = j0 + e % TS;
           if (i < m && j < n) {
-            C(bi, i, j) = beta == Real(0) ? alpha * Acc(e) : alpha * Acc(e) + beta * C(bi, i, j);
+            Real v = beta == Real(0)
+                         ? alpha * Acc(e)
+                         : alpha * Acc(e) + beta * static_cast<Real>(widen(C(bi, i, j)));
+            if (has_bias) v += static_cast<Real>(widen(bias(j)));
+            C(bi, i, j) = narrow<Out>(v);
           }
         });
       });
 }
 
-template <class Real, class Exec>
+template <class Real, class Store = Real, class Out = Store, class Exec>
 void gemm_native(const Exec& exec, Trans ta, Trans tb, Real alpha,
-                 ConstMatrix<Real, Exec> A,          // (m, k) or (k, m)
-                 ConstMatrix<Real, Exec> B,          // (k, n) or (n, k)
-                 Real beta, Matrix<Real, Exec> C) {  // (m, n)
-  gemm_native_batched<Real>(exec, ta, tb, alpha,
-                            detail::as_batch<const Real, Exec>(A, "gemm_native"),
-                            detail::as_batch<const Real, Exec>(B, "gemm_native"), beta,
-                            detail::as_batch<Real, Exec>(C, "gemm_native"));
+                 ConstMatrix<Store, Exec> A,                            // (m, k) or (k, m)
+                 ConstMatrix<Store, Exec> B,                            // (k, n) or (n, k)
+                 Real beta, Matrix<Out, Exec> C,                        // (m, n)
+                 ConstFlat<Out, Exec> bias = ConstFlat<Out, Exec>()) {  // (n) or empty
+  gemm_native_batched<Real, Store, Out>(exec, ta, tb, alpha,
+                                        detail::as_batch<const Store, Exec>(A, "gemm_native"),
+                                        detail::as_batch<const Store, Exec>(B, "gemm_native"), beta,
+                                        detail::as_batch<Out, Exec>(C, "gemm_native"), bias);
 }
 
 // ---------------------------------------------------------------------------------------------
-// Host BLAS (CBLAS, row-major). Only for host memory spaces and float / double.
+// Host BLAS (CBLAS, row-major). Only for host memory spaces and Real = float / double; bf16
+// operands (Real = float) are widened into float buffers first, and a bf16 C is computed in a
+// float buffer and narrowed by the epilogue.
 
 namespace detail {
 #ifdef P2BW_HAVE_CBLAS
@@ -177,28 +227,112 @@ inline void cblas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int
   cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-template <class Real, class Exec>
+// The Real buffers the CBLAS path widens A, B and C into, shared by every call (one GEMM at a
+// time holds them, under the mutex). Grow-only: a buffer is reallocated only when a GEMM needs
+// more than it holds, so after the first training step (every shape seen) a GEMM allocates
+// nothing. They are Kokkos Views, so the tests' allocation counter sees them. Freed by
+// release_gemm_resources(), or by Kokkos::finalize (a hook registered at the first allocation).
+template <class Real>
+class HostGemmBuffers {
+ public:
+  static HostGemmBuffers& instance() {
+    static HostGemmBuffers buffers;
+    return buffers;
+  }
+  std::mutex& mutex() { return mutex_; }
+  // Buffer `slot` (0: A, 1: B, 2: C) with at least n elements; the caller holds mutex().
+  Real* get(int slot, std::size_t n) {
+    View& v = views_[slot];
+    if (v.extent(0) < n) {
+      if (!hook_) {
+        Kokkos::push_finalize_hook([] { instance().release(); });
+        hook_ = true;
+      }
+      v = View();  // free the old buffer before allocating the larger one
+      v = View(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::gemm_widened"), n);
+    }
+    return v.data();
+  }
+  void release() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (View& v : views_) v = View();
+  }
+
+ private:
+  using View = Kokkos::View<Real*, Kokkos::HostSpace>;
+  std::mutex mutex_;
+  View views_[3];
+  bool hook_ = false;
+};
+
+// src (n values of Store) as Real: src itself when Store = Real, else widened into `slot`.
+template <class Real, class Store, class Exec>
+const Real* widen_operand(const Exec& exec, const Store* src, std::size_t n, int slot) {
+  if constexpr (std::is_same<Store, Real>::value) {
+    return src;
+  } else {
+    Real* dst = HostGemmBuffers<Real>::instance().get(slot, n);
+    Kokkos::parallel_for("p2bw::gemm_widen",
+                         Kokkos::RangePolicy<Exec>(exec, 0, static_cast<index_t>(n)),
+                         [=](const index_t i) { dst[i] = static_cast<Real>(widen(src[i])); });
+    return dst;
+  }
+}
+
+template <class Real, class Store, class Out, class Exec>
 void gemm_cblas_batched(const Exec& exec, Trans ta, Trans tb, Real alpha,
-                        const ConstMatrixBatch<Real, Exec>& A,
-                        const ConstMatrixBatch<Real, Exec>& B, Real beta,
-                        const MatrixBatch<Real, Exec>& C) {
+                        const ConstMatrixBatch<Store, Exec>& A,
+                        const ConstMatrixBatch<Store, Exec>& B, Real beta,
+                        const MatrixBatch<Out, Exec>& C, const ConstFlat<Out, Exec>& bias) {
   static_assert(std::is_same<typename Exec::memory_space, Kokkos::HostSpace>::value,
                 "CBLAS needs host memory");
-  const GemmShape s = batched_shape<Real, Exec>(ta, tb, A, B, C, "gemm");
+  const GemmShape s = batched_shape(ta, tb, A, B, C, bias, "gemm");
   if (s.batch == 0 || s.m == 0 || s.n == 0) return;
+  constexpr bool out_real = std::is_same<Out, Real>::value;
+  constexpr bool widens = !std::is_same<Store, Real>::value || !out_real;
+  std::unique_lock<std::mutex> lock(HostGemmBuffers<Real>::instance().mutex(), std::defer_lock);
+  if (widens) lock.lock();
+  // The widened copies keep the operands' layout (the whole span), so BLAS sees the same shapes,
+  // leading dimensions and values as with Store = Out = Real.
+  const Real* a = widen_operand<Real>(exec, A.data(), A.span(), 0);
+  const Real* b = widen_operand<Real>(exec, B.data(), B.span(), 1);
+  Real* c = nullptr;
+  if constexpr (out_real) {
+    c = C.data();
+  } else {
+    c = HostGemmBuffers<Real>::instance().get(2, C.span());
+    if (beta != Real(0)) widen_operand<Real>(exec, C.data(), C.span(), 2);  // beta == 0: not read
+  }
   exec.fence();  // BLAS runs outside Kokkos: earlier kernels on this instance must be done
   const CBLAS_TRANSPOSE cta = ta == Trans::N ? CblasNoTrans : CblasTrans;
   const CBLAS_TRANSPOSE ctb = tb == Trans::N ? CblasNoTrans : CblasTrans;
-  for (int b = 0; b < s.batch; ++b) {
-    cblas_gemm(cta, ctb, s.m, s.n, s.k, alpha, A.data() + b * A.stride_0(), leading_dim(A),
-               B.data() + b * B.stride_0(), leading_dim(B), beta, C.data() + b * C.stride_0(),
-               leading_dim(C));
+  for (int i = 0; i < s.batch; ++i) {
+    cblas_gemm(cta, ctb, s.m, s.n, s.k, alpha, a + i * A.stride_0(), leading_dim(A),
+               b + i * B.stride_0(), leading_dim(B), beta, c + i * C.stride_0(), leading_dim(C));
   }
+  if (!out_real || bias.extent(0) > 0) {
+    gemm_epilogue<Real, Out>(exec, ConstFlat<Real, Exec>(c, C.span()),
+                             Flat<Out, Exec>(C.data(), C.span()), bias, s.batch * s.m, s.n);
+  }
+  if (widens) exec.fence();  // the next GEMM reuses the buffers
 }
 #endif  // P2BW_HAVE_CBLAS
 
 // ---------------------------------------------------------------------------------------------
-// cuBLAS: one handle per CUDA stream, created on first use and bound to that stream.
+// cuBLASLt: every GEMM on Kokkos::Cuda whose types it takes (float or bf16 operands computing in
+// float into float or bf16; double throughout), batched or not. One handle for the process, one
+// workspace per CUDA stream (a workspace must not be shared by GEMMs that may run at once), and
+// the algorithm for each problem (shape, leading dimensions, batch strides, types, compute type,
+// epilogue, pointer alignments) chosen by cublasLtMatmulAlgoGetHeuristic at its first call and
+// kept: a steady-state training step queries no heuristic and allocates nothing (the descriptors
+// live on the stack, in cuBLASLt's opaque structs).
+// Determinism: cuBLASLt gives the same bits for the same algorithm, problem and workspace on the
+// same GPU model and library version. The heuristic is asked only for algorithms that accumulate
+// each dot product in one sequence (CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK =
+// CUBLASLT_REDUCTION_SCHEME_NONE): no split-K, whose partial sums are added in place through the
+// output (ordered by counters in the workspace) or in a second pass. Each result's
+// CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME is checked again, and the first result that passes is
+// kept for good, so a problem always runs the same algorithm.
 
 #ifdef KOKKOS_ENABLE_CUDA
 
@@ -207,85 +341,347 @@ void gemm_cblas_batched(const Exec& exec, Trans ta, Trans tb, Real alpha,
     const cublasStatus_t p2bw_status_ = (call);                                                \
     if (p2bw_status_ != CUBLAS_STATUS_SUCCESS) {                                               \
       throw std::runtime_error(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " + \
-                               #call + " failed: " + cublasGetStatusString(p2bw_status_));     \
+                               #call + " failed: " + cublasLtGetStatusString(p2bw_status_));   \
     }                                                                                          \
   } while (0)
 
-class CublasHandles {
- public:
-  static cublasHandle_t get(cudaStream_t stream) {
-    CublasHandles& self = instance();
-    std::lock_guard<std::mutex> lock(self.mutex_);
-    const auto it = self.handles_.find(stream);
-    if (it != self.handles_.end()) return it->second;
-    cublasHandle_t handle = nullptr;
-    P2BW_CUBLAS_CHECK(cublasCreate(&handle));
-    P2BW_CUBLAS_CHECK(cublasSetStream(handle, stream));
-    self.handles_.emplace(stream, handle);
-    return handle;
+#define P2BW_GEMM_CUDA_CHECK(call)                                                             \
+  do {                                                                                         \
+    const cudaError_t p2bw_error_ = (call);                                                    \
+    if (p2bw_error_ != cudaSuccess) {                                                          \
+      throw std::runtime_error(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " + \
+                               #call + " failed: " + cudaGetErrorString(p2bw_error_));         \
+    }                                                                                          \
+  } while (0)
+
+template <class T>
+struct CudaDataType;
+template <>
+struct CudaDataType<float> {
+  static constexpr cudaDataType_t value = CUDA_R_32F;
+};
+template <>
+struct CudaDataType<double> {
+  static constexpr cudaDataType_t value = CUDA_R_64F;
+};
+template <>
+struct CudaDataType<bf16> {
+  static constexpr cudaDataType_t value = CUDA_R_16BF;
+};
+
+// The type combinations cublasLtMatmul takes (its table of supported types): A, B float or bf16
+// computing in float (C float, or bf16 with bf16 operands), or double throughout.
+template <class Real, class Store, class Out>
+constexpr bool cublaslt_types() {
+  if constexpr (std::is_same<Real, double>::value) {
+    return std::is_same<Store, double>::value && std::is_same<Out, double>::value;
+  } else if constexpr (std::is_same<Real, float>::value) {
+    return (std::is_same<Store, float>::value && std::is_same<Out, float>::value) ||
+           (is_bf16_storage<Store>() &&
+            (std::is_same<Out, float>::value || is_bf16_storage<Out>()));
+  } else {
+    return false;
   }
-  static void release_all() {
-    CublasHandles& self = instance();
-    std::lock_guard<std::mutex> lock(self.mutex_);
-    for (auto& entry : self.handles_) cublasDestroy(entry.second);
-    self.handles_.clear();
+}
+
+constexpr std::size_t kCublasLtWorkspaceBytes = std::size_t(32) << 20;  // 32 MiB per stream
+
+// The alignment of a pointer in bytes: the largest power of two up to 256 dividing it.
+inline std::uint32_t pointer_alignment(const void* p) {
+  const auto address = reinterpret_cast<std::uintptr_t>(p);
+  std::uint32_t alignment = 256;
+  while (alignment > 1 && address % alignment != 0) alignment /= 2;
+  return alignment;
+}
+
+// Everything the algorithm choice depends on (the TF32 flag is in `compute`).
+struct LtKey {
+  long long batch, m, n, k, lda, ldb, ldc, stride_a, stride_b, stride_c;
+  int trans_a, trans_b, ab_type, c_type, compute, epilogue;
+  std::uint32_t align_a, align_b, align_c, align_bias;
+
+  std::array<long long, 20> fields() const {
+    return {batch,    m,        n,        k,       lda,     ldb,       ldc,
+            stride_a, stride_b, stride_c, trans_a, trans_b, ab_type,   c_type,
+            compute,  epilogue, align_a,  align_b, align_c, align_bias};
+  }
+  bool operator==(const LtKey& other) const { return fields() == other.fields(); }
+};
+
+struct LtKeyHash {
+  std::size_t operator()(const LtKey& key) const noexcept {
+    std::size_t h = 0;
+    for (const long long v : key.fields()) h = h * 1000003u ^ std::hash<long long>()(v);
+    return h;
+  }
+};
+
+// The algorithm kept for a problem, and whether it applies the bias (CUBLASLT_EPILOGUE_BIAS) or
+// runs without an epilogue, gemm_epilogue adding the bias after it (see gemm_cublaslt_batched).
+struct LtChoice {
+  cublasLtMatmulAlgo_t algo;
+  bool fused_bias;
+};
+
+// The process's cuBLASLt handle, the per-stream workspaces and the cached algorithms; the
+// caller holds mutex() while it uses them (through its cublasLtMatmul call).
+class CublasLt {
+ public:
+  static CublasLt& instance() {
+    static CublasLt lt;
+    return lt;
+  }
+  std::mutex& mutex() { return mutex_; }
+  cublasLtHandle_t handle() {
+    if (handle_ == nullptr) P2BW_CUBLAS_CHECK(cublasLtCreate(&handle_));
+    return handle_;
+  }
+  void* workspace(cudaStream_t stream) {
+    const auto it = workspaces_.find(stream);
+    if (it != workspaces_.end()) return it->second;
+    void* w = nullptr;
+    P2BW_GEMM_CUDA_CHECK(cudaMalloc(&w, kCublasLtWorkspaceBytes));
+    workspaces_.emplace(stream, w);
+    return w;
+  }
+  const LtChoice* find(const LtKey& key) const {
+    const auto it = algos_.find(key);
+    return it == algos_.end() ? nullptr : &it->second;
+  }
+  const LtChoice* keep(const LtKey& key, const LtChoice& choice) {
+    ++heuristic_queries();
+    return &algos_.emplace(key, choice).first->second;
+  }
+  // Problems whose algorithm the heuristic chose (one per cache miss).
+  static std::atomic<long>& heuristic_queries() {
+    static std::atomic<long> count{0};
+    return count;
+  }
+  void release() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& entry : workspaces_) cudaFree(entry.second);  // synchronises with pending GEMMs
+    workspaces_.clear();
+    algos_.clear();
+    if (handle_ != nullptr) cublasLtDestroy(handle_);
+    handle_ = nullptr;
   }
 
  private:
-  static CublasHandles& instance() {
-    static CublasHandles handles;
-    return handles;
-  }
   std::mutex mutex_;
-  std::unordered_map<cudaStream_t, cublasHandle_t> handles_;
+  cublasLtHandle_t handle_ = nullptr;
+  std::unordered_map<cudaStream_t, void*> workspaces_;
+  std::unordered_map<LtKey, LtChoice, LtKeyHash> algos_;
 };
 
-inline cublasStatus_t cublas_gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
-                                  int m, int n, int k, const float* alpha, const float* A, int lda,
-                                  long long sa, const float* B, int ldb, long long sb,
-                                  const float* beta, float* C, int ldc, long long sc, int batch) {
-  if (batch == 1) return cublasSgemm(h, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
-  return cublasSgemmStridedBatched(h, ta, tb, m, n, k, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc,
-                                   sc, batch);
+// A row-major (rows, cols) operand with leading dimension ld, read column-major: (cols, rows).
+template <class T>
+void lt_layout(cublasLtMatrixLayout_t layout, std::size_t rows, std::size_t cols, int ld, int batch,
+               long long stride) {
+  P2BW_CUBLAS_CHECK(cublasLtMatrixLayoutInit(layout, CudaDataType<T>::value,
+                                             static_cast<std::uint64_t>(cols),
+                                             static_cast<std::uint64_t>(rows), ld));
+  if (batch > 1) {
+    const std::int32_t count = batch;
+    const std::int64_t offset = stride;
+    P2BW_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+                                                       &count, sizeof count));
+    P2BW_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
+        layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &offset, sizeof offset));
+  }
 }
-inline cublasStatus_t cublas_gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
-                                  int m, int n, int k, const double* alpha, const double* A,
-                                  int lda, long long sa, const double* B, int ldb, long long sb,
-                                  const double* beta, double* C, int ldc, long long sc, int batch) {
-  if (batch == 1) return cublasDgemm(h, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
-  return cublasDgemmStridedBatched(h, ta, tb, m, n, k, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc,
-                                   sc, batch);
+
+// The first heuristic result without a split-K reduction (see above) into *algo; false if there
+// is none.
+inline bool lt_heuristic(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc,
+                         cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
+                         cublasLtMatrixLayout_t lc, const LtKey& key, cublasLtMatmulAlgo_t* algo) {
+  cublasLtMatmulPreferenceOpaque_t pref_storage;
+  const cublasLtMatmulPreference_t pref = &pref_storage;
+  P2BW_CUBLAS_CHECK(cublasLtMatmulPreferenceInit(pref));
+  const std::uint64_t workspace = kCublasLtWorkspaceBytes;
+  const std::uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_NONE;
+  P2BW_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof workspace));
+  P2BW_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes, sizeof schemes));
+  // Lt's A is our B and Lt's B our A (the operands are swapped); C is also D.
+  P2BW_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &key.align_b, sizeof key.align_b));
+  P2BW_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &key.align_a, sizeof key.align_a));
+  P2BW_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &key.align_c, sizeof key.align_c));
+  P2BW_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &key.align_c, sizeof key.align_c));
+  constexpr int kRequested = 8;
+  cublasLtMatmulHeuristicResult_t results[kRequested] = {};
+  int returned = 0;
+  P2BW_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, desc, la, lb, lc, lc, pref, kRequested,
+                                                   results, &returned));
+  for (int i = 0; i < returned; ++i) {
+    if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
+    if (results[i].workspaceSize > kCublasLtWorkspaceBytes) continue;
+    std::uint32_t scheme = 0;
+    std::size_t written = 0;
+    P2BW_CUBLAS_CHECK(cublasLtMatmulAlgoConfigGetAttribute(
+        &results[i].algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &scheme, sizeof scheme, &written));
+    if (scheme != CUBLASLT_REDUCTION_SCHEME_NONE) continue;
+    *algo = results[i].algo;
+    return true;
+  }
+  return false;
 }
 
 // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, and a row-major buffer read
 // column-major is its transpose: so swap the operands, keep the transpose flags, swap m and n.
-template <class Real>
-void gemm_cublas_batched(const Kokkos::Cuda& exec, Trans ta, Trans tb, Real alpha,
-                         const ConstMatrixBatch<Real, Kokkos::Cuda>& A,
-                         const ConstMatrixBatch<Real, Kokkos::Cuda>& B, Real beta,
-                         const MatrixBatch<Real, Kokkos::Cuda>& C) {
-  const GemmShape s = batched_shape<Real, Kokkos::Cuda>(ta, tb, A, B, C, "gemm");
+// The bias (one value per column of row-major C, a row of column-major C^T) is cuBLASLt's
+// CUBLASLT_EPILOGUE_BIAS, in Out's type, added in float before the result is narrowed. Where the
+// heuristic offers no algorithm with that epilogue (cuBLASLt filters by the bias pointer's
+// alignment, and not every type combination has it) and C is Real, the GEMM runs without an
+// epilogue and gemm_epilogue adds the bias to the Real result, which is the same order of
+// operations; with a bf16 C that would round twice, so it is an error. (The fc layer's GELU is
+// not fused: kernels/gelu.hpp runs it, no GELU epilogue.)
+template <class Real, class Store, class Out>
+void gemm_cublaslt_batched(const Kokkos::Cuda& exec, Trans ta, Trans tb, Real alpha,
+                           const ConstMatrixBatch<Store, Kokkos::Cuda>& A,
+                           const ConstMatrixBatch<Store, Kokkos::Cuda>& B, Real beta,
+                           const MatrixBatch<Out, Kokkos::Cuda>& C,
+                           const ConstFlat<Out, Kokkos::Cuda>& bias) {
+  const GemmShape s = batched_shape(ta, tb, A, B, C, bias, "gemm");
   if (s.batch == 0 || s.m == 0 || s.n == 0) return;
-  cublasHandle_t handle = CublasHandles::get(exec.cuda_stream());
-  const bool tf32 = std::is_same<Real, float>::value && tf32_enabled();
+  if (s.k == 0) {  // C = beta C + bias: nothing to multiply, and cuBLASLt's layouts need k >= 1
+    gemm_native_batched<Real, Store, Out>(exec, ta, tb, alpha, A, B, beta, C, bias);
+    return;
+  }
+  constexpr bool is_double = std::is_same<Real, double>::value;
+  const bool tf32 = std::is_same<Store, float>::value && tf32_enabled();
+  const cublasComputeType_t compute = is_double ? CUBLAS_COMPUTE_64F
+                                      : tf32    ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                : CUBLAS_COMPUTE_32F;
+  const bool has_bias = bias.extent(0) > 0;
+  const cublasLtEpilogue_t epilogue = has_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+  cublasLtMatmulDescOpaque_t desc_storage;
+  const cublasLtMatmulDesc_t desc = &desc_storage;
+  P2BW_CUBLAS_CHECK(cublasLtMatmulDescInit(desc, compute, CudaDataType<Real>::value));
+  const std::int32_t op_a = tb == Trans::N ? CUBLAS_OP_N : CUBLAS_OP_T;  // Lt's A: our B
+  const std::int32_t op_b = ta == Trans::N ? CUBLAS_OP_N : CUBLAS_OP_T;  // Lt's B: our A
+  const std::uint32_t epilogue_attr = epilogue;
   P2BW_CUBLAS_CHECK(
-      cublasSetMathMode(handle, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
-  const cublasOperation_t opa = ta == Trans::N ? CUBLAS_OP_N : CUBLAS_OP_T;
-  const cublasOperation_t opb = tb == Trans::N ? CUBLAS_OP_N : CUBLAS_OP_T;
-  P2BW_CUBLAS_CHECK(cublas_gemm(handle, opb, opa, s.n, s.m, s.k, &alpha, B.data(), leading_dim(B),
-                                static_cast<long long>(B.stride_0()), A.data(), leading_dim(A),
-                                static_cast<long long>(A.stride_0()), &beta, C.data(),
-                                leading_dim(C), static_cast<long long>(C.stride_0()), s.batch));
+      cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
+  P2BW_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
+  P2BW_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                                   &epilogue_attr, sizeof epilogue_attr));
+  if (has_bias) {
+    const void* const bias_pointer = bias.data();
+    const std::int32_t bias_type = CudaDataType<Out>::value;
+    P2BW_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                     &bias_pointer, sizeof bias_pointer));
+    P2BW_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                     &bias_type, sizeof bias_type));
+  }
+  const long long sa = static_cast<long long>(A.stride_0());
+  const long long sb = static_cast<long long>(B.stride_0());
+  const long long sc = static_cast<long long>(C.stride_0());
+  cublasLtMatrixLayoutOpaque_t la_storage, lb_storage, lc_storage;
+  const cublasLtMatrixLayout_t la = &la_storage, lb = &lb_storage, lc = &lc_storage;
+  lt_layout<Store>(la, B.extent(1), B.extent(2), leading_dim(B), s.batch, sb);
+  lt_layout<Store>(lb, A.extent(1), A.extent(2), leading_dim(A), s.batch, sa);
+  lt_layout<Out>(lc, C.extent(1), C.extent(2), leading_dim(C), s.batch, sc);
+  // A batch starts at data + b * stride: its alignment is that of the base and of the stride.
+  const auto alignment = [&](const void* p, long long stride, std::size_t bytes) {
+    const std::uint32_t base = pointer_alignment(p);
+    if (s.batch == 1) return base;
+    const std::uint32_t step = pointer_alignment(
+        reinterpret_cast<const void*>(static_cast<std::uintptr_t>(stride) * bytes));
+    return base < step ? base : step;
+  };
+  const LtKey key{s.batch,
+                  s.m,
+                  s.n,
+                  s.k,
+                  leading_dim(A),
+                  leading_dim(B),
+                  leading_dim(C),
+                  s.batch > 1 ? sa : 0,
+                  s.batch > 1 ? sb : 0,
+                  s.batch > 1 ? sc : 0,
+                  op_b,
+                  op_a,
+                  static_cast<int>(CudaDataType<Store>::value),
+                  static_cast<int>(CudaDataType<Out>::value),
+                  static_cast<int>(compute),
+                  static_cast<int>(epilogue),
+                  alignment(A.data(), sa, sizeof(Store)),
+                  alignment(B.data(), sb, sizeof(Store)),
+                  alignment(C.data(), sc, sizeof(Out)),
+                  has_bias ? pointer_alignment(bias.data()) : 0u};
+  CublasLt& lt = CublasLt::instance();
+  std::lock_guard<std::mutex> lock(lt.mutex());
+  const cublasLtHandle_t handle = lt.handle();
+  void* const workspace = lt.workspace(exec.cuda_stream());
+  const LtChoice* choice = lt.find(key);
+  const std::uint32_t no_epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+  if (choice == nullptr) {
+    LtChoice found{};
+    found.fused_bias = has_bias;
+    if (!lt_heuristic(handle, desc, la, lb, lc, key, &found.algo)) {
+      found.fused_bias = false;
+      const bool retry = has_bias && std::is_same<Out, Real>::value;
+      if (retry) {
+        P2BW_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                                         &no_epilogue, sizeof no_epilogue));
+      }
+      if (!retry || !lt_heuristic(handle, desc, la, lb, lc, key, &found.algo)) {
+        throw std::runtime_error(
+            std::string(__FILE__) + ":" + std::to_string(__LINE__) +
+            ": cublasLtMatmulAlgoGetHeuristic offers no algorithm without split-K reduction for "
+            "m=" +
+            std::to_string(s.m) + " n=" + std::to_string(s.n) + " k=" + std::to_string(s.k) +
+            " batch=" + std::to_string(s.batch) + (has_bias ? " with the bias epilogue" : ""));
+      }
+    }
+    choice = lt.keep(key, found);
+  } else if (has_bias && !choice->fused_bias) {
+    P2BW_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                                     &no_epilogue, sizeof no_epilogue));
+  }
+  P2BW_CUBLAS_CHECK(cublasLtMatmul(handle, desc, &alpha, B.data(), la, A.data(), lb, &beta,
+                                   C.data(), lc, C.data(), lc, &choice->algo, workspace,
+                                   kCublasLtWorkspaceBytes, exec.cuda_stream()));
+  if constexpr (std::is_same<Out, Real>::value) {
+    if (has_bias && !choice->fused_bias) {
+      gemm_epilogue<Real, Real>(exec, ConstFlat<Real, Kokkos::Cuda>(C.data(), C.span()),
+                                Flat<Real, Kokkos::Cuda>(C.data(), C.span()), bias, s.batch * s.m,
+                                s.n);
+    }
+  }
 }
 
 #endif  // KOKKOS_ENABLE_CUDA
 
 }  // namespace detail
 
-// Destroys cached vendor handles (cuBLAS); call after the last GEMM and before Kokkos::finalize.
-inline void release_gemm_handles() {
+// Frees what the backends cache: the CBLAS path's widening buffers; cuBLASLt's handle, workspaces
+// and chosen algorithms. Call after the last GEMM and before Kokkos::finalize (the host buffers
+// are also freed by finalize).
+inline void release_gemm_resources() {
+#ifdef P2BW_HAVE_CBLAS
+  detail::HostGemmBuffers<float>::instance().release();
+  detail::HostGemmBuffers<double>::instance().release();
+#endif
 #ifdef KOKKOS_ENABLE_CUDA
-  detail::CublasHandles::release_all();
+  detail::CublasLt::instance().release();
+#endif
+}
+
+// How many problems cuBLASLt's heuristic has chosen an algorithm for (each once, at its first
+// call; 0 without CUDA). For the tests of the algorithm cache.
+inline long gemm_heuristic_queries() {
+#ifdef KOKKOS_ENABLE_CUDA
+  return detail::CublasLt::heuristic_queries().load();
+#else
+  return 0;
 #endif
 }
 
@@ -293,17 +689,29 @@ inline void release_gemm_handles() {
 // Public entry points.
 
 namespace detail {
-enum class GemmBackend { native, cblas, cublas };
-template <class Real, class Exec>
+enum class GemmBackend { native, cblas, cublaslt };
+
+// Whether CBLAS can run a GEMM computing in Real on Store operands into an Out C: Real is float
+// or double, and Store and Out are Real or (Real = float) bf16, which the CBLAS path widens.
+template <class Real, class Store, class Out>
+constexpr bool cblas_types() {
+  constexpr bool bf16_ok = std::is_same<Real, float>::value;
+  return is_blas_scalar<Real>::value &&
+         (std::is_same<Store, Real>::value || (bf16_ok && is_bf16_storage<Store>())) &&
+         (std::is_same<Out, Real>::value || (bf16_ok && is_bf16_storage<Out>()));
+}
+
+// Exec second, as in gemm_backend_name (attention.hpp asks gemm_backend<Real, Exec>()).
+template <class Real, class Exec, class Store = Real, class Out = Store>
 constexpr GemmBackend gemm_backend() {
 #ifdef KOKKOS_ENABLE_CUDA
-  if (std::is_same<Exec, Kokkos::Cuda>::value && is_blas_scalar<Real>::value) {
-    return GemmBackend::cublas;
+  if (std::is_same<Exec, Kokkos::Cuda>::value && cublaslt_types<Real, Store, Out>()) {
+    return GemmBackend::cublaslt;
   }
 #endif
 #ifdef P2BW_HAVE_CBLAS
   if (std::is_same<typename Exec::memory_space, Kokkos::HostSpace>::value &&
-      is_blas_scalar<Real>::value) {
+      cblas_types<Real, Store, Out>()) {
     return GemmBackend::cblas;
   }
 #endif
@@ -311,43 +719,51 @@ constexpr GemmBackend gemm_backend() {
 }
 }  // namespace detail
 
-// The backend gemm() uses for scalar T on execution space Exec: "cublas", "cblas" or "native".
-template <class Real, class Exec>
+// The backend gemm() uses on execution space Exec for Real compute on Store operands into an
+// Out C: "cublaslt", "cblas" or "native". (Exec comes second: it is never deduced here, and
+// gemm_backend_name<float, Exec>() names the Store = Out = Real case.)
+template <class Real, class Exec, class Store = Real, class Out = Store>
 constexpr const char* gemm_backend_name() {
-  return detail::gemm_backend<Real, Exec>() == detail::GemmBackend::cublas  ? "cublas"
-         : detail::gemm_backend<Real, Exec>() == detail::GemmBackend::cblas ? "cblas"
-                                                                            : "native";
+  constexpr detail::GemmBackend backend = detail::gemm_backend<Real, Exec, Store, Out>();
+  return backend == detail::GemmBackend::cublaslt ? "cublaslt"
+         : backend == detail::GemmBackend::cblas  ? "cblas"
+                                                  : "native";
 }
 
-// C[b] = alpha * op(A[b]) * op(B[b]) + beta * C[b] for every b (matrices contiguous per batch).
-template <class Real, class Exec>
+// C[b] = alpha * op(A[b]) * op(B[b]) + beta * C[b] + bias for every b (matrices contiguous per
+// batch; the bias, when not empty, is added to every row of every C[b]).
+template <class Real, class Store = Real, class Out = Store, class Exec>
 void gemm_batched(const Exec& exec, Trans ta, Trans tb, Real alpha,
-                  ConstMatrixBatch<Real, Exec> A,          // (batch, m, k) or (batch, k, m)
-                  ConstMatrixBatch<Real, Exec> B,          // (batch, k, n) or (batch, n, k)
-                  Real beta, MatrixBatch<Real, Exec> C) {  // (batch, m, n)
-  constexpr detail::GemmBackend backend = detail::gemm_backend<Real, Exec>();
-  if constexpr (backend == detail::GemmBackend::cublas) {
+                  ConstMatrixBatch<Store, Exec> A,      // (batch, m, k) or (batch, k, m)
+                  ConstMatrixBatch<Store, Exec> B,      // (batch, k, n) or (batch, n, k)
+                  Real beta, MatrixBatch<Out, Exec> C,  // (batch, m, n)
+                  ConstFlat<Out, Exec> bias = ConstFlat<Out, Exec>()) {  // (n) or empty
+  constexpr detail::GemmBackend backend = detail::gemm_backend<Real, Exec, Store, Out>();
+  if constexpr (backend == detail::GemmBackend::cublaslt) {
 #ifdef KOKKOS_ENABLE_CUDA
-    detail::gemm_cublas_batched<Real>(exec, ta, tb, alpha, A, B, beta, C);
+    detail::gemm_cublaslt_batched<Real, Store, Out>(exec, ta, tb, alpha, A, B, beta, C, bias);
 #endif
   } else if constexpr (backend == detail::GemmBackend::cblas) {
 #ifdef P2BW_HAVE_CBLAS
-    detail::gemm_cblas_batched<Real, Exec>(exec, ta, tb, alpha, A, B, beta, C);
+    detail::gemm_cblas_batched<Real, Store, Out, Exec>(exec, ta, tb, alpha, A, B, beta, C, bias);
 #endif
   } else {
-    gemm_native_batched<Real>(exec, ta, tb, alpha, A, B, beta, C);
+    gemm_native_batched<Real, Store, Out>(exec, ta, tb, alpha, A, B, beta, C, bias);
   }
 }
 
-// C = alpha * op(A) * op(B) + beta * C, all row-major.
-template <class Real, class Exec>
+// C = alpha * op(A) * op(B) + beta * C + bias, all row-major; the bias, when not empty, is added
+// to every row of C.
+template <class Real, class Store = Real, class Out = Store, class Exec>
 void gemm(const Exec& exec, Trans ta, Trans tb, Real alpha,
-          ConstMatrix<Real, Exec> A,          // (m, k) or (k, m)
-          ConstMatrix<Real, Exec> B,          // (k, n) or (n, k)
-          Real beta, Matrix<Real, Exec> C) {  // (m, n)
-  gemm_batched<Real>(exec, ta, tb, alpha, detail::as_batch<const Real, Exec>(A, "gemm"),
-                     detail::as_batch<const Real, Exec>(B, "gemm"), beta,
-                     detail::as_batch<Real, Exec>(C, "gemm"));
+          ConstMatrix<Store, Exec> A,                            // (m, k) or (k, m)
+          ConstMatrix<Store, Exec> B,                            // (k, n) or (n, k)
+          Real beta, Matrix<Out, Exec> C,                        // (m, n)
+          ConstFlat<Out, Exec> bias = ConstFlat<Out, Exec>()) {  // (n) or empty
+  gemm_batched<Real, Store, Out>(exec, ta, tb, alpha,
+                                 detail::as_batch<const Store, Exec>(A, "gemm"),
+                                 detail::as_batch<const Store, Exec>(B, "gemm"), beta,
+                                 detail::as_batch<Out, Exec>(C, "gemm"), bias);
 }
 
 }  // namespace p2bw::kernels

@@ -1,10 +1,12 @@
 // Tests of kernels/matmul.hpp: forward against plain loops (with and without bias, double and
 // float), finite-difference gradients of input, weight and bias in double, the contract, and
-// that the bias gradient is reproducible bit for bit.
+// that the bias gradient is reproducible bit for bit; bf16 storage (forward and backward) against
+// float storage followed by rounding, bit for bit on the host.
 #include "kernels/matmul.hpp"
 
 #include <cstring>
 
+#include "store_compare.hpp"
 #include "test_util.hpp"
 
 namespace p2bw::kernels::test {
@@ -112,6 +114,88 @@ TEST(Matmul, BiasGradientIsReproducible) {
     // Sequential chunks of ceil(n / 64) rows, then 64 chunk sums: (n / 64 + 64) additions deep.
     EXPECT_NEAR(runs[0][o], sum, (n / 64.0 + 65.0) * eps<float>() * mag);
   }
+}
+
+// bf16 storage: out, inp, weight, bias, dinp and dout bf16; dweight and dbias (accumulated onto
+// nonzero values) and the column-sum workspace float. Against the float-storage run on the same
+// bf16-exact values, its bf16 outputs rounded. N, C, OC are not multiples of 4, 8 or 16.
+void check_bf16_storage(bool with_bias, unsigned seed) {
+  const int n = 13, c = 19, oc = 37;
+  Buf<float> inp(n * c, "inp"), weight(oc * c, "weight"), bias(oc, "bias"), dout(n * oc, "dout");
+  fill_random_bf16_exact(inp, seed);
+  fill_random_bf16_exact(weight, seed + 1);
+  fill_random_bf16_exact(bias, seed + 2);
+  fill_random_bf16_exact(dout, seed + 3);
+  Buf<float> dweight0(oc * c, "dweight0"), dbias0(oc, "dbias0");
+  fill_random(dweight0, seed + 4);  // accumulated onto: any float values
+  fill_random(dbias0, seed + 5);
+  const Buf<bf16> inp16 = to_bf16(inp), weight16 = to_bf16(weight), bias16 = to_bf16(bias),
+                  dout16 = to_bf16(dout);
+  Buf<float> out(n * oc, "out"), dinp(n * c, "dinp");
+  Buf<bf16> out16(n * oc, "out bf16"), dinp16(n * c, "dinp bf16");
+  dinp.fill(static_cast<float>(nan()));  // assigned: what was there must not matter
+  dinp16.fill(bf16(static_cast<float>(nan())));
+  const Buf<float> dweight = copy_of(dweight0), dbias = copy_of(dbias0);
+  const Buf<float> dweight_b = copy_of(dweight0), dbias_b = copy_of(dbias0);
+  Buf<float> colsum(column_sum_workspace(oc), "colsum");
+  const Exec exec;
+  const ConstFlat<float, Exec> b =
+      with_bias ? ConstFlat<float, Exec>(bias.d) : ConstFlat<float, Exec>();
+  const ConstFlat<bf16, Exec> b16 =
+      with_bias ? ConstFlat<bf16, Exec>(bias16.d) : ConstFlat<bf16, Exec>();
+  const Flat<float, Exec> db = with_bias ? Flat<float, Exec>(dbias.d) : Flat<float, Exec>();
+  const Flat<float, Exec> db_b = with_bias ? Flat<float, Exec>(dbias_b.d) : Flat<float, Exec>();
+  matmul_forward<float>(exec, out.d, inp.d, weight.d, b, n, c, oc);
+  matmul_forward<float, bf16>(exec, out16.d, inp16.d, weight16.d, b16, n, c, oc);
+  matmul_backward<float>(exec, dinp.d, dweight.d, db, dout.d, inp.d, weight.d, n, c, oc, colsum.d);
+  matmul_backward<float, bf16>(exec, dinp16.d, dweight_b.d, db_b, dout16.d, inp16.d, weight16.d, n,
+                               c, oc, colsum.d);
+  Kokkos::fence();
+  // Per-element bounds of two float GEMMs (store_compare.hpp) for the device comparison.
+  std::vector<double> gap_out(n * oc), gap_dinp(n * c), gap_dweight(oc * c);
+  for (int r = 0; r < n; ++r) {
+    for (int o = 0; o < oc; ++o) {
+      double mag = with_bias ? std::abs(bias[o]) : 0.0;
+      for (int k = 0; k < c; ++k) mag += std::abs(inp[r * c + k] * weight[o * c + k]);
+      gap_out[r * oc + o] = float_gemm_gap(c, mag);
+    }
+    for (int k = 0; k < c; ++k) {
+      double mag = 0.0;
+      for (int o = 0; o < oc; ++o) mag += std::abs(dout[r * oc + o] * weight[o * c + k]);
+      gap_dinp[r * c + k] = float_gemm_gap(oc, mag);
+    }
+  }
+  for (int o = 0; o < oc; ++o) {
+    for (int k = 0; k < c; ++k) {
+      double mag = std::abs(dweight0[o * c + k]);
+      for (int r = 0; r < n; ++r) mag += std::abs(dout[r * oc + o] * inp[r * c + k]);
+      gap_dweight[o * c + k] = float_gemm_gap(n, mag);
+    }
+  }
+  const std::string tag = with_bias ? " (bias)" : " (no bias)";
+  expect_bf16_storage_matches("matmul out" + tag, out16, out, gap_out);
+  expect_bf16_storage_matches("matmul dinp" + tag, dinp16, dinp, gap_dinp);
+  expect_real_matches("matmul dweight" + tag, dweight_b, dweight, gap_dweight);
+  // The same values through the same deterministic column sum: bitwise on every device.
+  expect_same_float_bits("matmul dbias" + tag, dbias_b, dbias);
+  if (!with_bias) expect_same_float_bits("matmul dbias untouched", dbias_b, dbias0);
+  // The float run's stored outputs are mostly not bf16 values, so skipped rounding would fail.
+  EXPECT_GT(count_not_bf16_exact(out), out.size() / 2) << tag;
+  EXPECT_GT(count_not_bf16_exact(dinp), dinp.size() / 2) << tag;
+  // dweight and dbias did accumulate (onto nonzero values).
+  EXPECT_GT(count_not_bf16_exact(dweight), 0u) << tag;
+  dweight.to_host();
+  dweight0.to_host();
+  std::size_t changed = 0;
+  for (std::size_t i = 0; i < dweight.size(); ++i) changed += dweight[i] != dweight0[i];
+  EXPECT_GT(changed, dweight.size() / 2) << tag;
+}
+
+TEST(MatmulBf16Storage, WithBiasMatchesFloatStorageRounded) {
+  check_bf16_storage(true, 40);
+}
+TEST(MatmulBf16Storage, WithoutBiasMatchesFloatStorageRounded) {
+  check_bf16_storage(false, 50);
 }
 
 }  // namespace
