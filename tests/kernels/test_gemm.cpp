@@ -10,7 +10,7 @@
 #include <cstring>
 
 #include "../allocation_counter.hpp"
-#include "store_compare.hpp"
+#include "bf16_storage.hpp"
 #include "test_util.hpp"
 
 namespace p2bw::kernels::test {
@@ -275,7 +275,7 @@ void check_bf16_storage(const StoreCase& g, Path path, unsigned seed) {
   expect_bf16_storage_matches("C (bf16 C)", c_bf16, c_float, gap);
   expect_real_matches("C (float C, bf16 operands)", c_real, c_float, gap);
   // Sums of products of bf16 values are mostly not bf16 values: the rounding is exercised.
-  EXPECT_GT(count_not_bf16_exact(c_float), nc / 2);
+  EXPECT_GT(not_bf16_exact(c_float), nc / 2);
 }
 
 void check_bf16_storage_all(Path path, unsigned seed) {

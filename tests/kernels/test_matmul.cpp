@@ -6,7 +6,7 @@
 
 #include <cstring>
 
-#include "store_compare.hpp"
+#include "bf16_storage.hpp"
 #include "test_util.hpp"
 
 namespace p2bw::kernels::test {
@@ -180,10 +180,10 @@ void check_bf16_storage(bool with_bias, unsigned seed) {
   expect_same_float_bits("matmul dbias" + tag, dbias_b, dbias);
   if (!with_bias) expect_same_float_bits("matmul dbias untouched", dbias_b, dbias0);
   // The float run's stored outputs are mostly not bf16 values, so skipped rounding would fail.
-  EXPECT_GT(count_not_bf16_exact(out), out.size() / 2) << tag;
-  EXPECT_GT(count_not_bf16_exact(dinp), dinp.size() / 2) << tag;
+  EXPECT_GT(not_bf16_exact(out), out.size() / 2) << tag;
+  EXPECT_GT(not_bf16_exact(dinp), dinp.size() / 2) << tag;
   // dweight and dbias did accumulate (onto nonzero values).
-  EXPECT_GT(count_not_bf16_exact(dweight), 0u) << tag;
+  EXPECT_GT(not_bf16_exact(dweight), 0u) << tag;
   dweight.to_host();
   dweight0.to_host();
   std::size_t changed = 0;

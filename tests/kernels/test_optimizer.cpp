@@ -6,6 +6,7 @@
 #include "kernels/adamw.hpp"
 #include "kernels/sgd.hpp"
 
+#include "bf16_storage.hpp"
 #include "test_util.hpp"
 
 namespace p2bw::kernels::test {

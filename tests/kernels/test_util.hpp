@@ -1,7 +1,6 @@
 // Helpers for the kernel tests: device buffers with host mirrors, seeded random data, the
 // projection loss, the 4-point finite-difference gradient check and tolerances scaled by machine
-// epsilon and reduction length; for bf16 storage, bf16-exact inputs and the bit-for-bit comparison
-// with the float-storage emulation (kernels/storage.hpp).
+// epsilon and reduction length (bf16 storage's comparisons: bf16_storage.hpp).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -10,14 +9,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
 #include <type_traits>
 #include <vector>
-
-#include "kernels/bf16.hpp"
 
 namespace p2bw::kernels::test {
 
@@ -185,69 +181,6 @@ inline std::vector<double> accumulated(const Buf<double>& grad, const std::vecto
   std::vector<double> after = grad.values();
   for (std::size_t i = 0; i < after.size(); ++i) after[i] -= before[i];
   return after;
-}
-
-// ---------------------------------------------------------------------------------------------
-// bf16 storage. A kernel run with Store = bf16 must give the bits of the same kernel run with
-// Store = float on the same bf16-exact inputs, its stored outputs then rounded to bf16
-// (kernels/storage.hpp). The helpers below build those inputs and make that comparison.
-
-// Uniform values in [lo, hi) from a fixed seed, each rounded to the nearest bf16 (so the float
-// buffer and its bf16 copy hold the same numbers).
-inline void fill_random_bf16_exact(const Buf<float>& b, unsigned seed, double lo = -1.0,
-                                   double hi = 1.0) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  for (std::size_t i = 0; i < b.size(); ++i)
-    b[i] = static_cast<float>(bf16(static_cast<float>(dist(gen))));
-  b.to_device();
-}
-
-// The bf16 copy of a float buffer (exact when the floats are bf16-exact).
-inline Buf<bf16> to_bf16(const Buf<float>& f, const std::string& label = "bf16") {
-  f.to_host();
-  Buf<bf16> b(f.size(), label);
-  for (std::size_t i = 0; i < f.size(); ++i) b[i] = bf16(f[i]);
-  b.to_device();
-  return b;
-}
-
-// Expects got (bf16 storage) to hold bf16(emulated[i]) bit for bit: the float-storage run's
-// output rounded to nearest even, as the emulation's rounding points store it. NaNs compare as
-// the canonical quiet NaN, which is what the rounding writes.
-inline void expect_bf16_bits(const std::string& what, const Buf<bf16>& got,
-                             const Buf<float>& emulated) {
-  ASSERT_EQ(got.size(), emulated.size()) << what;
-  got.to_host();
-  emulated.to_host();
-  std::size_t mismatches = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    const std::uint16_t want = bf16(emulated[i]).bits;
-    if (got[i].bits == want) continue;
-    if (++mismatches <= 5)
-      ADD_FAILURE() << what << "[" << i << "]: bf16 storage 0x" << std::hex << got[i].bits
-                    << ", emulation 0x" << want << std::dec << " (" << emulated[i] << ")";
-  }
-  EXPECT_EQ(mismatches, 0u) << what << ": elements whose bits differ from the emulation";
-}
-
-// Expects two float buffers (statistics, parameter gradients: Real in both runs) to be bitwise
-// equal.
-inline void expect_same_float_bits(const std::string& what, const Buf<float>& got,
-                                   const Buf<float>& want) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  got.to_host();
-  want.to_host();
-  std::size_t mismatches = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    std::uint32_t a, b;
-    std::memcpy(&a, &got[i], sizeof a);
-    std::memcpy(&b, &want[i], sizeof b);
-    if (a == b) continue;
-    if (++mismatches <= 5)
-      ADD_FAILURE() << what << "[" << i << "]: " << got[i] << " against " << want[i];
-  }
-  EXPECT_EQ(mismatches, 0u) << what << ": elements whose bits differ";
 }
 
 inline double nan() {
