@@ -63,6 +63,26 @@ std::vector<T> run(const GemmCase& g, Path path, const Buf<T>& A, const Buf<T>& 
   return C.values();
 }
 
+// The exact dot product of row i of op(A[b]) and column j of op(B[b]) (in long double) and the sum
+// of its terms' magnitudes, against which a float GEMM's rounding is measured. Host values.
+struct Dot {
+  long double sum = 0.0L;
+  double magnitude = 0.0;
+};
+template <class Case, class T>
+Dot exact_dot(const Case& g, const Buf<T>& A, const Buf<T>& B, int b, int i, int j) {
+  const int ar = g.ta == Trans::N ? g.m : g.k, ac = g.ta == Trans::N ? g.k : g.m;
+  const int br = g.tb == Trans::N ? g.k : g.n, bc = g.tb == Trans::N ? g.n : g.k;
+  Dot dot;
+  for (int kk = 0; kk < g.k; ++kk) {
+    const double a = g.ta == Trans::N ? A[(b * ar + i) * ac + kk] : A[(b * ar + kk) * ac + i];
+    const double bb = g.tb == Trans::N ? B[(b * br + kk) * bc + j] : B[(b * br + j) * bc + kk];
+    dot.sum += static_cast<long double>(a) * bb;
+    dot.magnitude += std::abs(a * bb);
+  }
+  return dot;
+}
+
 template <class T>
 void check_case(const GemmCase& g, unsigned seed) {
   SCOPED_TRACE(describe(g));
@@ -85,15 +105,9 @@ void check_case(const GemmCase& g, unsigned seed) {
   for (int b = 0; b < g.batch; ++b) {
     for (int i = 0; i < g.m; ++i) {
       for (int j = 0; j < g.n; ++j) {
-        long double sum = 0.0L;
-        double mag = 0.0;
-        for (int kk = 0; kk < g.k; ++kk) {
-          const double a = g.ta == Trans::N ? A[(b * ar + i) * ac + kk] : A[(b * ar + kk) * ac + i];
-          const double bb =
-              g.tb == Trans::N ? B[(b * br + kk) * bc + j] : B[(b * br + j) * bc + kk];
-          sum += static_cast<long double>(a) * bb;
-          mag += std::abs(a * bb);
-        }
+        const Dot dot = exact_dot(g, A, B, b, i, j);
+        const long double sum = dot.sum;
+        const double mag = dot.magnitude;
         const std::size_t idx = (static_cast<std::size_t>(b) * g.m + i) * g.n + j;
         const double c = g.beta == 0.0 ? 0.0 : static_cast<double>(c0[idx]);
         ref[idx] = static_cast<double>(g.alpha * sum + g.beta * c);
@@ -258,13 +272,7 @@ void check_bf16_storage(const StoreCase& g, Path path, unsigned seed) {
   for (int b = 0; b < g.batch; ++b) {
     for (int i = 0; i < g.m; ++i) {
       for (int j = 0; j < g.n; ++j) {
-        double mag = 0.0;
-        for (int kk = 0; kk < g.k; ++kk) {
-          const double a = g.ta == Trans::N ? A[(b * ar + i) * ac + kk] : A[(b * ar + kk) * ac + i];
-          const double bb =
-              g.tb == Trans::N ? B[(b * br + kk) * bc + j] : B[(b * br + j) * bc + kk];
-          mag += std::abs(a * bb);
-        }
+        const double mag = exact_dot(g, A, B, b, i, j).magnitude;
         const std::size_t idx = (static_cast<std::size_t>(b) * g.m + i) * g.n + j;
         const double c = g.beta == 0.0f ? 0.0 : std::abs(g.beta * c0[idx]);
         gap[idx] =
@@ -433,13 +441,7 @@ void check_cublaslt(const StoreCase& g, LtMode mode, unsigned seed) {
   for (int b = 0; b < g.batch; ++b) {
     for (int i = 0; i < g.m; ++i) {
       for (int j = 0; j < g.n; ++j) {
-        double mag = 0.0;
-        for (int kk = 0; kk < g.k; ++kk) {
-          const double a = g.ta == Trans::N ? A[(b * ar + i) * ac + kk] : A[(b * ar + kk) * ac + i];
-          const double bb =
-              g.tb == Trans::N ? B[(b * br + kk) * bc + j] : B[(b * br + j) * bc + kk];
-          mag += std::abs(a * bb);
-        }
+        const double mag = exact_dot(g, A, B, b, i, j).magnitude;
         const std::size_t idx = (static_cast<std::size_t>(b) * g.m + i) * g.n + j;
         const double products = std::abs(g.alpha) * mag;
         const double gap = float_gemm_gap(
