@@ -217,6 +217,16 @@ TEST(CostModel, MessageAndRingAllReduceFormulas) {
   EXPECT_DOUBLE_EQ(ring_allreduce_time(1e9, 1, 10, 5), 0.0);
 }
 
+// The costs of kDeck at (w, d) = (width, 4), b = m = 4, flush, on cluster c (analytic, 1 TFLOP/s);
+// one boundary message is 4 * 4 * 64 * 128 bytes.
+StageCosts demo_costs(int width, const Cluster& c) {
+  const config::Deck deck =
+      apply(deck_from(kDeck), Candidate{width, 4, 4, 4, config::ScheduleKind::flush, false});
+  const Profile profile = analytic_profile(deck.model, 1e12, {4});
+  return stage_costs(candidate_of(deck), pipeline::make_stage_map(deck), profile.entries[0], c);
+}
+constexpr double kDemoMessageBytes = 4.0 * 4 * 64 * 128;
+
 TEST(CostModel, LinkChoiceFollowsRankPlacement) {
   const Cluster c = cluster_of(2, 4, 16);
   // w = 2, d = 4: stage s on ranks {2s, 2s+1}; node 0 = ranks 0..3, node 1 = 4..7.
@@ -230,12 +240,8 @@ TEST(CostModel, LinkChoiceFollowsRankPlacement) {
   EXPECT_FALSE(replicas_share_node(c, 3, 1));
 
   // The message cost uses the link of the hop: intra for 0->1 and 2->3, inter for 1->2.
-  const config::Deck deck =
-      apply(deck_from(kDeck), Candidate{2, 4, 4, 4, config::ScheduleKind::flush, false});
-  const Profile profile = analytic_profile(deck.model, 1e12, {4});
-  const StageCosts costs =
-      stage_costs(candidate_of(deck), pipeline::make_stage_map(deck), profile.entries[0], c);
-  const double bytes = 4.0 * 4 * 64 * 128;
+  const StageCosts costs = demo_costs(2, c);
+  const double bytes = kDemoMessageBytes;
   ASSERT_EQ(costs.message.size(), 3u);
   EXPECT_DOUBLE_EQ(costs.message[0], message_time(bytes, 100, 0));
   EXPECT_DOUBLE_EQ(costs.message[1], message_time(bytes, 10, 0));
@@ -265,18 +271,12 @@ TEST(CostModel, InterNodeFlowsShareTheirNodesNetwork) {
   EXPECT_EQ(f.forward, (std::vector<int>{4, 4, 0, 0}));  // ranks 0-3 -> 8-11, 4-7 -> 12-15
   // The hop's message gets the node's share: 4 flows over 20 GB/s against a 10 GB/s link.
   c.node_network_bandwidth_gbps = 20;
-  const config::Deck deck =
-      apply(deck_from(kDeck), Candidate{4, 4, 4, 4, config::ScheduleKind::flush, false});
-  const Profile profile = analytic_profile(deck.model, 1e12, {4});
-  const StageCosts shared =
-      stage_costs(candidate_of(deck), pipeline::make_stage_map(deck), profile.entries[0], c);
-  const double bytes = 4.0 * 4 * 64 * 128;
+  const StageCosts shared = demo_costs(4, c);
   ASSERT_EQ(shared.message.size(), 3u);
-  for (double t : shared.message) EXPECT_DOUBLE_EQ(t, message_time(bytes, 5, 0));
+  for (double t : shared.message) EXPECT_DOUBLE_EQ(t, message_time(kDemoMessageBytes, 5, 0));
   c.node_network_bandwidth_gbps = 0;  // not given: the per-device link
-  const StageCosts own =
-      stage_costs(candidate_of(deck), pipeline::make_stage_map(deck), profile.entries[0], c);
-  for (double t : own.message) EXPECT_DOUBLE_EQ(t, message_time(bytes, 10, 0));
+  for (double t : demo_costs(4, c).message)
+    EXPECT_DOUBLE_EQ(t, message_time(kDemoMessageBytes, 10, 0));
 }
 
 TEST(CostModel, FlushBatchTimeByHand) {
