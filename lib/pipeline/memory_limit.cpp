@@ -21,6 +21,8 @@ namespace p2bw::pipeline {
 
 namespace {
 
+#ifndef KOKKOS_ENABLE_CUDA  // host memory (a CUDA build measures its device's)
+
 constexpr std::int64_t kUnlimited = std::numeric_limits<std::int64_t>::max();
 
 // The first number in `path` (a /sys or /proc file), or -1 when absent or "max".
@@ -82,6 +84,8 @@ std::int64_t cgroup_room(std::string& source) {
   }
   return room == kUnlimited ? -1 : room;
 }
+
+#endif  // KOKKOS_ENABLE_CUDA
 
 MemoryAvailable measure(int ranks) {
   MemoryAvailable result;
