@@ -20,6 +20,7 @@
 #include <cblas.h>
 #endif
 
+#include "kernels/bf16_pack.hpp"
 #include "kernels/storage.hpp"
 #include "kernels/types.hpp"  // first: Kokkos defines KOKKOS_ENABLE_CUDA
 
@@ -271,10 +272,11 @@ const Real* widen_operand(const Exec& exec, const Store* src, std::size_t n, int
   if constexpr (std::is_same<Store, Real>::value) {
     return src;
   } else {
+    static_assert(std::is_same<Real, float>::value && is_bf16_storage<Store>(),
+                  "the only widening is bf16 to float");
     Real* dst = HostGemmBuffers<Real>::instance().get(slot, n);
-    Kokkos::parallel_for("p2bw::gemm_widen",
-                         Kokkos::RangePolicy<Exec>(exec, 0, static_cast<index_t>(n)),
-                         [=](const index_t i) { dst[i] = static_cast<Real>(widen(src[i])); });
+    const auto count = static_cast<index_t>(n);
+    unpack_bf16(exec, Flat<float, Exec>(dst, n), ConstFlat<bf16, Exec>(src, n), count);
     return dst;
   }
 }
