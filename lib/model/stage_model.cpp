@@ -315,10 +315,12 @@ void StageModel::block_forward(const Exec& exec, const PartRef& part, ConstFloat
   kernels::layernorm_forward<float>(exec, a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, w.ln2_weight,
                                     w.ln2_bias, N, C);
   store(exec, a.ln2);
-  kernels::matmul_forward<float>(exec, a.fch, a.ln2, w.fc_weight, ConstFlat<float, Exec>(), N, C,
-                                 4 * C);
-  kernels::bias_gelu_forward<float>(exec, a.fch_gelu, a.fch, w.fc_bias, N, 4 * C);
-  store(exec, a.fch);  // the pre-activation with its bias (a GEMM epilogue on the GPU)
+  // The fc pre-activation with its bias (the GEMM's epilogue) is stored, and GELU reads the
+  // stored value, as PyTorch's bf16 autocast (a bf16 Linear, then GELU on its bf16 output): so
+  // backward's GELU derivative is taken at the value forward's GELU saw.
+  kernels::matmul_forward<float>(exec, a.fch, a.ln2, w.fc_weight, w.fc_bias, N, C, 4 * C);
+  store(exec, a.fch);
+  kernels::gelu_forward<float>(exec, a.fch_gelu, a.fch, 4 * n);
   store(exec, a.fch_gelu);
   const Flat<float, Exec> y = flat(out, n);  // (B, T, C)
   kernels::matmul_forward<float>(exec, y, a.fch_gelu, w.mlp_proj_weight, w.mlp_proj_bias, N, 4 * C,

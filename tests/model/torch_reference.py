@@ -56,24 +56,6 @@ class GradRound(torch.autograd.Function):
         return rb(g)
 
 
-class BiasGelu(torch.autograd.Function):
-    """p2bw's bias_gelu_forward under bf16: out = bf16(gelu(pre)) from the unrounded pre-activation,
-    which is stored as bf16(pre); backward: bf16(gelu'(bf16(pre)) * bf16(dout))."""
-
-    @staticmethod
-    def forward(ctx, pre):
-        ctx.save_for_backward(rb(pre))
-        return rb(F.gelu(pre, approximate="tanh"))
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        k = math.sqrt(2.0 / math.pi)
-        t = torch.tanh(k * (x + 0.044715 * x ** 3))
-        d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x)
-        return rb(d * rb(g))
-
-
 def R(x):
     return Round.apply(x) if BF16 else x
 
@@ -83,7 +65,9 @@ def G(x):
 
 
 def bias_gelu(pre):
-    return BiasGelu.apply(pre) if BF16 else F.gelu(pre, approximate="tanh")
+    """The fc layer's GELU: under bf16 p2bw stores the pre-activation (bias included) as bf16 and
+    GELU reads that stored value; its output is stored as bf16 too."""
+    return R(F.gelu(R(pre), approximate="tanh"))
 
 
 class Model(torch.nn.Module):
