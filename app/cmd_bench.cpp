@@ -41,15 +41,15 @@ int run_bench(const Context& context, const std::string& path,
   alone.pipeline.depth = alone.pipeline.width = alone.pipeline.microbatches = 1;
   alone.pipeline.partition.clear();
   require_memory_for(alone, MPI_COMM_SELF, "p2bw bench");
-  model::set_kernel_precision(deck, "p2bw bench");
+  model::set_kernel_precision(deck);
   char host[256] = {0};
   gethostname(host, sizeof(host) - 1);
   const int L = deck.model.layers, b = deck.train.microbatch_size, T = deck.model.seq_len;
   fmt::print(
-      "p2bw bench {}: {} {} x {} (heads {}, T = {}, vocab {}), microbatch {} sequences, median of "
-      "{}\n",
+      "p2bw bench {}: {} {} x {} (heads {}, T = {}, vocab {}), microbatch {} sequences, {}, "
+      "median of {}\n",
       path, to_string(deck.model.kind), L, deck.model.hidden, deck.model.heads, T, deck.model.vocab,
-      b, repeats);
+      b, to_string(deck.model.precision), repeats);
   fmt::print("machine: {} ({}, {} hardware threads)\n", host, cpu_model(),
              std::thread::hardware_concurrency());
   fmt::print("build: p2bw {}, {}, GEMM: {}\n\n", p2bw_version(), kokkos_description(),

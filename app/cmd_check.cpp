@@ -99,18 +99,17 @@ int run_check(const Context& context, const std::string& path,
     fmt::print("{:>5}  {:>6}  {:>14}  {}\n", s, map.stages[s].blocks, memory[s].params,
                parts(map.stages[s]));
   fmt::print("transport: {}\n", transport);
-  const comm::Wire wire = comm::wire_for(deck.model.precision);
-  fmt::print("messages: {} on the wire ({} bytes per value)\n", to_string(wire),
-             comm::bytes_per_value(wire));
+  fmt::print("messages: {} on the wire ({} bytes per value)\n",
+             deck.model.precision == config::Precision::bf16 ? "bf16" : "fp32",
+             config::compute_bytes(deck.model.precision));
   fmt::print("\n# predicted memory per rank of each stage ({}, b = {}, m = {}{}, {})\n",
              to_string(deck.pipeline.schedule), deck.train.microbatch_size,
              deck.pipeline.microbatches, deck.pipeline.recompute ? ", recompute" : "",
              to_string(deck.model.precision));
   if (deck.model.precision == config::Precision::bf16)
     fmt::print(
-        "#   bf16: weights = {} bf16 compute version(s) + one fp32 master; activations and "
-        "boundary buffers bf16; gradients, optimizer state and workspace fp32\n",
-        memory.front().versions);
+        "#   bf16: weights = 2 bf16 compute copies + one fp32 master; activations, boundary "
+        "buffers and stored workspace bf16; gradients, optimizer state and statistics fp32\n");
   fmt::print("{:>5}  {:>8}  {:>9}  {:>11}  {:>11}  {:>11}  {:>11}  {:>11}  {:>11}\n", "stage",
              "versions", "in flight", "weights", "gradients", "optimizer", "activations", "buffers",
              "total");
@@ -120,17 +119,11 @@ int run_check(const Context& context, const std::string& path,
                m.versions, m.in_flight, bytes(m.weights), bytes(m.gradients), bytes(m.optimizer),
                bytes(m.activations), bytes(m.buffers), bytes(m.total()));
   }
-  // The check is of what p2bw train allocates: the prediction above, except under bf16, which
-  // today's kernels emulate in float storage.
-  const auto allocated = pipeline::predict_allocation(deck, map);
+  // The check is of what p2bw train allocates: the prediction above.
+  const auto& allocated = memory;
   size_t largest = 0;
   for (size_t s = 0; s < allocated.size(); ++s)
     if (allocated[s].total() > allocated[largest].total()) largest = s;
-  if (deck.model.precision == config::Precision::bf16)
-    fmt::print(
-        "#   the bf16 GPU layout; this build trains bf16 as an emulation in float storage (bf16's "
-        "rounding, not its memory): stage {} allocates {}\n",
-        largest, bytes(allocated[largest].total()));
   const std::string refusal = pipeline::memory_refusal(allocated[largest].total(), available,
                                                        fmt::format("stage {}", largest));
   fmt::print("\n# memory check ({}, {} rank(s) sharing {} on this {}): ", available.source,

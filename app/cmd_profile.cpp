@@ -100,8 +100,6 @@ int run_profile(const Context& context, const ProfileOptions& options) {
   load.overrides = options.overrides;
   load.require_data = false;  // profiling runs on synthetic tokens
   const config::Deck deck = comm::load_deck_collective(options.deck, load, context.world);
-  // A precision the kernels lack is refused before anything is written, on every rank alike.
-  model::set_kernel_precision(deck, "p2bw profile");
   for (int b : options.microbatch_sizes) {  // the same check on every rank: all throw or none
     if (b < 1)
       throw UserError(

@@ -77,8 +77,8 @@ class Metrics {
     header.width = deck.pipeline.width;
     header.transport = transport.text();
     const auto& stages = trainer.stage_map().stages;
-    // What this build allocates (bf16: its float-storage emulation), which the run measures.
-    const auto predicted = pipeline::predict_allocation(deck, trainer.stage_map());
+    // What the run allocates, which it measures.
+    const auto predicted = pipeline::predict_memory(deck, trainer.stage_map());
     for (size_t s = 0; s < stages.size(); ++s) {
       header.stage_map += fmt::format(
           "stage {}: {}blocks {}-{}{}\n", s, stages[s].has_embedding ? "embedding + " : "",
@@ -204,9 +204,6 @@ int run_train(const Context& context, const std::string& path,
   options.overrides = overrides;
   options.world_size = context.size;
   const config::Deck deck = comm::load_deck_collective(path, options, context.world);
-  // A precision the kernels lack is refused first, on every rank alike (rank 0 reports it); bf16
-  // trains as the float-storage emulation (model::StageModel).
-  model::set_kernel_precision(deck, "p2bw train", true);
   const comm::ProcessGrid grid(context.world, deck.pipeline.depth, deck.pipeline.width);
   // Every rank's GPU decides the transport; nccl asked for but impossible is the user's error.
   const comm::RankGpus gpus = comm::gather_rank_gpus(context.world);
@@ -231,8 +228,7 @@ int run_train(const Context& context, const std::string& path,
                       resume_from, checkpoint->state().step, deck.train.steps));
   });
   {
-    // What this build allocates: bf16's float-storage emulation needs more than its GPU layout.
-    const auto predicted = pipeline::predict_allocation(deck, pipeline::make_stage_map(deck));
+    const auto predicted = pipeline::predict_memory(deck, pipeline::make_stage_map(deck));
     const pipeline::MemoryAvailable available = pipeline::available_memory(context.world);
     collectively(context, [&] {
       const std::string why =
@@ -286,9 +282,8 @@ int run_train(const Context& context, const std::string& path,
     fmt::print("  transport: {}\n", transport.text());
     if (deck.model.precision == config::Precision::bf16)
       fmt::print(
-          "  precision: bf16 emulated in float storage (bf16's rounding of activations, their "
-          "gradients and the compute weights, fp32 master and optimizer; not bf16's memory or "
-          "speed); stage-boundary messages 16-bit on the wire (2 bytes per value)\n");
+          "  precision: bf16 storage (activations, their gradients, stage-boundary messages and "
+          "the compute weights in bf16; fp32 master, gradients and optimizer state)\n");
     fmt::print("outputs: {} (run {})\n", deck.output.dir, run_dir->run_id());
     if (checkpoint)
       fmt::print("resumed after step {} from {}\n", checkpoint->state().step,

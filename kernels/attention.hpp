@@ -614,7 +614,7 @@ void attention_forward(const Exec& exec, Flat<Store, Exec> out,  // (B, T, C)
       const Flat<Real, Exec> out32(workspace.data() + 3 * BTC, BTC);  // (B, T, C)
       unpack_bf16(exec, qkv32, qkv, 3 * BTC);
       detail::attention_forward_blas<Real, Exec>(exec, out32, lse, qkv32, B, T, C, NH, causal);
-      pack_bf16_async(exec, out, out32, BTC);
+      pack_bf16(exec, out, out32, BTC);
     } else {
       detail::attention_forward_blas<Real, Exec>(exec, out, lse, qkv, B, T, C, NH, causal);
     }
@@ -655,7 +655,7 @@ void attention_backward(const Exec& exec, Flat<Store, Exec> dqkv,  // (B, T, 3C)
       detail::attention_row_dots<Real, Real, Exec>(exec, D, dout32, out32, B, T, C, NH);
       detail::attention_backward_blas<Real, Exec>(exec, dqkv32, dout32, qkv32, lse, D, B, T, C, NH,
                                                   causal);
-      pack_bf16_async(exec, dqkv, dqkv32, 3 * BTC);
+      pack_bf16(exec, dqkv, dqkv32, 3 * BTC);
     } else {
       detail::attention_row_dots<Real, Store, Exec>(exec, D, dout, out, B, T, C, NH);
       detail::attention_backward_blas<Real, Exec>(exec, dqkv, dout, qkv, lse, D, B, T, C, NH,

@@ -82,6 +82,12 @@ struct bf16 {
 #endif
 };
 
+// f rounded to the nearest bf16 value, as a float (exact: every bf16 is a float). NaN stays NaN
+// (the canonical quiet NaN), ±inf stays ±inf.
+KOKKOS_INLINE_FUNCTION float round_to_bf16(float f) {
+  return static_cast<float>(bf16(f));
+}
+
 static_assert(sizeof(bf16) == 2, "bf16 is two bytes");
 static_assert(std::is_trivially_copyable<bf16>::value, "bf16 is copied as raw bytes");
 static_assert(std::is_trivially_default_constructible<bf16>::value, "bf16 is a plain value");

@@ -1,7 +1,7 @@
 // GELU activation, tanh approximation (GPT-2 / llm.c): gelu(x) = x/2 (1 + tanh(s (x + 0.044715
 // x^3))) with s = sqrt(2/pi), computed as x sigmoid(2 s (x + 0.044715 x^3)) (the same function).
-// Elementwise forward and backward, plus a fused bias + GELU forward that finishes the MLP's first
-// linear layer (matmul_forward without bias, then bias_gelu_forward).
+// Elementwise forward and backward (the MLP's first linear layer adds its bias in the GEMM's
+// epilogue, kernels/matmul.hpp; GELU reads the stored pre-activation).
 // Activations, their gradients and the bias are Store (kernels/storage.hpp): each kernel reads
 // them with widen(), computes in Real and rounds only what it stores.
 #pragma once
@@ -58,20 +58,6 @@ P2BW_HOST_CLONES inline void gelu_backward_host(Store* dinp, const Store* dout, 
     dinp[i] = narrow<Store>(gelu_grad(widen(inp[i])) * widen(dout[i]));
 }
 
-template <class Store>
-P2BW_HOST_CLONES inline void bias_gelu_forward_host(Store* out, Store* pre, const Store* bias,
-                                                    index_t first_row, index_t end_row, int C) {
-  for (index_t row = first_row; row < end_row; ++row) {
-    Store* p = pre + row * C;  // (C)
-    Store* o = out + row * C;  // (C)
-    for (int c = 0; c < C; ++c) {
-      const float x = widen(p[c]) + widen(bias[c]);
-      p[c] = narrow<Store>(x);
-      o[c] = narrow<Store>(gelu(x));  // of the unrounded pre-activation
-    }
-  }
-}
-
 template <class Real, class Store, class Exec>
 constexpr bool gelu_on_host() {
   return std::is_same<Real, float>::value &&
@@ -102,24 +88,6 @@ void gelu_backward_portable(const Exec& exec, const Flat<Store, Exec>& dinp,  //
       });
 }
 
-// One team per row: no division per element.
-template <class Real, class Store, class Exec>
-void bias_gelu_forward_portable(const Exec& exec, const Flat<Store, Exec>& out,  // (N, C)
-                                const Flat<Store, Exec>& pre,                    // (N, C)
-                                const ConstFlat<Store, Exec>& bias,              // (C)
-                                int N, int C) {
-  Kokkos::parallel_for(
-      "p2bw::bias_gelu_forward", Kokkos::TeamPolicy<Exec>(exec, N, Kokkos::AUTO),
-      KOKKOS_LAMBDA(const Team<Exec>& team) {
-        const index_t row = static_cast<index_t>(team.league_rank()) * C;
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, C), [&](const int c) {
-          const Real p = widen(pre(row + c)), b = widen(bias(c));
-          const Real x = p + b;
-          pre(row + c) = narrow<Store>(x);
-          out(row + c) = narrow<Store>(gelu(x));  // of the unrounded pre-activation
-        });
-      });
-}
 }  // namespace detail
 
 template <class Real, class Store = Real, class Exec>
@@ -157,32 +125,6 @@ void gelu_backward(const Exec& exec, Flat<Store, Exec> dinp,  // (n), assigned
         [=](index_t begin, index_t end) { detail::gelu_backward_host(d, dy, x, begin, end); });
   } else {
     detail::gelu_backward_portable<Real, Store, Exec>(exec, dinp, dout, inp, n);
-  }
-}
-
-// Fused: pre += bias (in place: pre becomes the pre-activation kept for gelu_backward), then
-// out = gelu(pre). The gradient of the bias is taken by matmul_backward from gelu_backward's dinp.
-// out is gelu of the pre-activation before it is rounded to Store (as a GEMM epilogue computes
-// it), not of the stored pre.
-template <class Real, class Store = Real, class Exec>
-void bias_gelu_forward(const Exec& exec, Flat<Store, Exec> out,  // (N, C)
-                       Flat<Store, Exec> pre,        // (N, C), in: inp * W^T, out: + bias
-                       ConstFlat<Store, Exec> bias,  // (C)
-                       int N, int C) {
-  const index_t NC = static_cast<index_t>(N) * C;
-  detail::require_size(out, NC, "bias_gelu_forward", "out");
-  detail::require_size(pre, NC, "bias_gelu_forward", "pre");
-  detail::require_size(bias, C, "bias_gelu_forward", "bias");
-  if constexpr (detail::gelu_on_host<Real, Store, Exec>()) {
-    Store* o = out.data();
-    Store* p = pre.data();
-    const Store* b = bias.data();
-    const index_t rows = C > 0 ? (detail::kGeluHostChunk + C - 1) / C : 1;  // per iteration
-    detail::host_chunks(exec, "p2bw::bias_gelu_forward", N, rows, [=](index_t first, index_t end) {
-      detail::bias_gelu_forward_host(o, p, b, first, end, C);
-    });
-  } else {
-    detail::bias_gelu_forward_portable<Real, Store, Exec>(exec, out, pre, bias, N, C);
   }
 }
 

@@ -24,8 +24,8 @@ void matmul_forward(const Exec& exec, Flat<Store, Exec> out,  // (N, OC)
   detail::require_size(inp, static_cast<index_t>(N) * C, "matmul_forward", "inp");
   detail::require_size(weight, static_cast<index_t>(OC) * C, "matmul_forward", "weight");
   if (bias.extent(0) > 0) detail::require_size(bias, OC, "matmul_forward", "bias");
-  // The fc layer's GELU stays a separate kernel (bias_gelu_forward in kernels/gelu.hpp): a GELU
-  // epilogue (cuBLASLt's CUBLASLT_EPILOGUE_GELU_AUX) is not used.
+  // The fc layer's GELU stays a separate kernel reading the stored pre-activation
+  // (kernels/gelu.hpp): cuBLASLt's GELU epilogue takes the unrounded one, another semantics.
   gemm<Real, Store, Store>(
       exec, Trans::N, Trans::T, Real(1), ConstMatrix<Store, Exec>(inp.data(), N, C),
       ConstMatrix<Store, Exec>(weight.data(), OC, C), Real(0),

@@ -2,13 +2,11 @@
 // with w = W(t) read and w' = W(t+1) written, out = w' + gamma (w' - w), a linear extrapolation
 // of the next weights (SpecTrain, PipeMare) on which 2bw runs its stale batch instead of W(t+1)
 // (docs/convergence.md). `out` may alias the gradient (each gradient is read before `out` is
-// written), never the weights. Under bf16 `out` is the compute copy: with Store = bf16 a bf16
-// buffer (kernels/storage.hpp), or in float storage with round_bf16 (the emulation,
-// kernels/bf16_round.hpp); either way the value written is rounded to the nearest bf16, so the
-// update writes the master and the compute copy in one pass; gamma = 0 then writes bf16(w').
+// written), never the weights. Under bf16 `out` is the compute copy, a bf16 buffer (Store = bf16,
+// kernels/storage.hpp): the value written is rounded to the nearest bf16, so the update writes
+// the master and the compute copy in one pass; gamma = 0 then writes bf16(w').
 #pragma once
 
-#include "kernels/bf16_round.hpp"
 #include "kernels/storage.hpp"
 #include "kernels/types.hpp"
 
@@ -18,7 +16,6 @@ template <class Real, class Exec, class Store = Real>
 struct Prediction {
   Flat<Store, Exec> out;  // (n), or empty: no prediction
   double gamma = 0.0;
-  bool round_bf16 = false;  // out = bf16(w' + gamma (w' - w)): the bf16 compute copy
 };
 
 namespace detail {
@@ -29,10 +26,9 @@ struct Predict {
   Flat<Store, Exec> out;
   double gamma;
   bool on;
-  bool round_bf16;
 
   Predict(const Prediction<Real, Exec, Store>& p, index_t n, const char* kernel)
-      : out(p.out), gamma(p.gamma), on(p.out.data() != nullptr), round_bf16(p.round_bf16) {
+      : out(p.out), gamma(p.gamma), on(p.out.data() != nullptr) {
     if (on) require_size(out, n, kernel, "prediction");
   }
   // Writes element i's prediction from the weight read (before) and the weight written (after).
@@ -41,8 +37,7 @@ struct Predict {
     if (on) {
       const Acc next = static_cast<Acc>(after);
       const Real value = static_cast<Real>(next + static_cast<Acc>(gamma) * (next - before));
-      out(i) = narrow<Store>(
-          round_bf16 ? static_cast<Real>(round_to_bf16(static_cast<float>(value))) : value);
+      out(i) = narrow<Store>(value);
     }
   }
 };

@@ -8,8 +8,7 @@
 // rounds to nearest even (kernels/bf16.hpp, bit for bit as CUDA's __float2bfloat16_rn). Kernels
 // round only when they store, never in between, so a kernel run with Store = bf16 gives the bits
 // of the same kernel run with Store = float on the same (bf16-exact) inputs followed by rounding
-// its stored outputs: the float-storage emulation of kernels/bf16_round.hpp, which the tests use
-// as the reference.
+// its stored outputs (round_to_bf16): the reference the kernel tests hold every kernel to.
 //
 // Template convention: template <class Real, class Store = Real, class Exec>, so that
 //   kernels::layernorm_forward<float>(exec, ...)        computes and stores in float, and

@@ -14,7 +14,6 @@
 
 #include "comm/staging.hpp"
 #include "core/error.hpp"
-#include "kernels/bf16_pack.hpp"
 
 namespace p2bw::comm {
 
@@ -135,23 +134,17 @@ cudaStream_t make_stream() {
   return stream;
 }
 
-// On a bf16 wire a send packs its float buffer into a pooled device bf16 buffer by a kernel on
-// the compute stream (so after the kernels that wrote it) and sends that as ncclBfloat16; a
-// receive lands in a pooled bf16 buffer and is unpacked into its float buffer on the compute
-// stream when it is found complete (so before the kernels that read it). A packed buffer goes
-// back to the pool when its operation completes; its next use is ordered after by the compute
-// stream (a pack) or by order_after (a receive). Nothing is waited for on the host, so the
-// packing does not count inexact values (the MPI transport does; see Wire).
+// A message goes from and into its buffer on the device, in the buffer's type (a bf16 run's
+// buffers are bf16: ncclBfloat16, 2 bytes per value), on the communication stream ordered after
+// the compute stream's kernels.
 class NcclTransport : public Transport {
  public:
-  NcclTransport(const ProcessGrid& grid, double timeout_s, Wire wire, const Exec& compute)
+  NcclTransport(const ProcessGrid& grid, double timeout_s, const Exec& compute)
       : comm_(make_comm(grid.world(), timeout_s, grid.stage(), "the pipeline")),
         stream_(make_stream()),
         compute_(stream_of(compute)),
-        exec_(compute),
         timeout_s_(timeout_s),
-        stage_(grid.stage()),
-        wire_(wire) {}
+        stage_(grid.stage()) {}
 
   ~NcclTransport() override {
     // After a timeout or an NCCL error the communicator is aborted (its kernels may never end);
@@ -165,37 +158,36 @@ class NcclTransport : public Transport {
   }
 
   int post_send(const Message& message) override {
-    const Packed packed = pack(message);
     order_after(compute_, stream_);
-    settled(ncclSend(data(message, packed), count(message), type(), message.peer, comm_, stream_),
+    settled(ncclSend(message.buffer.data(), count(message), type(message), message.peer, comm_,
+                     stream_),
             message, "send");
-    return add(message, true, packed);
+    return add(message, true);
   }
 
   int post_receive(const Message& message) override {
-    const Packed packed = take(message);
     order_after(compute_, stream_);  // kernels may still read the buffer's previous contents
-    settled(ncclRecv(data(message, packed), count(message), type(), message.peer, comm_, stream_),
+    settled(ncclRecv(message.buffer.data(), count(message), type(message), message.peer, comm_,
+                     stream_),
             message, "receive");
-    return add(message, false, packed);
+    return add(message, false);
   }
 
   // One group: NCCL progresses both halves together, so two exchanges facing each other
   // complete (the checker's exchange rule).
   std::pair<int, int> post_exchange(const Message& send, const Message& receive) override {
-    const Packed sent_packed = pack(send), received_packed = take(receive);
     order_after(compute_, stream_);
     P2BW_NCCL_CHECK(ncclGroupStart());
     // Inside a group the calls only record (a non-blocking communicator may say ncclInProgress).
     for (const ncclResult_t recorded :
-         {ncclSend(data(send, sent_packed), count(send), type(), send.peer, comm_, stream_),
-          ncclRecv(data(receive, received_packed), count(receive), type(), receive.peer, comm_,
+         {ncclSend(send.buffer.data(), count(send), type(send), send.peer, comm_, stream_),
+          ncclRecv(receive.buffer.data(), count(receive), type(receive), receive.peer, comm_,
                    stream_)})
       if (recorded != ncclInProgress) P2BW_NCCL_CHECK(recorded);
     // The group's end enqueues them.
     settled(ncclGroupEnd(), send, "exchange (send and receive)");
-    const int sent = add(send, true, sent_packed);
-    return {sent, add(receive, false, received_packed)};
+    const int sent = add(send, true);
+    return {sent, add(receive, false)};
   }
 
   void wait(int handle, const std::string& what) override {
@@ -222,34 +214,17 @@ class NcclTransport : public Transport {
   }
 
  private:
-  using Packed = BufferPool<kernels::bf16, Memory>::Buffer;  // (n) bf16 wire: what NCCL moves
-
   struct Operation {
     Message message;
     bool send;
     cudaEvent_t done;  // recorded on the communication stream after the operation
-    Packed packed;     // bf16 wire
   };
 
-  ncclDataType_t type() const { return wire_ == Wire::bf16 ? ncclBfloat16 : ncclFloat; }
-  static size_t count(const Message& message) { return message.buffer.extent(0); }
-  // What NCCL sends from or receives into: the float buffer, or on a bf16 wire its packed one.
-  void* data(const Message& message, const Packed& packed) const {
-    return wire_ == Wire::bf16 ? static_cast<void*>(packed.data())
-                               : static_cast<void*>(message.buffer.data());
+  // A buffer's element type on the wire: bf16 buffers as ncclBfloat16 (2 bytes per value).
+  static ncclDataType_t type(const Message& message) {
+    return message.buffer.is_bf16() ? ncclBfloat16 : ncclFloat;
   }
-  // A packed buffer for the message (none on a fp32 wire).
-  Packed take(const Message& message) {
-    return wire_ == Wire::bf16 ? packed_.take(count(message)) : Packed();
-  }
-  // take() with the message's floats packed into it, queued on the compute stream.
-  Packed pack(const Message& message) {
-    const Packed packed = take(message);
-    if (wire_ == Wire::bf16)
-      kernels::pack_bf16_async(exec_, packed, message.buffer,
-                               static_cast<kernels::index_t>(count(message)));
-    return packed;
-  }
+  static size_t count(const Message& message) { return static_cast<size_t>(message.buffer.size()); }
   // settle() for a call posting `message`; the communicator is aborted when it fails.
   void settled(ncclResult_t result, const Message& message, const char* kind) {
     noting_errors([&] {
@@ -259,37 +234,26 @@ class NcclTransport : public Transport {
       return true;
     });
   }
-  int add(const Message& message, bool send, const Packed& packed) {
-    pending_.emplace(next_, Operation{message, send, record(stream_), packed});
+  int add(const Message& message, bool send) {
+    pending_.emplace(next_, Operation{message, send, record(stream_)});
     return next_++;
   }
-  // A completed operation; on a bf16 wire a receive's values into its float buffer.
   void finish(std::map<int, Operation>::iterator it) {
-    Operation& op = it->second;
-    P2BW_CUDA_CHECK(cudaEventDestroy(op.done));
-    if (wire_ == Wire::bf16) {
-      if (!op.send)
-        kernels::unpack_bf16(exec_, op.message.buffer, op.packed,
-                             static_cast<kernels::index_t>(count(op.message)));
-      packed_.give_back(op.packed);
-    }
+    P2BW_CUDA_CHECK(cudaEventDestroy(it->second.done));
     pending_.erase(it);
   }
 
   ncclComm_t comm_;
   cudaStream_t stream_;   // communication stream
   cudaStream_t compute_;  // the executor's compute stream
-  Exec exec_;             // its execution space instance (the packing kernels)
   double timeout_s_;
   int stage_;
-  Wire wire_;
   template <class F>
   bool noting_errors(const F& f) {
     return marking_abort(aborted_, f);
   }
   bool aborted_ = false;
   std::map<int, Operation> pending_;
-  BufferPool<kernels::bf16, Memory> packed_;  // bf16 wire
   int next_ = 0;
 };
 
@@ -404,9 +368,9 @@ class NcclCollectives : public Collectives {
 
 }  // namespace
 
-std::unique_ptr<Transport> make_nccl_transport(const ProcessGrid& grid, double timeout_s, Wire wire,
+std::unique_ptr<Transport> make_nccl_transport(const ProcessGrid& grid, double timeout_s,
                                                const Exec& compute) {
-  return std::make_unique<NcclTransport>(grid, timeout_s, wire, compute);
+  return std::make_unique<NcclTransport>(grid, timeout_s, compute);
 }
 
 std::unique_ptr<Collectives> make_nccl_collectives(const ProcessGrid& grid, double timeout_s,

@@ -20,10 +20,10 @@
 
 namespace p2bw::comm {
 
-// Point-to-point over one NCCL communicator of the whole world (peers are world ranks), messages
-// as `wire` says (bf16: packed on the device, sent as ncclBfloat16); `compute` is the execution
-// space instance whose kernels write and read the buffers.
-std::unique_ptr<Transport> make_nccl_transport(const ProcessGrid& grid, double timeout_s, Wire wire,
+// Point-to-point over one NCCL communicator of the whole world (peers are world ranks), each
+// message in its buffer's type (bf16 buffers as ncclBfloat16); `compute` is the execution space
+// instance whose kernels write and read the buffers.
+std::unique_ptr<Transport> make_nccl_transport(const ProcessGrid& grid, double timeout_s,
                                                const Exec& compute);
 
 // Sums over NCCL communicators of the grid's groups (world, replicas, tied); the barrier stays

@@ -2,8 +2,7 @@
 // steady-state step allocates none. On CUDA builds they are pinned host memory
 // (Kokkos::CudaHostPinnedSpace: the device copies them by DMA at full speed); on host builds the
 // device buffer is host memory already and is handed to MPI itself, with no copy. BufferPool is
-// the same reuse for any buffer: the transport's bf16 wire packs into pooled 16-bit buffers (on
-// the device, then staged; on host builds straight into the buffer MPI sends).
+// the same reuse for any buffer.
 #pragma once
 
 #include <cstddef>

@@ -1,4 +1,4 @@
-// MPI transport with host staging, the bf16 wire and deadlines; see transport.hpp.
+// MPI transport with host staging and deadlines; see transport.hpp.
 #include "comm/transport.hpp"
 
 #include <fmt/format.h>
@@ -12,7 +12,6 @@
 
 #include "comm/staging.hpp"
 #include "core/error.hpp"
-#include "kernels/bf16_pack.hpp"
 
 namespace p2bw::comm {
 
@@ -28,10 +27,6 @@ const char* to_string(Direction direction) {
   return "?";
 }
 
-const char* to_string(Wire wire) {
-  return wire == Wire::bf16 ? "bf16" : "fp32";
-}
-
 std::string stalled_transfer(int stage, const std::string& what, double timeout_s,
                              const Message& message, bool send) {
   return fmt::format(
@@ -39,14 +34,6 @@ std::string stalled_transfer(int stage, const std::string& what, double timeout_
       "(pipeline.timeout_s)",
       stage, what, timeout_s, send ? "send" : "receive", to_string(message.direction),
       message.microbatch, send ? "to" : "from", message.peer);
-}
-
-int bytes_per_value(Wire wire) {
-  return wire == Wire::bf16 ? 2 : 4;
-}
-
-Wire wire_for(config::Precision precision) {
-  return precision == config::Precision::bf16 ? Wire::bf16 : Wire::fp32;
 }
 
 namespace {
@@ -76,16 +63,13 @@ bool poll(MPI_Request& request, double timeout_s) {
   }
 }
 
-// Messages on a fp32 wire go from their float buffers (staged on CUDA builds, the buffer itself
-// on host builds). On a bf16 wire a send packs its buffer into 16-bit values on the compute
-// instance (on CUDA builds into a device buffer, then copied to the pinned staging: half the PCIe
-// bytes; on host builds straight into the buffer MPI sends) and a completed receive unpacks them
-// into its float buffer. Every staging and packing buffer comes from a pool: none is allocated
-// once each message size has been in flight as often at once.
+// A message goes from its buffer's bytes: staged through pooled (pinned) host buffers on CUDA
+// builds, the buffer itself on host builds. No staging buffer is allocated once each message
+// size has been in flight as often at once.
 class MpiTransport : public Transport {
  public:
-  MpiTransport(MPI_Comm world, double timeout_s, int stage, Wire wire, const Exec& compute)
-      : world_(world), timeout_s_(timeout_s), stage_(stage), wire_(wire), compute_(compute) {}
+  MpiTransport(MPI_Comm world, double timeout_s, int stage)
+      : world_(world), timeout_s_(timeout_s), stage_(stage) {}
 
   ~MpiTransport() override {
     if (pending_.empty()) return;
@@ -100,33 +84,18 @@ class MpiTransport : public Transport {
   }
 
   int post_send(const Message& message) override {
-    Operation op{message, {}, {}, true, MPI_REQUEST_NULL};
-    if (wire_ == Wire::bf16) {
-      op.packed = packed_.take(message.buffer.extent(0));
-      pack(op.packed, message);  // after the kernels that wrote the buffer
-      P2BW_MPI_CHECK(MPI_Isend(op.packed.data(), count(message), MPI_UINT16_T, message.peer,
-                               tag(message), world_, &op.request));
-    } else {
-      op.staging = staging_.take(message.buffer);
-      // Also orders the send after the kernels that wrote the buffer.
-      if (StagingPool<float>::copies) Kokkos::deep_copy(op.staging, message.buffer);
-      P2BW_MPI_CHECK(MPI_Isend(op.staging.data(), count(message), MPI_FLOAT, message.peer,
-                               tag(message), world_, &op.request));
-    }
+    Operation op{message, staging_.take(bytes_of(message)), true, MPI_REQUEST_NULL};
+    // Also orders the send after the kernels that wrote the buffer.
+    if (StagingPool<Byte>::copies) Kokkos::deep_copy(op.staging, bytes_of(message));
+    P2BW_MPI_CHECK(MPI_Isend(op.staging.data(), count(message), MPI_BYTE, message.peer,
+                             tag(message), world_, &op.request));
     return add(std::move(op));
   }
 
   int post_receive(const Message& message) override {
-    Operation op{message, {}, {}, false, MPI_REQUEST_NULL};
-    if (wire_ == Wire::bf16) {
-      op.packed = packed_.take(message.buffer.extent(0));
-      P2BW_MPI_CHECK(MPI_Irecv(op.packed.data(), count(message), MPI_UINT16_T, message.peer,
-                               tag(message), world_, &op.request));
-    } else {
-      op.staging = staging_.take(message.buffer);
-      P2BW_MPI_CHECK(MPI_Irecv(op.staging.data(), count(message), MPI_FLOAT, message.peer,
-                               tag(message), world_, &op.request));
-    }
+    Operation op{message, staging_.take(bytes_of(message)), false, MPI_REQUEST_NULL};
+    P2BW_MPI_CHECK(MPI_Irecv(op.staging.data(), count(message), MPI_BYTE, message.peer,
+                             tag(message), world_, &op.request));
     return add(std::move(op));
   }
 
@@ -160,20 +129,12 @@ class MpiTransport : public Transport {
   }
 
  private:
-  using Packed = BufferPool<kernels::bf16, StagingSpace>::Buffer;  // (n) what MPI sends, bf16
-  using DevicePacked = BufferPool<kernels::bf16, Memory>::Buffer;  // (n) CUDA builds: packing's
-  // Whether a packed buffer of type V is not in device memory (so is staged through it).
-  // A function, not a static variable template: nvcc 13 warns that such a member is "referenced
-  // but not defined" (#114-D), although C++17 makes it inline.
-  template <class V>
-  static constexpr bool staged() {
-    return !std::is_same<typename V::memory_space, Memory>::value;
-  }
+  using Byte = unsigned char;
+  using Bytes = Kokkos::View<Byte*, Memory, Kokkos::MemoryUnmanaged>;  // a buffer's bytes
 
   struct Operation {
     Message message;
-    StagingPool<float>::Buffer staging;  // fp32 wire: the buffer itself on host builds
-    Packed packed;                       // bf16 wire
+    StagingPool<Byte>::Buffer staging;  // the buffer's own bytes on host builds
     bool send;
     MPI_Request request;
   };
@@ -181,71 +142,26 @@ class MpiTransport : public Transport {
     pending_.emplace(next_, std::move(op));
     return next_++;
   }
-  static int count(const Message& message) { return static_cast<int>(message.buffer.extent(0)); }
+  static Bytes bytes_of(const Message& message) {
+    return Bytes(static_cast<Byte*>(message.buffer.data()),
+                 static_cast<size_t>(message.buffer.bytes()));
+  }
+  static int count(const Message& message) { return static_cast<int>(message.buffer.bytes()); }
   static int tag(const Message& message) { return tag_of(message.microbatch, message.direction); }
-
-  // The message's floats packed into `packed` as bf16; throws when one was not bf16-exact.
-  // (Templates on the buffer's type so that only this build's branch is compiled: a CUDA build
-  // cannot hand the pinned buffer to a device kernel.)
-  template <class PackedView>
-  void pack(const PackedView& packed, const Message& message) {
-    const kernels::index_t n = count(message);
-    kernels::index_t rounded = 0;
-    if constexpr (staged<PackedView>()) {
-      const DevicePacked device = device_packed_.take(static_cast<std::size_t>(n));
-      rounded = kernels::pack_bf16(compute_, device, message.buffer, n);
-      Kokkos::deep_copy(packed, device);
-      device_packed_.give_back(device);
-    } else {
-      rounded = kernels::pack_bf16(compute_, packed, message.buffer, n);
-    }
-    if (rounded != 0)
-      P2BW_INTERNAL_ERROR(fmt::format(
-          "stage {}: {} of the {} values of the {} of microbatch {} to rank {} are not bf16 "
-          "values: "
-          "the bf16 wire would round them (a bf16 run's messages are rounded where they are "
-          "written)",
-          stage_, rounded, n, to_string(message.direction), message.microbatch, message.peer));
-  }
-
-  // A received bf16 message into its float buffer (queued on the compute instance, so before
-  // the kernels that read it).
-  template <class PackedView>
-  void unpack(const PackedView& packed, const Message& message) {
-    const kernels::index_t n = count(message);
-    if constexpr (staged<PackedView>()) {
-      const DevicePacked device = device_packed_.take(static_cast<std::size_t>(n));
-      Kokkos::deep_copy(device, packed);
-      kernels::unpack_bf16(compute_, message.buffer, device, n);
-      device_packed_.give_back(device);  // its next use is ordered after on the same instance
-    } else {
-      kernels::unpack_bf16(compute_, message.buffer, packed, n);
-      compute_.fence();  // the packed buffer goes back to the pool and to MPI
-    }
-  }
 
   // A completed operation: a receive's data to its device buffer, the staging back to the pool.
   void finish(std::map<int, Operation>::iterator it) {
     Operation& op = it->second;
-    if (wire_ == Wire::bf16) {
-      if (!op.send) unpack(op.packed, op.message);
-      packed_.give_back(op.packed);
-    } else {
-      if (StagingPool<float>::copies && !op.send) Kokkos::deep_copy(op.message.buffer, op.staging);
-      staging_.give_back(op.staging);
-    }
+    if (StagingPool<Byte>::copies && !op.send) Kokkos::deep_copy(bytes_of(op.message), op.staging);
+    staging_.give_back(op.staging);
     pending_.erase(it);
   }
 
   MPI_Comm world_;
   double timeout_s_;
   int stage_;
-  Wire wire_;
-  Exec compute_;
   std::map<int, Operation> pending_;
-  StagingPool<float> staging_;                       // fp32 wire
-  BufferPool<kernels::bf16, StagingSpace> packed_;   // bf16 wire: what MPI sends and receives
-  BufferPool<kernels::bf16, Memory> device_packed_;  // bf16 wire, CUDA builds: packing's
+  StagingPool<Byte> staging_;
   int next_ = 0;
 };
 
@@ -258,9 +174,8 @@ void wait_with_deadline(MPI_Request& request, double timeout_s, int stage,
                                what, timeout_s));
 }
 
-std::unique_ptr<Transport> make_mpi_transport(MPI_Comm world, double timeout_s, int stage,
-                                              Wire wire, const Exec& compute) {
-  return std::make_unique<MpiTransport>(world, timeout_s, stage, wire, compute);
+std::unique_ptr<Transport> make_mpi_transport(MPI_Comm world, double timeout_s, int stage) {
+  return std::make_unique<MpiTransport>(world, timeout_s, stage);
 }
 
 }  // namespace p2bw::comm

@@ -5,9 +5,8 @@
 // device memory are staged through host memory (the MPI need not be CUDA-aware). NCCL's
 // implementation (nccl.hpp, CUDA builds with P2BW_NCCL) has no tags: it relies on the checker's
 // proof that both sides of every pair of ranks issue their messages in the same order.
-// Message buffers are floats in every precision; the wire's element type is the transport's
-// (Wire, from model.precision): bf16 runs send 2 bytes per value. Collectives live beside it in
-// collectives.hpp.
+// A message is its buffer's bytes: a bf16 run's buffers are bf16 (StoreView), so it sends 2 bytes
+// per value with no packing. Collectives live beside it in collectives.hpp.
 #pragma once
 
 #include <mpi.h>
@@ -19,25 +18,9 @@
 
 #include "config/deck.hpp"
 #include "core/device.hpp"
+#include "core/store_view.hpp"
 
 namespace p2bw::comm {
-
-// The element type of every message on the wire. fp32: the floats themselves (4 bytes per value).
-// bf16 (model.precision: bf16): each message is packed into bf16 by a kernel on the device, sent
-// as 16-bit values (2 bytes each) and unpacked into the receiver's float buffer. The values of a
-// bf16 run's messages are bf16-exact (its rounding points, kernels/bf16_round.hpp, round every
-// activation passed on and every activation gradient), so the packing loses nothing and the
-// receiver gets the sender's bits; the MPI transport counts any value the packing had to round
-// and fails with an internal error naming the message (a missing rounding point), never sending
-// it silently rounded.
-enum class Wire { fp32, bf16 };
-
-// "fp32" or "bf16".
-const char* to_string(Wire wire);
-// Bytes of one value on the wire: 4 or 2.
-int bytes_per_value(Wire wire);
-// The wire of a run: bf16 for model.precision bf16, else fp32 (tf32 computes on fp32 values).
-Wire wire_for(config::Precision precision);
 
 // evaluation: the activations of a forward-only pass, numbered apart from training's microbatches.
 enum class Direction { activation = 0, gradient = 1, evaluation = 2 };
@@ -47,7 +30,7 @@ const char* to_string(Direction direction);
 
 // One half of a transfer: a buffer, the world rank of the peer, and the message's identity.
 struct Message {
-  FloatView buffer;
+  StoreView buffer;
   int peer = 0;
   int microbatch = 0;
   Direction direction = Direction::activation;
@@ -83,10 +66,8 @@ class RunError : public std::runtime_error {
 std::string stalled_transfer(int stage, const std::string& what, double timeout_s,
                              const Message& message, bool send);
 
-// MPI point-to-point over `world` (peers are its ranks), messages as `wire` says; `compute` is the
-// execution space instance whose kernels write and read the buffers (the bf16 packing runs on it).
-std::unique_ptr<Transport> make_mpi_transport(MPI_Comm world, double timeout_s, int stage,
-                                              Wire wire, const Exec& compute);
+// MPI point-to-point over `world` (peers are its ranks), each message as MPI_BYTE.
+std::unique_ptr<Transport> make_mpi_transport(MPI_Comm world, double timeout_s, int stage);
 
 // Waits for a non-blocking MPI operation (e.g. a collective) with a deadline: tests it in a loop
 // that yields the core between tests, throws RunError("stage S: WHAT: no progress ...") when late.

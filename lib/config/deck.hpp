@@ -23,8 +23,7 @@ enum class TransportKind { automatic, nccl, mpi };
 // model.precision: what activations and the weights used in compute are stored in, and what the
 // GEMMs run in. fp32: everything fp32; tf32: fp32 storage, GEMMs on TF32 tensor cores (CUDA);
 // bf16: activations and compute copies of the weights in bf16, fp32 master weights, optimizer
-// state and gradient reduction (docs/deck.md, "Precision"). Today's kernels train bf16 as an
-// emulation in float storage (model::StageModel): bf16's numbers, not its memory or speed.
+// state and gradient reduction (docs/deck.md, "Precision"; model::StageModel).
 enum class Precision { fp32, tf32, bf16 };
 
 struct ModelConfig {

@@ -336,9 +336,7 @@ const std::vector<Spec>& specs() {
           {Precision::fp32, Precision::tf32, Precision::bf16},
           "fp32; tf32 = fp32 storage, TF32 tensor-core GEMMs (CUDA builds); bf16 = activations "
           "and compute copies of the weights in bf16, fp32 master weights, optimizer state and "
-          "gradient reduction (train: emulated in float storage, bf16's rounding without its "
-          "memory saving, but stage-boundary messages 16-bit on the wire; bench and profile "
-          "refuse it; check and plan: the bf16 GPU layout)"),
+          "gradient reduction, fp32 accumulation in every GEMM"),
       integer_key(
           "pipeline.depth", +[](Deck& d) -> int& { return d.pipeline.depth; }, 1, 4096,
           "d: pipeline stages"),

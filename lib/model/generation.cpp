@@ -44,7 +44,7 @@ std::int32_t sample_token(const float* logits, int vocab, const SamplingOptions&
   return order[k - 1];
 }
 
-std::vector<std::int32_t> generate_tokens(StageModel& model, ConstFloatView params,
+std::vector<std::int32_t> generate_tokens(StageModel& model, const StoreView& params,
                                           const std::vector<std::int32_t>& prompt, int count,
                                           const SamplingOptions& options) {
   const ModelShape& shape = model.shape();

@@ -27,7 +27,7 @@ std::int32_t sample_token(const float* logits, int vocab, const SamplingOptions&
 // seq_len tokens (positions beyond them are padding that causal attention never lets earlier
 // positions see); token i (0-based) draws its number from data::random_bits(seed, stream 1, i).
 // Returns the new tokens. Logits that are not finite (a diverged checkpoint) are a UserError.
-std::vector<std::int32_t> generate_tokens(StageModel& model, ConstFloatView params,
+std::vector<std::int32_t> generate_tokens(StageModel& model, const StoreView& params,
                                           const std::vector<std::int32_t>& prompt, int count,
                                           const SamplingOptions& options);
 

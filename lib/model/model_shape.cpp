@@ -32,7 +32,7 @@ PartSize ModelShape::block() const {
   part.params = 12 * C * C + 13 * C;
   const BlockActivations<std::int64_t> a = block_activations();
   slot_offsets(a, part.activations);
-  part.activations_32bit = a.ln1_mean + a.ln1_rstd + a.att_lse + a.ln2_mean + a.ln2_rstd;
+  part.activations_32bit = statistics_count(a, block_statistics());
   part.input = BT * C;  // residual stream (B, T, C)
   part.flops_forward = 24.0 * BT * C * C + 4.0 * BT * seq_len * C;
   return part;
@@ -44,10 +44,22 @@ PartSize ModelShape::head() const {
   part.params = 2 * C + padded_vocab * hidden;  // lnf (2C), tied wte copy (Vp, C)
   const HeadActivations<std::int64_t> a = head_activations();
   slot_offsets(a, part.activations);
-  part.activations_32bit = a.lnf_mean + a.lnf_rstd + a.lse;
+  part.activations_32bit = statistics_count(a, head_statistics());
   part.input = BT * C;
   part.flops_forward = 2.0 * BT * C * padded_vocab;
   return part;
+}
+
+BlockActivations<bool> block_statistics() {
+  BlockActivations<bool> s{};
+  s.ln1_mean = s.ln1_rstd = s.att_lse = s.ln2_mean = s.ln2_rstd = true;
+  return s;
+}
+
+HeadActivations<bool> head_statistics() {
+  HeadActivations<bool> s{};
+  s.lnf_mean = s.lnf_rstd = s.lse = true;
+  return s;
 }
 
 BlockActivations<std::int64_t> ModelShape::block_activations() const {

@@ -12,9 +12,8 @@
 
 namespace p2bw::model {
 
-// What one part holds, in values. The kernels keep every tensor in fp32 today; for
-// model.precision: bf16 the byte counts below put activations and stage-boundary tensors in bf16
-// and keep per-row statistics (LayerNorm mean and rstd, log-sum-exps) and token ids 32-bit.
+// What one part holds, in values. For model.precision: bf16 activations and stage-boundary tensors
+// are bf16, per-row statistics (LayerNorm mean and rstd, log-sum-exps) and token ids 32-bit.
 struct PartSize {
   std::int64_t params = 0;             // parameters (the tied LM head counts its own copy)
   std::int64_t activations = 0;        // values kept for backward per microbatch, input included
@@ -89,6 +88,22 @@ Slots<std::int64_t> slot_offsets(const Slots<std::int64_t>& sizes, std::int64_t&
       },
       offsets, counts);
   return offsets;
+}
+
+// Which slots hold per-row statistics, 32-bit in every precision (LayerNorm means and rstds,
+// log-sum-exps); the other slots are stored values (float, or bf16 under model.precision: bf16).
+BlockActivations<bool> block_statistics();
+HeadActivations<bool> head_statistics();
+
+// Values of the slots where `statistics` is true.
+template <template <class> class Slots>
+std::int64_t statistics_count(const Slots<std::int64_t>& sizes, const Slots<bool>& statistics) {
+  std::int64_t total = 0;
+  Slots<std::int64_t> counts = sizes;
+  Slots<bool> flags = statistics;
+  Slots<std::int64_t>::zip([&](std::int64_t& count, bool& flag) { total += flag ? count : 0; },
+                           counts, flags);
+  return total;
 }
 
 struct ModelShape {

@@ -26,10 +26,8 @@ std::vector<std::pair<kernels::index_t, kernels::index_t>> decay_ranges(
 }  // namespace
 
 Optimizer::Optimizer(const config::TrainConfig& train, const std::vector<TensorInfo>& tensors,
-                     std::int64_t params, config::Precision precision)
-    : config_(train.optimizer),
-      round_bf16_(precision == config::Precision::bf16),
-      decay_(Exec(), decay_ranges(tensors)) {
+                     std::int64_t params)
+    : config_(train.optimizer), decay_(Exec(), decay_ranges(tensors)) {
   const auto n = static_cast<size_t>(params);
   if (config_.kind == config::OptimizerKind::adamw) {
     first_ = FloatView("p2bw::adam_m", n);
@@ -40,16 +38,26 @@ Optimizer::Optimizer(const config::TrainConfig& train, const std::vector<TensorI
 }
 
 void Optimizer::step(const Exec& exec, FloatView w_out, ConstFloatView w_in, ConstFloatView grad,
-                     double lr, double grad_scale, FloatView predicted, double gamma) {
+                     double lr, double grad_scale, const StoreView& predicted, double gamma) {
   ++steps_;
-  const kernels::Prediction<float, Exec> prediction{predicted, gamma, round_bf16_};
-  if (config_.kind == config::OptimizerKind::adamw)
-    kernels::adamw_update<float>(exec, w_out, w_in, grad, first_, second_, decay_, lr,
-                                 config_.beta1, config_.beta2, config_.eps, config_.weight_decay,
-                                 steps_, grad_scale, prediction);
+  if (predicted.is_bf16())
+    update<kernels::bf16>(exec, w_out, w_in, grad, lr, grad_scale,
+                          {predicted.as<kernels::bf16>(), gamma});
   else
-    kernels::sgd_update<float>(exec, w_out, w_in, grad, first_, decay_, lr, config_.momentum,
-                               config_.weight_decay, grad_scale, prediction);
+    update<float>(exec, w_out, w_in, grad, lr, grad_scale, {predicted.as<float>(), gamma});
+}
+
+template <class Store>
+void Optimizer::update(const Exec& exec, FloatView w_out, ConstFloatView w_in, ConstFloatView grad,
+                       double lr, double grad_scale,
+                       const kernels::Prediction<float, Exec, Store>& prediction) {
+  if (config_.kind == config::OptimizerKind::adamw)
+    kernels::adamw_update<float, Store>(exec, w_out, w_in, grad, first_, second_, decay_, lr,
+                                        config_.beta1, config_.beta2, config_.eps,
+                                        config_.weight_decay, steps_, grad_scale, prediction);
+  else
+    kernels::sgd_update<float, Store>(exec, w_out, w_in, grad, first_, decay_, lr, config_.momentum,
+                                      config_.weight_decay, grad_scale, prediction);
 }
 
 double clip_scale(double norm, double clip) {

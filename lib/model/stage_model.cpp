@@ -8,7 +8,6 @@
 
 #include "core/error.hpp"
 #include "kernels/attention.hpp"
-#include "kernels/bf16_round.hpp"
 #include "kernels/crossentropy.hpp"
 #include "kernels/encoder.hpp"
 #include "kernels/gelu.hpp"
@@ -26,11 +25,13 @@ using kernels::ConstFlat;
 using kernels::Flat;
 
 // Unmanaged flat views on raw pointers of the model's memory space.
-Flat<float, Exec> flat(float* p, std::int64_t n) {
-  return Flat<float, Exec>(p, static_cast<size_t>(n));
+template <class T>
+Flat<T, Exec> flat(T* p, std::int64_t n) {
+  return Flat<T, Exec>(p, static_cast<size_t>(n));
 }
-ConstFlat<float, Exec> cflat(const float* p, std::int64_t n) {
-  return ConstFlat<float, Exec>(p, static_cast<size_t>(n));
+template <class T>
+ConstFlat<T, Exec> cflat(const T* p, std::int64_t n) {
+  return ConstFlat<T, Exec>(p, static_cast<size_t>(n));
 }
 
 // Views of a part's tensors (slots in layout order) over the part's range at `base`.
@@ -48,17 +49,31 @@ Slots<V> tensor_views(P* base, const PartLayout& layout) {
   return views;
 }
 
-// Views of consecutive slots of the given sizes from `base` on (llm.c's one loop over sizes).
-template <template <class> class Slots>
-Slots<Flat<float, Exec>> slot_views(float* base, const Slots<std::int64_t>& sizes) {
-  Slots<Flat<float, Exec>> views;
+// Views of consecutive slots of the given sizes (llm.c's one loop over sizes), in two regions:
+// the stored values from `values` on, the statistics (`statistics` true) from `stats` on. A slot
+// has its view in one of the two (the other stays empty).
+template <template <class> class Slots, class Store>
+struct SlotViews {
+  Slots<Flat<Store, Exec>> v;  // stored values
+  Slots<Flat<float, Exec>> f;  // 32-bit statistics and scratch
+};
+template <template <class> class Slots, class Store>
+SlotViews<Slots, Store> slot_views(Store* values, float* stats, const Slots<std::int64_t>& sizes,
+                                   const Slots<bool>& statistics) {
+  SlotViews<Slots, Store> views;
   Slots<std::int64_t> counts = sizes;
+  Slots<bool> flags = statistics;
   Slots<std::int64_t>::zip(
-      [&](Flat<float, Exec>& view, const std::int64_t& count) {
-        view = flat(base, count);
-        base += count;
+      [&](Flat<Store, Exec>& v, Flat<float, Exec>& f, const std::int64_t& count, const bool& flag) {
+        if (flag) {
+          f = flat(stats, count);
+          stats += count;
+        } else {
+          v = flat(values, count);
+          values += count;
+        }
       },
-      views, counts);
+      views.v, views.f, counts, flags);
   return views;
 }
 
@@ -85,7 +100,14 @@ struct WorkspaceSlots {
   }
 };
 
-WorkspaceSlots<std::int64_t> workspace_sizes(const ModelShape& shape, bool has_head) {
+// The 32-bit workspace slots in every precision.
+WorkspaceSlots<bool> workspace_statistics() {
+  WorkspaceSlots<bool> s{};
+  s.losses = s.attention = s.colsum = true;
+  return s;
+}
+
+WorkspaceSlots<std::int64_t> workspace_sizes(const ModelShape& shape, bool has_head, bool bf16) {
   const int B = static_cast<int>(shape.microbatch), T = static_cast<int>(shape.seq_len);
   const int C = static_cast<int>(shape.hidden), NH = static_cast<int>(shape.heads);
   const std::int64_t n = shape.microbatch * shape.seq_len * shape.hidden;
@@ -100,8 +122,13 @@ WorkspaceSlots<std::int64_t> workspace_sizes(const ModelShape& shape, bool has_h
   w.dln = n;
   w.dqkv = 3 * n;
   w.dfch = 4 * n;
-  w.attention = std::max(kernels::attention_forward_workspace(B, T, C, NH),
-                         kernels::attention_backward_workspace(B, T, C, NH));
+  // Attention's host path widens bf16 storage into float copies in its workspace.
+  w.attention =
+      bf16
+          ? std::max(kernels::attention_forward_workspace<float, kernels::bf16, Exec>(B, T, C, NH),
+                     kernels::attention_backward_workspace<float, kernels::bf16, Exec>(B, T, C, NH))
+          : std::max(kernels::attention_forward_workspace<float>(B, T, C, NH),
+                     kernels::attention_backward_workspace<float>(B, T, C, NH));
   w.colsum = kernels::column_sum_workspace(4 * C);  // the widest column sum: the fc bias
   w.logits = has_head ? r * shape.padded_vocab : 0;
   return w;
@@ -109,21 +136,23 @@ WorkspaceSlots<std::int64_t> workspace_sizes(const ModelShape& shape, bool has_h
 
 }  // namespace
 
-void set_kernel_precision(const config::Deck& deck, const std::string& who, bool emulated_bf16) {
-  if (deck.model.precision == config::Precision::bf16 && !emulated_bf16)
-    throw UserError(fmt::format(
-        "{}: model.precision: bf16 is not measured by {}: bf16 is trained as an emulation in "
-        "float storage (bf16's rounding, not its memory or speed: the bf16 kernels come with the "
-        "GPU work, issue 18), so its timings would mean nothing; p2bw train runs bf16, p2bw check "
-        "and p2bw plan predict it (allowed here: fp32 | tf32)",
-        config::where_set(deck, "model.precision"), who));
+void set_kernel_precision(const config::Deck& deck) {
   kernels::set_tf32(deck.model.precision == config::Precision::tf32);
 }
 
-std::int64_t stage_workspace_floats(const ModelShape& shape, bool has_head) {
+std::int64_t stage_workspace_bytes(const ModelShape& shape, bool has_head,
+                                   config::Precision precision) {
+  const bool bf16 = precision == config::Precision::bf16;
+  const WorkspaceSlots<std::int64_t> sizes = workspace_sizes(shape, has_head, bf16);
   std::int64_t total = 0;
-  slot_offsets(workspace_sizes(shape, has_head), total);
-  return total;
+  slot_offsets(sizes, total);
+  const std::int64_t stats = statistics_count(sizes, workspace_statistics());
+  return 4 * stats + config::compute_bytes(precision) * (total - stats);
+}
+
+std::int64_t Cache::bytes() const {
+  return values.bytes() +
+         4 * static_cast<std::int64_t>(statistics.extent(0) + tokens.extent(0) + targets.extent(0));
 }
 
 StageModel::StageModel(const config::ModelConfig& model, int microbatch_size, int first_part,
@@ -138,18 +167,26 @@ StageModel::StageModel(const config::ModelConfig& model, int microbatch_size, in
               "bad part range");
   for (int p = first_part; p < end_part; ++p) {
     const PartLayout& layout = all[static_cast<size_t>(p)];
-    parts_.push_back({layout, params_, cache_floats_});
+    parts_.push_back({layout, params_, cache_values_, cache_statistics_});
     for (TensorInfo tensor : layout.tensors) {
       tensor.offset += params_;
       tensors_.push_back(tensor);
     }
     params_ += layout.params;
-    if (layout.kind == PartKind::block) cache_floats_ += shape_.block().activations;
-    if (layout.kind == PartKind::head) cache_floats_ += shape_.head().activations;
+    PartSize size;
+    if (layout.kind == PartKind::block) size = shape_.block();
+    if (layout.kind == PartKind::head) size = shape_.head();
+    cache_values_ += size.activations - size.activations_32bit;
+    cache_statistics_ += size.activations_32bit;
   }
-  workspace_floats_ = stage_workspace_floats(shape_, has_head());
-  workspace_ = FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::workspace"),
-                         static_cast<size_t>(workspace_floats_));
+  const WorkspaceSlots<std::int64_t> sizes = workspace_sizes(shape_, has_head(), bf16_);
+  std::int64_t total = 0;
+  slot_offsets(sizes, total);
+  const std::int64_t stats = statistics_count(sizes, workspace_statistics());
+  workspace_ = make_stored("p2bw::workspace", total - stats);
+  workspace_stats_ =
+      FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::workspace_32bit"),
+                static_cast<size_t>(stats));
   std::int64_t largest_part = 0;
   for (const PartRef& part : parts_) largest_part = std::max(largest_part, part.layout.params);
   const int N = static_cast<int>(shape_.microbatch * shape_.seq_len);
@@ -161,12 +198,9 @@ StageModel::StageModel(const config::ModelConfig& model, int microbatch_size, in
   host_loss_ = HostMirror<DoubleView>("p2bw::host_loss", 2);
 }
 
-void StageModel::store(const Exec& exec, Flat<float, Exec> values) const {
-  if (bf16_) kernels::round_to_bf16_in_place(exec, values);
-}
-
-void StageModel::round_compute_weights(const Exec& exec, FloatView weights) const {
-  store(exec, flat(weights.data(), static_cast<std::int64_t>(weights.extent(0))));
+void StageModel::write_compute_weights(const Exec& exec, const StoreView& compute,
+                                       ConstFloatView master) const {
+  narrow_into(exec, compute, master);
 }
 
 void StageModel::init(FloatView params, std::uint64_t seed) const {
@@ -213,8 +247,9 @@ const TensorInfo* StageModel::find(const std::string& name) const {
 Cache StageModel::make_cache() const {
   const auto r = static_cast<size_t>(shape_.microbatch * shape_.seq_len);
   Cache cache;
-  cache.floats = FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::cache"),
-                           static_cast<size_t>(cache_floats_));
+  cache.values = make_stored("p2bw::cache", cache_values_);
+  cache.statistics = FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::cache_32bit"),
+                               static_cast<size_t>(cache_statistics_));
   if (has_embedding()) cache.tokens = IntView("p2bw::tokens", r);
   if (has_head()) {
     cache.targets = IntView("p2bw::targets", r);
@@ -223,31 +258,31 @@ Cache StageModel::make_cache() const {
   return cache;
 }
 
-FloatView StageModel::input_slot(const Cache& cache) const {
+StoreView StageModel::input_slot(const Cache& cache) const {
   P2BW_ASSERT(!has_embedding(), "the embedding stage takes tokens, not activations");
-  return Kokkos::subview(cache.floats, std::make_pair(std::int64_t{0}, boundary_floats()));
+  return cache.values.range(0, boundary_values());
 }
 
-FloatView StageModel::logits() const {
+StoreView StageModel::logits() const {
   P2BW_ASSERT(has_head(), "only the stage with the head has logits");
-  const WorkspaceSlots<std::int64_t> sizes = workspace_sizes(shape_, true);
-  std::int64_t total = 0;
-  const std::int64_t begin = slot_offsets(sizes, total).logits;
-  return Kokkos::subview(workspace_, std::make_pair(begin, begin + sizes.logits));
+  const WorkspaceSlots<std::int64_t> sizes = workspace_sizes(shape_, true, bf16_);
+  // The logits are the last stored slot.
+  return workspace_.range(workspace_.size() - sizes.logits, workspace_.size());
 }
 
-void StageModel::forward_logits(const Exec& exec, ConstFloatView params, Cache& cache,
+void StageModel::forward_logits(const Exec& exec, const StoreView& params, Cache& cache,
                                 FloatView logits) {
   P2BW_ASSERT(has_head(), "only the stage with the head has logits");
   P2BW_ASSERT(static_cast<std::int64_t>(logits.extent(0)) ==
                   shape_.microbatch * shape_.seq_len * shape_.padded_vocab,
               "logits must be (B, T, Vp)");
   Kokkos::deep_copy(exec, cache.targets, -1);  // data::kIgnore: no loss anywhere
-  forward(exec, params, cache, FloatView(), DoubleView());
-  Kokkos::deep_copy(exec, logits, this->logits());
+  forward(exec, params, cache, StoreView(), DoubleView());
+  widen_into(exec, logits, this->logits());
 }
 
-double StageModel::forward(const Exec& exec, ConstFloatView params, Cache& cache, FloatView out) {
+double StageModel::forward(const Exec& exec, const StoreView& params, Cache& cache,
+                           const StoreView& out) {
   if (!has_head()) {
     forward(exec, params, cache, out, DoubleView());
     return 0.0;
@@ -261,199 +296,227 @@ double StageModel::forward(const Exec& exec, ConstFloatView params, Cache& cache
   return host_loss_(0);
 }
 
-void StageModel::forward(const Exec& exec, ConstFloatView params, Cache& cache, FloatView out,
-                         DoubleView loss_sum) {
+void StageModel::forward(const Exec& exec, const StoreView& params, Cache& cache,
+                         const StoreView& out, DoubleView loss_sum) {
+  P2BW_ASSERT(params.is_bf16() == bf16_ && cache.values.is_bf16() == bf16_,
+              "the weights and the cache must be in the model's storage type");
+  if (bf16_)
+    forward_parts<kernels::bf16>(exec, params, cache, out, loss_sum);
+  else
+    forward_parts<float>(exec, params, cache, out, loss_sum);
+}
+
+void StageModel::backward(const Exec& exec, const StoreView& params, FloatView grads, Cache& cache,
+                          const StoreView& dout, const StoreView& din, double loss_scale) {
+  P2BW_ASSERT(params.is_bf16() == bf16_ && cache.values.is_bf16() == bf16_,
+              "the weights and the cache must be in the model's storage type");
+  if (bf16_)
+    backward_parts<kernels::bf16>(exec, params, grads, cache, dout, din, loss_scale);
+  else
+    backward_parts<float>(exec, params, grads, cache, dout, din, loss_scale);
+}
+
+template <class Store>
+void StageModel::forward_parts(const Exec& exec, const StoreView& params, Cache& cache,
+                               const StoreView& out, DoubleView loss_sum) {
   const int B = static_cast<int>(shape_.microbatch), T = static_cast<int>(shape_.seq_len);
   const int C = static_cast<int>(shape_.hidden);
+  const Store* w = params.as<Store>().data();
+  Store* values = cache.values.as<Store>().data();
   for (size_t i = 0; i < parts_.size(); ++i) {
     const PartRef& part = parts_[i];
     // A part writes its output into the next part's input slot (the start of its cache range).
-    float* next =
-        i + 1 < parts_.size() ? cache.floats.data() + parts_[i + 1].cache_offset : out.data();
+    Store* next =
+        i + 1 < parts_.size() ? values + parts_[i + 1].cache_offset : out.as<Store>().data();
     switch (part.layout.kind) {
       case PartKind::embedding: {
-        const auto w = tensor_views<EmbeddingParameters, ConstFlat<float, Exec>>(
-            params.data() + part.param_offset, part.layout);
-        kernels::encoder_forward<float>(exec, flat(next, boundary_floats()), cache.tokens, w.wte,
-                                        w.wpe, B, T, C);
-        store(exec, flat(next, boundary_floats()));
+        const auto e = tensor_views<EmbeddingParameters, ConstFlat<Store, Exec>>(
+            w + part.param_offset, part.layout);
+        kernels::encoder_forward<float, Store>(exec, flat(next, boundary_values()), cache.tokens,
+                                               e.wte, e.wpe, B, T, C);
         break;
       }
       case PartKind::block:
-        block_forward(exec, part, params, cache, next);
+        block_forward<Store>(exec, part, w, cache, next);
         break;
       case PartKind::head:
-        head_forward(exec, part, params, cache, loss_sum);
+        head_forward<Store>(exec, part, w, cache, loss_sum);
         break;
     }
   }
 }
 
-void StageModel::block_forward(const Exec& exec, const PartRef& part, ConstFloatView params,
-                               Cache& cache, float* out) {
+template <class Store>
+void StageModel::block_forward(const Exec& exec, const PartRef& part, const Store* params,
+                               Cache& cache, Store* out) {
   const int B = static_cast<int>(shape_.microbatch), T = static_cast<int>(shape_.seq_len);
   const int C = static_cast<int>(shape_.hidden), NH = static_cast<int>(shape_.heads), N = B * T;
-  const std::int64_t n = boundary_floats();
-  const auto a = slot_views(cache.floats.data() + part.cache_offset, shape_.block_activations());
-  const auto w = tensor_views<BlockParameters, ConstFlat<float, Exec>>(
-      params.data() + part.param_offset, part.layout);
-  const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_, has_head()));
+  const std::int64_t n = boundary_values();
+  const auto cv = slot_views(cache.values.as<Store>().data() + part.cache_offset,
+                             cache.statistics.data() + part.statistics_offset,
+                             shape_.block_activations(), block_statistics());
+  const auto& a = cv.v;   // stored activations
+  const auto& st = cv.f;  // their statistics
+  const auto w = tensor_views<BlockParameters, ConstFlat<Store, Exec>>(params + part.param_offset,
+                                                                       part.layout);
+  const auto ws = slot_views(workspace_.as<Store>().data(), workspace_stats_.data(),
+                             workspace_sizes(shape_, has_head(), bf16_), workspace_statistics());
   const bool causal = shape_.kind == config::ModelKind::gpt;
-  // Under bf16 each store() rounds what the kernel before it wrote (the class comment).
-  kernels::layernorm_forward<float>(exec, a.ln1, a.ln1_mean, a.ln1_rstd, a.x, w.ln1_weight,
-                                    w.ln1_bias, N, C);
-  store(exec, a.ln1);
-  kernels::matmul_forward<float>(exec, a.qkv, a.ln1, w.qkv_weight, w.qkv_bias, N, C, 3 * C);
-  store(exec, a.qkv);
-  kernels::attention_forward<float>(exec, a.atty, a.att_lse, a.qkv, B, T, C, NH, causal);
-  store(exec, a.atty);
-  kernels::matmul_forward<float>(exec, a.res2, a.atty, w.attn_proj_weight, w.attn_proj_bias, N, C,
-                                 C);
-  store(exec, a.res2);  // the projection
-  kernels::residual_forward<float>(exec, a.res2, a.x, a.res2, n);
-  store(exec, a.res2);  // the residual sum
-  kernels::layernorm_forward<float>(exec, a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, w.ln2_weight,
-                                    w.ln2_bias, N, C);
-  store(exec, a.ln2);
+  kernels::layernorm_forward<float, Store>(exec, a.ln1, st.ln1_mean, st.ln1_rstd, a.x, w.ln1_weight,
+                                           w.ln1_bias, N, C);
+  kernels::matmul_forward<float, Store>(exec, a.qkv, a.ln1, w.qkv_weight, w.qkv_bias, N, C, 3 * C);
+  kernels::attention_forward<float, Store>(exec, a.atty, st.att_lse, a.qkv, B, T, C, NH, causal,
+                                           ws.f.attention);
+  kernels::matmul_forward<float, Store>(exec, a.res2, a.atty, w.attn_proj_weight, w.attn_proj_bias,
+                                        N, C, C);
+  kernels::residual_forward<float, Store>(exec, a.res2, a.x, a.res2, n);
+  kernels::layernorm_forward<float, Store>(exec, a.ln2, st.ln2_mean, st.ln2_rstd, a.res2,
+                                           w.ln2_weight, w.ln2_bias, N, C);
   // The fc pre-activation with its bias (the GEMM's epilogue) is stored, and GELU reads the
   // stored value, as PyTorch's bf16 autocast (a bf16 Linear, then GELU on its bf16 output): so
   // backward's GELU derivative is taken at the value forward's GELU saw.
-  kernels::matmul_forward<float>(exec, a.fch, a.ln2, w.fc_weight, w.fc_bias, N, C, 4 * C);
-  store(exec, a.fch);
-  kernels::gelu_forward<float>(exec, a.fch_gelu, a.fch, 4 * n);
-  store(exec, a.fch_gelu);
-  const Flat<float, Exec> y = flat(out, n);  // (B, T, C)
-  kernels::matmul_forward<float>(exec, y, a.fch_gelu, w.mlp_proj_weight, w.mlp_proj_bias, N, 4 * C,
-                                 C);
-  store(exec, y);  // the projection
-  kernels::residual_forward<float>(exec, y, a.res2, y, n);
-  store(exec, y);  // the residual sum: the block's output
+  kernels::matmul_forward<float, Store>(exec, a.fch, a.ln2, w.fc_weight, w.fc_bias, N, C, 4 * C);
+  kernels::gelu_forward<float, Store>(exec, a.fch_gelu, a.fch, 4 * n);
+  const Flat<Store, Exec> y = flat(out, n);  // (B, T, C)
+  kernels::matmul_forward<float, Store>(exec, y, a.fch_gelu, w.mlp_proj_weight, w.mlp_proj_bias, N,
+                                        4 * C, C);
+  kernels::residual_forward<float, Store>(exec, y, a.res2, y, n);
 }
 
-void StageModel::head_forward(const Exec& exec, const PartRef& part, ConstFloatView params,
+template <class Store>
+void StageModel::head_forward(const Exec& exec, const PartRef& part, const Store* params,
                               Cache& cache, DoubleView loss_sum) {
   const int N = static_cast<int>(shape_.microbatch * shape_.seq_len),
             C = static_cast<int>(shape_.hidden);
   const int V = static_cast<int>(shape_.vocab), Vp = static_cast<int>(shape_.padded_vocab);
-  const auto a = slot_views(cache.floats.data() + part.cache_offset, shape_.head_activations());
-  const auto w = tensor_views<HeadParameters, ConstFlat<float, Exec>>(
-      params.data() + part.param_offset, part.layout);
-  const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_, has_head()));
-  kernels::layernorm_forward<float>(exec, a.lnf, a.lnf_mean, a.lnf_rstd, a.x, w.lnf_weight,
-                                    w.lnf_bias, N, C);
-  store(exec, a.lnf);
-  kernels::matmul_forward<float>(exec, ws.logits, a.lnf, w.wte, ConstFlat<float, Exec>(), N, C, Vp);
-  store(exec, ws.logits);
-  kernels::classifier_forward<float>(exec, ws.losses, a.lse, ws.logits, cache.targets, N, V, Vp);
+  const auto cv = slot_views(cache.values.as<Store>().data() + part.cache_offset,
+                             cache.statistics.data() + part.statistics_offset,
+                             shape_.head_activations(), head_statistics());
+  const auto w =
+      tensor_views<HeadParameters, ConstFlat<Store, Exec>>(params + part.param_offset, part.layout);
+  const auto ws = slot_views(workspace_.as<Store>().data(), workspace_stats_.data(),
+                             workspace_sizes(shape_, has_head(), bf16_), workspace_statistics());
+  kernels::layernorm_forward<float, Store>(exec, cv.v.lnf, cv.f.lnf_mean, cv.f.lnf_rstd, cv.v.x,
+                                           w.lnf_weight, w.lnf_bias, N, C);
+  kernels::matmul_forward<float, Store>(exec, ws.v.logits, cv.v.lnf, w.wte,
+                                        ConstFlat<Store, Exec>(), N, C, Vp);
+  kernels::classifier_forward<float, Store>(exec, ws.f.losses, cv.f.lse, ws.v.logits, cache.targets,
+                                            N, V, Vp);
   // The mean over positions with a target, summed in a fixed order on the device; a dropped loss
   // still counts the positions (backward's scale).
   kernels::classifier_mean_loss<float>(exec, loss_sum.data() ? loss_sum : loss_scratch_,
-                                       cache.positions, ws.losses, cache.targets,
+                                       cache.positions, ws.f.losses, cache.targets,
                                        reduction_scratch_, N);
 }
 
-void StageModel::backward(const Exec& exec, ConstFloatView params, FloatView grads, Cache& cache,
-                          ConstFloatView dout, FloatView din, double loss_scale) {
+template <class Store>
+void StageModel::backward_parts(const Exec& exec, const StoreView& params, FloatView grads,
+                                Cache& cache, const StoreView& dout, const StoreView& din,
+                                double loss_scale) {
   const int B = static_cast<int>(shape_.microbatch), T = static_cast<int>(shape_.seq_len);
   const int C = static_cast<int>(shape_.hidden);
-  const std::int64_t n = boundary_floats();
-  const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_, has_head()));
+  const std::int64_t n = boundary_values();
+  const Store* w = params.as<Store>().data();
+  const auto ws = slot_views(workspace_.as<Store>().data(), workspace_stats_.data(),
+                             workspace_sizes(shape_, has_head(), bf16_), workspace_statistics());
   // Part i's input gradient goes to a ping-pong buffer, the first part's into `din`.
-  const float* upstream = dout.data();
+  const Store* upstream = dout.as<Store>().data();
   for (size_t k = parts_.size(); k-- > 0;) {
     const PartRef& part = parts_[k];
-    float* into = k == 0 ? din.data() : ((parts_.size() - k) % 2 ? ws.ping : ws.pong).data();
+    Store* into =
+        k == 0 ? din.as<Store>().data() : ((parts_.size() - k) % 2 ? ws.v.ping : ws.v.pong).data();
     switch (part.layout.kind) {
       case PartKind::embedding: {
         const auto g = tensor_views<EmbeddingParameters, Flat<float, Exec>>(
             grads.data() + part.param_offset, part.layout);
         buckets_.build(exec, cache.tokens, std::int64_t{B} * T);
-        kernels::encoder_backward<float>(exec, g.wte, g.wpe, cflat(upstream, n), buckets_, B, T, C);
+        kernels::encoder_backward<float, Store>(exec, g.wte, g.wpe, cflat(upstream, n), buckets_, B,
+                                                T, C);
         break;
       }
       case PartKind::block:
-        block_backward(exec, part, params, grads, cache, upstream, into);
+        block_backward<Store>(exec, part, w, grads, cache, upstream, into);
         break;
       case PartKind::head:
-        head_backward(exec, part, params, grads, cache, into, loss_scale);
+        head_backward<Store>(exec, part, w, grads, cache, into, loss_scale);
         break;
     }
     upstream = into;
   }
 }
 
-void StageModel::block_backward(const Exec& exec, const PartRef& part, ConstFloatView params,
-                                FloatView grads, Cache& cache, const float* dout, float* din) {
+template <class Store>
+void StageModel::block_backward(const Exec& exec, const PartRef& part, const Store* params,
+                                FloatView grads, Cache& cache, const Store* dout, Store* din) {
   const int B = static_cast<int>(shape_.microbatch), T = static_cast<int>(shape_.seq_len);
   const int C = static_cast<int>(shape_.hidden), NH = static_cast<int>(shape_.heads), N = B * T;
-  const std::int64_t n = boundary_floats();
+  const std::int64_t n = boundary_values();
   const bool causal = shape_.kind == config::ModelKind::gpt;
-  const auto a = slot_views(cache.floats.data() + part.cache_offset, shape_.block_activations());
-  const auto w = tensor_views<BlockParameters, ConstFlat<float, Exec>>(
-      params.data() + part.param_offset, part.layout);
+  const auto cv = slot_views(cache.values.as<Store>().data() + part.cache_offset,
+                             cache.statistics.data() + part.statistics_offset,
+                             shape_.block_activations(), block_statistics());
+  const auto& a = cv.v;
+  const auto& st = cv.f;
+  const auto w = tensor_views<BlockParameters, ConstFlat<Store, Exec>>(params + part.param_offset,
+                                                                       part.layout);
   const auto g = tensor_views<BlockParameters, Flat<float, Exec>>(grads.data() + part.param_offset,
                                                                   part.layout);
-  const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_, has_head()));
-  const ConstFlat<float, Exec> dy = cflat(dout, n);  // (B, T, C)
-  // Under bf16 each store() rounds the activation gradient the kernel before it wrote.
+  const auto wsv = slot_views(workspace_.as<Store>().data(), workspace_stats_.data(),
+                              workspace_sizes(shape_, has_head(), bf16_), workspace_statistics());
+  const auto& ws = wsv.v;
+  const auto& wf = wsv.f;
+  const ConstFlat<Store, Exec> dy = cflat(dout, n);  // (B, T, C)
   // MLP: out = res2 + proj(gelu(fc(ln2(res2))))
-  kernels::matmul_backward<float>(exec, ws.dfch, g.mlp_proj_weight, g.mlp_proj_bias, dy, a.fch_gelu,
-                                  w.mlp_proj_weight, N, 4 * C, C, ws.colsum);
-  store(exec, ws.dfch);
-  kernels::gelu_backward<float>(exec, ws.dfch, ws.dfch, a.fch, 4 * n);
-  store(exec, ws.dfch);
-  kernels::matmul_backward<float>(exec, ws.dln, g.fc_weight, g.fc_bias, ws.dfch, a.ln2, w.fc_weight,
-                                  N, C, 4 * C, ws.colsum);
-  store(exec, ws.dln);
-  kernels::layernorm_backward<float>(exec, ws.tmp, g.ln2_weight, g.ln2_bias, ws.dln, a.res2,
-                                     a.ln2_mean, a.ln2_rstd, w.ln2_weight, N, C, ws.colsum);
-  store(exec, ws.tmp);
-  kernels::residual_forward<float>(exec, ws.dres2, dy, ws.tmp, n);
-  store(exec, ws.dres2);
+  kernels::matmul_backward<float, Store>(exec, ws.dfch, g.mlp_proj_weight, g.mlp_proj_bias, dy,
+                                         a.fch_gelu, w.mlp_proj_weight, N, 4 * C, C, wf.colsum);
+  kernels::gelu_backward<float, Store>(exec, ws.dfch, ws.dfch, a.fch, 4 * n);
+  kernels::matmul_backward<float, Store>(exec, ws.dln, g.fc_weight, g.fc_bias, ws.dfch, a.ln2,
+                                         w.fc_weight, N, C, 4 * C, wf.colsum);
+  kernels::layernorm_backward<float, Store>(exec, ws.tmp, g.ln2_weight, g.ln2_bias, ws.dln, a.res2,
+                                            st.ln2_mean, st.ln2_rstd, w.ln2_weight, N, C,
+                                            wf.colsum);
+  kernels::residual_forward<float, Store>(exec, ws.dres2, dy, ws.tmp, n);
   // Attention: res2 = x + proj(attention(qkv(ln1(x))))
-  kernels::matmul_backward<float>(exec, ws.datty, g.attn_proj_weight, g.attn_proj_bias, ws.dres2,
-                                  a.atty, w.attn_proj_weight, N, C, C, ws.colsum);
-  store(exec, ws.datty);
-  kernels::attention_backward<float>(exec, ws.dqkv, ws.datty, a.qkv, a.atty, a.att_lse,
-                                     ws.attention, B, T, C, NH, causal);
-  store(exec, ws.dqkv);
-  kernels::matmul_backward<float>(exec, ws.dln, g.qkv_weight, g.qkv_bias, ws.dqkv, a.ln1,
-                                  w.qkv_weight, N, C, 3 * C, ws.colsum);
-  store(exec, ws.dln);
-  kernels::layernorm_backward<float>(exec, ws.tmp, g.ln1_weight, g.ln1_bias, ws.dln, a.x,
-                                     a.ln1_mean, a.ln1_rstd, w.ln1_weight, N, C, ws.colsum);
-  store(exec, ws.tmp);
-  kernels::residual_forward<float>(exec, flat(din, n), ws.dres2, ws.tmp, n);
-  store(exec, flat(din, n));
+  kernels::matmul_backward<float, Store>(exec, ws.datty, g.attn_proj_weight, g.attn_proj_bias,
+                                         ws.dres2, a.atty, w.attn_proj_weight, N, C, C, wf.colsum);
+  kernels::attention_backward<float, Store>(exec, ws.dqkv, ws.datty, a.qkv, a.atty, st.att_lse,
+                                            wf.attention, B, T, C, NH, causal);
+  kernels::matmul_backward<float, Store>(exec, ws.dln, g.qkv_weight, g.qkv_bias, ws.dqkv, a.ln1,
+                                         w.qkv_weight, N, C, 3 * C, wf.colsum);
+  kernels::layernorm_backward<float, Store>(exec, ws.tmp, g.ln1_weight, g.ln1_bias, ws.dln, a.x,
+                                            st.ln1_mean, st.ln1_rstd, w.ln1_weight, N, C,
+                                            wf.colsum);
+  kernels::residual_forward<float, Store>(exec, flat(din, n), ws.dres2, ws.tmp, n);
 }
 
-void StageModel::head_backward(const Exec& exec, const PartRef& part, ConstFloatView params,
-                               FloatView grads, Cache& cache, float* din, double loss_scale) {
+template <class Store>
+void StageModel::head_backward(const Exec& exec, const PartRef& part, const Store* params,
+                               FloatView grads, Cache& cache, Store* din, double loss_scale) {
   const int N = static_cast<int>(shape_.microbatch * shape_.seq_len),
             C = static_cast<int>(shape_.hidden);
   const int V = static_cast<int>(shape_.vocab), Vp = static_cast<int>(shape_.padded_vocab);
-  const auto a = slot_views(cache.floats.data() + part.cache_offset, shape_.head_activations());
-  const auto w = tensor_views<HeadParameters, ConstFlat<float, Exec>>(
-      params.data() + part.param_offset, part.layout);
+  const auto cv = slot_views(cache.values.as<Store>().data() + part.cache_offset,
+                             cache.statistics.data() + part.statistics_offset,
+                             shape_.head_activations(), head_statistics());
+  const auto w =
+      tensor_views<HeadParameters, ConstFlat<Store, Exec>>(params + part.param_offset, part.layout);
   const auto g = tensor_views<HeadParameters, Flat<float, Exec>>(grads.data() + part.param_offset,
                                                                  part.layout);
-  const auto ws = slot_views(workspace_.data(), workspace_sizes(shape_, has_head()));
+  const auto ws = slot_views(workspace_.as<Store>().data(), workspace_stats_.data(),
+                             workspace_sizes(shape_, has_head(), bf16_), workspace_statistics());
   // d(mean loss)/d(loss_i) = loss_scale / positions (counted by forward on the device); ignored
   // positions get no gradient in the kernel.
   // The logits are recomputed (one GEMM) rather than kept per microbatch: the cache holds only
   // their log-sum-exp. Their gradient overwrites them in the workspace.
-  kernels::matmul_forward<float>(exec, ws.logits, a.lnf, w.wte, ConstFlat<float, Exec>(), N, C, Vp);
-  store(exec, ws.logits);  // as forward stored them
-  kernels::classifier_backward<float>(exec, ws.logits, ws.logits, a.lse, cache.targets,
-                                      cache.positions, loss_scale, N, V, Vp);
-  store(exec, ws.logits);  // their gradient
-  kernels::matmul_backward<float>(exec, ws.dln, g.wte, Flat<float, Exec>(), ws.logits, a.lnf, w.wte,
-                                  N, C, Vp);
-  store(exec, ws.dln);
-  kernels::layernorm_backward<float>(exec, flat(din, boundary_floats()), g.lnf_weight, g.lnf_bias,
-                                     ws.dln, a.x, a.lnf_mean, a.lnf_rstd, w.lnf_weight, N, C,
-                                     ws.colsum);
-  store(exec, flat(din, boundary_floats()));
+  kernels::matmul_forward<float, Store>(exec, ws.v.logits, cv.v.lnf, w.wte,
+                                        ConstFlat<Store, Exec>(), N, C, Vp);
+  kernels::classifier_backward<float, Store>(exec, ws.v.logits, ws.v.logits, cv.f.lse,
+                                             cache.targets, cache.positions, loss_scale, N, V, Vp);
+  kernels::matmul_backward<float, Store>(exec, ws.v.dln, g.wte, Flat<float, Exec>(), ws.v.logits,
+                                         cv.v.lnf, w.wte, N, C, Vp);
+  kernels::layernorm_backward<float, Store>(exec, flat(din, boundary_values()), g.lnf_weight,
+                                            g.lnf_bias, ws.v.dln, cv.v.x, cv.f.lnf_mean,
+                                            cv.f.lnf_rstd, w.lnf_weight, N, C, ws.f.colsum);
 }
 
 }  // namespace p2bw::model

@@ -10,11 +10,9 @@
 
 namespace p2bw::pipeline {
 
-namespace {
-
-// The prediction with values stored as `precision` says; the master follows the deck.
-std::vector<StageMemory> predict(const config::Deck& deck, const StageMap& map,
-                                 config::Precision precision) {
+std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap& map) {
+  const config::Precision precision = deck.model.precision;
+  const bool bf16 = precision == config::Precision::bf16;
   constexpr std::int64_t kFloat = 4;
   const std::int64_t compute = config::compute_bytes(precision);  // a compute weight's bytes
   const model::ModelShape shape(deck.model, deck.train.microbatch_size);
@@ -42,8 +40,15 @@ std::vector<StageMemory> predict(const config::Deck& deck, const StageMap& map,
         schedule::activation_bound(deck.pipeline.schedule, depth, deck.pipeline.microbatches, s);
     // One fp32 master serves bf16 and 2bw's weight prediction alike (both update it in place).
     mem.master_weights = keeps_master(deck) ? mem.params * kFloat : 0;
-    mem.weights = mem.params * compute * mem.versions + mem.master_weights;
-    mem.gradients = mem.params * kFloat;
+    // fp32 shares one pool among versions and gradients (the update writes W(t+1) over the
+    // gradients); bf16's copies cannot take fp32 gradients, so it keeps two bf16 buffers (the
+    // update writes the next copy while the current one is held) and its own gradient buffers:
+    // two with a 2bw phase, where batch t+1 accumulates during batch t's deferred reduction
+    // (WeightVersions).
+    const int compute_buffers = bf16 ? 2 : mem.versions;
+    const int gradient_buffers = bf16 && has_two_bw_phase(deck) ? 2 : 1;
+    mem.weights = mem.params * compute * compute_buffers + mem.master_weights;
+    mem.gradients = mem.params * kFloat * gradient_buffers;
     mem.optimizer =
         mem.params * kFloat * (deck.train.optimizer.kind == config::OptimizerKind::adamw ? 2 : 1);
     // With recomputation only each microbatch's stage input is stashed; one microbatch's full
@@ -60,22 +65,10 @@ std::vector<StageMemory> predict(const config::Deck& deck, const StageMap& map,
       if (!deck.pipeline.recompute) mem.activations += stashed;
       if (s + 1 < depth) mem.buffers += 2 * boundary;
     }
-    mem.workspace = kFloat * model::stage_workspace_floats(shape, range.has_head);
+    mem.workspace = model::stage_workspace_bytes(shape, range.has_head, precision);
     result.push_back(mem);
   }
   return result;
-}
-
-}  // namespace
-
-std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap& map) {
-  return predict(deck, map, deck.model.precision);
-}
-
-std::vector<StageMemory> predict_allocation(const config::Deck& deck, const StageMap& map) {
-  const config::Precision precision = deck.model.precision;
-  return predict(deck, map,
-                 precision == config::Precision::bf16 ? config::Precision::fp32 : precision);
 }
 
 }  // namespace p2bw::pipeline

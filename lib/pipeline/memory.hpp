@@ -15,15 +15,18 @@ namespace p2bw::pipeline {
 
 // The bytes by category and what they follow from. Per parameter:
 // - weights: fp32 and tf32 keep every version in fp32 (4 · versions bytes; the newest version is
-//   what the optimizer updates). bf16 keeps every version as a bf16 compute copy plus ONE fp32
-//   master of the newest version (2 · versions + 4 bytes): the optimizer updates the master in
-//   place and writes the next bf16 copy into the retired one; the older 2bw version is only read
-//   by forwards and backwards, never stepped, so it needs no master. 2bw: 8 bytes in every
-//   precision; flush and gpipe: 4 (fp32) or 6 (bf16). 2bw's weight prediction keeps the two
-//   versions as predicted copies beside an fp32 master: 12 bytes in fp32, still 8 in bf16.
-// - gradients: 4 (accumulated and all-reduced in fp32); optimizer: 8 (AdamW) or 4 (SGD).
-// Activations and boundary buffers: config::compute_bytes per value, statistics and token ids 4.
-// Workspace: 4 bytes per value (the fp32 kernels' transient buffers).
+//   what the optimizer updates, written over the gradients). bf16 keeps two bf16 compute copies
+//   (the update writes the next one while the current one is held) plus ONE fp32 master of the
+//   newest version (2 · 2 + 4 = 8 bytes): the older 2bw version is only read by forwards and
+//   backwards, never stepped, so it needs no master. 2bw's weight prediction keeps the versions
+//   as predicted copies beside an fp32 master: 12 bytes in fp32, still 8 in bf16.
+// - gradients: accumulated and all-reduced in fp32: 4; bf16 with a 2bw phase 8 (its bf16 copies
+//   cannot take the next batch's gradients while the deferred reduction holds the last batch's,
+//   which fp32 writes its next version over). Optimizer: 8 (AdamW) or 4 (SGD).
+// So 2bw needs 8 + 8 (bf16) or 8 + 4 (fp32; 12 + 4 with prediction) bytes of weights and
+// gradients per parameter; flush and gpipe 8 + 4 (bf16) or 4 + 4 (fp32).
+// Activations, boundary buffers and the workspace's stored values: config::compute_bytes per
+// value; statistics, token ids and the kernels' fp32 scratch 4.
 struct StageMemory : MemoryBytes {
   std::int64_t params = 0;          // parameters of the stage
   int versions = 1;                 // weight versions (compute copies) alive: 2 under 2bw
@@ -31,13 +34,8 @@ struct StageMemory : MemoryBytes {
   int in_flight = 0;                // most microbatches whose activations are stashed at once
 };
 
-// The deck's precision: bf16 in its GPU layout (what `p2bw check` and the planner show).
+// What each stage allocates in the deck's precision (what `p2bw check`, the planner and the
+// executor's measurement compare).
 std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap& map);
-
-// What this build allocates, which the executor measures: predict_memory for fp32 and tf32. bf16
-// is emulated in float storage for now (model::StageModel): every compute copy, activation and
-// boundary buffer is a float (4 bytes), beside the one fp32 master that bf16 keeps; so a bf16 run
-// allocates the fp32 layout plus the master, not the bf16 layout predict_memory shows.
-std::vector<StageMemory> predict_allocation(const config::Deck& deck, const StageMap& map);
 
 }  // namespace p2bw::pipeline

@@ -27,11 +27,11 @@ int buffers_needed(const config::Deck& deck) {
 std::int64_t bytes(const model::FloatView& v) {
   return static_cast<std::int64_t>(v.extent(0)) * 4;
 }
+std::int64_t bytes(const StoreView& v) {
+  return v.bytes();
+}
 std::int64_t bytes(const model::Cache& c) {
-  return (static_cast<std::int64_t>(c.floats.extent(0)) +
-          static_cast<std::int64_t>(c.tokens.extent(0)) +
-          static_cast<std::int64_t>(c.targets.extent(0))) *
-         4;
+  return c.bytes();
 }
 
 using Clock = std::chrono::steady_clock;
@@ -61,25 +61,23 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
       versions_(0, 2) {
   if (!stream_.proof().ok())
     P2BW_INTERNAL_ERROR("the schedule fails the checker: " + stream_.proof().summary());
-  model::set_kernel_precision(deck, "p2bw train", true);  // for the whole run; bf16 emulated
+  model::set_kernel_precision(deck);  // for the whole run
   const StageRange& range = map_.stages[static_cast<size_t>(grid.stage())];
   const int first_part = range.has_embedding ? 0 : 1 + range.first_block;
   const int end_part = 1 + range.first_block + range.blocks + (range.has_head ? 1 : 0);
   model_ = std::make_unique<model::StageModel>(deck.model, deck.train.microbatch_size, first_part,
                                                end_part);
-  optimizer_ = std::make_unique<model::Optimizer>(deck.train, model_->tensors(),
-                                                  model_->num_params(), deck.model.precision);
+  optimizer_ =
+      std::make_unique<model::Optimizer>(deck.train, model_->tensors(), model_->num_params());
   if (backend == comm::TransportBackend::nccl) {
 #ifdef P2BW_HAVE_NCCL_TRANSPORT
-    transport_ = comm::make_nccl_transport(grid, deck.pipeline.timeout_s,
-                                           comm::wire_for(deck.model.precision), exec_);
+    transport_ = comm::make_nccl_transport(grid, deck.pipeline.timeout_s, exec_);
     collectives_ = comm::make_nccl_collectives(grid, deck.pipeline.timeout_s, exec_);
 #else
     P2BW_INTERNAL_ERROR("NCCL chosen in a build without the NCCL transport");
 #endif
   } else {
-    transport_ = comm::make_mpi_transport(grid.world(), deck.pipeline.timeout_s, grid.stage(),
-                                          comm::wire_for(deck.model.precision), exec_);
+    transport_ = comm::make_mpi_transport(grid.world(), deck.pipeline.timeout_s, grid.stage());
     collectives_ = comm::make_mpi_collectives(grid, deck.pipeline.timeout_s);
   }
   reduction_ = std::make_unique<StepReduction>(deck_, grid_, *collectives_, *model_, first_part);
@@ -105,7 +103,8 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
     eval_totals_ = DoubleView("p2bw::eval_totals",
                               static_cast<size_t>(2 * per_pipeline * deck.pipeline.width));
   }
-  versions_ = WeightVersions(model_->num_params(), buffers_needed(deck), keeps_master(deck));
+  versions_ = WeightVersions(model_->num_params(), buffers_needed(deck), keeps_master(deck),
+                             model_->bf16());
   if (resume) {
     steps_done_ = timed_through_ = resume->state().step;
     const int first_mb = static_cast<int>(steps_done_) * deck.pipeline.microbatches + 1;
@@ -114,9 +113,13 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
                                            sync_warmup_batches(deck), first_mb),
                   *model_, versions_, *optimizer_);
   } else {
-    model_->init(versions_.add(0), deck.train.seed);
-    if (versions_.master().data()) Kokkos::deep_copy(exec_, versions_.master(), versions_.at(0));
-    model_->round_compute_weights(exec_, versions_.at(0));  // bf16: bf16(master)
+    const StoreView first = versions_.add(0);
+    if (versions_.master().data()) {
+      model_->init(versions_.master(), deck.train.seed);
+      model_->write_compute_weights(exec_, first, versions_.master());  // bf16: bf16(master)
+    } else {
+      model_->init(first.as<float>(), deck.train.seed);
+    }
   }
   versions_.make_gradients(exec_);
   // The boundary buffers exist from the start: when a send completes decides which step would
@@ -126,17 +129,13 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
       DoubleView("p2bw::timing_totals", static_cast<size_t>(kTimingValues * grid.depth()));
   if (deck.pipeline.recompute) {
     scratch_ = model_->make_cache();
-    if (!model_->has_head())
-      scratch_out_ =
-          model::FloatView("p2bw::recompute_out", static_cast<size_t>(model_->boundary_floats()));
+    if (!model_->has_head()) scratch_out_ = model_->make_boundary("p2bw::recompute_out");
   }
   if (has_validation()) {
     // Recomputation's scratch activations are free between actions; otherwise one more set.
     eval_cache_ = deck.pipeline.recompute ? scratch_ : model_->make_cache();
     if (!model_->has_head())
-      for (model::FloatView& out : eval_out_)
-        out = model::FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::eval_out"),
-                               static_cast<size_t>(model_->boundary_floats()));
+      for (StoreView& out : eval_out_) out = model_->make_boundary("p2bw::eval_out");
   }
   account();
 }
@@ -236,7 +235,7 @@ std::string PipelineTrainer::save_checkpoint(const std::string& checkpoints, int
 double PipelineTrainer::evaluate() {
   P2BW_ASSERT(has_validation(), "an evaluation needs a validation split");
   P2BW_ASSERT(!reduction_->active(), "an evaluation needs synchronize() first");
-  const model::FloatView w = versions_.true_weights();
+  const StoreView w = versions_.evaluation_weights(exec_);
   const int m = deck_.pipeline.microbatches, width = deck_.pipeline.width;
   auto totals = Kokkos::create_mirror_view(eval_totals_);
   for (size_t i = 0; i < totals.extent(0); ++i) totals(i) = 0.0;
@@ -249,7 +248,7 @@ double PipelineTrainer::evaluate() {
   };
   using K = schedule::ActionKind;
   for (const schedule::Action& a : eval_schedule_.actions[static_cast<size_t>(grid_.stage())]) {
-    model::FloatView& out = eval_out_[a.mb % 2];
+    StoreView& out = eval_out_[a.mb % 2];
     switch (a.kind) {
       case K::recv_act:
         receive = transport_->post_receive({model_->input_slot(eval_cache_),
@@ -284,6 +283,7 @@ double PipelineTrainer::evaluate() {
     }
   }
   for (int& send : sends) wait_send(send, -1);
+  versions_.end_evaluation(exec_);
   Kokkos::deep_copy(eval_totals_, totals);
   collectives_->wait(collectives_->post_sum(
       eval_totals_, comm::Group::world, fmt::format("the evaluation after step {}", steps_done_)));
@@ -361,9 +361,7 @@ PipelineTrainer::Microbatch& PipelineTrainer::microbatch(int mb) {
     const model::Cache full = model_->make_cache();
     record.stash.tokens = full.tokens;
     record.stash.targets = full.targets;
-    if (!model_->has_embedding())
-      record.stash.floats =
-          model::FloatView("p2bw::stash", static_cast<size_t>(model_->boundary_floats()));
+    if (!model_->has_embedding()) record.stash.values = model_->make_boundary("p2bw::stash");
     ++stashes_;
   }
   peak_in_flight_ = std::max(peak_in_flight_, stashes_ - static_cast<int>(free_stashes_.size()));
@@ -374,13 +372,12 @@ int PipelineTrainer::links() const {
   return (grid_.stage() > 0) + (grid_.stage() + 1 < grid_.depth());
 }
 
-model::FloatView PipelineTrainer::new_boundary() {
+StoreView PipelineTrainer::new_boundary() {
   ++boundaries_;
-  return model::FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::boundary"),
-                          static_cast<size_t>(model_->boundary_floats()));
+  return model_->make_boundary("p2bw::boundary");
 }
 
-model::FloatView PipelineTrainer::take_boundary() {
+StoreView PipelineTrainer::take_boundary() {
   reap_sends();
   // Two (B, T, C) buffers per link to a neighbour, as predicted (memory.hpp), made with the
   // trainer: when they are all in flight, the oldest send is waited for instead of allocating
@@ -393,7 +390,7 @@ model::FloatView PipelineTrainer::take_boundary() {
     sending_.erase(sending_.begin());
   }
   if (free_boundaries_.empty()) return new_boundary();
-  model::FloatView buffer = free_boundaries_.back();
+  StoreView buffer = free_boundaries_.back();
   free_boundaries_.pop_back();
   return buffer;
 }
@@ -444,13 +441,13 @@ void PipelineTrainer::copy_stash(const model::Cache& from, model::Cache& to) con
   if (model_->has_embedding())
     Kokkos::deep_copy(exec_, to.tokens, from.tokens);
   else
-    Kokkos::deep_copy(exec_, model_->input_slot(to), from.floats);
+    copy(exec_, model_->input_slot(to), from.values);
   if (model_->has_head()) Kokkos::deep_copy(exec_, to.targets, from.targets);
 }
 
 comm::Message PipelineTrainer::activation_in(int mb) {
   Microbatch& record = microbatch(mb);
-  return {deck_.pipeline.recompute ? record.stash.floats : model_->input_slot(record.stash),
+  return {deck_.pipeline.recompute ? record.stash.values : model_->input_slot(record.stash),
           grid_.rank_of_stage(grid_.stage() - 1), mb, comm::Direction::activation};
 }
 
@@ -465,7 +462,7 @@ comm::Message PipelineTrainer::activation_out(int mb) {
   Microbatch& record = in_flight_.at(mb);
   const comm::Message message{record.output, grid_.rank_of_stage(grid_.stage() + 1), mb,
                               comm::Direction::activation};
-  record.output = model::FloatView();
+  record.output = StoreView();
   return message;
 }
 
@@ -492,7 +489,7 @@ void PipelineTrainer::await_receive(int& handle, const char* action, int mb) {
 void PipelineTrainer::forward(int mb, int version) {
   Microbatch& record = microbatch(mb);
   await_receive(record.activation_in, "forward", mb);
-  const model::FloatView w = weights(version);
+  const StoreView w = weights(version);
   compute_clock_.begin();
   if (loader_) load_data(*loader_, mb, record.stash);
   if (!model_->has_head()) record.output = take_boundary();
@@ -511,7 +508,7 @@ void PipelineTrainer::forward(int mb, int version) {
 void PipelineTrainer::backward(int mb, int version) {
   Microbatch& record = in_flight_.at(mb);
   await_receive(record.gradient_in, "backward", mb);
-  const model::FloatView w = weights(version);
+  const StoreView w = weights(version);
   compute_clock_.begin();
   if (!model_->has_embedding()) record.input_grad = take_boundary();
   const double scale =
@@ -528,13 +525,13 @@ void PipelineTrainer::backward(int mb, int version) {
   }
   compute_clock_.end(schedule::ActionKind::backward, mb, version);
   if (record.output_grad.data()) free_boundaries_.push_back(record.output_grad);
-  record.output_grad = model::FloatView();
+  record.output_grad = StoreView();
   free_stashes_.push_back(record.stash);
   record.stash = model::Cache();
   if (model_->has_embedding()) in_flight_.erase(mb);  // no gradient to send
 }
 
-model::FloatView PipelineTrainer::weights(int version) {
+StoreView PipelineTrainer::weights(int version) {
   if (!versions_.holds(version)) {
     if (test_hooks::late_update()) return versions_.at(versions_.newest());  // the mutation
     if (reduction_->active() && reduction_->batch() + 1 == version) apply_update();
@@ -601,16 +598,17 @@ void PipelineTrainer::apply_update() {
   compute_clock_.begin();
   const model::FloatView master = versions_.master();
   const model::FloatView newest = versions_.true_weights();
-  const model::FloatView out = reduction_->gradients();
-  if (r.skipped) {
-    Kokkos::deep_copy(exec_, out, newest);  // versions still rotate; W(batch + 1) = W(batch)
-    model_->round_compute_weights(exec_, out);
-  } else if (master.data())
-    optimizer_->step(exec_, master, master, out, r.lr,
+  const model::FloatView grads = reduction_->gradients();
+  const StoreView out = versions_.next_version_buffer(grads);  // fp32: grads itself
+  if (r.skipped)
+    // versions still rotate; W(batch + 1) = W(batch)
+    model_->write_compute_weights(exec_, out, newest);
+  else if (master.data())
+    optimizer_->step(exec_, master, master, grads, r.lr,
                      model::clip_scale(r.grad_norm, deck_.train.grad_clip), out,
                      prediction_gamma(deck_, batch + 1));
   else
-    optimizer_->step(exec_, out, newest, out, r.lr,
+    optimizer_->step(exec_, out.as<float>(), newest, grads, r.lr,
                      model::clip_scale(r.grad_norm, deck_.train.grad_clip));
   versions_.hold(batch + 1, out);
   compute_clock_.end(schedule::ActionKind::step, -1, batch + 1);
@@ -620,19 +618,18 @@ void PipelineTrainer::apply_update() {
 
 void PipelineTrainer::account() {
   MemoryBytes use;
-  use.weights =
-      (versions_.buffers() - 1 + (versions_.master().data() ? 1 : 0)) * versions_.floats() * 4;
-  use.gradients = versions_.floats() * 4;
+  use.weights = versions_.weight_bytes();
+  use.gradients = versions_.gradient_bytes();
   use.optimizer = bytes(optimizer_->first()) + bytes(optimizer_->second());
   model::Cache probe = free_stashes_.empty() ? model::Cache{} : free_stashes_.front();
   for (const auto& entry : in_flight_)
-    if (entry.second.stash.tokens.data() || entry.second.stash.floats.data())
+    if (entry.second.stash.tokens.data() || !entry.second.stash.values.empty())
       probe = entry.second.stash;
   use.activations = stashes_ * bytes(probe) + bytes(scratch_) + bytes(scratch_out_) +
                     (deck_.pipeline.recompute ? 0 : bytes(eval_cache_));
-  use.buffers =
-      boundaries_ * model_->boundary_floats() * 4 + bytes(eval_out_[0]) + bytes(eval_out_[1]);
-  use.workspace = model_->workspace_floats() * 4;
+  use.buffers = boundaries_ * (model_->bf16() ? 2 : 4) * model_->boundary_values() +
+                bytes(eval_out_[0]) + bytes(eval_out_[1]);
+  use.workspace = model_->workspace_bytes();
   if (use.total() > peak_.total()) peak_ = use;
 }
 

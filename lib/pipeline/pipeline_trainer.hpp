@@ -99,19 +99,19 @@ class PipelineTrainer {
  private:
   // One microbatch on this stage, from its receive (or forward) to its backward.
   struct Microbatch {
-    model::Cache stash;            // what its backward needs (inputs only, with recomputation)
-    int activation_in = -1;        // transport handle of the activation's receive
-    model::FloatView output;       // forward output, until sent (not the last stage)
-    int gradient_in = -1;          // transport handle of the output gradient's receive
-    model::FloatView output_grad;  // (B, T, C) received output gradient (not the last stage)
-    model::FloatView input_grad;   // (B, T, C) input gradient, until sent (not the first stage)
+    model::Cache stash;      // what its backward needs (inputs only, with recomputation)
+    int activation_in = -1;  // transport handle of the activation's receive
+    StoreView output;        // forward output, until sent (not the last stage)
+    int gradient_in = -1;    // transport handle of the output gradient's receive
+    StoreView output_grad;   // (B, T, C) received output gradient (not the last stage)
+    StoreView input_grad;    // (B, T, C) input gradient, until sent (not the first stage)
   };
 
   void run(const schedule::Action& action);
-  Microbatch& microbatch(int mb);    // its record, made (with a stash from the free list) if new
-  int links() const;                 // neighbouring stages (0, 1 or 2)
-  model::FloatView new_boundary();   // allocates one (B, T, C) boundary buffer
-  model::FloatView take_boundary();  // a free boundary buffer
+  Microbatch& microbatch(int mb);  // its record, made (with a stash from the free list) if new
+  int links() const;               // neighbouring stages (0, 1 or 2)
+  StoreView new_boundary();        // allocates one (B, T, C) boundary buffer
+  StoreView take_boundary();       // a free boundary buffer
   void reap_sends();
   // Microbatch mb of `loader` (training or validation) into the cache, through the host buffers.
   void load_data(data::Loader& loader, int mb, model::Cache& cache);
@@ -128,7 +128,7 @@ class PipelineTrainer {
   void end_step(int batch);
   // Applies the pending update: completes its reductions, writes W(t+1) over batch t's gradients.
   void apply_update();
-  model::FloatView weights(int version);   // W(version), applying the pending update if needed
+  StoreView weights(int version);          // W(version), applying the pending update if needed
   std::vector<StepResult> take_results();  // the results completed so far, in step order
   void await_receive(int& handle, const char* action, int mb);  // a posted receive, then -1
   void account();
@@ -151,19 +151,19 @@ class PipelineTrainer {
   schedule::Schedule eval_schedule_;
   std::unique_ptr<data::Loader> eval_loader_;
   model::Cache eval_cache_;
-  model::FloatView eval_out_[2];
+  StoreView eval_out_[2];
   DoubleView eval_totals_;
   model::Exec exec_;
 
   WeightVersions versions_;
-  std::unique_ptr<StepReduction> reduction_;       // the batch whose update is pending, if active
-  std::map<int, Microbatch> in_flight_;            // by microbatch
-  std::vector<model::Cache> free_stashes_;         // stashes of finished microbatches, for reuse
-  std::vector<model::FloatView> free_boundaries_;  // (B, T, C) buffers, for reuse
-  std::vector<std::pair<int, model::FloatView>> sending_;  // handle, buffer of sends in flight
-  int stashes_ = 0, boundaries_ = 0;                       // allocated so far
-  model::Cache scratch_;          // recomputation: one microbatch's full activations
-  model::FloatView scratch_out_;  // recomputation: the re-forward's unused output
+  std::unique_ptr<StepReduction> reduction_;        // the batch whose update is pending, if active
+  std::map<int, Microbatch> in_flight_;             // by microbatch
+  std::vector<model::Cache> free_stashes_;          // stashes of finished microbatches, for reuse
+  std::vector<StoreView> free_boundaries_;          // (B, T, C) buffers, for reuse
+  std::vector<std::pair<int, StoreView>> sending_;  // handle, buffer of sends in flight
+  int stashes_ = 0, boundaries_ = 0;                // allocated so far
+  model::Cache scratch_;   // recomputation: one microbatch's full activations
+  StoreView scratch_out_;  // recomputation: the re-forward's unused output
   // Last stage: the sums of the microbatch losses of the batches being run, on the device, in
   // kLossSlots slots (a batch takes a free one at its first forward and gives it back when its
   // reductions are posted), and which batch has which slot.

@@ -17,19 +17,20 @@ SingleRankTrainer::SingleRankTrainer(const config::Deck& deck,
       splits_(data::split_data(std::move(tokens), deck)),
       loader_(splits_.train, deck),
       model_(deck.model, deck.train.microbatch_size, 0, deck.model.layers + 2),
-      optimizer_(deck.train, model_.tensors(), model_.num_params(), deck.model.precision) {
+      optimizer_(deck.train, model_.tensors(), model_.num_params()) {
   const auto n = static_cast<size_t>(model_.num_params());
-  w_new_ = model::FloatView("p2bw::weights_a", n);
-  model_.init(w_new_, deck.train.seed);
+  w_new_ = model_.make_stored("p2bw::weights_a", model_.num_params());
   w_old_ = w_new_;  // one version until 2bw starts
   if (keeps_master(deck)) {
     master_ = model::FloatView("p2bw::weights_master", n);
-    Kokkos::deep_copy(master_, w_new_);
-    model_.round_compute_weights(exec_, w_new_);  // bf16: the compute copy is bf16(master)
+    model_.init(master_, deck.train.seed);
+    model_.write_compute_weights(exec_, w_new_, master_);  // bf16: the compute copy is bf16(master)
+  } else {
+    model_.init(w_new_.as<float>(), deck.train.seed);
   }
   grads_ = model::FloatView("p2bw::grads", n);
   // The second weight buffer of 2bw exists from the start, so that no step allocates.
-  if (has_two_bw_phase(deck)) spare_ = model::FloatView("p2bw::weights_b", n);
+  if (has_two_bw_phase(deck)) spare_ = model_.make_stored("p2bw::weights_b", model_.num_params());
   cache_ = model_.make_cache();
   host_tokens_ = Kokkos::create_mirror_view(cache_.tokens);
   host_targets_ = Kokkos::create_mirror_view(cache_.targets);
@@ -40,6 +41,13 @@ SingleRankTrainer::SingleRankTrainer(const config::Deck& deck,
 double SingleRankTrainer::evaluate() {
   P2BW_ASSERT(splits_.validation != nullptr, "an evaluation needs a validation split");
   data::Loader loader(splits_.validation, deck_, data::Order::sequential);
+  // The true weights in the storage type: bf16(master) is written into the gradient buffer's
+  // memory, idle between steps (each step zeroes it first).
+  StoreView eval_weights(weights());
+  if (model_.bf16()) {
+    eval_weights = Bf16View(reinterpret_cast<kernels::bf16*>(grads_.data()), grads_.extent(0));
+    model_.write_compute_weights(exec_, eval_weights, master_);
+  }
   const int m = deck_.pipeline.microbatches, width = deck_.pipeline.width;
   double loss = 0.0, positions = 0.0;
   // In slot order: validation batch t, microbatch j, replica r.
@@ -49,7 +57,7 @@ double SingleRankTrainer::evaluate() {
         loader.microbatch(t, j, r, host_tokens_.data(), host_targets_.data());
         Kokkos::deep_copy(exec_, cache_.tokens, host_tokens_);
         Kokkos::deep_copy(exec_, cache_.targets, host_targets_);
-        const double mean = model_.forward(exec_, weights(), cache_, model::FloatView());
+        const double mean = model_.forward(exec_, eval_weights, cache_, StoreView());
         loss += mean * cache_.loss_positions;
         positions += cache_.loss_positions;
       }
@@ -77,9 +85,8 @@ StepResult SingleRankTrainer::step() {
     loader_.microbatch(t, k, 0, host_tokens_.data(), host_targets_.data());
     Kokkos::deep_copy(exec_, cache_.tokens, host_tokens_);
     Kokkos::deep_copy(exec_, cache_.targets, host_targets_);
-    model_.forward(exec_, w_old_, cache_, model::FloatView(), loss_sum);
-    model_.backward(exec_, w_old_, grads_, cache_, model::ConstFloatView(), model::FloatView(),
-                    1.0 / microbatches);
+    model_.forward(exec_, w_old_, cache_, StoreView(), loss_sum);
+    model_.backward(exec_, w_old_, grads_, cache_, StoreView(), StoreView(), 1.0 / microbatches);
   }
   if (result.step == test_hooks::nonfinite_step())
     Kokkos::deep_copy(exec_, Kokkos::subview(grads_, 0), NAN);
@@ -105,18 +112,17 @@ StepResult SingleRankTrainer::step() {
     if (!result.skipped && master_.data())
       optimizer_.step(exec_, master_, master_, grads_, result.lr, scale, w_new_, gamma);
     else if (!result.skipped)
-      optimizer_.step(exec_, w_new_, w_new_, grads_, result.lr, scale);
+      optimizer_.step(exec_, w_new_.as<float>(), w_new_.as<float>(), grads_, result.lr, scale);
   } else {
     // 2bw: the gradient was taken at W_old; W_next = Opt(W_new, g) goes into the retired buffer.
     P2BW_ASSERT(spare_.data(), "2bw's second weight buffer is made with the trainer");
-    model::FloatView next = w_old_.data() == w_new_.data() ? spare_ : w_old_;
-    if (result.skipped) {
-      Kokkos::deep_copy(exec_, next, weights());  // still rotate the versions
-      model_.round_compute_weights(exec_, next);
-    } else if (master_.data())
+    const StoreView next = w_old_.data() == w_new_.data() ? spare_ : w_old_;
+    if (result.skipped)
+      model_.write_compute_weights(exec_, next, weights());  // still rotate the versions
+    else if (master_.data())
       optimizer_.step(exec_, master_, master_, grads_, result.lr, scale, next, gamma);
     else
-      optimizer_.step(exec_, next, w_new_, grads_, result.lr, scale);
+      optimizer_.step(exec_, next.as<float>(), w_new_.as<float>(), grads_, result.lr, scale);
     w_old_ = w_new_;
     w_new_ = next;
   }

@@ -40,9 +40,10 @@ class SingleRankTrainer {
   std::int64_t steps_done() const { return steps_done_; }
   model::StageModel& model() { return model_; }
   // The newest weights W(t) (what the next update starts from).
-  model::FloatView weights() const { return master_.data() ? master_ : w_new_; }
-  // The weights the next step's gradient is taken at (W(t-1) under 2bw, else W(t)).
-  model::FloatView gradient_weights() const { return w_old_; }
+  model::FloatView weights() const { return master_.data() ? master_ : w_new_.as<float>(); }
+  // The weights the next step's gradient is taken at (W(t-1) under 2bw, else W(t)), in the
+  // storage type.
+  StoreView gradient_weights() const { return w_old_; }
   model::FloatView gradients() const { return grads_; }
 
  private:
@@ -54,7 +55,7 @@ class SingleRankTrainer {
   model::StageModel model_;
   model::Optimizer optimizer_;
   model::Exec exec_;
-  model::FloatView w_old_, w_new_, spare_;  // spare_ is the second buffer once 2bw starts
+  StoreView w_old_, w_new_, spare_;  // spare_ is the second buffer once 2bw starts (and for bf16)
   model::FloatView master_;  // the true W(t) under weight prediction and bf16 (keeps_master)
   model::FloatView grads_;
   model::Cache cache_;

@@ -19,6 +19,24 @@ std::vector<float> to_host(const FloatView& view) {
   return values;
 }
 
+// A buffer in the storage type as floats (bf16 widened exactly).
+std::vector<float> to_host(const StoreView& view) {
+  if (!view.is_bf16()) return to_host(view.as<float>());
+  const FloatView wide("p2bw::checkpoint_values", static_cast<size_t>(view.size()));
+  widen_into(Exec(), wide, view);
+  return to_host(wide);
+}
+
+// A group's fp32 tensors into a buffer in the storage type (bf16 rounds to nearest even).
+void load_stored(const io::CheckpointReader& checkpoint, const std::string& group,
+                 const model::StageModel& model, const StoreView& into) {
+  if (!into.is_bf16()) return load_stage_tensors(checkpoint, group, model, into.as<float>());
+  const FloatView wide("p2bw::checkpoint_values", static_cast<size_t>(into.size()));
+  load_stage_tensors(checkpoint, group, model, wide);
+  narrow_into(Exec(), into, wide);
+  Exec().fence();
+}
+
 }  // namespace
 
 std::string save_stage_checkpoint(const std::string& checkpoints, int keep, std::int64_t step,
@@ -74,26 +92,29 @@ void restore_stage(const io::CheckpointReader& checkpoint, int oldest_needed,
     throw UserError(fmt::format(
         "checkpoint after step {}: its newest weights are version {} (allowed: version {})", step,
         state.newest_version, step));
-  const FloatView newest = versions.add(step);
-  load_stage_tensors(checkpoint, "params", model, newest);
+  // Checkpoints hold fp32 in every precision: a bf16 run rounds its compute copies (the master
+  // keeps "params"), so a checkpoint of any precision resumes in any other. A bf16 run's own
+  // copies are stored as their exact fp32 values, so rounding them again changes nothing.
+  const StoreView newest = versions.add(step);
   if (versions.master().data()) {
-    Kokkos::deep_copy(versions.master(), newest);
+    load_stage_tensors(checkpoint, "params", model, versions.master());
     if (state.predicted_version == step)
-      load_stage_tensors(checkpoint, "params_predicted", model, newest);
+      load_stored(checkpoint, "params_predicted", model, newest);
+    else
+      model.write_compute_weights(Exec(), newest, versions.master());
+  } else {
+    load_stage_tensors(checkpoint, "params", model, newest.as<float>());
   }
   if (oldest_needed < step) {
     P2BW_ASSERT(oldest_needed == step - 1,
                 "a resumed schedule needs W(step) and W(step-1) at most");
-    FloatView old = versions.add(oldest_needed);
+    const StoreView old = versions.add(oldest_needed);
     if (state.old_version == oldest_needed)
-      load_stage_tensors(checkpoint, "params_old", model, old);
+      load_stored(checkpoint, "params_old", model, old);
     else
-      Kokkos::deep_copy(old, versions.at(step));  // flush or gpipe -> 2bw: one version to start
+      copy(Exec(), old, newest);  // flush or gpipe -> 2bw: one version to start
   }
-  // Checkpoints hold fp32 in every precision: a bf16 run rounds its compute copies (the master
-  // keeps "params"), so a checkpoint of any precision resumes in any other. Rounding a bf16
-  // run's own copies again changes nothing.
-  for (int version : versions.versions()) model.round_compute_weights(Exec(), versions.at(version));
+  Exec().fence();
   if (optimizer.first().data())
     load_stage_tensors(checkpoint, "optimizer/first", model, optimizer.first());
   if (optimizer.second().data())

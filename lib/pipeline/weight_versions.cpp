@@ -35,19 +35,50 @@ double prediction_gamma(const config::Deck& deck, int version) {
              : 0.0;
 }
 
-WeightVersions::WeightVersions(std::int64_t floats, int buffers, bool master)
-    : floats_(floats), buffers_(buffers) {
+WeightVersions::WeightVersions(std::int64_t values, int buffers, bool master, bool bf16)
+    : values_(values),
+      bf16_(bf16),
+      version_buffers_(bf16 ? 2 : buffers),
+      gradient_buffers_(bf16 ? buffers - 1 : 0) {
   P2BW_ASSERT(buffers >= 2 && buffers <= 3, "a stage has 2 or 3 weight and gradient buffers");
-  for (int b = 0; b < buffers; ++b)
-    free_.emplace_back(Kokkos::view_alloc(Kokkos::WithoutInitializing,
-                                          fmt::format("p2bw::weights_{}", char('a' + b))),
-                       static_cast<size_t>(floats));
+  P2BW_ASSERT(master || !bf16, "bf16 versions are copies of an fp32 master");
+  for (int b = 0; b < version_buffers_; ++b)
+    free_.push_back(
+        StoreView::allocate(fmt::format("p2bw::weights_{}", char('a' + b)), values, bf16));
+  for (int b = 0; b < gradient_buffers_; ++b)
+    free_gradients_.emplace_back(
+        Kokkos::view_alloc(Kokkos::WithoutInitializing,
+                           fmt::format("p2bw::gradients_{}", char('a' + b))),
+        static_cast<size_t>(values));
   if (master)
     master_ = FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::weights_master"),
-                        static_cast<size_t>(floats));
+                        static_cast<size_t>(values));
 }
 
-FloatView WeightVersions::at(int version) const {
+std::int64_t WeightVersions::weight_bytes() const {
+  const int value_bytes = bf16_ ? 2 : 4;
+  const int versions = bf16_ ? version_buffers_ : version_buffers_ - 1;
+  return (versions * value_bytes + (master_.data() ? 4 : 0)) * values_;
+}
+
+std::int64_t WeightVersions::gradient_bytes() const {
+  return (bf16_ ? gradient_buffers_ : 1) * 4 * values_;
+}
+
+StoreView WeightVersions::evaluation_weights(const Exec& exec) const {
+  if (!bf16_) return StoreView(true_weights());
+  P2BW_ASSERT(gradients_.data(), "a bf16 evaluation needs the idle gradient buffer");
+  const Bf16View alias(reinterpret_cast<kernels::bf16*>(gradients_.data()),
+                       static_cast<size_t>(values_));
+  narrow_into(exec, StoreView(alias), master_);
+  return StoreView(alias);
+}
+
+void WeightVersions::end_evaluation(const Exec& exec) const {
+  if (bf16_) Kokkos::deep_copy(exec, gradients_, 0.0f);
+}
+
+StoreView WeightVersions::at(int version) const {
   auto it = held_.find(version);
   if (it == held_.end())
     P2BW_INTERNAL_ERROR(fmt::format("no weight buffer holds version {} (held: {})", version,
@@ -69,21 +100,25 @@ std::vector<int> WeightVersions::versions() const {
   return result;
 }
 
-FloatView WeightVersions::take_free() {
-  P2BW_ASSERT(!free_.empty(), "every weight and gradient buffer is in use");
-  FloatView buffer = free_.back();
-  free_.pop_back();
-  return buffer;
-}
-
-FloatView WeightVersions::add(int version) {
+StoreView WeightVersions::add(int version) {
   P2BW_ASSERT(!holds(version), "a weight version is added twice");
-  return held_[version] = take_free();
+  P2BW_ASSERT(!free_.empty(), "every weight buffer is in use");
+  StoreView buffer = free_.back();
+  free_.pop_back();
+  return held_[version] = buffer;
 }
 
 void WeightVersions::make_gradients(const Exec& exec) {
   P2BW_ASSERT(!gradients_.data(), "there is a gradient buffer already");
-  gradients_ = take_free();
+  if (bf16_) {
+    P2BW_ASSERT(!free_gradients_.empty(), "every gradient buffer is in use");
+    gradients_ = free_gradients_.back();
+    free_gradients_.pop_back();
+  } else {
+    P2BW_ASSERT(!free_.empty(), "every weight and gradient buffer is in use");
+    gradients_ = free_.back().as<float>();
+    free_.pop_back();
+  }
   Kokkos::deep_copy(exec, gradients_, 0.0f);
 }
 
@@ -94,9 +129,18 @@ FloatView WeightVersions::detach_gradients() {
   return buffer;
 }
 
-void WeightVersions::hold(int version, FloatView buffer) {
+StoreView WeightVersions::next_version_buffer(FloatView gradients) {
+  if (!bf16_) return StoreView(gradients);
+  P2BW_ASSERT(!free_.empty(), "no bf16 weight buffer is free for the next version");
+  StoreView buffer = free_.back();
+  free_.pop_back();
+  free_gradients_.push_back(gradients);
+  return buffer;
+}
+
+void WeightVersions::hold(int version, StoreView buffer) {
   P2BW_ASSERT(!holds(version), "a weight version is written twice");
-  held_[version] = buffer;
+  held_[version] = std::move(buffer);
 }
 
 void WeightVersions::retire_older_than(int version) {

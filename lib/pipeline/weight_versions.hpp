@@ -10,8 +10,13 @@
 // versions: C(v) = W(v) + gamma (W(v) - W(v-1)) for v > K (K = the flush warm-up), W(v) itself
 // up to K, and a fourth buffer, the master, holds the true W(newest). Each update writes the
 // master in place and C(v) over the batch's gradients, so the rotation above is unchanged.
-// bf16 (model.precision) keeps the master too: every version is a compute copy bf16(W(v)) (or
-// bf16(C(v))), written by the same update.
+//
+// bf16 (model.precision) keeps the master too, and its versions are bf16 compute copies
+// bf16(W(v)) (or bf16(C(v))), which cannot take fp32 gradients: the versions and the gradients
+// have pools of their own. Two bf16 buffers (the update writes the next copy while the current
+// one is held) and one fp32 gradient buffer, two with a 2bw phase (batch t+1 accumulates while
+// batch t's deferred reduction still holds its gradients): per parameter 2·2 + 4 (master) + 4 or
+// 2·4 bytes.
 #pragma once
 
 #include <map>
@@ -20,6 +25,7 @@
 
 #include "config/deck.hpp"
 #include "core/device.hpp"
+#include "core/store_view.hpp"
 
 namespace p2bw::pipeline {
 
@@ -40,48 +46,64 @@ double prediction_gamma(const config::Deck& deck, int version);
 
 class WeightVersions {
  public:
-  // `buffers` flat buffers of `floats` each (2 or 3), named for Kokkos's tools; the first holds
-  // nothing yet, the others are free until used. With `master`, one more buffer for the true
-  // weights.
-  WeightVersions(std::int64_t floats, int buffers, bool master = false);
+  // Buffers of `values` each, named for Kokkos's tools. fp32 (bf16 false): `buffers` float
+  // buffers (2 or 3) shared by the versions and the gradients. bf16: two bf16 version buffers and
+  // buffers - 1 fp32 gradient buffers. With `master`, one more fp32 buffer for the true weights.
+  // Every buffer is free until used.
+  WeightVersions(std::int64_t values, int buffers, bool master = false, bool bf16 = false);
 
   bool holds(int version) const { return held_.count(version) != 0; }
   // The buffer of W(version); InternalError naming the versions held when it is not held.
-  FloatView at(int version) const;
+  StoreView at(int version) const;
   int newest() const;                 // -1 when none
   int oldest() const;                 // -1 when none
   std::vector<int> versions() const;  // held, oldest first
 
-  // A free buffer becomes W(version) (for the initial weights and for restoring checkpoints).
-  FloatView add(int version);
+  // A free version buffer becomes W(version) (for the initial weights and restoring checkpoints).
+  StoreView add(int version);
   // The buffer that gradients accumulate into (null until make_gradients()).
   FloatView gradients() const { return gradients_; }
-  // Takes a free buffer, zeroes it and makes it the gradient buffer.
+  // Takes a free gradient buffer, zeroes it and makes it the gradient buffer.
   void make_gradients(const Exec& exec);
   // Hands out the gradient buffer (its batch's reductions and update own it now); there is no
   // gradient buffer until make_gradients().
   FloatView detach_gradients();
-  // A detached gradient buffer, written over by the update, becomes W(version).
-  void hold(int version, FloatView buffer);
+  // Where the update of the detached `gradients` writes the next version: fp32, the gradient
+  // buffer itself (written over); bf16, a free bf16 buffer, and the gradient buffer is free again
+  // (the update, queued before any later use of it, reads it first).
+  StoreView next_version_buffer(FloatView gradients);
+  // A buffer from next_version_buffer(), written by the update, becomes W(version).
+  void hold(int version, StoreView buffer);
   // Frees the buffers of every version older than `version`, the newest excepted.
   void retire_older_than(int version);
 
-  // The true W(newest) under weight prediction; empty without.
+  // The true W(newest) under weight prediction and bf16; empty otherwise.
   FloatView master() const { return master_; }
-  // The newest true weights: the master, or else the newest version.
-  FloatView true_weights() const { return master_.data() ? master_ : at(newest()); }
+  // The newest true weights as floats: the master, or else the newest version.
+  FloatView true_weights() const { return master_.data() ? master_ : at(newest()).as<float>(); }
 
-  int buffers() const { return buffers_; }  // allocated, in use or free; the master excepted
-  std::int64_t floats() const { return floats_; }
+  // The true weights in the storage type, for an evaluation between batches (no gradient
+  // accumulates then): fp32, true_weights() itself; bf16, bf16(master) written into the memory
+  // of the idle, zeroed gradient buffer (half of it), so an evaluation allocates nothing.
+  // end_evaluation() zeroes that buffer again.
+  StoreView evaluation_weights(const Exec& exec) const;
+  void end_evaluation(const Exec& exec) const;
+
+  bool bf16() const { return bf16_; }
+  std::int64_t values() const { return values_; }
+  // Bytes of the version buffers, the master included, and of the gradient buffers (the shared
+  // fp32 pool counts one buffer as the gradients).
+  std::int64_t weight_bytes() const;
+  std::int64_t gradient_bytes() const;
 
  private:
-  FloatView take_free();
-
-  std::int64_t floats_;
-  int buffers_;
-  std::map<int, FloatView> held_;  // version -> buffer
+  std::int64_t values_;
+  bool bf16_;
+  int version_buffers_, gradient_buffers_;
+  std::map<int, StoreView> held_;  // version -> buffer
   FloatView gradients_;
-  std::vector<FloatView> free_;
+  std::vector<StoreView> free_;            // version buffers (fp32: also the gradients')
+  std::vector<FloatView> free_gradients_;  // bf16 only
   FloatView master_;
 };
 

@@ -52,6 +52,14 @@ void fill_varied(model::FloatView v, float scale) {
       });
 }
 
+// The same in the storage type (bf16 rounded).
+void fill_varied(const StoreView& v, float scale) {
+  const model::FloatView values("p2bw::profile_fill", static_cast<size_t>(v.size()));
+  fill_varied(values, scale);
+  narrow_into(model::Exec(), v, values);
+  model::Exec().fence();
+}
+
 void fill_varied(model::IntView v, int vocab) {
   Kokkos::parallel_for(
       "p2bw::profile_tokens", Kokkos::RangePolicy<model::Exec>(0, v.extent(0)),
@@ -103,15 +111,21 @@ double median(std::vector<double> times) {
 void time_parts(const config::Deck& deck, int b, int first, int end, int repeats,
                 PartProfile& part) {
   model::StageModel model(deck.model, b, first, end);
-  model::FloatView params("params", static_cast<size_t>(model.num_params()));
+  // The fp32 master and the weights used in compute (bf16(master) under bf16, else the master).
+  model::FloatView master("master", static_cast<size_t>(model.num_params()));
   model::FloatView grads("grads", static_cast<size_t>(model.num_params()));
-  model.init(params, deck.train.seed);
+  model.init(master, deck.train.seed);
+  StoreView params(master);
+  if (model.bf16()) {
+    params = model.make_stored("params", model.num_params());
+    model.write_compute_weights(model::Exec(), params, master);
+  }
   model::Cache cache = model.make_cache();
-  const auto n = static_cast<size_t>(model.boundary_floats());
-  model::FloatView out, dout, din("din", n);
+  StoreView out = StoreView::empty_of(model.bf16()), dout = out;
+  const StoreView din = model.make_boundary("din");
   if (!model.has_head()) {
-    out = model::FloatView("out", n);
-    dout = model::FloatView("dout", n);
+    out = model.make_boundary("out");
+    dout = model.make_boundary("dout");
     fill_varied(dout, 0.01f);
   }
   if (model.has_embedding()) {
@@ -149,7 +163,11 @@ void time_parts(const config::Deck& deck, int b, int first, int end, int repeats
     model.grad_square_sums(exec, grads, sums);
     Kokkos::deep_copy(exec, host_sums, sums);  // the update needs the norm on the host
     exec.fence();
-    optimizer.step(exec, params, params, grads, 1e-4, 0.5);
+    // bf16: the master in place and its bf16 copy beside it, as the executor's update.
+    if (model.bf16())
+      optimizer.step(exec, master, master, grads, 1e-4, 0.5, params);
+    else
+      optimizer.step(exec, master, master, grads, 1e-4, 0.5);
     Kokkos::deep_copy(exec, grads, 0.0f);
     exec.fence();
     const auto t5 = Clock::now();
@@ -167,7 +185,7 @@ void time_parts(const config::Deck& deck, int b, int first, int end, int repeats
 
 Profile measure_profile(const config::Deck& deck, const std::vector<int>& microbatch_sizes,
                         int repeats) {
-  model::set_kernel_precision(deck, "p2bw profile");
+  model::set_kernel_precision(deck);
   Profile profile;
   profile.measured = true;
   profile.model = deck.model;

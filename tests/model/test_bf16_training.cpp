@@ -1,9 +1,9 @@
-// model.precision: bf16, the host emulation of GPU mixed precision (model::StageModel): after a
-// bf16 forward every stored activation is a bf16 value and the statistics are not rounded; after
-// a bf16 backward the input gradient is bf16 and the parameter gradients fp32; after bf16 steps
-// the compute copy of the weights is bf16(master) and the master fp32. The same probes on fp32
-// find non-bf16 values everywhere, so every check here can fail. Also: a bf16 run is
-// deterministic, differs from fp32, and its loss stays near fp32's.
+// model.precision: bf16, mixed precision in bf16 storage (model::StageModel): a bf16 stage keeps
+// its stored activations, its logits, its compute weights and its boundary buffers as bf16
+// buffers of exactly the predicted bytes, and its statistics and parameter gradients fp32 (not
+// rounded); after bf16 steps the compute copy of the weights is bf16(master) and the master
+// fp32. The same probes on fp32 find non-bf16 values everywhere, so every check here can fail.
+// Also: a bf16 run is deterministic, differs from fp32, and its loss stays near fp32's.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -12,8 +12,9 @@
 #include <memory>
 #include <random>
 
+#include "core/store_view.hpp"
 #include "data/loader.hpp"
-#include "kernels/bf16_round.hpp"
+#include "kernels/bf16.hpp"
 #include "pipeline/single_rank_trainer.hpp"
 
 namespace p2bw::pipeline {
@@ -47,9 +48,14 @@ config::Deck deck(config::Precision precision, config::ScheduleKind schedule,
   return d;
 }
 
-std::vector<float> host(model::ConstFloatView view) {
+std::vector<float> host(const model::FloatView& view) {
   auto mirror = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), view);
   return std::vector<float>(mirror.data(), mirror.data() + mirror.extent(0));
+}
+std::vector<float> host(const StoreView& view) {
+  model::FloatView wide("wide", size_t(view.size()));
+  widen_into(model::Exec(), wide, view);
+  return host(wide);
 }
 
 bool is_bf16(float f) {
@@ -62,104 +68,88 @@ std::int64_t not_bf16(const std::vector<float>& values, std::int64_t begin, std:
   for (std::int64_t i = begin; i < begin + count; ++i) n += !is_bf16(values[size_t(i)]);
   return n;
 }
+std::int64_t not_bf16(const std::vector<float>& values) {
+  return not_bf16(values, 0, std::int64_t(values.size()));
+}
 
 struct Probe {
-  std::int64_t rounded_slots_not_bf16 = 0;  // values of slots that bf16 rounds, not bf16
-  std::int64_t rounded_slots = 0;           // values of those slots
-  std::int64_t statistics_not_bf16 = 0;     // LayerNorm mean / rstd, log-sum-exps not bf16
+  bool stored_in_bf16 = false;           // cache values, logits, din: bf16 buffers
+  std::int64_t stored_not_bf16 = 0;      // of the stored activations (widened)
+  std::int64_t stored = 0;               // stored activation values
+  std::int64_t cache_bytes = 0;          // of the cache, as allocated
+  std::int64_t statistics_not_bf16 = 0;  // LayerNorm mean / rstd, log-sum-exps not bf16
   std::int64_t logits_not_bf16 = 0;
   std::int64_t input_gradient_not_bf16 = 0;
   std::int64_t parameter_gradients_not_bf16 = 0;
 };
 
 // Forward and backward of one microbatch through blocks and head (parts 1 .. L+1) on a random
-// bf16-valued stage input, with the weights rounded as a bf16 run's compute copy is.
+// bf16-valued stage input, with the compute weights made from the fp32 master as a run makes them.
 Probe probe(config::Precision precision) {
   config::Deck d = deck(precision, config::ScheduleKind::flush);
   const int L = d.model.layers;
   model::StageModel stage(d.model, d.train.microbatch_size, 1, L + 2);
-  EXPECT_EQ(stage.rounds_to_bf16(), precision == config::Precision::bf16);
-  model::FloatView params("params", size_t(stage.num_params()));
-  stage.init(params, 3);
-  stage.round_compute_weights(model::Exec(), params);
+  EXPECT_EQ(stage.bf16(), precision == config::Precision::bf16);
+  model::FloatView master("master", size_t(stage.num_params()));
+  stage.init(master, 3);
+  const StoreView params = stage.make_stored("params", stage.num_params());
+  stage.write_compute_weights(model::Exec(), params, master);
   model::FloatView grads("grads", size_t(stage.num_params()));
   model::Cache cache = stage.make_cache();
-  const std::int64_t n = stage.boundary_floats();
+  const std::int64_t n = stage.boundary_values();
   {
-    auto input = Kokkos::create_mirror_view(stage.input_slot(cache));
+    model::FloatView input("input", size_t(n));
+    auto mirror = Kokkos::create_mirror_view(input);
     std::mt19937 random(5);
     std::normal_distribution<float> normal;
-    for (std::int64_t i = 0; i < n; ++i) input(i) = kernels::round_to_bf16(normal(random));
-    Kokkos::deep_copy(stage.input_slot(cache), input);
+    for (std::int64_t i = 0; i < n; ++i) mirror(i) = kernels::round_to_bf16(normal(random));
+    Kokkos::deep_copy(input, mirror);
+    narrow_into(model::Exec(), stage.input_slot(cache), input);
     auto targets = Kokkos::create_mirror_view(cache.targets);
     for (size_t i = 0; i < targets.extent(0); ++i) targets(i) = int(i * 37 % 256);
     Kokkos::deep_copy(cache.targets, targets);
   }
-  const double loss = stage.forward(model::Exec(), params, cache, model::FloatView());
+  const double loss = stage.forward(model::Exec(), params, cache, StoreView());
   EXPECT_TRUE(std::isfinite(loss));
   Probe p;
-  const auto cached = host(cache.floats);
+  const StoreView din = stage.make_boundary("din");
+  p.stored_in_bf16 =
+      cache.values.is_bf16() && stage.logits().is_bf16() && din.is_bf16() && params.is_bf16();
+  const auto stored = host(cache.values);
+  p.stored = std::int64_t(stored.size());
+  p.stored_not_bf16 = not_bf16(stored);
+  p.cache_bytes = cache.bytes();
+  p.statistics_not_bf16 = not_bf16(host(cache.statistics));
+  p.logits_not_bf16 = not_bf16(host(stage.logits()));
+  stage.backward(model::Exec(), params, grads, cache, StoreView(), din, 1.0);
+  p.input_gradient_not_bf16 = not_bf16(host(din));
+  p.parameter_gradients_not_bf16 = not_bf16(host(grads));
+  // What the prediction says the cache holds: L blocks and the head in this precision (targets
+  // and positions' 4 bytes each per position included, as Cache::bytes counts them).
   const model::ModelShape& shape = stage.shape();
-  std::int64_t total = 0;
-  const auto block = shape.block_activations();
-  const auto offsets = model::slot_offsets(block, total);
-  for (int l = 0; l < L; ++l) {
-    const std::int64_t base = l * total;
-    for (auto [offset, count] : {std::pair{offsets.x, block.x},
-                                 {offsets.ln1, block.ln1},
-                                 {offsets.qkv, block.qkv},
-                                 {offsets.atty, block.atty},
-                                 {offsets.res2, block.res2},
-                                 {offsets.ln2, block.ln2},
-                                 {offsets.fch, block.fch},
-                                 {offsets.fch_gelu, block.fch_gelu}}) {
-      p.rounded_slots_not_bf16 += not_bf16(cached, base + offset, count);
-      p.rounded_slots += count;
-    }
-    for (auto [offset, count] : {std::pair{offsets.ln1_mean, block.ln1_mean},
-                                 {offsets.ln1_rstd, block.ln1_rstd},
-                                 {offsets.att_lse, block.att_lse},
-                                 {offsets.ln2_mean, block.ln2_mean},
-                                 {offsets.ln2_rstd, block.ln2_rstd}})
-      p.statistics_not_bf16 += not_bf16(cached, base + offset, count);
-  }
-  std::int64_t head_total = 0;
-  const auto head = shape.head_activations();
-  const auto head_offsets = model::slot_offsets(head, head_total);
-  const std::int64_t head_base = L * total;
-  for (auto [offset, count] : {std::pair{head_offsets.x, head.x}, {head_offsets.lnf, head.lnf}}) {
-    p.rounded_slots_not_bf16 += not_bf16(cached, head_base + offset, count);
-    p.rounded_slots += count;
-  }
-  for (auto [offset, count] : {std::pair{head_offsets.lnf_mean, head.lnf_mean},
-                               {head_offsets.lnf_rstd, head.lnf_rstd},
-                               {head_offsets.lse, head.lse}})
-    p.statistics_not_bf16 += not_bf16(cached, head_base + offset, count);
-  const auto logits = host(stage.logits());
-  p.logits_not_bf16 = not_bf16(logits, 0, std::int64_t(logits.size()));
-  model::FloatView din("din", size_t(n));
-  stage.backward(model::Exec(), params, grads, cache, model::ConstFloatView(), din, 1.0);
-  p.input_gradient_not_bf16 = not_bf16(host(din), 0, n);
-  p.parameter_gradients_not_bf16 = not_bf16(host(grads), 0, stage.num_params());
+  EXPECT_EQ(p.cache_bytes, L * shape.block().activation_bytes(precision) +
+                               shape.head().activation_bytes(precision) +
+                               4 * shape.microbatch * shape.seq_len)
+      << to_string(precision);
   return p;
 }
 
-TEST(Bf16Emulation, EveryStoredActivationAndActivationGradientIsABf16Value) {
+TEST(Bf16Storage, ActivationsLogitsWeightsAndGradientsAreBf16Buffers) {
   const Probe p = probe(config::Precision::bf16);
-  ASSERT_GT(p.rounded_slots, 0);
-  EXPECT_EQ(p.rounded_slots_not_bf16, 0) << "of " << p.rounded_slots << " activations";
-  EXPECT_EQ(p.logits_not_bf16, 0);
-  EXPECT_EQ(p.input_gradient_not_bf16, 0) << "the stage's input gradient (a boundary message)";
+  ASSERT_GT(p.stored, 0);
+  EXPECT_TRUE(p.stored_in_bf16);
+  EXPECT_EQ(p.stored_not_bf16, 0) << "of " << p.stored << " activations";
   // Kept fp32, as on the GPU: statistics and parameter gradients.
   EXPECT_GT(p.statistics_not_bf16, 0);
   EXPECT_GT(p.parameter_gradients_not_bf16, 0);
 }
 
-TEST(Bf16Emulation, Fp32RoundsNothing) {
+TEST(Bf16Storage, Fp32RoundsNothing) {
   // The same probe on fp32: every category holds values that are not bf16, so the bf16 test above
-  // would fail if its rounding were missing.
+  // would fail if its storage were not bf16.
   const Probe p = probe(config::Precision::fp32);
-  EXPECT_GT(p.rounded_slots_not_bf16, p.rounded_slots / 2);
+  EXPECT_FALSE(p.stored_in_bf16);
+  EXPECT_GT(p.stored_not_bf16, p.stored / 2);
   EXPECT_GT(p.logits_not_bf16, 0);
   EXPECT_GT(p.input_gradient_not_bf16, 0);
   EXPECT_GT(p.statistics_not_bf16, 0);
@@ -167,7 +157,7 @@ TEST(Bf16Emulation, Fp32RoundsNothing) {
   EXPECT_FALSE(kernels::round_to_bf16(1.0f + 1.0f / 1024) == 1.0f + 1.0f / 1024);
 }
 
-TEST(Bf16Emulation, TheComputeCopyIsBf16OfTheFp32Master) {
+TEST(Bf16Storage, TheComputeCopyIsBf16OfTheFp32Master) {
   // After every step, flush, 2bw and 2bw with weight prediction: the weights the next gradient
   // is taken at are bf16 values; the master (weights()) is not, and rounding it gives the compute
   // copy exactly where no prediction is applied (flush, and 2bw's newest version is rounded
@@ -183,7 +173,7 @@ TEST(Bf16Emulation, TheComputeCopyIsBf16OfTheFp32Master) {
       ASSERT_FALSE(r.skipped) << label;
       const auto compute = host(trainer.gradient_weights());
       const auto master = host(trainer.weights());
-      ASSERT_NE(trainer.gradient_weights().data(), trainer.weights().data()) << label;
+      ASSERT_TRUE(trainer.gradient_weights().is_bf16()) << label;
       EXPECT_EQ(not_bf16(compute, 0, std::int64_t(compute.size())), 0) << label << " step " << s;
       EXPECT_GT(not_bf16(master, 0, std::int64_t(master.size())), 0) << label << " step " << s;
       if (schedule == config::ScheduleKind::flush) {
@@ -196,16 +186,17 @@ TEST(Bf16Emulation, TheComputeCopyIsBf16OfTheFp32Master) {
   }
 }
 
-TEST(Bf16Emulation, Fp32KeepsNoMasterAndItsWeightsAreNotRounded) {
+TEST(Bf16Storage, Fp32KeepsNoMasterAndItsWeightsAreNotRounded) {
   const config::Deck d = deck(config::Precision::fp32, config::ScheduleKind::flush);
   SingleRankTrainer trainer(d, text());
   trainer.step();
   EXPECT_EQ(trainer.gradient_weights().data(), trainer.weights().data());
+  EXPECT_FALSE(trainer.gradient_weights().is_bf16());
   const auto w = host(trainer.weights());
   EXPECT_GT(not_bf16(w, 0, std::int64_t(w.size())), std::int64_t(w.size()) / 2);
 }
 
-TEST(Bf16Emulation, DeterministicDifferentFromFp32AndClose) {
+TEST(Bf16Storage, DeterministicDifferentFromFp32AndClose) {
   // Loss tolerance: each rounding point perturbs a value by at most u/2 = 2^-9 relative (bf16's
   // unit roundoff u = 2^-8); the loss of this 2-block model passes about 3 + 10 per block = 23
   // rounding points in forward, so the first loss moves by at most ~23 · 2^-9 ≈ 4.5% relative in

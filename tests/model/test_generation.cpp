@@ -79,9 +79,9 @@ TEST(ForwardLogits, TwoStagesGiveTheWholeModelsLogitsBitForBit) {
       Kokkos::subview(whole.params, std::make_pair(split, whole.model.num_params()));
   Cache a = first.make_cache(), b = second.make_cache();
   set_tokens(a.tokens, tokens);
-  first.forward(Exec(), first_params, a, second.input_slot(b));
+  first.forward(Exec(), FloatView(first_params), a, second.input_slot(b));
   FloatView out("logits", static_cast<size_t>(2 * kModel.seq_len * second.shape().padded_vocab));
-  second.forward_logits(Exec(), second_params, b, out);
+  second.forward_logits(Exec(), FloatView(second_params), b, out);
   EXPECT_EQ(host(out), whole.logits(tokens));
 }
 

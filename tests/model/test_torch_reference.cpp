@@ -284,9 +284,10 @@ void compare_with_torch(config::ModelKind kind, config::Precision precision) {
     loader.microbatch(0, 0, 0, host_tokens.data(), host_targets.data());
     Kokkos::deep_copy(cache.tokens, host_tokens);
     Kokkos::deep_copy(cache.targets, host_targets);
-    ours.loss0 =
-        probe.forward(model::Exec(), trainer.gradient_weights(), cache, model::FloatView());
-    const auto our_logits = to_host(probe.logits(), 0, std::int64_t{b} * T * Vp);
+    ours.loss0 = probe.forward(model::Exec(), trainer.gradient_weights(), cache, StoreView());
+    model::FloatView logits("logits", static_cast<size_t>(probe.logits().size()));
+    widen_into(model::Exec(), logits, probe.logits());
+    const auto our_logits = to_host(logits, 0, std::int64_t{b} * T * Vp);
     std::vector<double> unpadded;
     for (int row = 0; row < b * T; ++row) {
       const float* l = &our_logits[static_cast<size_t>(row) * Vp];

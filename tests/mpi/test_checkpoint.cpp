@@ -26,7 +26,7 @@
 #include "data/token_file.hpp"
 #include "io/checkpoint.hpp"
 #include "io/hdf5_file.hpp"
-#include "kernels/bf16_round.hpp"
+#include "kernels/bf16.hpp"
 #include "mpi_world.hpp"
 #include "pipeline/pipeline_trainer.hpp"
 #include "pipeline/single_rank_trainer.hpp"

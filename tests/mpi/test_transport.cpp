@@ -1,10 +1,9 @@
-// The MPI transport's wire: on a fp32 wire any float travels as its 4 bytes, unchanged; on a bf16
-// wire (model.precision: bf16) bf16-exact floats travel as 2 bytes each (MPI_Get_count on the
-// probed message says how many bytes MPI carries) and arrive with the same bits, special values
-// (signed zeros, infinities, subnormals, the canonical NaN) included; a value that is not
-// bf16-exact is an error instead of a silent rounding; messages are matched by microbatch and
-// direction, not by arrival order; the packing buffers are reused (nothing is allocated the
-// second time the same messages are in flight). Ranks pair up (rank ^ 1); one rank sends to itself.
+// The MPI transport sends a buffer's bytes: a float buffer 4 bytes per value, a bf16 buffer
+// (model.precision: bf16) 2 (MPI_Get_count on the probed message says how many bytes MPI
+// carries), and they arrive with the same bits, special values (signed zeros, infinities,
+// subnormals, the canonical NaN) included; messages are matched by microbatch and direction, not
+// by arrival order; staging is reused (nothing is allocated the second time the same messages
+// are in flight). Ranks pair up (rank ^ 1); one rank sends to itself.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -17,7 +16,8 @@
 #include "../allocation_counter.hpp"
 #include "comm/transport.hpp"
 #include "core/error.hpp"
-#include "kernels/bf16_round.hpp"
+#include "core/store_view.hpp"
+#include "kernels/bf16.hpp"
 #include "mpi_world.hpp"
 
 namespace p2bw::comm {
@@ -66,15 +66,23 @@ std::vector<float> values_of(int rank, size_t n, bool exact) {
   return v;
 }
 
-FloatView device_copy(const std::vector<float>& host) {
+// The values in a device buffer of floats, or of bf16 (the values must be bf16-exact then).
+StoreView device_copy(const std::vector<float>& host, bool bf16) {
   FloatView view("p2bw::test", host.size());
   auto mirror = Kokkos::create_mirror_view(view);
   for (size_t i = 0; i < host.size(); ++i) mirror(i) = host[i];
   Kokkos::deep_copy(view, mirror);
-  return view;
+  if (!bf16) return view;
+  const StoreView stored =
+      StoreView::allocate("p2bw::test", static_cast<std::int64_t>(host.size()), true);
+  narrow_into(Exec(), stored, view);
+  Exec().fence();
+  return stored;
 }
 
-std::vector<float> host_copy(const FloatView& view) {
+std::vector<float> host_copy(const StoreView& buffer) {
+  FloatView view("p2bw::test", static_cast<size_t>(buffer.size()));
+  widen_into(Exec(), view, buffer);
   auto mirror = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), view);
   return std::vector<float>(mirror.data(), mirror.data() + mirror.extent(0));
 }
@@ -97,34 +105,29 @@ int probed_bytes(int peer) {
   return bytes;
 }
 
-TEST(Transport, TheWireCarriesItsBytesAndTheSameBits) {
+TEST(Transport, AMessageIsItsBuffersBytesWithTheSameBits) {
   if (!paired()) GTEST_SKIP() << "ranks pair up: needs 1 or an even number of ranks";
   const size_t n = 10007;
-  for (const Wire wire : {Wire::fp32, Wire::bf16}) {
-    // The fp32 wire carries any float; the bf16 wire the bf16-exact ones of a bf16 run.
-    const bool exact = wire == Wire::bf16;
-    auto transport = make_mpi_transport(MPI_COMM_WORLD, 60.0, 0, wire, Exec());
-    const FloatView out = device_copy(values_of(world_rank(), n, exact));  // (n)
-    const FloatView in("p2bw::test_in", n);                                // (n)
+  auto transport = make_mpi_transport(MPI_COMM_WORLD, 60.0, 0);
+  for (const bool bf16 : {false, true}) {
+    // A float buffer carries any float; a bf16 buffer bf16 values.
+    const char* type = bf16 ? "bf16" : "float";
+    const StoreView out = device_copy(values_of(world_rank(), n, bf16), bf16);  // (n)
+    const StoreView in = StoreView::allocate("p2bw::test_in", n, bf16);         // (n)
     const int sent = transport->post_send({out, partner(), 3, Direction::gradient});
-    EXPECT_EQ(probed_bytes(partner()), static_cast<int>(n) * bytes_per_value(wire))
-        << to_string(wire);
+    EXPECT_EQ(probed_bytes(partner()), static_cast<int>(n) * (bf16 ? 2 : 4)) << type;
     const int received = transport->post_receive({in, partner(), 3, Direction::gradient});
     transport->wait(sent, "the test's send");
     transport->wait(received, "the test's receive");
-    EXPECT_EQ(bit_difference(host_copy(in), values_of(partner(), n, exact)), "")
-        << to_string(wire) << " wire";
-    EXPECT_EQ(bit_difference(host_copy(out), values_of(world_rank(), n, exact)), "")
-        << to_string(wire) << " wire: the send changed its buffer";
+    EXPECT_EQ(bit_difference(host_copy(in), values_of(partner(), n, bf16)), "") << type;
+    EXPECT_EQ(bit_difference(host_copy(out), values_of(world_rank(), n, bf16)), "")
+        << type << ": the send changed its buffer";
   }
-  EXPECT_EQ(bytes_per_value(wire_for(config::Precision::bf16)), 2);
-  EXPECT_EQ(bytes_per_value(wire_for(config::Precision::fp32)), 4);
-  EXPECT_EQ(bytes_per_value(wire_for(config::Precision::tf32)), 4);
 }
 
 TEST(Transport, Bf16MessagesAreMatchedByMicrobatchAndDirection) {
   if (!paired()) GTEST_SKIP() << "ranks pair up: needs 1 or an even number of ranks";
-  auto transport = make_mpi_transport(MPI_COMM_WORLD, 60.0, 0, Wire::bf16, Exec());
+  auto transport = make_mpi_transport(MPI_COMM_WORLD, 60.0, 0);
   const size_t n = 513;
   // Sent as (mb 1, activation), (mb 2, activation), (mb 1, gradient); received the other way round.
   const std::vector<std::vector<float>> sent_values = {values_of(10 + world_rank(), n, true),
@@ -133,10 +136,10 @@ TEST(Transport, Bf16MessagesAreMatchedByMicrobatchAndDirection) {
   const Message kinds[] = {{{}, partner(), 1, Direction::activation},
                            {{}, partner(), 2, Direction::activation},
                            {{}, partner(), 1, Direction::gradient}};
-  std::vector<FloatView> out, in;
+  std::vector<StoreView> out, in;
   for (int k = 0; k < 3; ++k) {
-    out.push_back(device_copy(sent_values[k]));
-    in.push_back(FloatView("p2bw::test_in", n));
+    out.push_back(device_copy(sent_values[k], true));
+    in.push_back(StoreView::allocate("p2bw::test_in", n, true));
     Message m = kinds[k];
     m.buffer = out.back();
     transport->post_send(m);
@@ -152,38 +155,26 @@ TEST(Transport, Bf16MessagesAreMatchedByMicrobatchAndDirection) {
         << "message " << k;
 }
 
-TEST(Transport, AValueThatIsNotBf16IsAnErrorOnTheBf16Wire) {
-  auto transport = make_mpi_transport(MPI_COMM_WORLD, 60.0, 0, Wire::bf16, Exec());
-  std::vector<float> values = values_of(world_rank(), 100, true);
-  values[42] = 1.0f + 1.0f / 1024;  // between two bf16 values: the wire would round it
-  const FloatView out = device_copy(values);
-  try {
-    transport->post_send({out, world_rank(), 9, Direction::evaluation});
-    ADD_FAILURE() << "a value that is not bf16 was sent on the bf16 wire";
-  } catch (const InternalError& e) {
-    const std::string what = e.what();
-    EXPECT_NE(what.find("1 of the 100 values of the evaluation activation of microbatch 9"),
-              std::string::npos)
-        << what;
-  }
-  // The same values on a fp32 wire: sent as they are, to itself.
-  auto fp32 = make_mpi_transport(MPI_COMM_WORLD, 60.0, 0, Wire::fp32, Exec());
-  const FloatView in("p2bw::test_in", values.size());
-  const auto handles = fp32->post_exchange({out, world_rank(), 9, Direction::evaluation},
-                                           {in, world_rank(), 9, Direction::evaluation});
-  fp32->wait(handles.first, "the send to itself");
-  fp32->wait(handles.second, "the receive from itself");
+TEST(Transport, AnExchangeWithItselfArrives) {
+  auto transport = make_mpi_transport(MPI_COMM_WORLD, 60.0, 0);
+  const std::vector<float> values = values_of(world_rank(), 100, false);
+  const StoreView out = device_copy(values, false);
+  const StoreView in = StoreView::allocate("p2bw::test_in", 100, false);
+  const auto handles = transport->post_exchange({out, world_rank(), 9, Direction::evaluation},
+                                                {in, world_rank(), 9, Direction::evaluation});
+  transport->wait(handles.first, "the send to itself");
+  transport->wait(handles.second, "the receive from itself");
   EXPECT_EQ(bit_difference(host_copy(in), values), "");
 }
 
-TEST(Transport, Bf16PackingBuffersAreReused) {
+TEST(Transport, StagingIsReused) {
   if (!paired()) GTEST_SKIP() << "ranks pair up: needs 1 or an even number of ranks";
-  auto transport = make_mpi_transport(MPI_COMM_WORLD, 60.0, 0, Wire::bf16, Exec());
+  auto transport = make_mpi_transport(MPI_COMM_WORLD, 60.0, 0);
   // Two sizes, several in flight at once, as a pipeline step has them.
-  std::vector<FloatView> out, in;
+  std::vector<StoreView> out, in;
   for (size_t n : {size_t{1000}, size_t{1000}, size_t{3000}}) {
-    out.push_back(device_copy(values_of(world_rank(), n, true)));
-    in.push_back(FloatView("p2bw::test_in", n));
+    out.push_back(device_copy(values_of(world_rank(), n, true), true));
+    in.push_back(StoreView::allocate("p2bw::test_in", static_cast<std::int64_t>(n), true));
   }
   const auto round = [&] {
     for (size_t k = 0; k < out.size(); ++k) {
@@ -198,7 +189,9 @@ TEST(Transport, Bf16PackingBuffersAreReused) {
   for (int r = 0; r < 3; ++r) round();
   EXPECT_TRUE(counter.allocations().empty()) << "allocated: " << counter.summary();
   for (size_t k = 0; k < out.size(); ++k)
-    EXPECT_EQ(bit_difference(host_copy(in[k]), values_of(partner(), in[k].extent(0), true)), "");
+    EXPECT_EQ(bit_difference(host_copy(in[k]),
+                             values_of(partner(), static_cast<size_t>(in[k].size()), true)),
+              "");
 }
 
 }  // namespace

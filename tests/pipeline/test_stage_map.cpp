@@ -3,9 +3,11 @@
 
 #include <numeric>
 
+#include "kernels/attention.hpp"
 #include "model/model_shape.hpp"
 #include "pipeline/memory.hpp"
 #include "pipeline/partition.hpp"
+#include "pipeline/weight_versions.hpp"
 #include "schedule/schedule.hpp"
 
 namespace p2bw::pipeline {
@@ -127,18 +129,28 @@ TEST(Memory, Bf16ByHand) {
     ASSERT_EQ(map.stages[1].blocks, 2);
     const auto a = predict_memory(fp32, map);
     const auto b = predict_memory(bf16, map);
-    const int versions = schedule == config::ScheduleKind::two_bw ? 2 : 1;
+    const bool two_bw = schedule == config::ScheduleKind::two_bw;
+    const int versions = two_bw ? 2 : 1;
     for (size_t s = 0; s < a.size(); ++s) {
       const std::int64_t P = a[s].params;
-      // Compute versions in bf16 plus one fp32 master; gradients and AdamW state stay fp32.
+      // Two bf16 compute copies plus one fp32 master; gradients (two buffers in a 2bw phase's
+      // deferred reduction) and AdamW state stay fp32.
       EXPECT_EQ(b[s].master_weights, 4 * P);
-      EXPECT_EQ(b[s].weights, 2 * versions * P + 4 * P);
+      EXPECT_EQ(b[s].weights, 2 * 2 * P + 4 * P);
       EXPECT_EQ(a[s].weights, 4 * versions * P);
       EXPECT_EQ(a[s].master_weights, 0);
-      EXPECT_EQ(b[s].gradients, 4 * P);
+      EXPECT_EQ(b[s].gradients, 4 * P * (has_two_bw_phase(bf16) ? 2 : 1));
+      EXPECT_EQ(a[s].gradients, 4 * P);
       EXPECT_EQ(b[s].optimizer, 8 * P);
-      EXPECT_EQ(b[s].workspace, a[s].workspace);
       EXPECT_EQ(b[s].buffers, a[s].buffers / 2);  // (B, T, C) messages at 2 bytes
+      // Workspace: the stored slots (ping, pong, tmp, dres2, datty, dln: n each; dqkv 3n; dfch
+      // 4n; the head's logits (B, T, Vp) with Vp = 256) at 2 bytes instead of 4; the fp32
+      // scratch grows where the host's BLAS attention widens bf16 into float copies.
+      const std::int64_t stored = 13 * n + (s == 1 ? BT * 256 : 0);
+      const std::int64_t widening =
+          kernels::attention_backward_workspace<float, kernels::bf16>(2, 16, C, NH) -
+          kernels::attention_backward_workspace<float>(2, 16, C, NH);
+      EXPECT_EQ(b[s].workspace, a[s].workspace - 2 * stored + 4 * widening);
     }
     // Last stage, 2 blocks + head, 1 microbatch in flight: per block 16 values per (B, T, C)
     // position at 2 bytes, 4 row statistics (B, T) and the attention log-sum-exps (B, NH, T) at
