@@ -187,6 +187,24 @@ def part_demo(c, mpiexec, bf16=False):
     tps = re.findall(r"([\d,.]+) tok(?:ens)?/s", text)
     c.add(name, "pass" if ok else "FAIL", f"last {LAST_STEPS} mean {gpu_last:.4f} (host {host_last:.4f})",
           detail + (f"; last log {tps[-1]} tok/s" if tps else ""), s, gpu_loss=losses, host_loss=host)
+    part_memory(c, os.path.join(run_dir, "metrics.h5"), "bf16" if bf16 else "fp32")
+
+
+def part_memory(c, metrics, precision):
+    """The run's measured peak memory per stage against the prediction it recorded: within 5%."""
+    import h5py
+    name = f"demo memory measured vs predicted ({precision})"
+    rows = []
+    with h5py.File(metrics, "r") as f:
+        for stage in sorted(f["stages"].keys(), key=int):
+            g = f["stages"][stage]
+            predicted = int(g.attrs["predicted_memory_bytes"])
+            measured = int(max(g["peak_memory_bytes"][:]))
+            rows.append((stage, measured, predicted, abs(measured - predicted) / predicted))
+    worst = max(r[3] for r in rows)
+    c.add(name, "pass" if worst <= 0.05 else "FAIL", f"worst {100 * worst:.2f}% off",
+          "; ".join(f"stage {st}: {m / 2**20:.2f} MiB measured, {p / 2**20:.2f} MiB predicted"
+                    for st, m, p, _ in rows) + " (tol 5%)", 0.0)
 
 
 def part_bench(c, label, extra):

@@ -5,10 +5,10 @@
 // and the norm are summed in fixed part order from exact all-reduces (every slot has one
 // non-zero contributor). With w > 1 the data-parallel sum changes the order of additions:
 // agreement within 1e-5 relative. Run at 1, 2 and 4 ranks: layouts (d, w) with d·w = ranks.
-// model.precision: bf16 (the float-storage emulation, model::StageModel) has its own grid: its
-// rounding is deterministic and the stages round the same values, so the same bitwise equality
-// holds (w > 1: see PipelineExactBf16). Its messages travel 16-bit (comm::Wire::bf16), so the grid
-// also proves that the bf16 wire changes no bit.
+// model.precision: bf16 (bf16 storage, model::StageModel) has its own grid: its rounding is
+// deterministic and the stages round the same values, so the same bitwise equality holds (w > 1:
+// see PipelineExactBf16). Its messages are bf16 buffers sent as their bytes, so the grid also
+// proves that the 16-bit messages change no bit.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
