@@ -63,6 +63,23 @@ P2BW_HOST_CLONES inline void layernorm_forward_host(Store* out, float* mean, flo
   }
 }
 
+// res = a + b (rounded to Store), then the rows of res layer-normalised as layernorm_forward_host
+// does: the same bits as the two kernels one after the other, in one pass over the rows.
+template <class Store>
+inline void residual_layernorm_forward_host(Store* res, Store* out, float* mean, float* rstd,
+                                            const Store* a, const Store* b, const Store* weight,
+                                            const Store* bias, index_t first_row, index_t end_row,
+                                            int C, float eps) {
+  for (index_t row = first_row; row < end_row; ++row) {
+    const index_t base = row * C;
+    for (int c = 0; c < C; ++c) {
+      const float x = widen(a[base + c]), y = widen(b[base + c]);
+      res[base + c] = narrow<Store>(x + y);
+    }
+    layernorm_forward_host(out, mean, rstd, res, weight, bias, row, row + 1, C, eps);
+  }
+}
+
 template <class Store>
 P2BW_HOST_CLONES inline void layernorm_backward_host(Store* dinp, const Store* dout,
                                                      const Store* inp, const float* mean,
@@ -120,6 +137,41 @@ constexpr int layernorm_team_size() {
   return is_host_space<Exec>() ? 1 : kLayerNormDeviceTeam;
 }
 
+// One team's row of the portable forward: two-pass mean and variance over inp's row, then
+// out = (inp - mean) * rstd * weight + bias, mean and rstd saved.
+template <class Real, class Store, class Exec>
+KOKKOS_INLINE_FUNCTION void layernorm_row(const Team<Exec>& team, const Flat<Store, Exec>& out,
+                                          const Flat<Real, Exec>& mean,
+                                          const Flat<Real, Exec>& rstd,
+                                          const ConstFlat<Store, Exec>& inp,
+                                          const ConstFlat<Store, Exec>& weight,
+                                          const ConstFlat<Store, Exec>& bias, int C) {
+  const Real eps = static_cast<Real>(kLayerNormEps);
+  const index_t base = static_cast<index_t>(team.league_rank()) * C;
+  Real sum = Real(0);
+  Kokkos::parallel_reduce(
+      Kokkos::TeamThreadRange(team, C),
+      [&](const int c, Real& s) { s += static_cast<Real>(widen(inp(base + c))); }, sum);
+  const Real m = sum / C;
+  Real sq = Real(0);
+  Kokkos::parallel_reduce(
+      Kokkos::TeamThreadRange(team, C),
+      [&](const int c, Real& s) {
+        const Real d = static_cast<Real>(widen(inp(base + c))) - m;
+        s += d * d;
+      },
+      sq);
+  const Real s = Real(1) / math::sqrt(sq / C + eps);
+  Kokkos::parallel_for(Kokkos::TeamThreadRange(team, C), [&](const int c) {
+    const Real x = widen(inp(base + c)), w = widen(weight(c)), b = widen(bias(c));
+    out(base + c) = narrow<Store>((x - m) * s * w + b);
+  });
+  Kokkos::single(Kokkos::PerTeam(team), [&]() {
+    mean(team.league_rank()) = m;
+    rstd(team.league_rank()) = s;
+  });
+}
+
 // The portable kernels (one team per row, sums in an order fixed by C and the team size), in
 // functions of their own so that no device lambda sits inside a constexpr-if.
 template <class Real, class Store, class Exec>
@@ -130,33 +182,37 @@ void layernorm_forward_portable(const Exec& exec, const Flat<Store, Exec>& out, 
                                 const ConstFlat<Store, Exec>& weight,            // (C)
                                 const ConstFlat<Store, Exec>& bias,              // (C)
                                 int N, int C) {
-  const Real eps = static_cast<Real>(kLayerNormEps);
   Kokkos::parallel_for(
       "p2bw::layernorm_forward", Kokkos::TeamPolicy<Exec>(exec, N, layernorm_team_size<Exec>()),
       KOKKOS_LAMBDA(const Team<Exec>& team) {
+        layernorm_row<Real, Store, Exec>(team, out, mean, rstd, inp, weight, bias, C);
+      });
+}
+
+// res = a + b (rounded), then layernorm_forward_portable's row over res, in one kernel: the team
+// writes its row of res, waits, and normalises it.
+template <class Real, class Store, class Exec>
+void residual_layernorm_forward_portable(const Exec& exec, const Flat<Store, Exec>& res,  // (N, C)
+                                         const Flat<Store, Exec>& out,                    // (N, C)
+                                         const Flat<Real, Exec>& mean,                    // (N)
+                                         const Flat<Real, Exec>& rstd,                    // (N)
+                                         const ConstFlat<Store, Exec>& a,                 // (N, C)
+                                         const ConstFlat<Store, Exec>& b,                 // (N, C)
+                                         const ConstFlat<Store, Exec>& weight,            // (C)
+                                         const ConstFlat<Store, Exec>& bias,              // (C)
+                                         int N, int C) {
+  Kokkos::parallel_for(
+      "p2bw::residual_layernorm_forward",
+      Kokkos::TeamPolicy<Exec>(exec, N, layernorm_team_size<Exec>()),
+      KOKKOS_LAMBDA(const Team<Exec>& team) {
         const index_t base = static_cast<index_t>(team.league_rank()) * C;
-        Real sum = Real(0);
-        Kokkos::parallel_reduce(
-            Kokkos::TeamThreadRange(team, C),
-            [&](const int c, Real& s) { s += static_cast<Real>(widen(inp(base + c))); }, sum);
-        const Real m = sum / C;
-        Real sq = Real(0);
-        Kokkos::parallel_reduce(
-            Kokkos::TeamThreadRange(team, C),
-            [&](const int c, Real& s) {
-              const Real d = static_cast<Real>(widen(inp(base + c))) - m;
-              s += d * d;
-            },
-            sq);
-        const Real s = Real(1) / math::sqrt(sq / C + eps);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, C), [&](const int c) {
-          const Real x = widen(inp(base + c)), w = widen(weight(c)), b = widen(bias(c));
-          out(base + c) = narrow<Store>((x - m) * s * w + b);
+          const Real x = widen(a(base + c)), y = widen(b(base + c));
+          res(base + c) = narrow<Store>(x + y);
         });
-        Kokkos::single(Kokkos::PerTeam(team), [&]() {
-          mean(team.league_rank()) = m;
-          rstd(team.league_rank()) = s;
-        });
+        team.team_barrier();
+        layernorm_row<Real, Store, Exec>(team, out, mean, rstd, ConstFlat<Store, Exec>(res), weight,
+                                         bias, C);
       });
 }
 
@@ -232,6 +288,46 @@ void layernorm_forward(const Exec& exec, Flat<Store, Exec> out,  // (N, C)
   } else {
     detail::layernorm_forward_portable<Real, Store, Exec>(exec, out, mean, rstd, inp, weight, bias,
                                                           N, C);
+  }
+}
+
+// Fused residual + LayerNorm: res = a + b (rounded to Store, as residual_forward), then
+// out = layernorm(res) as layernorm_forward: the same bits as the two calls, with one pass over
+// the rows instead of two (on a device the residual row is not read back from memory by a second
+// kernel). res may alias a or b.
+template <class Real, class Store = Real, class Exec>
+void residual_layernorm_forward(const Exec& exec, Flat<Store, Exec> res,  // (N, C)
+                                Flat<Store, Exec> out,                    // (N, C)
+                                Flat<Real, Exec> mean,                    // (N), saved for backward
+                                Flat<Real, Exec> rstd,                    // (N), saved for backward
+                                ConstFlat<Store, Exec> a,                 // (N, C)
+                                ConstFlat<Store, Exec> b,                 // (N, C)
+                                ConstFlat<Store, Exec> weight,            // (C)
+                                ConstFlat<Store, Exec> bias,              // (C)
+                                int N, int C) {
+  const index_t NC = static_cast<index_t>(N) * C;
+  const char* who = "residual_layernorm_forward";
+  detail::require_size(res, NC, who, "res");
+  detail::require_size(out, NC, who, "out");
+  detail::require_size(mean, N, who, "mean");
+  detail::require_size(rstd, N, who, "rstd");
+  detail::require_size(a, NC, who, "a");
+  detail::require_size(b, NC, who, "b");
+  detail::require_size(weight, C, who, "weight");
+  detail::require_size(bias, C, who, "bias");
+  if constexpr (detail::layernorm_on_host<Real, Store, Exec>()) {
+    Store *r = res.data(), *o = out.data();
+    float *mu = mean.data(), *rs = rstd.data();
+    const Store *x = a.data(), *y = b.data(), *w = weight.data(), *bi = bias.data();
+    const float eps = static_cast<float>(kLayerNormEps);
+    detail::host_chunks(exec, "p2bw::residual_layernorm_forward", N, detail::kLayerNormHostRows,
+                        [=](index_t first, index_t end) {
+                          detail::residual_layernorm_forward_host(r, o, mu, rs, x, y, w, bi, first,
+                                                                  end, C, eps);
+                        });
+  } else {
+    detail::residual_layernorm_forward_portable<Real, Store, Exec>(exec, res, out, mean, rstd, a, b,
+                                                                   weight, bias, N, C);
   }
 }
 

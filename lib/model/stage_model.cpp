@@ -369,9 +369,8 @@ void StageModel::block_forward(const Exec& exec, const PartRef& part, const Stor
                                            ws.f.attention);
   kernels::matmul_forward<float, Store>(exec, a.res2, a.atty, w.attn_proj_weight, w.attn_proj_bias,
                                         N, C, C);
-  kernels::residual_forward<float, Store>(exec, a.res2, a.x, a.res2, n);
-  kernels::layernorm_forward<float, Store>(exec, a.ln2, st.ln2_mean, st.ln2_rstd, a.res2,
-                                           w.ln2_weight, w.ln2_bias, N, C);
+  kernels::residual_layernorm_forward<float, Store>(exec, a.res2, a.ln2, st.ln2_mean, st.ln2_rstd,
+                                                    a.x, a.res2, w.ln2_weight, w.ln2_bias, N, C);
   // The fc pre-activation with its bias (the GEMM's epilogue) is stored, and GELU reads the
   // stored value, as PyTorch's bf16 autocast (a bf16 Linear, then GELU on its bf16 output): so
   // backward's GELU derivative is taken at the value forward's GELU saw.

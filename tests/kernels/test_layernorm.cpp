@@ -1,8 +1,13 @@
 // Tests of kernels/layernorm.hpp: forward (out, mean, rstd) against a plain-loop reference in
 // double and in float, finite-difference gradients of input, weight and bias in double, and the
 // contract (input gradient assigned, parameter gradients accumulated); with bf16 storage, forward
-// and backward bit for bit against the float-storage emulation.
+// and backward bit for bit against the float-storage emulation; the fused residual + LayerNorm
+// bit for bit against residual_forward then layernorm_forward.
 #include "kernels/layernorm.hpp"
+
+#include <cstring>
+
+#include "kernels/residual.hpp"
 
 #include "bf16_storage.hpp"
 #include "test_util.hpp"
@@ -137,6 +142,59 @@ void check_bf16_storage(int n_rows, int c_, bool workspace, unsigned seed) {
 TEST(LayerNorm, Bf16StorageMatchesEmulation) {
   check_bf16_storage(7, 21, true, 40);
   check_bf16_storage(9, 5, false, 50);
+}
+
+// Whether two buffers hold the same bits.
+template <class T>
+bool same_bits(const Buf<T>& x, const Buf<T>& y) {
+  const std::vector<T> a = x.values(), b = y.values();
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+// residual_layernorm_forward gives the bits of residual_forward then layernorm_forward, out of
+// place and with res aliasing b (the model's res2 = x + res2), on the host loops (float, bf16)
+// and on the portable kernels (double).
+template <class Real, class Store>
+void check_fused_residual_layernorm(int n_rows, int c_, unsigned seed) {
+  const int nc = n_rows * c_;
+  Buf<float> af(nc, "a"), bf(nc, "b"), wf(c_, "weight"), biasf(c_, "bias");
+  fill_random_bf16_exact(af, seed, -2.0, 3.0);
+  fill_random_bf16_exact(bf, seed + 1, -1.0, 1.0);
+  fill_random_bf16_exact(wf, seed + 2, 0.5, 1.5);
+  fill_random_bf16_exact(biasf, seed + 3);
+  const auto as_store = [](const Buf<float>& f, const std::string& label) {
+    Buf<Store> out(f.size(), label);
+    const std::vector<float> v = f.values();
+    for (std::size_t i = 0; i < v.size(); ++i) out.h(i) = Store(v[i]);
+    Kokkos::deep_copy(out.d, out.h);
+    return out;
+  };
+  const Buf<Store> a = as_store(af, "a"), w = as_store(wf, "w"), bias = as_store(biasf, "bias");
+  Buf<Store> b = as_store(bf, "b"), b_alias = as_store(bf, "b_alias");
+  Buf<Store> res(nc, "res"), out(nc, "out"), res2(nc, "res2"), out2(nc, "out2"), out3(nc, "out3");
+  Buf<Real> mean(n_rows, "mean"), rstd(n_rows, "rstd"), mean2(n_rows, "mean2"),
+      rstd2(n_rows, "rstd2"), mean3(n_rows, "mean3"), rstd3(n_rows, "rstd3");
+  const Exec exec;
+  residual_forward<Real, Store>(exec, res.d, a.d, b.d, nc);
+  layernorm_forward<Real, Store>(exec, out.d, mean.d, rstd.d, res.d, w.d, bias.d, n_rows, c_);
+  residual_layernorm_forward<Real, Store>(exec, res2.d, out2.d, mean2.d, rstd2.d, a.d, b.d, w.d,
+                                          bias.d, n_rows, c_);
+  residual_layernorm_forward<Real, Store>(exec, b_alias.d, out3.d, mean3.d, rstd3.d, a.d, b_alias.d,
+                                          w.d, bias.d, n_rows, c_);
+  EXPECT_TRUE(same_bits(res2, res)) << "res";
+  EXPECT_TRUE(same_bits(out2, out)) << "out";
+  EXPECT_TRUE(same_bits(mean2, mean)) << "mean";
+  EXPECT_TRUE(same_bits(rstd2, rstd)) << "rstd";
+  EXPECT_TRUE(same_bits(b_alias, res)) << "res in place over b";
+  EXPECT_TRUE(same_bits(out3, out)) << "out with res in place over b";
+  EXPECT_TRUE(same_bits(mean3, mean) && same_bits(rstd3, rstd)) << "statistics, in place";
+}
+
+TEST(LayerNorm, FusedResidualLayerNormIsTheTwoKernelsBitForBit) {
+  check_fused_residual_layernorm<float, float>(7, 21, 60);
+  check_fused_residual_layernorm<float, bf16>(7, 21, 61);
+  check_fused_residual_layernorm<float, bf16>(9, 5, 62);
+  check_fused_residual_layernorm<double, double>(7, 21, 63);
 }
 
 }  // namespace
