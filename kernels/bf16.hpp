@@ -49,12 +49,13 @@ KOKKOS_INLINE_FUNCTION std::uint16_t bf16_bits_rn(float f) {
   const __nv_bfloat16 b = __float2bfloat16_rn(f);
   return __bfloat16_as_ushort(b);
 #else
+  // Branch-free, so that loops over buffers vectorise: adding 0x7FFF plus the kept lowest bit
+  // carries into the kept half exactly when the 16 bits rounded away are above half an ulp, or
+  // at half with the kept value odd (ties to even); a carry into the exponent is right (up to
+  // ±inf). Every NaN becomes 0x7FFF.
   const std::uint32_t x = float_bits(f);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return 0x7fffu;  // NaN
-  const std::uint32_t remainder = x << 16;              // the 16 bits rounded away, at the top
-  std::uint32_t r = x >> 16;
-  if (remainder > 0x80000000u || (remainder == 0x80000000u && (r & 1u) != 0u)) ++r;
-  return static_cast<std::uint16_t>(r);  // a carry into the exponent is right: up to ±inf
+  const std::uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+  return static_cast<std::uint16_t>((x & 0x7fffffffu) > 0x7f800000u ? 0x7fffu : rounded);
 #endif
 }
 

@@ -20,8 +20,8 @@ namespace p2bw::kernels::test {
 namespace {
 
 // Independent reference: the bf16 nearest to x by VALUE, compared in double (exact here: both
-// neighbours and x are floats of one binade), ties to the even mantissa. Not the bit-remainder
-// test of bf16_bits_rn. NaN is CUDA's canonical 0x7FFF.
+// neighbours and x are floats of one binade), ties to the even mantissa. Not the rounding
+// carry of bf16_bits_rn. NaN is CUDA's canonical 0x7FFF.
 struct NearestBf16 {
   KOKKOS_INLINE_FUNCTION std::uint16_t operator()(std::uint32_t x) const {
     const std::uint32_t magnitude = x & 0x7fffffffu;
