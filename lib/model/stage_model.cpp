@@ -134,6 +134,27 @@ WorkspaceSlots<std::int64_t> workspace_sizes(const ModelShape& shape, bool has_h
   return w;
 }
 
+// Values of the stored workspace slots and of the 32-bit ones.
+struct WorkspaceCounts {
+  std::int64_t stored = 0, statistics = 0;
+};
+WorkspaceCounts workspace_counts(const ModelShape& shape, bool has_head, bool bf16) {
+  const WorkspaceSlots<std::int64_t> sizes = workspace_sizes(shape, has_head, bf16);
+  std::int64_t total = 0;
+  slot_offsets(sizes, total);
+  const std::int64_t statistics = statistics_count(sizes, workspace_statistics());
+  return {total - statistics, statistics};
+}
+
+// Views of the workspace slots over a model's two workspace buffers.
+template <class Store>
+SlotViews<WorkspaceSlots, Store> workspace_views(const StoreView& stored, const FloatView& stats,
+                                                 const ModelShape& shape, bool has_head) {
+  return slot_views(stored.as<Store>().data(), stats.data(),
+                    workspace_sizes(shape, has_head, kernels::is_bf16_storage<Store>()),
+                    workspace_statistics());
+}
+
 }  // namespace
 
 void set_kernel_precision(const config::Deck& deck) {
@@ -142,12 +163,9 @@ void set_kernel_precision(const config::Deck& deck) {
 
 std::int64_t stage_workspace_bytes(const ModelShape& shape, bool has_head,
                                    config::Precision precision) {
-  const bool bf16 = precision == config::Precision::bf16;
-  const WorkspaceSlots<std::int64_t> sizes = workspace_sizes(shape, has_head, bf16);
-  std::int64_t total = 0;
-  slot_offsets(sizes, total);
-  const std::int64_t stats = statistics_count(sizes, workspace_statistics());
-  return 4 * stats + config::compute_bytes(precision) * (total - stats);
+  const WorkspaceCounts counts =
+      workspace_counts(shape, has_head, precision == config::Precision::bf16);
+  return 4 * counts.statistics + config::compute_bytes(precision) * counts.stored;
 }
 
 std::int64_t Cache::bytes() const {
@@ -179,14 +197,11 @@ StageModel::StageModel(const config::ModelConfig& model, int microbatch_size, in
     cache_values_ += size.activations - size.activations_32bit;
     cache_statistics_ += size.activations_32bit;
   }
-  const WorkspaceSlots<std::int64_t> sizes = workspace_sizes(shape_, has_head(), bf16_);
-  std::int64_t total = 0;
-  slot_offsets(sizes, total);
-  const std::int64_t stats = statistics_count(sizes, workspace_statistics());
-  workspace_ = make_stored("p2bw::workspace", total - stats);
+  const WorkspaceCounts counts = workspace_counts(shape_, has_head(), bf16_);
+  workspace_ = make_stored("p2bw::workspace", counts.stored);
   workspace_stats_ =
       FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::workspace_32bit"),
-                static_cast<size_t>(stats));
+                static_cast<size_t>(counts.statistics));
   std::int64_t largest_part = 0;
   for (const PartRef& part : parts_) largest_part = std::max(largest_part, part.layout.params);
   const int N = static_cast<int>(shape_.microbatch * shape_.seq_len);
@@ -359,8 +374,7 @@ void StageModel::block_forward(const Exec& exec, const PartRef& part, const Stor
   const auto& st = cv.f;  // their statistics
   const auto w = tensor_views<BlockParameters, ConstFlat<Store, Exec>>(params + part.param_offset,
                                                                        part.layout);
-  const auto ws = slot_views(workspace_.as<Store>().data(), workspace_stats_.data(),
-                             workspace_sizes(shape_, has_head(), bf16_), workspace_statistics());
+  const auto ws = workspace_views<Store>(workspace_, workspace_stats_, shape_, has_head());
   const bool causal = shape_.kind == config::ModelKind::gpt;
   kernels::layernorm_forward<float, Store>(exec, a.ln1, st.ln1_mean, st.ln1_rstd, a.x, w.ln1_weight,
                                            w.ln1_bias, N, C);
@@ -393,8 +407,7 @@ void StageModel::head_forward(const Exec& exec, const PartRef& part, const Store
                              shape_.head_activations(), head_statistics());
   const auto w =
       tensor_views<HeadParameters, ConstFlat<Store, Exec>>(params + part.param_offset, part.layout);
-  const auto ws = slot_views(workspace_.as<Store>().data(), workspace_stats_.data(),
-                             workspace_sizes(shape_, has_head(), bf16_), workspace_statistics());
+  const auto ws = workspace_views<Store>(workspace_, workspace_stats_, shape_, has_head());
   kernels::layernorm_forward<float, Store>(exec, cv.v.lnf, cv.f.lnf_mean, cv.f.lnf_rstd, cv.v.x,
                                            w.lnf_weight, w.lnf_bias, N, C);
   kernels::matmul_forward<float, Store>(exec, ws.v.logits, cv.v.lnf, w.wte,
@@ -416,8 +429,7 @@ void StageModel::backward_parts(const Exec& exec, const StoreView& params, Float
   const int C = static_cast<int>(shape_.hidden);
   const std::int64_t n = boundary_values();
   const Store* w = params.as<Store>().data();
-  const auto ws = slot_views(workspace_.as<Store>().data(), workspace_stats_.data(),
-                             workspace_sizes(shape_, has_head(), bf16_), workspace_statistics());
+  const auto ws = workspace_views<Store>(workspace_, workspace_stats_, shape_, has_head());
   // Part i's input gradient goes to a ping-pong buffer, the first part's into `din`.
   const Store* upstream = dout.as<Store>().data();
   for (size_t k = parts_.size(); k-- > 0;) {
@@ -460,8 +472,7 @@ void StageModel::block_backward(const Exec& exec, const PartRef& part, const Sto
                                                                        part.layout);
   const auto g = tensor_views<BlockParameters, Flat<float, Exec>>(grads.data() + part.param_offset,
                                                                   part.layout);
-  const auto wsv = slot_views(workspace_.as<Store>().data(), workspace_stats_.data(),
-                              workspace_sizes(shape_, has_head(), bf16_), workspace_statistics());
+  const auto wsv = workspace_views<Store>(workspace_, workspace_stats_, shape_, has_head());
   const auto& ws = wsv.v;
   const auto& wf = wsv.f;
   const ConstFlat<Store, Exec> dy = cflat(dout, n);  // (B, T, C)
@@ -501,8 +512,7 @@ void StageModel::head_backward(const Exec& exec, const PartRef& part, const Stor
       tensor_views<HeadParameters, ConstFlat<Store, Exec>>(params + part.param_offset, part.layout);
   const auto g = tensor_views<HeadParameters, Flat<float, Exec>>(grads.data() + part.param_offset,
                                                                  part.layout);
-  const auto ws = slot_views(workspace_.as<Store>().data(), workspace_stats_.data(),
-                             workspace_sizes(shape_, has_head(), bf16_), workspace_statistics());
+  const auto ws = workspace_views<Store>(workspace_, workspace_stats_, shape_, has_head());
   // d(mean loss)/d(loss_i) = loss_scale / positions (counted by forward on the device); ignored
   // positions get no gradient in the kernel.
   // The logits are recomputed (one GEMM) rather than kept per microbatch: the cache holds only

@@ -627,8 +627,9 @@ void PipelineTrainer::account() {
       probe = entry.second.stash;
   use.activations = stashes_ * bytes(probe) + bytes(scratch_) + bytes(scratch_out_) +
                     (deck_.pipeline.recompute ? 0 : bytes(eval_cache_));
-  use.buffers = boundaries_ * (model_->bf16() ? 2 : 4) * model_->boundary_values() +
-                bytes(eval_out_[0]) + bytes(eval_out_[1]);
+  use.buffers =
+      boundaries_ * config::compute_bytes(deck_.model.precision) * model_->boundary_values() +
+      bytes(eval_out_[0]) + bytes(eval_out_[1]);
   use.workspace = model_->workspace_bytes();
   if (use.total() > peak_.total()) peak_ = use;
 }
