@@ -105,4 +105,14 @@ inline void narrow_into(const Exec& exec, const StoreView& dst, const ConstFloat
     Kokkos::deep_copy(exec, dst.as<float>(), src);
 }
 
+// bf16(src) written into the first half of `idle`'s memory, an fp32 buffer of the same count
+// that holds nothing at the time (a gradient buffer between steps), and returned as a bf16
+// StoreView sharing that memory: an evaluation's bf16 weights, with nothing allocated.
+inline StoreView narrow_into_idle(const Exec& exec, const FloatView& idle,
+                                  const ConstFloatView& src) {
+  const StoreView alias(Bf16View(reinterpret_cast<kernels::bf16*>(idle.data()), idle.extent(0)));
+  narrow_into(exec, alias, src);
+  return alias;
+}
+
 }  // namespace p2bw

@@ -43,11 +43,8 @@ double SingleRankTrainer::evaluate() {
   data::Loader loader(splits_.validation, deck_, data::Order::sequential);
   // The true weights in the storage type: bf16(master) is written into the gradient buffer's
   // memory, idle between steps (each step zeroes it first).
-  StoreView eval_weights(weights());
-  if (model_.bf16()) {
-    eval_weights = Bf16View(reinterpret_cast<kernels::bf16*>(grads_.data()), grads_.extent(0));
-    model_.write_compute_weights(exec_, eval_weights, master_);
-  }
+  const StoreView eval_weights =
+      model_.bf16() ? narrow_into_idle(exec_, grads_, master_) : StoreView(weights());
   const int m = deck_.pipeline.microbatches, width = deck_.pipeline.width;
   double loss = 0.0, positions = 0.0;
   // In slot order: validation batch t, microbatch j, replica r.

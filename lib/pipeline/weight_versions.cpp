@@ -68,10 +68,7 @@ std::int64_t WeightVersions::gradient_bytes() const {
 StoreView WeightVersions::evaluation_weights(const Exec& exec) const {
   if (!bf16_) return StoreView(true_weights());
   P2BW_ASSERT(gradients_.data(), "a bf16 evaluation needs the idle gradient buffer");
-  const Bf16View alias(reinterpret_cast<kernels::bf16*>(gradients_.data()),
-                       static_cast<size_t>(values_));
-  narrow_into(exec, StoreView(alias), master_);
-  return StoreView(alias);
+  return narrow_into_idle(exec, gradients_, master_);
 }
 
 void WeightVersions::end_evaluation(const Exec& exec) const {
