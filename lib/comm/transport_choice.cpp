@@ -75,6 +75,13 @@ TransportChoice choose_transport(config::TransportKind requested, const RankGpus
   return {TransportBackend::nccl, "pipeline.transport = nccl; " + own};
 }
 
+int ranks_sharing_gpu(const RankGpus& gpus, int rank) {
+  const auto& mine = gpus.at(static_cast<size_t>(rank));
+  if (!mine) return 1;
+  return static_cast<int>(std::count_if(
+      gpus.begin(), gpus.end(), [&](const auto& gpu) { return gpu && gpu->uuid == mine->uuid; }));
+}
+
 RankGpus gather_rank_gpus(MPI_Comm comm) {
   // Fixed-size records: a flag, the UUID and the host name, each NUL-terminated.
   constexpr size_t kUuid = 64, kHost = MPI_MAX_PROCESSOR_NAME + 1;

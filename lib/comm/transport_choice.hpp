@@ -43,6 +43,10 @@ bool build_has_nccl();
 TransportChoice choose_transport(config::TransportKind requested, const RankGpus& gpus,
                                  bool has_nccl, const std::string& where);
 
+// How many ranks (`rank` included) run on the GPU of `rank`, by UUID; 1 for a rank without a GPU.
+// They share its memory (pipeline/memory_limit.hpp).
+int ranks_sharing_gpu(const RankGpus& gpus, int rank);
+
 // Collective over `comm`: every rank's GPU, by rank (on CUDA builds the device Kokkos runs on,
 // and the host's name; on host builds none).
 RankGpus gather_rank_gpus(MPI_Comm comm);

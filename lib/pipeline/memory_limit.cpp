@@ -10,6 +10,7 @@
 #include <limits>
 #include <sstream>
 
+#include "comm/transport_choice.hpp"
 #include "core/bytes_text.hpp"
 #include "core/error.hpp"
 
@@ -99,7 +100,6 @@ MemoryAvailable measure(int ranks) {
     P2BW_CUDA_CHECK(cudaMemGetInfo(&free, &total));
     result.node_bytes = static_cast<std::int64_t>(free);
     result.source = "free device memory (cudaMemGetInfo)";
-    result.ranks_sharing = 1;  // one device per rank
 #else
     result.node_bytes = mem_available();
     result.source = "MemAvailable";
@@ -117,16 +117,32 @@ MemoryAvailable measure(int ranks) {
 }  // namespace
 
 MemoryAvailable available_memory(MPI_Comm comm) {
+#ifdef KOKKOS_ENABLE_CUDA
+  // The ranks on this rank's GPU share its free memory (ranks sharing a GPU, as gpu-check runs
+  // them, or one rank per GPU).
+  int rank = 0;
+  P2BW_MPI_CHECK(MPI_Comm_rank(comm, &rank));
+  return measure(comm::ranks_sharing_gpu(comm::gather_rank_gpus(comm), rank));
+#else
   MPI_Comm node;
   P2BW_MPI_CHECK(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
   int ranks = 1;
   P2BW_MPI_CHECK(MPI_Comm_size(node, &ranks));
   P2BW_MPI_CHECK(MPI_Comm_free(&node));
   return measure(ranks);
+#endif
 }
 
 MemoryAvailable available_memory_for(int ranks) {
+#ifdef KOKKOS_ENABLE_CUDA
+  // Kokkos maps a node's ranks round robin over its visible GPUs.
+  int devices = 1;
+  P2BW_CUDA_CHECK(cudaGetDeviceCount(&devices));
+  devices = std::max(1, devices);
+  return measure((ranks + devices - 1) / devices);
+#else
   return measure(ranks);
+#endif
 }
 
 bool memory_check_ignored() {

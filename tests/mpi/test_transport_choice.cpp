@@ -56,6 +56,18 @@ TEST(TransportChoice, AutoPicksNcclOnlyWhenEveryRankHasItsOwnGpu) {
   EXPECT_EQ(c.text(), "mpi (this build has no NCCL transport)");
 }
 
+TEST(TransportChoice, RanksSharingAGpuAreCountedByUuid) {
+  EXPECT_EQ(ranks_sharing_gpu(kOwnGpus, 0), 1);
+  EXPECT_EQ(ranks_sharing_gpu(kOwnGpus, 3), 1);
+  // gpu-check's grid: two ranks on one GPU share its memory; a third rank elsewhere does not.
+  const RankGpus shared = {gpu("GPU-a", "n1"), gpu("GPU-b", "n1"), gpu("GPU-a", "n1"),
+                           std::nullopt};
+  EXPECT_EQ(ranks_sharing_gpu(shared, 0), 2);
+  EXPECT_EQ(ranks_sharing_gpu(shared, 2), 2);
+  EXPECT_EQ(ranks_sharing_gpu(shared, 1), 1);
+  EXPECT_EQ(ranks_sharing_gpu(shared, 3), 1);  // no GPU: host memory, counted elsewhere
+}
+
 TEST(TransportChoice, MpiIsAlwaysPossible) {
   const TransportChoice c = choose_transport(TransportKind::mpi, kOwnGpus, true, "");
   EXPECT_EQ(c.text(), "mpi (pipeline.transport = mpi)");
