@@ -37,8 +37,13 @@ int run_cli(int argc, char** argv, const p2bw::app::Context& context) {
       p2bw::app::add_check(app),    p2bw::app::add_prepare_data(app), p2bw::app::add_train(app),
       p2bw::app::add_simulate(app), p2bw::app::add_bench(app),        p2bw::app::add_inspect(app),
       p2bw::app::add_plan(app),     p2bw::app::add_profile(app),      p2bw::app::add_generate(app)};
+  // Kokkos 3.7 renamed --kokkos-threads (Debian's 3.4.01) to --kokkos-num-threads (4.x).
   const char* kokkos_footer =
+#if KOKKOS_VERSION >= 30700
+      "Kokkos's own options (--kokkos-num-threads, --kokkos-device-id, ...) are accepted too: "
+#else
       "Kokkos's own options (--kokkos-threads, --kokkos-device-id, ...) are accepted too: "
+#endif
       "p2bw --kokkos-help lists them.";
   app.footer(kokkos_footer);
   for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; }))

@@ -601,6 +601,7 @@ void attention_forward(const Exec& exec, Flat<Store, Exec> out,  // (B, T, C)
                        ConstFlat<Store, Exec> qkv,               // (B, T, 3C)
                        int B, int T, int C, int NH, bool causal,
                        Flat<Real, Exec> workspace = {}) {  // (attention_forward_workspace)
+  (void)workspace;  // only the BLAS path under bf16 storage needs it
   if constexpr (detail::attention_uses_blas<Real, Exec>()) {
 #ifdef P2BW_HAVE_CBLAS
     detail::check_forward_args<Real, Store, Exec>(out, lse, qkv, B, T, C, NH);
