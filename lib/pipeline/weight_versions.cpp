@@ -10,6 +10,19 @@
 
 namespace p2bw::pipeline {
 
+namespace {
+
+// The last buffer of a free pool, taken out of it; InternalError `empty` when there is none.
+template <class View>
+View take_free(std::vector<View>& pool, const char* empty) {
+  P2BW_ASSERT(!pool.empty(), empty);
+  View buffer = pool.back();
+  pool.pop_back();
+  return buffer;
+}
+
+}  // namespace
+
 int sync_warmup_batches(const config::Deck& deck) {
   if (deck.pipeline.schedule != config::ScheduleKind::two_bw) return 0;
   return static_cast<int>(
@@ -99,23 +112,13 @@ std::vector<int> WeightVersions::versions() const {
 
 StoreView WeightVersions::add(int version) {
   P2BW_ASSERT(!holds(version), "a weight version is added twice");
-  P2BW_ASSERT(!free_.empty(), "every weight buffer is in use");
-  StoreView buffer = free_.back();
-  free_.pop_back();
-  return held_[version] = buffer;
+  return held_[version] = take_free(free_, "every weight buffer is in use");
 }
 
 void WeightVersions::make_gradients(const Exec& exec) {
   P2BW_ASSERT(!gradients_.data(), "there is a gradient buffer already");
-  if (bf16_) {
-    P2BW_ASSERT(!free_gradients_.empty(), "every gradient buffer is in use");
-    gradients_ = free_gradients_.back();
-    free_gradients_.pop_back();
-  } else {
-    P2BW_ASSERT(!free_.empty(), "every weight and gradient buffer is in use");
-    gradients_ = free_.back().as<float>();
-    free_.pop_back();
-  }
+  gradients_ = bf16_ ? take_free(free_gradients_, "every gradient buffer is in use")
+                     : take_free(free_, "every weight and gradient buffer is in use").as<float>();
   Kokkos::deep_copy(exec, gradients_, 0.0f);
 }
 
@@ -128,9 +131,7 @@ FloatView WeightVersions::detach_gradients() {
 
 StoreView WeightVersions::next_version_buffer(FloatView gradients) {
   if (!bf16_) return StoreView(gradients);
-  P2BW_ASSERT(!free_.empty(), "no bf16 weight buffer is free for the next version");
-  StoreView buffer = free_.back();
-  free_.pop_back();
+  StoreView buffer = take_free(free_, "no bf16 weight buffer is free for the next version");
   free_gradients_.push_back(gradients);
   return buffer;
 }
