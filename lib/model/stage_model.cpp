@@ -218,6 +218,13 @@ void StageModel::write_compute_weights(const Exec& exec, const StoreView& comput
   narrow_into(exec, compute, master);
 }
 
+void StageModel::init_weights(const Exec& exec, const StoreView& compute, FloatView master,
+                              std::uint64_t seed) const {
+  if (!master.data()) return init(compute.as<float>(), seed);
+  init(master, seed);
+  write_compute_weights(exec, compute, master);
+}
+
 void StageModel::init(FloatView params, std::uint64_t seed) const {
   auto host = Kokkos::create_mirror_view(params);
   for (const TensorInfo& tensor : tensors_)

@@ -74,6 +74,10 @@ class StageModel {
   // a copy in fp32 and tf32 (nothing when `compute` is the master's own buffer).
   void write_compute_weights(const Exec& exec, const StoreView& compute,
                              ConstFloatView master) const;
+  // The initial weights (init): into `master` and from it into `compute` when there is a master
+  // (bf16, weight prediction), else into `compute` itself (fp32 storage).
+  void init_weights(const Exec& exec, const StoreView& compute, FloatView master,
+                    std::uint64_t seed) const;
   bool has_embedding() const { return first_part_ == 0; }
   bool has_head() const { return end_part_ == shape_.layers + 2; }
   std::int64_t num_params() const { return params_; }

@@ -113,13 +113,7 @@ PipelineTrainer::PipelineTrainer(const config::Deck& deck, const comm::ProcessGr
                                            sync_warmup_batches(deck), first_mb),
                   *model_, versions_, *optimizer_);
   } else {
-    const StoreView first = versions_.add(0);
-    if (versions_.master().data()) {
-      model_->init(versions_.master(), deck.train.seed);
-      model_->write_compute_weights(exec_, first, versions_.master());  // bf16: bf16(master)
-    } else {
-      model_->init(first.as<float>(), deck.train.seed);
-    }
+    model_->init_weights(exec_, versions_.add(0), versions_.master(), deck.train.seed);
   }
   versions_.make_gradients(exec_);
   // The boundary buffers exist from the start: when a send completes decides which step would

@@ -21,13 +21,8 @@ SingleRankTrainer::SingleRankTrainer(const config::Deck& deck,
   const auto n = static_cast<size_t>(model_.num_params());
   w_new_ = model_.make_stored("p2bw::weights_a", model_.num_params());
   w_old_ = w_new_;  // one version until 2bw starts
-  if (keeps_master(deck)) {
-    master_ = model::FloatView("p2bw::weights_master", n);
-    model_.init(master_, deck.train.seed);
-    model_.write_compute_weights(exec_, w_new_, master_);  // bf16: the compute copy is bf16(master)
-  } else {
-    model_.init(w_new_.as<float>(), deck.train.seed);
-  }
+  if (keeps_master(deck)) master_ = model::FloatView("p2bw::weights_master", n);
+  model_.init_weights(exec_, w_new_, master_, deck.train.seed);  // bf16: bf16(master)
   grads_ = model::FloatView("p2bw::grads", n);
   // The second weight buffer of 2bw exists from the start, so that no step allocates.
   if (has_two_bw_phase(deck)) spare_ = model_.make_stored("p2bw::weights_b", model_.num_params());

@@ -114,12 +114,9 @@ void time_parts(const config::Deck& deck, int b, int first, int end, int repeats
   // The fp32 master and the weights used in compute (bf16(master) under bf16, else the master).
   model::FloatView master("master", static_cast<size_t>(model.num_params()));
   model::FloatView grads("grads", static_cast<size_t>(model.num_params()));
-  model.init(master, deck.train.seed);
-  StoreView params(master);
-  if (model.bf16()) {
-    params = model.make_stored("params", model.num_params());
-    model.write_compute_weights(model::Exec(), params, master);
-  }
+  const StoreView params =
+      model.bf16() ? model.make_stored("params", model.num_params()) : StoreView(master);
+  model.init_weights(model::Exec(), params, master, deck.train.seed);
   model::Cache cache = model.make_cache();
   StoreView out = StoreView::empty_of(model.bf16()), dout = out;
   const StoreView din = model.make_boundary("din");
