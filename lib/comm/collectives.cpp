@@ -3,10 +3,13 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <functional>
 #include <limits>
 #include <map>
 #include <utility>
+#include <vector>
 
 #include "comm/staging.hpp"
 #include "comm/transport.hpp"
@@ -39,7 +42,11 @@ namespace {
 
 class MpiCollectives : public Collectives {
  public:
-  MpiCollectives(const ProcessGrid& grid, double timeout_s) : grid_(grid), timeout_s_(timeout_s) {}
+  MpiCollectives(const ProcessGrid& grid, double timeout_s, std::int64_t max_elements)
+      : grid_(grid), timeout_s_(timeout_s), max_elements_(max_elements) {
+    P2BW_ASSERT(max_elements_ > 0 && max_elements_ <= std::numeric_limits<int>::max(),
+                "an MPI reduction limit outside 1 .. 2^31 - 1 elements");
+  }
 
   ~MpiCollectives() override {
     if (pending_.empty()) return;
@@ -59,7 +66,9 @@ class MpiCollectives : public Collectives {
   bool test(int handle) override {
     auto it = find(handle);
     int done = 0;
-    P2BW_MPI_CHECK(MPI_Test(&it->second.request, &done, MPI_STATUS_IGNORE));
+    std::vector<MPI_Request>& requests = it->second.requests;
+    P2BW_MPI_CHECK(MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done,
+                               MPI_STATUSES_IGNORE));
     if (done) finish(it);
     return done != 0;
   }
@@ -67,7 +76,7 @@ class MpiCollectives : public Collectives {
   void wait(int handle) override {
     auto it = find(handle);
     Reduction& r = it->second;
-    wait_with_deadline(r.request, timeout_s_, grid_.stage(),
+    wait_with_deadline(r.requests, timeout_s_, grid_.stage(),
                        fmt::format("{} over {}", r.what, describe(r.group)));
     finish(it);
   }
@@ -83,7 +92,7 @@ class MpiCollectives : public Collectives {
 
  private:
   struct Reduction {
-    MPI_Request request = MPI_REQUEST_NULL;
+    std::vector<MPI_Request> requests;  // one per piece of at most max_elements_
     Group group = Group::world;
     std::string what;
     std::function<void()> copy_back;  // staging -> device buffer (nothing on host builds)
@@ -98,13 +107,11 @@ class MpiCollectives : public Collectives {
   std::string describe(Group group) const { return comm::describe(grid_, group); }
 
   // Staging buffers (pinned on CUDA builds), reused across steps: the executor reduces the same
-  // few buffers every step.
+  // few buffers every step. A buffer of more than max_elements_ is reduced as consecutive pieces
+  // of at most that many elements (MPI counts in an int), posted in the same order on every rank.
   template <class T>
   int post(Kokkos::View<T*, Memory> data, MPI_Datatype type, StagingPool<T>& staging, Group group,
            const std::string& what) {
-    // MPI counts elements in an int; a larger buffer would need a chunked reduction.
-    P2BW_ASSERT(data.extent(0) <= static_cast<size_t>(std::numeric_limits<int>::max()),
-                "an all-reduce of more than 2^31 - 1 elements");
     const typename StagingPool<T>::Buffer host = staging.take(data);
     Kokkos::deep_copy(host, data);  // also orders the reduction after the kernels that wrote it
     Reduction r;
@@ -115,8 +122,16 @@ class MpiCollectives : public Collectives {
         Kokkos::deep_copy(data, host);
         staging.give_back(host);
       };
-    P2BW_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, host.data(), static_cast<int>(host.extent(0)), type,
-                                  MPI_SUM, comm(group), &r.request));
+    const std::int64_t total = static_cast<std::int64_t>(host.extent(0));
+    const std::int64_t pieces =
+        std::max<std::int64_t>(1, (total + max_elements_ - 1) / max_elements_);
+    r.requests.assign(static_cast<size_t>(pieces), MPI_REQUEST_NULL);
+    for (std::int64_t k = 0; k < pieces; ++k) {
+      const std::int64_t begin = k * max_elements_;
+      P2BW_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, host.data() + begin,
+                                    static_cast<int>(std::min(max_elements_, total - begin)), type,
+                                    MPI_SUM, comm(group), &r.requests[static_cast<size_t>(k)]));
+    }
     pending_.emplace(next_, std::move(r));
     return next_++;
   }
@@ -133,6 +148,7 @@ class MpiCollectives : public Collectives {
 
   const ProcessGrid& grid_;
   double timeout_s_;
+  std::int64_t max_elements_;
   std::map<int, Reduction> pending_;
   StagingPool<float> floats_;
   StagingPool<double> doubles_;
@@ -141,8 +157,9 @@ class MpiCollectives : public Collectives {
 
 }  // namespace
 
-std::unique_ptr<Collectives> make_mpi_collectives(const ProcessGrid& grid, double timeout_s) {
-  return std::make_unique<MpiCollectives>(grid, timeout_s);
+std::unique_ptr<Collectives> make_mpi_collectives(const ProcessGrid& grid, double timeout_s,
+                                                  std::int64_t max_elements) {
+  return std::make_unique<MpiCollectives>(grid, timeout_s, max_elements);
 }
 
 }  // namespace p2bw::comm

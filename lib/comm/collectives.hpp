@@ -4,10 +4,12 @@
 // another backend (NCCL) is one more implementation of this interface.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
 #include "comm/process_grid.hpp"
+#include "comm/transport.hpp"
 #include "core/device.hpp"
 
 namespace p2bw::comm {
@@ -45,7 +47,8 @@ class Collectives {
 };
 
 // Collectives over MPI, staged through host memory (buffers reused across steps) when MPI cannot
-// read device memory.
-std::unique_ptr<Collectives> make_mpi_collectives(const ProcessGrid& grid, double timeout_s);
+// read device memory; a buffer of more than max_elements (1 .. 2^31 - 1) is reduced in pieces.
+std::unique_ptr<Collectives> make_mpi_collectives(const ProcessGrid& grid, double timeout_s,
+                                                  std::int64_t max_elements = kMaxMpiCount);
 
 }  // namespace p2bw::comm

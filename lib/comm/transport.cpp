@@ -3,8 +3,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <thread>
 #include <type_traits>
@@ -47,16 +49,16 @@ int tag_of(int microbatch, Direction direction) {
   return (microbatch % kTagMicrobatches) * kDirections + static_cast<int>(direction);
 }
 
-// Tests `request` until it completes; false when timeout_s passes first. MPI advances large
+// Tests `requests` until all have completed; false when timeout_s passes first. MPI advances large
 // messages and non-blocking collectives only inside MPI calls, chunk by chunk, so any pause
 // between tests slows every transfer down (with a pause of up to 200 us, the demo's 3.5 MB
 // data-parallel all-reduce step took 12 ms instead of 3.5 ms on two ranks of one VM). It spins as
 // MPI_Wait does, yielding the core between tests so that ranks sharing cores still get to compute.
-bool poll(MPI_Request& request, double timeout_s) {
+bool poll(MPI_Request* requests, int count, double timeout_s) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
   int done = 0;
   for (std::uint64_t tests = 0;; ++tests) {
-    P2BW_MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
+    P2BW_MPI_CHECK(MPI_Testall(count, requests, &done, MPI_STATUSES_IGNORE));
     if (done) return true;
     if (tests % 64 == 0 && std::chrono::steady_clock::now() > deadline) return false;
     std::this_thread::yield();
@@ -65,11 +67,16 @@ bool poll(MPI_Request& request, double timeout_s) {
 
 // A message goes from its buffer's bytes: staged through pooled (pinned) host buffers on CUDA
 // builds, the buffer itself on host builds. No staging buffer is allocated once each message
-// size has been in flight as often at once.
+// size has been in flight as often at once. A message of more than max_message_bytes goes as
+// consecutive MPI messages of at most that many bytes with the same tag, which MPI delivers in
+// the order they were posted (MPI counts in an int: one MPI message carries less than 2 GiB).
 class MpiTransport : public Transport {
  public:
-  MpiTransport(MPI_Comm world, double timeout_s, int stage)
-      : world_(world), timeout_s_(timeout_s), stage_(stage) {}
+  MpiTransport(MPI_Comm world, double timeout_s, int stage, std::int64_t max_message_bytes)
+      : world_(world), timeout_s_(timeout_s), stage_(stage), max_bytes_(max_message_bytes) {
+    P2BW_ASSERT(max_bytes_ > 0 && max_bytes_ <= std::numeric_limits<int>::max(),
+                "an MPI message limit outside 1 .. 2^31 - 1 bytes");
+  }
 
   ~MpiTransport() override {
     if (pending_.empty()) return;
@@ -78,24 +85,29 @@ class MpiTransport : public Transport {
     // them until MPI_Abort ends the process.
     auto* kept = new std::vector<Operation>();
     for (auto& [handle, op] : pending_) {
-      MPI_Cancel(&op.request);
+      for (MPI_Request& request : op.requests)
+        if (request != MPI_REQUEST_NULL) MPI_Cancel(&request);
       kept->push_back(op);
     }
   }
 
   int post_send(const Message& message) override {
-    Operation op{message, staging_.take(bytes_of(message)), true, MPI_REQUEST_NULL};
+    Operation op{message, staging_.take(bytes_of(message)), true, {}};
     // Also orders the send after the kernels that wrote the buffer.
     if (StagingPool<Byte>::copies) Kokkos::deep_copy(op.staging, bytes_of(message));
-    P2BW_MPI_CHECK(MPI_Isend(op.staging.data(), count(message), MPI_BYTE, message.peer,
-                             tag(message), world_, &op.request));
+    for_each_piece(op, [&](Byte* piece, int bytes, MPI_Request* request) {
+      P2BW_MPI_CHECK(
+          MPI_Isend(piece, bytes, MPI_BYTE, message.peer, tag(message), world_, request));
+    });
     return add(std::move(op));
   }
 
   int post_receive(const Message& message) override {
-    Operation op{message, staging_.take(bytes_of(message)), false, MPI_REQUEST_NULL};
-    P2BW_MPI_CHECK(MPI_Irecv(op.staging.data(), count(message), MPI_BYTE, message.peer,
-                             tag(message), world_, &op.request));
+    Operation op{message, staging_.take(bytes_of(message)), false, {}};
+    for_each_piece(op, [&](Byte* piece, int bytes, MPI_Request* request) {
+      P2BW_MPI_CHECK(
+          MPI_Irecv(piece, bytes, MPI_BYTE, message.peer, tag(message), world_, request));
+    });
     return add(std::move(op));
   }
 
@@ -109,7 +121,7 @@ class MpiTransport : public Transport {
     auto it = pending_.find(handle);
     P2BW_ASSERT(it != pending_.end(), "waiting for an unknown transfer");
     Operation& op = it->second;
-    if (!poll(op.request, timeout_s_))
+    if (!poll(op.requests.data(), static_cast<int>(op.requests.size()), timeout_s_))
       throw RunError(stalled_transfer(stage_, what, timeout_s_, op.message, op.send));
     finish(it);
   }
@@ -118,7 +130,9 @@ class MpiTransport : public Transport {
     auto it = pending_.find(handle);
     P2BW_ASSERT(it != pending_.end(), "testing an unknown transfer");
     int done = 0;
-    P2BW_MPI_CHECK(MPI_Test(&it->second.request, &done, MPI_STATUS_IGNORE));
+    std::vector<MPI_Request>& requests = it->second.requests;
+    P2BW_MPI_CHECK(MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done,
+                               MPI_STATUSES_IGNORE));
     if (!done) return false;
     finish(it);
     return true;
@@ -136,7 +150,7 @@ class MpiTransport : public Transport {
     Message message;
     StagingPool<Byte>::Buffer staging;  // the buffer's own bytes on host builds
     bool send;
-    MPI_Request request;
+    std::vector<MPI_Request> requests;  // one per piece of at most max_bytes_
   };
   int add(Operation op) {
     pending_.emplace(next_, std::move(op));
@@ -146,7 +160,19 @@ class MpiTransport : public Transport {
     return Bytes(static_cast<Byte*>(message.buffer.data()),
                  static_cast<size_t>(message.buffer.bytes()));
   }
-  static int count(const Message& message) { return static_cast<int>(message.buffer.bytes()); }
+  // Calls post(piece, bytes, request) for each consecutive piece of op's staging, in order, with
+  // a request of op's for each (one piece when the message is small, none when it is empty).
+  template <class Post>
+  void for_each_piece(Operation& op, Post post) {
+    const std::int64_t total = static_cast<std::int64_t>(op.staging.extent(0));
+    const std::int64_t pieces = std::max<std::int64_t>(1, (total + max_bytes_ - 1) / max_bytes_);
+    op.requests.assign(static_cast<size_t>(pieces), MPI_REQUEST_NULL);
+    for (std::int64_t k = 0; k < pieces; ++k) {
+      const std::int64_t begin = k * max_bytes_;
+      post(op.staging.data() + begin, static_cast<int>(std::min(max_bytes_, total - begin)),
+           &op.requests[static_cast<size_t>(k)]);
+    }
+  }
   static int tag(const Message& message) { return tag_of(message.microbatch, message.direction); }
 
   // A completed operation: a receive's data to its device buffer, the staging back to the pool.
@@ -160,6 +186,7 @@ class MpiTransport : public Transport {
   MPI_Comm world_;
   double timeout_s_;
   int stage_;
+  std::int64_t max_bytes_;
   std::map<int, Operation> pending_;
   StagingPool<Byte> staging_;
   int next_ = 0;
@@ -167,15 +194,23 @@ class MpiTransport : public Transport {
 
 }  // namespace
 
-void wait_with_deadline(MPI_Request& request, double timeout_s, int stage,
+void wait_with_deadline(std::vector<MPI_Request>& requests, double timeout_s, int stage,
                         const std::string& what) {
-  if (!poll(request, timeout_s))
+  if (!poll(requests.data(), static_cast<int>(requests.size()), timeout_s))
     throw RunError(fmt::format("stage {}: {}: no progress for {} s (pipeline.timeout_s)", stage,
                                what, timeout_s));
 }
 
-std::unique_ptr<Transport> make_mpi_transport(MPI_Comm world, double timeout_s, int stage) {
-  return std::make_unique<MpiTransport>(world, timeout_s, stage);
+void wait_with_deadline(MPI_Request& request, double timeout_s, int stage,
+                        const std::string& what) {
+  std::vector<MPI_Request> requests{request};
+  wait_with_deadline(requests, timeout_s, stage, what);
+  request = requests[0];
+}
+
+std::unique_ptr<Transport> make_mpi_transport(MPI_Comm world, double timeout_s, int stage,
+                                              std::int64_t max_message_bytes) {
+  return std::make_unique<MpiTransport>(world, timeout_s, stage, max_message_bytes);
 }
 
 }  // namespace p2bw::comm

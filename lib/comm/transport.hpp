@@ -11,6 +11,7 @@
 
 #include <mpi.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
@@ -66,11 +67,19 @@ class RunError : public std::runtime_error {
 std::string stalled_transfer(int stage, const std::string& what, double timeout_s,
                              const Message& message, bool send);
 
-// MPI point-to-point over `world` (peers are its ranks), each message as MPI_BYTE.
-std::unique_ptr<Transport> make_mpi_transport(MPI_Comm world, double timeout_s, int stage);
+// The most bytes (or elements) one MPI call carries here: MPI counts in an int, so larger buffers
+// go as several consecutive MPI messages (or reductions). Tests pass smaller limits.
+constexpr std::int64_t kMaxMpiCount = std::int64_t{1} << 30;
 
-// Waits for a non-blocking MPI operation (e.g. a collective) with a deadline: tests it in a loop
+// MPI point-to-point over `world` (peers are its ranks), each message as MPI_BYTE, in pieces of
+// at most max_message_bytes (1 .. 2^31 - 1).
+std::unique_ptr<Transport> make_mpi_transport(MPI_Comm world, double timeout_s, int stage,
+                                              std::int64_t max_message_bytes = kMaxMpiCount);
+
+// Waits for non-blocking MPI operations (e.g. a collective) with a deadline: tests them in a loop
 // that yields the core between tests, throws RunError("stage S: WHAT: no progress ...") when late.
+void wait_with_deadline(std::vector<MPI_Request>& requests, double timeout_s, int stage,
+                        const std::string& what);
 void wait_with_deadline(MPI_Request& request, double timeout_s, int stage, const std::string& what);
 
 }  // namespace p2bw::comm

@@ -3,7 +3,9 @@
 // carries), and they arrive with the same bits, special values (signed zeros, infinities,
 // subnormals, the canonical NaN) included; messages are matched by microbatch and direction, not
 // by arrival order; staging is reused (nothing is allocated the second time the same messages
-// are in flight). Ranks pair up (rank ^ 1); one rank sends to itself.
+// are in flight). A message larger than the transport's limit on one MPI message (MPI counts in an
+// int) goes in pieces and arrives whole, matched as one; the MPI collectives sum a buffer larger
+// than their limit in pieces. Ranks pair up (rank ^ 1); one rank sends to itself.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -14,6 +16,8 @@
 #include <vector>
 
 #include "../allocation_counter.hpp"
+#include "comm/collectives.hpp"
+#include "comm/process_grid.hpp"
 #include "comm/transport.hpp"
 #include "core/error.hpp"
 #include "core/store_view.hpp"
@@ -192,6 +196,74 @@ TEST(Transport, StagingIsReused) {
     EXPECT_EQ(bit_difference(host_copy(in[k]),
                              values_of(partner(), static_cast<size_t>(in[k].size()), true)),
               "");
+}
+
+// With a limit of 1000 bytes per MPI message, a 40028-byte float message goes as 41 MPI messages
+// and a 20014-byte bf16 one as 21; two such messages in flight at once are still matched by
+// microbatch, received in the other order.
+TEST(Transport, AMessageOverTheLimitGoesInPiecesAndArrivesWhole) {
+  if (!paired()) GTEST_SKIP() << "ranks pair up: needs 1 or an even number of ranks";
+  const std::int64_t limit = 1000;
+  auto transport = make_mpi_transport(MPI_COMM_WORLD, 60.0, 0, limit);
+  const size_t n = 10007;
+  for (const bool bf16 : {false, true}) {
+    const char* type = bf16 ? "bf16" : "float";
+    const StoreView first = device_copy(values_of(world_rank(), n, bf16), bf16);        // (n)
+    const StoreView second = device_copy(values_of(50 + world_rank(), n, bf16), bf16);  // (n)
+    const StoreView in_first = StoreView::allocate("p2bw::test_in", n, bf16);           // (n)
+    const StoreView in_second = StoreView::allocate("p2bw::test_in", n, bf16);          // (n)
+    transport->post_send({first, partner(), 1, Direction::activation});
+    transport->post_send({second, partner(), 2, Direction::activation});
+    EXPECT_EQ(probed_bytes(partner()), limit) << type << ": the first piece";
+    const int got_second =
+        transport->post_receive({in_second, partner(), 2, Direction::activation});
+    const int got_first = transport->post_receive({in_first, partner(), 1, Direction::activation});
+    transport->wait(got_second, "the test's second receive");
+    transport->wait(got_first, "the test's first receive");
+    transport->wait_all("the test's sends");
+    EXPECT_EQ(bit_difference(host_copy(in_first), values_of(partner(), n, bf16)), "") << type;
+    EXPECT_EQ(bit_difference(host_copy(in_second), values_of(50 + partner(), n, bf16)), "") << type;
+  }
+}
+
+// Values whose sum over any number of ranks, in any order, is exact: rank r holds (i % 97)·(r + 1).
+template <class View>
+View rank_values(size_t n) {
+  View view("p2bw::test", n);
+  auto host = Kokkos::create_mirror_view(view);
+  for (size_t i = 0; i < n; ++i)
+    host(i) = static_cast<typename View::value_type>((i % 97) * (world_rank() + 1));
+  Kokkos::deep_copy(view, host);
+  return view;
+}
+
+template <class View>
+std::string sum_difference(const View& view) {
+  const double ranks_sum = world_size() * (world_size() + 1) / 2.0;
+  auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), view);
+  for (size_t i = 0; i < host.extent(0); ++i)
+    if (static_cast<double>(host(i)) != static_cast<double>(i % 97) * ranks_sum)
+      return fmt::format("value {}: {} against {}", i, static_cast<double>(host(i)),
+                         static_cast<double>(i % 97) * ranks_sum);
+  return "";
+}
+
+// With a limit of 1000 elements per MPI reduction: 10007 floats are summed as 11 reductions, 4000
+// doubles as exactly 4, both in flight at once, over the world and over the replicas.
+TEST(Collectives, ABufferOverTheLimitIsSummedInPieces) {
+  const ProcessGrid grid(MPI_COMM_WORLD, 1, world_size());
+  auto collectives = make_mpi_collectives(grid, 60.0, 1000);
+  const FloatView floats = rank_values<FloatView>(10007);    // (10007)
+  const DoubleView doubles = rank_values<DoubleView>(4000);  // (4000)
+  const int summed_floats = collectives->post_sum(floats, Group::world, "the test's float sum");
+  const int summed_doubles =
+      collectives->post_sum(doubles, Group::replicas, "the test's double sum");
+  collectives->wait(summed_doubles);
+  while (!collectives->test(summed_floats)) {
+  }
+  EXPECT_FALSE(collectives->pending());
+  EXPECT_EQ(sum_difference(floats), "");
+  EXPECT_EQ(sum_difference(doubles), "");
 }
 
 }  // namespace
