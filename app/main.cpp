@@ -17,6 +17,7 @@
 #include "core/build_info.hpp"
 #include "core/error.hpp"
 #include "kernels/gemm.hpp"
+#include "kokkos_options.hpp"
 
 #ifdef KOKKOS_ENABLE_CUDA
 #include <cuda_runtime.h>
@@ -90,31 +91,6 @@ void choose_device(MPI_Comm world) {
 #endif
 }
 
-// Kokkos aborts ("terminate called") on a non-numeric --kokkos-threads=abc and its siblings; they
-// are checked first so that the mistake is one line with exit code 2. Returns the message, or "".
-std::string bad_kokkos_argument(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    for (const char* name :
-         {"--kokkos-threads=", "--kokkos-num-threads=", "--kokkos-numa=", "--kokkos-device-id=",
-          "--kokkos-num-devices=", "--kokkos-ndevices="}) {
-      const std::string prefix = name;
-      if (arg == prefix.substr(0, prefix.size() - 1))  // Kokkos needs the '=' form
-        return fmt::format("{}: needs a value (allowed: {}N with N a non-negative integer)", arg,
-                           prefix);
-      if (arg.compare(0, prefix.size(), prefix) != 0) continue;
-      const std::string value = arg.substr(prefix.size());
-      const bool list = prefix == "--kokkos-num-devices=" || prefix == "--kokkos-ndevices=";
-      bool ok = !value.empty() && value.size() <= 9 && value.front() != ',' && value.back() != ',';
-      for (char c : value) ok = ok && ((c >= '0' && c <= '9') || (list && c == ','));
-      if (!ok)
-        return fmt::format("{}: '{}' is not a number (allowed: {}N with N a non-negative integer)",
-                           prefix.substr(0, prefix.size() - 1), value, prefix);
-    }
-  }
-  return "";
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -139,7 +115,8 @@ int main(int argc, char** argv) {
     return code;
   }
   choose_device(context.world);
-  if (const std::string bad = bad_kokkos_argument(argc, argv); !bad.empty()) {
+  // Kokkos aborts with a backtrace on an option or KOKKOS_* variable it cannot read.
+  if (const std::string bad = p2bw::app::bad_kokkos_input(argc, argv); !bad.empty()) {
     if (context.root()) fmt::print(stderr, "error: {}\n", p2bw::escape_for_message(bad));
     MPI_Finalize();
     return p2bw::kExitUser;

@@ -3,7 +3,7 @@
 a one-line message on stderr and that the run it could damage is untouched: the five data-loss
 cases (a rerun into an owned output.dir, a second live run, --resume '', a stage file of another
 step, prepare-data over its input), the memory check before allocating, 64-bit deck ranges,
-filesystem mistakes, --kokkos-threads=abc, checkpoint manifests and `latest` pointers that lie,
+filesystem mistakes, Kokkos options and KOKKOS_* variables Kokkos cannot read, checkpoint manifests and `latest` pointers that lie,
 simulate --write-schedule into a folder, NaN options, and escaping of echoed file contents.
 Usage: test_hostile.py P2BW MPIEXEC [MPIEXEC_FLAGS...]"""
 import hashlib
@@ -232,11 +232,26 @@ check("9. --write-deck below a regular file: one line, exit 2", one_line(r, "--w
 
 # 10. Kokkos arguments.
 r = run("--kokkos-threads=abc", "check", "inputs/gpt-tiny.yaml")
-check("10. --kokkos-threads=abc: one line, exit 2", one_line(r, "--kokkos-threads: 'abc' is not a number"), detail(r))
+check("10. --kokkos-threads=abc: one line, exit 2", one_line(r, "--kokkos-threads: 'abc' is not allowed (allowed: an integer >= 1)"), detail(r))
 r = run("--kokkos-threads", "2", "check", "inputs/gpt-tiny.yaml")
 check("--kokkos-threads 2 (without '='): one line, exit 2", one_line(r, "--kokkos-threads: needs a value"), detail(r))
-r = run("--kokkos-numa=1x", "check", "inputs/gpt-tiny.yaml")
-check("--kokkos-numa=1x: one line, exit 2", one_line(r, "--kokkos-numa: '1x' is not a number"), detail(r))
+for arg, needle in [("--kokkos-numa=1x", "--kokkos-numa: '1x' is not allowed"),
+                    ("--kokkos-num-threads=0", "--kokkos-num-threads: '0' is not allowed (allowed: an integer >= 1)"),
+                    ("--kokkos-disable-warnings=ON", "--kokkos-disable-warnings: 'ON' is not allowed (allowed: yes, true, 1,"),
+                    ("--kokkos-map-device-id-by=host", "--kokkos-map-device-id-by: 'host' is not allowed (allowed: mpi_rank or random)")]:
+    r = run(arg, "check", "inputs/gpt-tiny.yaml")
+    check(f"{arg}: one line, exit 2", one_line(r, needle), detail(r))
+# Kokkos's environment variables: Kokkos 4 aborts with a backtrace on a value it cannot read.
+for name, value, needle in [("KOKKOS_DISABLE_WARNINGS", "ON", "yes, true, 1, no, false or 0, in any case"),
+                            ("KOKKOS_NUM_THREADS", "two", "an integer >= 1"),
+                            ("KOKKOS_DEVICE_ID", "-1", "an integer >= 0"),
+                            ("KOKKOS_VISIBLE_DEVICES", "0,,1", "integers >= 0, separated by commas"),
+                            ("KOKKOS_MAP_DEVICE_ID_BY", "hostname", "mpi_rank or random")]:
+    r = run("check", "inputs/gpt-tiny.yaml", env={name: value})
+    check(f"{name}={value}: one line, exit 2",
+          one_line(r, f"environment variable {name}: '{value}' is not allowed (allowed: {needle})"), detail(r))
+r = run("check", "inputs/gpt-tiny.yaml", env={"KOKKOS_DISABLE_WARNINGS": "Yes", "KOKKOS_NUM_THREADS": "1"})
+check("KOKKOS_DISABLE_WARNINGS=Yes and KOKKOS_NUM_THREADS=1 are taken", r.returncode == 0, detail(r))
 
 # A user's own deck.yaml in output.dir is no run: a fresh run is refused and --start-over keeps it.
 mine = f"{tmp}/mine"
