@@ -14,6 +14,7 @@
 #include "command.hpp"
 #include "core/build_info.hpp"
 #include "data/loader.hpp"
+#include "kernels/attention.hpp"
 #include "kernels/gemm.hpp"
 #include "model/stage_model.hpp"
 #include "planner/profile.hpp"
@@ -52,8 +53,14 @@ int run_bench(const Context& context, const std::string& path,
       b, to_string(deck.model.precision), repeats);
   fmt::print("machine: {} ({}, {} hardware threads)\n", host, cpu_model(),
              std::thread::hardware_concurrency());
-  fmt::print("build: p2bw {}, {}, GEMM: {}\n\n", p2bw_version(), kokkos_description(),
-             kernels::gemm_backend_name<float, model::Exec>());
+  const int C = deck.model.hidden, NH = deck.model.heads;
+  const bool causal = deck.model.kind == config::ModelKind::gpt;
+  const std::string attention =
+      deck.model.precision == config::Precision::bf16
+          ? kernels::attention_backend<float, kernels::bf16, model::Exec>(b, T, C, NH, causal)
+          : kernels::attention_backend<float, float, model::Exec>(b, T, C, NH, causal);
+  fmt::print("build: p2bw {}, {}, GEMM: {}, attention: {}\n\n", p2bw_version(),
+             kokkos_description(), kernels::gemm_backend_name<float, model::Exec>(), attention);
   fmt::print("{:<12} {:>14} {:>14} {:>14} {:>14}\n", "part", "forward ms", "backward ms",
              "total ms", "tokens/s");
   const double tokens = static_cast<double>(b) * T;

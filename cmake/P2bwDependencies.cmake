@@ -91,6 +91,26 @@ if(P2BW_NCCL AND NOT P2BW_CUDA)
   message(FATAL_ERROR "P2BW_NCCL needs Kokkos with the CUDA backend")
 endif()
 
+# cuDNN's fused flash attention for bf16 (kernels/cudnn_attention.cpp): CUDA builds only, off until
+# it has run on a GPU. It needs cuDNN 9's headers (the CUDA toolkit's or /usr/include) and the
+# header-only cuDNN frontend (github.com/NVIDIA/cudnn-frontend, >= 1.23; not downloaded: give its
+# include folder as P2BW_CUDNN_FRONTEND_INCLUDE). libcudnn.so.9 is loaded at run time (dlopen), so
+# p2bw also starts on machines without cuDNN and runs the native attention there.
+option(P2BW_CUDNN "Build cuDNN's fused attention for bf16 (CUDA builds; never run on a GPU yet)" OFF)
+set(P2BW_CUDNN_FRONTEND_INCLUDE "" CACHE PATH "the cuDNN frontend's include folder (cudnn_frontend.h)")
+if(P2BW_CUDNN)
+  if(NOT P2BW_CUDA)
+    message(FATAL_ERROR "P2BW_CUDNN needs Kokkos with the CUDA backend")
+  endif()
+  if(NOT EXISTS "${P2BW_CUDNN_FRONTEND_INCLUDE}/cudnn_frontend.h")
+    message(FATAL_ERROR "P2BW_CUDNN: no cudnn_frontend.h in P2BW_CUDNN_FRONTEND_INCLUDE='${P2BW_CUDNN_FRONTEND_INCLUDE}' (the include folder of github.com/NVIDIA/cudnn-frontend)")
+  endif()
+  find_path(P2BW_CUDNN_INCLUDE_DIR cudnn.h HINTS ${CUDAToolkit_INCLUDE_DIRS} /usr/include)
+  if(NOT P2BW_CUDNN_INCLUDE_DIR)
+    message(FATAL_ERROR "P2BW_CUDNN: cudnn.h (cuDNN 9) not found")
+  endif()
+endif()
+
 if(P2BW_BUILD_TESTS)
   # Debian ships GoogleTest built; Ubuntu's googletest package may hold only its sources.
   find_package(GTest QUIET)

@@ -7,7 +7,10 @@
 // backward recomputes the probabilities tile by tile from q, k and that log-sum-exp. Memory per
 // layer: the lse (B*NH*T) and D = rowsum(dy * y) (B*NH*T) in the workspace, plus O(tile^2)
 // scratch per team.
-// Two implementations behind the GEMM dispatch (kernels/gemm.hpp), chosen at compile time:
+// Two implementations behind the GEMM dispatch (kernels/gemm.hpp), chosen at compile time, and
+// on CUDA builds with -DP2BW_CUDNN=ON cuDNN's fused flash attention for bf16 storage
+// (kernels/cudnn_attention.hpp; its own log-sum-exp, the same definition), where it serves the
+// shape on the machine:
 //  - native (any execution space, what a GPU runs): one team per (batch, head, tile of query
 //    rows) with scalar tile loops in team scratch; backward in two passes without atomics, one
 //    team per key tile for dk and dv, one per query tile for dq. Tiles of 32 rows or fewer.
@@ -25,8 +28,12 @@
 #pragma once
 
 #include <string>
+#include <type_traits>
 
 #include "kernels/bf16_pack.hpp"
+#ifdef P2BW_CUDNN
+#include "kernels/cudnn_attention.hpp"
+#endif
 #include "kernels/gemm.hpp"
 #include "kernels/storage.hpp"
 #include "kernels/types.hpp"
@@ -569,6 +576,30 @@ constexpr bool attention_widens() {
   return attention_uses_blas<Real, Exec>() && !std::is_same<Store, Real>::value;
 }
 
+// Whether cuDNN's fused attention may serve this case (kernels/cudnn_attention.hpp): CUDA builds
+// with P2BW_CUDNN, bf16 storage computed in float, on the CUDA execution space. Whether it serves
+// the shape on this machine is asked at run time; where it does not, the native kernels run.
+template <class Real, class Store, class Exec>
+constexpr bool attention_may_use_cudnn() {
+#if defined(P2BW_CUDNN) && defined(KOKKOS_ENABLE_CUDA)
+  return std::is_same<Exec, Kokkos::Cuda>::value && std::is_same<Store, bf16>::value &&
+         std::is_same<Real, float>::value;
+#else
+  return false;
+#endif
+}
+
+// Whether this call runs on cuDNN (a shape of no elements runs nowhere).
+template <class Real, class Store, class Exec>
+bool attention_runs_on_cudnn(int B, int T, int C, int NH, bool causal) {
+#ifdef P2BW_CUDNN
+  if constexpr (attention_may_use_cudnn<Real, Store, Exec>())
+    return cudnn_attention_unavailable(B, T, C, NH, causal).empty();
+#endif
+  (void)B, (void)T, (void)C, (void)NH, (void)causal;
+  return false;
+}
+
 }  // namespace detail
 
 // Workspace elements for attention_forward: none, or 4 B*T*C where the blas path widens bf16
@@ -587,10 +618,19 @@ index_t attention_backward_workspace(int B, int T, int C, int NH) {
                                                        : D;
 }
 
-// The implementation attention_forward and attention_backward use: "blas" or "native".
-template <class Real, class Exec>
-constexpr const char* attention_backend_name() {
-  return detail::attention_uses_blas<Real, Exec>() ? "blas" : "native";
+// The implementation attention_forward and attention_backward use for this shape: "blas",
+// "native", "cudnn (cuDNN 9.x.y)", or "native (cuDNN: why not)" where cuDNN may serve bf16.
+template <class Real, class Store = Real, class Exec = Kokkos::DefaultExecutionSpace>
+std::string attention_backend(int B, int T, int C, int NH, bool causal) {
+  if (detail::attention_uses_blas<Real, Exec>()) return "blas";
+#ifdef P2BW_CUDNN
+  if constexpr (detail::attention_may_use_cudnn<Real, Store, Exec>()) {
+    const std::string why = cudnn_attention_unavailable(B, T, C, NH, causal);
+    return why.empty() ? "cudnn (" + cudnn_version() + ")" : "native (cuDNN: " + why + ")";
+  }
+#endif
+  (void)B, (void)T, (void)C, (void)NH, (void)causal;
+  return "native";
 }
 
 // out = concat over heads of softmax(mask(q k^T / sqrt(hs))) v; lse[b, h, t] = log sum_j
@@ -602,6 +642,17 @@ void attention_forward(const Exec& exec, Flat<Store, Exec> out,  // (B, T, C)
                        int B, int T, int C, int NH, bool causal,
                        Flat<Real, Exec> workspace = {}) {  // (attention_forward_workspace)
   (void)workspace;  // only the BLAS path under bf16 storage needs it
+#ifdef P2BW_CUDNN
+  if constexpr (detail::attention_may_use_cudnn<Real, Store, Exec>()) {
+    detail::check_forward_args<Real, Store, Exec>(out, lse, qkv, B, T, C, NH);
+    if (static_cast<index_t>(B) * T * C == 0) return;
+    if (detail::attention_runs_on_cudnn<Real, Store, Exec>(B, T, C, NH, causal)) {
+      cudnn_attention_forward(exec.cuda_stream(), out.data(), lse.data(), qkv.data(), B, T, C, NH,
+                              causal);
+      return;
+    }
+  }
+#endif
   if constexpr (detail::attention_uses_blas<Real, Exec>()) {
 #ifdef P2BW_HAVE_CBLAS
     detail::check_forward_args<Real, Store, Exec>(out, lse, qkv, B, T, C, NH);
@@ -634,6 +685,19 @@ void attention_backward(const Exec& exec, Flat<Store, Exec> dqkv,  // (B, T, 3C)
                         ConstFlat<Real, Exec> lse,                 // (B, NH, T)
                         Flat<Real, Exec> workspace,                // (attention_backward_workspace)
                         int B, int T, int C, int NH, bool causal) {
+#ifdef P2BW_CUDNN
+  if constexpr (detail::attention_may_use_cudnn<Real, Store, Exec>()) {
+    detail::check_backward_args<Real, Store, Exec>(
+        dqkv, dout, qkv, out, lse, workspace,
+        attention_backward_workspace<Real, Store, Exec>(B, T, C, NH), B, T, C, NH);
+    if (static_cast<index_t>(B) * T * C == 0) return;
+    if (detail::attention_runs_on_cudnn<Real, Store, Exec>(B, T, C, NH, causal)) {
+      cudnn_attention_backward(exec.cuda_stream(), dqkv.data(), dout.data(), qkv.data(), out.data(),
+                               lse.data(), B, T, C, NH, causal);
+      return;
+    }
+  }
+#endif
   if constexpr (detail::attention_uses_blas<Real, Exec>()) {
 #ifdef P2BW_HAVE_CBLAS
     detail::check_backward_args<Real, Store, Exec>(

@@ -27,6 +27,9 @@
 #ifdef KOKKOS_ENABLE_CUDA
 #include <cublasLt.h>
 #include <cuda_runtime.h>
+#ifdef P2BW_CUDNN
+#include "kernels/cudnn_attention.hpp"
+#endif
 
 #include <array>
 #include <cstdint>
@@ -665,9 +668,12 @@ void gemm_cublaslt_batched(const Kokkos::Cuda& exec, Trans ta, Trans tb, Real al
 }  // namespace detail
 
 // Frees what the backends cache: the CBLAS path's widening buffers; cuBLASLt's handle, workspaces
-// and chosen algorithms. Call after the last GEMM and before Kokkos::finalize (the host buffers
-// are also freed by finalize).
+// and chosen algorithms; cuDNN attention's graphs, workspace and handle. Call after the last GEMM
+// and before Kokkos::finalize (the host buffers are also freed by finalize).
 inline void release_gemm_resources() {
+#ifdef P2BW_CUDNN
+  release_cudnn_attention();  // cuDNN's attention graphs, workspace and handle
+#endif
 #ifdef P2BW_HAVE_CBLAS
   detail::HostGemmBuffers<float>::instance().release();
   detail::HostGemmBuffers<double>::instance().release();
