@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>  // before the frontend, whose shim uses std::strlen without it
 #include <map>
 #include <memory>
 #include <mutex>

@@ -10,7 +10,9 @@ Parts, in order: environment (nvidia-smi, nvcc, torch, p2bw --version); the kern
 exactness grid at 1 and 2 MPI ranks sharing the GPU (MPI transport staged through pinned host
 memory); the demo trained on one GPU (one stage) against the host run's loss curve shipped in the
 bundle; the same demo in bf16 (bf16 storage) against that fp32 curve with bf16's tolerance;
-`p2bw bench` at GPT-2 124M (B = 16, T = 1024) in fp32, TF32 and bf16; the same model in PyTorch in
+`p2bw bench` at GPT-2 124M (B = 16, T = 1024) in fp32, TF32 and bf16 (with cuDNN's fused attention
+where the bundle has it and the machine has cuDNN, and once more with P2BW_ATTENTION=native); the
+kernel tests include cuDNN's attention against the native kernels; the same model in PyTorch in
 fp32, TF32, bf16 eager and bf16 compiled. A part that cannot run is a `skip` row with the reason; a
 part that ran and failed is a `FAIL` row; the exit code is 1 when any part failed.
 
@@ -56,8 +58,9 @@ class Check:
         self.work = tempfile.mkdtemp(prefix="p2bw-gpu-check-")
 
     def run(self, name, cmd, timeout_s, env=None):
-        """Runs cmd with min(timeout_s, what is left after the later parts' minimum); returns
-        (rc, output, seconds); rc is None when not run, "timeout" when stopped."""
+        """Runs cmd with min(timeout_s, what is left after the later parts' minimum) and the
+        variables in env added to this environment; returns (rc, output, seconds); rc is None when
+        not run, "timeout" when stopped."""
         left = self.deadline - time.time() - self.later * MIN_S
         limit = min(timeout_s, left - 2)
         if limit < 5:
@@ -65,7 +68,7 @@ class Check:
         start = time.time()
         try:
             p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               errors="replace", timeout=limit, env=env, cwd=self.work,
+                               errors="replace", timeout=limit, env={**os.environ, **(env or {})}, cwd=self.work,
                                start_new_session=True)
             rc, text = p.returncode, p.stdout
         except subprocess.TimeoutExpired as e:
@@ -207,7 +210,7 @@ def part_memory(c, metrics, precision):
                     for st, m, p, _ in rows) + " (tol 5%)", 0.0)
 
 
-def part_bench(c, label, extra):
+def part_bench(c, label, extra, env=None):
     name = f"p2bw bench GPT-2 124M {label}"
     cmd = [c.bin("p2bw"), "bench", c.share("inputs", "gpt2-124m.yaml")]
     size = "B=16, T=1024"
@@ -217,12 +220,14 @@ def part_bench(c, label, extra):
         size = "dry run: 2 x 64, B=2, T=64"
     else:
         cmd += ["--repeats", "5"]
-    rc, text, s = c.run(name, cmd + extra, 120)
+    rc, text, s = c.run(name, cmd + extra, 120, env=env)
     m = re.search(r"^model\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)", text, re.M)
-    gemm = re.search(r"GEMM: (.*)$", text, re.M)
+    gemm = re.search(r"GEMM: ([^,\n]*)", text)
+    attention = re.search(r"attention: (.*)$", text, re.M)
     if rc == 0 and m:
         c.add(name, "pass", f"{int(m.group(4)):,} tok/s",
-              f"fwd {m.group(1)} ms, bwd {m.group(2)} ms ({size}; GEMM {gemm.group(1) if gemm else '?'})",
+              f"fwd {m.group(1)} ms, bwd {m.group(2)} ms ({size}; GEMM {gemm.group(1) if gemm else '?'}; "
+              f"attention {attention.group(1) if attention else '?'})",
               s, tokens_per_s=int(m.group(4)))
     elif rc == 0:
         c.add(name, "FAIL (output)", "", "no 'model' row in bench's output", s)
@@ -315,6 +320,10 @@ def main():
         ("p2bw bench fp32", 1, lambda: part_bench(c, "fp32", [])),
         ("p2bw bench TF32", 1, lambda: part_bench(c, "TF32", ["--set", "model.precision=tf32"])),
         ("p2bw bench bf16", 1, lambda: part_bench(c, "bf16", ["--set", "model.precision=bf16"])),
+        # the same without cuDNN's fused attention: what it gains (the same as above without it)
+        ("p2bw bench bf16, native attention", 1,
+         lambda: part_bench(c, "bf16, native attention", ["--set", "model.precision=bf16"],
+                            env={"P2BW_ATTENTION": "native"})),
         ("PyTorch", 4, lambda: part_torch(c)),  # four runs: fp32, TF32, bf16, bf16 compiled
     ]
     if not gpu and not c.dry_run:
