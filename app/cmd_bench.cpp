@@ -1,6 +1,7 @@
 // `p2bw bench DECK`: times forward and backward of each part type (embedding, one block, head)
 // and of the whole model on this device for the deck's microbatch size, and prints tokens/s with
-// the machine and build they came from. A benchmark to compare run to run, not a test.
+// the machine and build they came from; with --kernels also each kernel of those parts. A
+// benchmark to compare run to run, not a test.
 #include <fmt/format.h>
 #include <unistd.h>
 
@@ -9,6 +10,7 @@
 #include <fstream>
 #include <memory>
 #include <thread>
+#include <utility>
 
 #include "comm/deck_broadcast.hpp"
 #include "command.hpp"
@@ -30,8 +32,37 @@ std::string cpu_model() {
   return "unknown CPU";
 }
 
+// Each kernel of the embedding, one block and the head, timed by marks (model::KernelTimer): per
+// run the calls and milliseconds of each (phase, kernel) and its share of its phase.
+void print_kernels(const config::Deck& deck, int b, int repeats) {
+#ifdef KOKKOS_ENABLE_CUDA
+  const char* clock = "CUDA events";
+#else
+  const char* clock = "host clock, a fence after each kernel";
+#endif
+  fmt::print("\nkernels ({}; per forward or backward, mean of {} runs):\n", clock, repeats);
+  fmt::print("{:<10} {:<9} {:<24} {:>5} {:>10} {:>7}\n", "part", "phase", "kernel", "calls", "ms",
+             "share");
+  const int L = deck.model.layers;
+  for (const auto& [name, first] :
+       {std::pair<const char*, int>{"embedding", 0}, {"block", 1}, {"head", L + 1}}) {
+    model::KernelTimer timer{model::Exec()};
+    planner::PartProfile unused;
+    planner::time_parts(deck, b, first, first + 1, repeats, unused, &timer);
+    const std::vector<model::KernelTimer::Total> totals = timer.totals();
+    for (const model::KernelTimer::Total& t : totals) {
+      double phase_s = 0;
+      for (const model::KernelTimer::Total& u : totals)
+        if (u.phase == t.phase) phase_s += u.seconds;
+      fmt::print("{:<10} {:<9} {:<24} {:>5} {:>10.3f} {:>6.1f}%\n", name, t.phase, t.kernel,
+                 t.calls / repeats, 1e3 * t.seconds / repeats,
+                 phase_s > 0 ? 100 * t.seconds / phase_s : 0.0);
+    }
+  }
+}
+
 int run_bench(const Context& context, const std::string& path,
-              const std::vector<std::string>& overrides, int repeats) {
+              const std::vector<std::string>& overrides, int repeats, bool kernels) {
   config::LoadOptions options;
   options.overrides = overrides;
   options.require_data = false;
@@ -75,6 +106,7 @@ int run_bench(const Context& context, const std::string& path,
   row("block", 1, 2);
   row("head+loss", L + 1, L + 2);
   row("model", 0, L + 2);
+  if (kernels) print_kernels(deck, b, repeats);
   return 0;
 }
 
@@ -85,6 +117,7 @@ Command add_bench(CLI::App& app) {
     std::string deck;
     std::vector<std::string> overrides;
     int repeats = 5;
+    bool kernels = false;
   };
   auto options = std::make_shared<Options>();
   CLI::App* cli = app.add_subcommand(
@@ -93,8 +126,12 @@ Command add_bench(CLI::App& app) {
   cli->add_option("--repeats", options->repeats, "timed runs per measurement (median reported)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1000));
+  cli->add_flag("--kernels", options->kernels,
+                "also time each kernel of the embedding, one block and the head (CUDA events on "
+                "a GPU, the clock after a fence on the host)");
   return {cli, [options](const Context& context) {
-            return run_bench(context, options->deck, options->overrides, options->repeats);
+            return run_bench(context, options->deck, options->overrides, options->repeats,
+                             options->kernels);
           }};
 }
 

@@ -10,7 +10,8 @@ Parts, in order: environment (nvidia-smi, nvcc, torch, p2bw --version); the kern
 exactness grid at 1 and 2 MPI ranks sharing the GPU (MPI transport staged through pinned host
 memory); the demo trained on one GPU (one stage) against the host run's loss curve shipped in the
 bundle; the same demo in bf16 (bf16 storage) against that fp32 curve with bf16's tolerance;
-`p2bw bench` at GPT-2 124M (B = 16, T = 1024) in fp32, TF32 and bf16 (with cuDNN's fused attention
+`p2bw bench` at GPT-2 124M (B = 16, T = 1024) in fp32, TF32 and bf16 (bf16 with each kernel's
+time from CUDA events, `--kernels`, and with cuDNN's fused attention
 where the bundle has it and the machine has cuDNN, and once more with P2BW_ATTENTION=native); the
 kernel tests include cuDNN's attention against the native kernels; the same model in PyTorch in
 fp32, TF32, bf16 eager and bf16 compiled. A part that cannot run is a `skip` row with the reason; a
@@ -233,6 +234,17 @@ def part_bench(c, label, extra, env=None):
         c.add(name, "FAIL (output)", "", "no 'model' row in bench's output", s)
     else:
         c.add(name, failed(rc), "", last_line(text), s)
+    kernels = [{"part": k[0], "phase": k[1], "kernel": k[2], "calls": int(k[3]), "ms": float(k[4]),
+                "share_percent": float(k[5])}
+               for k in re.findall(r"^(embedding|block|head)\s+(forward|backward)\s+(.+?)\s+(\d+)\s+"
+                                   r"([\d.]+)\s+([\d.]+)%$", text, re.M)]
+    if "--kernels" in extra and rc == 0:
+        block = sorted((k for k in kernels if k["part"] == "block"), key=lambda k: -k["ms"])
+        c.add(f"{name}: kernels of one block", "pass" if block else "FAIL (output)",
+              f"{sum(k['ms'] for k in block):.3f} ms" if block else "",
+              "; ".join(f"{k['phase']} {k['kernel']} {k['ms']:.3f} ms ({k['share_percent']:.0f}%)"
+                        for k in block[:8]) + " (CUDA events; all rows in gpu-check.json)",
+              0.0, kernels=kernels)
 
 
 def part_torch(c):
@@ -319,7 +331,8 @@ def main():
         ("demo training bf16", 1, lambda: part_demo(c, mpiexec, bf16=True)),
         ("p2bw bench fp32", 1, lambda: part_bench(c, "fp32", [])),
         ("p2bw bench TF32", 1, lambda: part_bench(c, "TF32", ["--set", "model.precision=tf32"])),
-        ("p2bw bench bf16", 1, lambda: part_bench(c, "bf16", ["--set", "model.precision=bf16"])),
+        ("p2bw bench bf16", 1,
+         lambda: part_bench(c, "bf16", ["--set", "model.precision=bf16", "--kernels"])),
         # the same without cuDNN's fused attention: what it gains (the same as above without it)
         ("p2bw bench bf16, native attention", 1,
          lambda: part_bench(c, "bf16, native attention", ["--set", "model.precision=bf16"],

@@ -356,6 +356,7 @@ void StageModel::forward_parts(const Exec& exec, const StoreView& params, Cache&
             w + part.param_offset, part.layout);
         kernels::encoder_forward<float, Store>(exec, flat(next, boundary_values()), cache.tokens,
                                                e.wte, e.wpe, B, T, C);
+        mark("embedding");
         break;
       }
       case PartKind::block:
@@ -385,22 +386,31 @@ void StageModel::block_forward(const Exec& exec, const PartRef& part, const Stor
   const bool causal = shape_.kind == config::ModelKind::gpt;
   kernels::layernorm_forward<float, Store>(exec, a.ln1, st.ln1_mean, st.ln1_rstd, a.x, w.ln1_weight,
                                            w.ln1_bias, N, C);
+  mark("layernorm");
   kernels::matmul_forward<float, Store>(exec, a.qkv, a.ln1, w.qkv_weight, w.qkv_bias, N, C, 3 * C);
+  mark("matmul qkv");
   kernels::attention_forward<float, Store>(exec, a.atty, st.att_lse, a.qkv, B, T, C, NH, causal,
                                            ws.f.attention);
+  mark("attention");
   kernels::matmul_forward<float, Store>(exec, a.res2, a.atty, w.attn_proj_weight, w.attn_proj_bias,
                                         N, C, C);
+  mark("matmul attention proj");
   kernels::residual_layernorm_forward<float, Store>(exec, a.res2, a.ln2, st.ln2_mean, st.ln2_rstd,
                                                     a.x, a.res2, w.ln2_weight, w.ln2_bias, N, C);
+  mark("residual + layernorm");
   // The fc pre-activation with its bias (the GEMM's epilogue) is stored, and GELU reads the
   // stored value, as PyTorch's bf16 autocast (a bf16 Linear, then GELU on its bf16 output): so
   // backward's GELU derivative is taken at the value forward's GELU saw.
   kernels::matmul_forward<float, Store>(exec, a.fch, a.ln2, w.fc_weight, w.fc_bias, N, C, 4 * C);
+  mark("matmul fc");
   kernels::gelu_forward<float, Store>(exec, a.fch_gelu, a.fch, 4 * n);
+  mark("gelu");
   const Flat<Store, Exec> y = flat(out, n);  // (B, T, C)
   kernels::matmul_forward<float, Store>(exec, y, a.fch_gelu, w.mlp_proj_weight, w.mlp_proj_bias, N,
                                         4 * C, C);
+  mark("matmul mlp proj");
   kernels::residual_forward<float, Store>(exec, y, a.res2, y, n);
+  mark("residual");
 }
 
 template <class Store>
@@ -417,15 +427,19 @@ void StageModel::head_forward(const Exec& exec, const PartRef& part, const Store
   const auto ws = workspace_views<Store>(workspace_, workspace_stats_, shape_, has_head());
   kernels::layernorm_forward<float, Store>(exec, cv.v.lnf, cv.f.lnf_mean, cv.f.lnf_rstd, cv.v.x,
                                            w.lnf_weight, w.lnf_bias, N, C);
+  mark("layernorm");
   kernels::matmul_forward<float, Store>(exec, ws.v.logits, cv.v.lnf, w.wte,
                                         ConstFlat<Store, Exec>(), N, C, Vp);
+  mark("matmul logits");
   kernels::classifier_forward<float, Store>(exec, ws.f.losses, cv.f.lse, ws.v.logits, cache.targets,
                                             N, V, Vp);
+  mark("cross-entropy");
   // The mean over positions with a target, summed in a fixed order on the device; a dropped loss
   // still counts the positions (backward's scale).
   kernels::classifier_mean_loss<float>(exec, loss_sum.data() ? loss_sum : loss_scratch_,
                                        cache.positions, ws.f.losses, cache.targets,
                                        reduction_scratch_, N);
+  mark("mean loss");
 }
 
 template <class Store>
@@ -448,8 +462,10 @@ void StageModel::backward_parts(const Exec& exec, const StoreView& params, Float
         const auto g = tensor_views<EmbeddingParameters, Flat<float, Exec>>(
             grads.data() + part.param_offset, part.layout);
         buckets_.build(exec, cache.tokens, std::int64_t{B} * T);
+        mark("embedding buckets");
         kernels::encoder_backward<float, Store>(exec, g.wte, g.wpe, cflat(upstream, n), buckets_, B,
                                                 T, C);
+        mark("embedding");
         break;
       }
       case PartKind::block:
@@ -486,24 +502,34 @@ void StageModel::block_backward(const Exec& exec, const PartRef& part, const Sto
   // MLP: out = res2 + proj(gelu(fc(ln2(res2))))
   kernels::matmul_backward<float, Store>(exec, ws.dfch, g.mlp_proj_weight, g.mlp_proj_bias, dy,
                                          a.fch_gelu, w.mlp_proj_weight, N, 4 * C, C, wf.colsum);
+  mark("matmul mlp proj");
   kernels::gelu_backward<float, Store>(exec, ws.dfch, ws.dfch, a.fch, 4 * n);
+  mark("gelu");
   kernels::matmul_backward<float, Store>(exec, ws.dln, g.fc_weight, g.fc_bias, ws.dfch, a.ln2,
                                          w.fc_weight, N, C, 4 * C, wf.colsum);
+  mark("matmul fc");
   kernels::layernorm_backward<float, Store>(exec, ws.tmp, g.ln2_weight, g.ln2_bias, ws.dln, a.res2,
                                             st.ln2_mean, st.ln2_rstd, w.ln2_weight, N, C,
                                             wf.colsum);
+  mark("layernorm");
   kernels::residual_forward<float, Store>(exec, ws.dres2, dy, ws.tmp, n);
+  mark("residual");
   // Attention: res2 = x + proj(attention(qkv(ln1(x))))
   kernels::matmul_backward<float, Store>(exec, ws.datty, g.attn_proj_weight, g.attn_proj_bias,
                                          ws.dres2, a.atty, w.attn_proj_weight, N, C, C, wf.colsum);
+  mark("matmul attention proj");
   kernels::attention_backward<float, Store>(exec, ws.dqkv, ws.datty, a.qkv, a.atty, st.att_lse,
                                             wf.attention, B, T, C, NH, causal);
+  mark("attention");
   kernels::matmul_backward<float, Store>(exec, ws.dln, g.qkv_weight, g.qkv_bias, ws.dqkv, a.ln1,
                                          w.qkv_weight, N, C, 3 * C, wf.colsum);
+  mark("matmul qkv");
   kernels::layernorm_backward<float, Store>(exec, ws.tmp, g.ln1_weight, g.ln1_bias, ws.dln, a.x,
                                             st.ln1_mean, st.ln1_rstd, w.ln1_weight, N, C,
                                             wf.colsum);
+  mark("layernorm");
   kernels::residual_forward<float, Store>(exec, flat(din, n), ws.dres2, ws.tmp, n);
+  mark("residual");
 }
 
 template <class Store>
@@ -526,13 +552,17 @@ void StageModel::head_backward(const Exec& exec, const PartRef& part, const Stor
   // their log-sum-exp. Their gradient overwrites them in the workspace.
   kernels::matmul_forward<float, Store>(exec, ws.v.logits, cv.v.lnf, w.wte,
                                         ConstFlat<Store, Exec>(), N, C, Vp);
+  mark("matmul logits");
   kernels::classifier_backward<float, Store>(exec, ws.v.logits, ws.v.logits, cv.f.lse,
                                              cache.targets, cache.positions, loss_scale, N, V, Vp);
+  mark("cross-entropy");
   kernels::matmul_backward<float, Store>(exec, ws.v.dln, g.wte, Flat<float, Exec>(), ws.v.logits,
                                          cv.v.lnf, w.wte, N, C, Vp);
+  mark("matmul logits");
   kernels::layernorm_backward<float, Store>(exec, flat(din, boundary_values()), g.lnf_weight,
                                             g.lnf_bias, ws.v.dln, cv.v.x, cv.f.lnf_mean,
                                             cv.f.lnf_rstd, w.lnf_weight, N, C, ws.f.colsum);
+  mark("layernorm");
 }
 
 }  // namespace p2bw::model

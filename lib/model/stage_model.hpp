@@ -12,6 +12,7 @@
 #include "core/device.hpp"
 #include "core/store_view.hpp"
 #include "kernels/encoder.hpp"
+#include "model/kernel_timer.hpp"
 #include "model/model_shape.hpp"
 #include "model/parameters.hpp"
 
@@ -144,7 +145,15 @@ class StageModel {
   void backward(const Exec& exec, const StoreView& params, FloatView grads, Cache& cache,
                 const StoreView& dout, const StoreView& din, double loss_scale);
 
+  // Per-kernel timing (p2bw bench --kernels): marks the end of each kernel launched on `timer`
+  // while it runs; null (the default) marks nothing.
+  void set_kernel_timer(KernelTimer* timer) { timer_ = timer; }
+
  private:
+  void mark(const char* kernel) const {
+    if (timer_ != nullptr) timer_->mark(kernel);
+  }
+
   struct PartRef {
     PartLayout layout;
     std::int64_t param_offset;       // in the stage's flat buffer
@@ -187,6 +196,7 @@ class StageModel {
   DoubleView loss_scratch_;                // (1) where a dropped or blocking forward's loss goes
   HostMirror<DoubleView> host_loss_;       // (2) the blocking forward's copy: loss, positions
   kernels::EncoderBuckets<Exec> buckets_;  // positions by token for the embedding's backward
+  KernelTimer* timer_ = nullptr;           // set_kernel_timer
 };
 
 }  // namespace p2bw::model

@@ -108,9 +108,10 @@ double median(std::vector<double> times) {
   return n % 2 == 1 ? times[n / 2] : (times[n / 2 - 1] + times[n / 2]) / 2;
 }
 
-void time_parts(const config::Deck& deck, int b, int first, int end, int repeats,
-                PartProfile& part) {
+void time_parts(const config::Deck& deck, int b, int first, int end, int repeats, PartProfile& part,
+                model::KernelTimer* timer) {
   model::StageModel model(deck.model, b, first, end);
+  model.set_kernel_timer(timer);
   // The fp32 master and the weights used in compute (bf16(master) under bf16, else the master).
   model::FloatView master("master", static_cast<size_t>(model.num_params()));
   model::FloatView grads("grads", static_cast<size_t>(model.num_params()));
@@ -141,11 +142,16 @@ void time_parts(const config::Deck& deck, int b, int first, int end, int repeats
   auto host_sums = Kokkos::create_mirror_view(sums);
   std::vector<double> forward, backward, recompute, step;
   for (int r = 0; r <= repeats; ++r) {
+    model::KernelTimer* const marks = r > 0 ? timer : nullptr;  // the warm-up is not timed
     const auto t0 = Clock::now();
+    if (marks != nullptr) marks->start("forward");
     model.forward(exec, params, cache, out);
+    if (marks != nullptr) marks->stop();
     exec.fence();
     const auto t1 = Clock::now();
+    if (marks != nullptr) marks->start("backward");
     model.backward(exec, params, grads, cache, dout, din, 1.0);
+    if (marks != nullptr) marks->stop();
     exec.fence();
     const auto t2 = Clock::now();
     // Recomputation: the stage input is all that was kept; backward re-runs forward first.

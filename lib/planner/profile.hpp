@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "config/deck.hpp"
+#include "model/kernel_timer.hpp"
 
 namespace p2bw::planner {
 
@@ -63,9 +64,10 @@ Profile analytic_profile(const config::ModelConfig& model, double flops_per_devi
 // backward with a stashed cache, re-forward + backward (recomputation), and the per-batch update
 // as the executor does it (gradient square sums, optimizer step, gradient zeroing). Needs Kokkos
 // initialised; `deck` gives the model, seed, optimizer and TF32 setting. Used by `p2bw profile`
-// and `p2bw bench`.
-void time_parts(const config::Deck& deck, int b, int first, int end, int repeats,
-                PartProfile& part);
+// and `p2bw bench`. With a `timer`, the timed forwards and backwards (not the warm-up, not the
+// recomputation) also mark each kernel on it, as phases "forward" and "backward".
+void time_parts(const config::Deck& deck, int b, int first, int end, int repeats, PartProfile& part,
+                model::KernelTimer* timer = nullptr);
 
 // Median of timings (the mean of the middle two for an even count); `times` must not be empty.
 double median(std::vector<double> times);
