@@ -103,46 +103,55 @@ std::shared_ptr<fe::graph::Graph> new_graph() {
   return graph;
 }
 
-std::shared_ptr<fe::graph::Graph> forward_graph(const Shape& s) {
-  auto graph = new_graph();
-  const std::int64_t C = static_cast<std::int64_t>(s.NH) * s.hs;
-  auto q = graph->tensor(tensor("q", kQ, s, 3 * C));
-  auto k = graph->tensor(tensor("k", kK, s, 3 * C));
-  auto v = graph->tensor(tensor("v", kV, s, 3 * C));
-  auto options = fe::graph::SDPA_attributes()
-                     .set_name("p2bw::attention_forward")
-                     .set_generate_stats(true)
-                     .set_attn_scale(1.0f / std::sqrt(static_cast<float>(s.hs)));
+// q, k and v, read in place from the fused projection (B, T, 3C).
+struct QkvTensors {
+  std::shared_ptr<fe::graph::Tensor_attributes> q, k, v;
+};
+QkvTensors qkv_tensors(fe::graph::Graph& graph, const Shape& s) {
+  const std::int64_t C3 = 3 * static_cast<std::int64_t>(s.NH) * s.hs;
+  return {graph.tensor(tensor("q", kQ, s, C3)), graph.tensor(tensor("k", kK, s, C3)),
+          graph.tensor(tensor("v", kV, s, C3))};
+}
+
+// The scale 1/sqrt(hs) and, for GPT, the causal mask (key j <= query i).
+template <class Options>
+Options& scaled_and_masked(Options& options, const Shape& s) {
+  options.set_attn_scale(1.0f / std::sqrt(static_cast<float>(s.hs)));
   if (s.causal)
     options.set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT)
         .set_diagonal_band_right_bound(0);
-  auto [o, stats] = graph->sdpa(q, k, v, options);
+  return options;
+}
+
+std::shared_ptr<fe::graph::Graph> forward_graph(const Shape& s) {
+  auto graph = new_graph();
+  const std::int64_t C = static_cast<std::int64_t>(s.NH) * s.hs;
+  const QkvTensors in = qkv_tensors(*graph, s);
+  auto options =
+      fe::graph::SDPA_attributes().set_name("p2bw::attention_forward").set_generate_stats(true);
+  auto [o, stats] = graph->sdpa(in.q, in.k, in.v, scaled_and_masked(options, s));
   o->set_output(true).set_uid(kO).set_dim(dims(s, s.hs)).set_stride(strides(s, C));
+  const fe::graph::Tensor_attributes lse = stats_tensor(s);
   stats->set_output(true)
       .set_uid(kStats)
       .set_data_type(fe::DataType_t::FLOAT)
-      .set_dim(dims(s, 1))
-      .set_stride({static_cast<std::int64_t>(s.NH) * s.T, s.T, 1, 1});
+      .set_dim(lse.get_dim())
+      .set_stride(lse.get_stride());
   return graph;
 }
 
 std::shared_ptr<fe::graph::Graph> backward_graph(const Shape& s) {
   auto graph = new_graph();
   const std::int64_t C = static_cast<std::int64_t>(s.NH) * s.hs;
-  auto q = graph->tensor(tensor("q", kQ, s, 3 * C));
-  auto k = graph->tensor(tensor("k", kK, s, 3 * C));
-  auto v = graph->tensor(tensor("v", kV, s, 3 * C));
+  const QkvTensors in = qkv_tensors(*graph, s);
   auto o = graph->tensor(tensor("out", kO, s, C));
   auto dout = graph->tensor(tensor("dout", kDO, s, C));
   auto stats = graph->tensor(stats_tensor(s));
   auto options = fe::graph::SDPA_backward_attributes()
                      .set_name("p2bw::attention_backward")
-                     .set_attn_scale(1.0f / std::sqrt(static_cast<float>(s.hs)))
                      .set_deterministic_algorithm(true);
-  if (s.causal)
-    options.set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT)
-        .set_diagonal_band_right_bound(0);
-  auto [dq, dk, dv] = graph->sdpa_backward(q, k, v, o, dout, stats, options);
+  auto [dq, dk, dv] =
+      graph->sdpa_backward(in.q, in.k, in.v, o, dout, stats, scaled_and_masked(options, s));
   dq->set_output(true).set_uid(kDQ).set_dim(dims(s, s.hs)).set_stride(strides(s, 3 * C));
   dk->set_output(true).set_uid(kDK).set_dim(dims(s, s.hs)).set_stride(strides(s, 3 * C));
   dv->set_output(true).set_uid(kDV).set_dim(dims(s, s.hs)).set_stride(strides(s, 3 * C));
