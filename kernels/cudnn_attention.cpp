@@ -315,6 +315,14 @@ std::string cudnn_version() {
   return cudnn.version();
 }
 
+std::string cudnn_built_against() {
+  return "cuDNN " + std::to_string(CUDNN_MAJOR) + "." + std::to_string(CUDNN_MINOR) + "." +
+         std::to_string(CUDNN_PATCHLEVEL) + " headers, cuDNN frontend " +
+         std::to_string(CUDNN_FRONTEND_MAJOR_VERSION) + "." +
+         std::to_string(CUDNN_FRONTEND_MINOR_VERSION) + "." +
+         std::to_string(CUDNN_FRONTEND_PATCH_VERSION);
+}
+
 void release_cudnn_attention() {
   Cudnn& cudnn = Cudnn::instance();
   const std::lock_guard<std::mutex> lock(cudnn.mutex());

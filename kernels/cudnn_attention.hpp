@@ -37,6 +37,9 @@ void cudnn_attention_backward(cudaStream_t stream, void* dqkv,  // bf16 (B, T, 3
 // The cuDNN version loaded ("cuDNN 9.19.0"), or "" before the first call or without cuDNN.
 std::string cudnn_version();
 
+// What it was compiled against: "cuDNN 9.19.0 headers, cuDNN frontend 1.23.0".
+std::string cudnn_built_against();
+
 // Frees the graphs, the workspace and the handle (before Kokkos::finalize).
 void release_cudnn_attention();
 

@@ -317,7 +317,7 @@ def main():
     env["libraries found for p2bw in"] = os.environ.get("P2BW_GPU_CHECK_LIBRARY_DIRS") or "(none added)"
     unresolved = os.environ.get("P2BW_GPU_CHECK_UNRESOLVED", "").split()
     rc, text, _ = c.run("p2bw --version", [c.bin("p2bw"), "--version"], 30)
-    env["p2bw"] = " / ".join(text.strip().splitlines()[:5]) if rc == 0 else f"rc {rc}: {last_line(text)}"
+    env["p2bw"] = " / ".join(text.strip().splitlines()[:6]) if rc == 0 else f"rc {rc}: {last_line(text)}"
     mpiexec = [c.bin("mpiexec"), "-launcher", "fork"]
 
     tests = lambda name, cmd, limit: (name, 1, lambda: part_tests(c, name, cmd, limit))

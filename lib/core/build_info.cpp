@@ -12,6 +12,9 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 #endif
+#ifdef P2BW_CUDNN
+#include "kernels/cudnn_attention.hpp"
+#endif
 
 #ifndef P2BW_VERSION
 #define P2BW_VERSION "unknown"
@@ -59,8 +62,17 @@ std::string build_description() {
   ncclGetVersion(&nccl_code);
   nccl = fmt::format("{}.{}.{}", nccl_code / 10000, nccl_code / 100 % 100, nccl_code % 100);
 #endif
-  return fmt::format("p2bw {}\n{}\nMPI: {}\nHDF5 {}.{}.{}\nNCCL: {}\n", p2bw_version(),
-                     kokkos_description(), mpi, h5_major, h5_minor, h5_release, nccl);
+  std::string attention = "host kernels (no GPU in this build)";
+#if defined(KOKKOS_ENABLE_CUDA) && !defined(P2BW_CUDNN)
+  attention = "the native kernels (built without cuDNN)";
+#endif
+#ifdef P2BW_CUDNN
+  attention = "bf16 on cuDNN's fused attention where libcudnn.so.9 loads (built against " +
+              kernels::cudnn_built_against() + ")";
+#endif
+  return fmt::format("p2bw {}\n{}\nMPI: {}\nHDF5 {}.{}.{}\nNCCL: {}\nattention: {}\n",
+                     p2bw_version(), kokkos_description(), mpi, h5_major, h5_minor, h5_release,
+                     nccl, attention);
 }
 
 std::string missing_device() {
