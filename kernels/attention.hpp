@@ -646,11 +646,10 @@ void attention_forward(const Exec& exec, Flat<Store, Exec> out,  // (B, T, C)
   if constexpr (detail::attention_may_use_cudnn<Real, Store, Exec>()) {
     detail::check_forward_args<Real, Store, Exec>(out, lse, qkv, B, T, C, NH);
     if (static_cast<index_t>(B) * T * C == 0) return;
-    if (detail::attention_runs_on_cudnn<Real, Store, Exec>(B, T, C, NH, causal)) {
-      cudnn_attention_forward(exec.cuda_stream(), out.data(), lse.data(), qkv.data(), B, T, C, NH,
-                              causal);
+    if (detail::attention_runs_on_cudnn<Real, Store, Exec>(B, T, C, NH, causal) &&
+        cudnn_attention_forward(exec.cuda_stream(), out.data(), lse.data(), qkv.data(), B, T, C, NH,
+                                causal))
       return;
-    }
   }
 #endif
   if constexpr (detail::attention_uses_blas<Real, Exec>()) {
@@ -691,11 +690,10 @@ void attention_backward(const Exec& exec, Flat<Store, Exec> dqkv,  // (B, T, 3C)
         dqkv, dout, qkv, out, lse, workspace,
         attention_backward_workspace<Real, Store, Exec>(B, T, C, NH), B, T, C, NH);
     if (static_cast<index_t>(B) * T * C == 0) return;
-    if (detail::attention_runs_on_cudnn<Real, Store, Exec>(B, T, C, NH, causal)) {
-      cudnn_attention_backward(exec.cuda_stream(), dqkv.data(), dout.data(), qkv.data(), out.data(),
-                               lse.data(), B, T, C, NH, causal);
+    if (detail::attention_runs_on_cudnn<Real, Store, Exec>(B, T, C, NH, causal) &&
+        cudnn_attention_backward(exec.cuda_stream(), dqkv.data(), dout.data(), qkv.data(),
+                                 out.data(), lse.data(), B, T, C, NH, causal))
       return;
-    }
   }
 #endif
   if constexpr (detail::attention_uses_blas<Real, Exec>()) {

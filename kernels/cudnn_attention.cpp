@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>  // before the frontend, whose shim uses std::strlen without it
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -260,6 +261,14 @@ class Cudnn {
   std::int64_t workspace_bytes_ = 0;
 };
 
+// Whether every buffer, and with bf16 rows of C values every head's k and v block, starts on
+// 16 bytes.
+bool aligned(std::initializer_list<const void*> buffers, int C) {
+  for (const void* p : buffers)
+    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) return false;
+  return (2 * static_cast<std::int64_t>(C)) % 16 == 0;
+}
+
 Shape shape_of(int B, int T, int C, int NH, bool causal, bool backward) {
   return {B, T, NH, C / NH, causal, backward};
 }
@@ -281,18 +290,21 @@ std::string cudnn_attention_unavailable(int B, int T, int C, int NH, bool causal
   return "";
 }
 
-void cudnn_attention_forward(cudaStream_t stream, void* out, float* lse, const void* qkv, int B,
+bool cudnn_attention_forward(cudaStream_t stream, void* out, float* lse, const void* qkv, int B,
                              int T, int C, int NH, bool causal) {
+  if (!aligned({out, lse, qkv}, C)) return false;
   Cudnn& cudnn = Cudnn::instance();
   const std::lock_guard<std::mutex> lock(cudnn.mutex());
   auto* base = static_cast<std::uint16_t*>(const_cast<void*>(qkv));  // bf16: 2 bytes a value
   cudnn.execute(shape_of(B, T, C, NH, causal, false), stream,
                 {{kQ, base}, {kK, base + C}, {kV, base + 2 * C}, {kO, out}, {kStats, lse}});
+  return true;
 }
 
-void cudnn_attention_backward(cudaStream_t stream, void* dqkv, const void* dout, const void* qkv,
+bool cudnn_attention_backward(cudaStream_t stream, void* dqkv, const void* dout, const void* qkv,
                               const void* out, const float* lse, int B, int T, int C, int NH,
                               bool causal) {
+  if (!aligned({dqkv, dout, qkv, out, lse}, C)) return false;
   Cudnn& cudnn = Cudnn::instance();
   const std::lock_guard<std::mutex> lock(cudnn.mutex());
   auto* base = static_cast<std::uint16_t*>(const_cast<void*>(qkv));
@@ -307,6 +319,7 @@ void cudnn_attention_backward(cudaStream_t stream, void* dqkv, const void* dout,
                  {kDQ, grad},
                  {kDK, grad + C},
                  {kDV, grad + 2 * C}});
+  return true;
 }
 
 std::string cudnn_version() {

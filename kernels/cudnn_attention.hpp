@@ -21,13 +21,16 @@ namespace p2bw::kernels {
 std::string cudnn_attention_unavailable(int B, int T, int C, int NH, bool causal);
 
 // out = softmax(mask(q k^T / sqrt(hs))) v per head; lse = log sum exp of the scaled scores.
-void cudnn_attention_forward(cudaStream_t stream, void* out,  // bf16 (B, T, C)
+// Returns false, having done nothing, when a buffer is not 16-byte aligned (cuDNN's tensor-core
+// loads need it): the caller runs the native kernels then (same lse definition, so a backward on
+// either implementation may follow a forward on the other).
+bool cudnn_attention_forward(cudaStream_t stream, void* out,  // bf16 (B, T, C)
                              float* lse,                      // (B, NH, T)
                              const void* qkv,                 // bf16 (B, T, 3C)
                              int B, int T, int C, int NH, bool causal);
 
-// dqkv (assigned) from dout, the forward's qkv, out and lse.
-void cudnn_attention_backward(cudaStream_t stream, void* dqkv,  // bf16 (B, T, 3C)
+// dqkv (assigned) from dout, the forward's qkv, out and lse; false as forward.
+bool cudnn_attention_backward(cudaStream_t stream, void* dqkv,  // bf16 (B, T, 3C)
                               const void* dout,                 // bf16 (B, T, C)
                               const void* qkv,                  // bf16 (B, T, 3C)
                               const void* out,                  // bf16 (B, T, C)
