@@ -238,12 +238,13 @@ def part_bench(c, label, extra, env=None):
                 "share_percent": float(k[5])}
                for k in re.findall(r"^(embedding|block|head)\s+(forward|backward)\s+(.+?)\s+(\d+)\s+"
                                    r"([\d.]+)\s+([\d.]+)%$", text, re.M)]
+    clock = re.search(r"^kernels \(([^;]*);", text, re.M)
     if "--kernels" in extra and rc == 0:
         block = sorted((k for k in kernels if k["part"] == "block"), key=lambda k: -k["ms"])
         c.add(f"{name}: kernels of one block", "pass" if block else "FAIL (output)",
               f"{sum(k['ms'] for k in block):.3f} ms" if block else "",
               "; ".join(f"{k['phase']} {k['kernel']} {k['ms']:.3f} ms ({k['share_percent']:.0f}%)"
-                        for k in block[:8]) + " (CUDA events; all rows in gpu-check.json)",
+                        for k in block[:8]) + f" ({clock.group(1) if clock else '?'}; all rows in gpu-check.json)",
               0.0, kernels=kernels)
 
 
