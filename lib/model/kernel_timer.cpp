@@ -17,12 +17,6 @@ double now_s() {
 
 KernelTimer::KernelTimer(const Exec& exec) : exec_(exec) {}
 
-KernelTimer::~KernelTimer() {
-#ifdef KOKKOS_ENABLE_CUDA
-  for (cudaEvent_t e : events_) cudaEventDestroy(e);  // no checks: may run while unwinding
-#endif
-}
-
 void KernelTimer::add(const char* kernel, double seconds) {
   for (Total& t : totals_) {
     if (t.phase == phase_ && t.kernel == kernel) {
@@ -36,24 +30,15 @@ void KernelTimer::add(const char* kernel, double seconds) {
 
 #ifdef KOKKOS_ENABLE_CUDA
 
-cudaEvent_t KernelTimer::event() {
-  if (used_ == events_.size()) {
-    cudaEvent_t e = nullptr;
-    P2BW_CUDA_CHECK(cudaEventCreate(&e));
-    events_.push_back(e);
-  }
-  return events_[used_++];
-}
-
 void KernelTimer::start(const char* phase) {
   phase_ = phase;
-  last_ = event();
+  last_ = events_.take();
   P2BW_CUDA_CHECK(cudaEventRecord(last_, exec_.cuda_stream()));
 }
 
 void KernelTimer::mark(const char* kernel) {
   if (phase_ == nullptr) return;
-  const cudaEvent_t end = event();
+  const cudaEvent_t end = events_.take();
   P2BW_CUDA_CHECK(cudaEventRecord(end, exec_.cuda_stream()));
   pending_.push_back({phase_, kernel, last_, end});
   last_ = end;
@@ -74,7 +59,7 @@ std::vector<KernelTimer::Total> KernelTimer::totals() {
   }
   phase_ = running;
   pending_.clear();
-  used_ = 0;
+  events_.reset();
   if (phase_ != nullptr) start(phase_);  // the events are reused: a running phase restarts
   return totals_;
 }

@@ -10,9 +10,7 @@
 
 #include "core/device.hpp"
 
-#ifdef KOKKOS_ENABLE_CUDA
-#include <cuda_runtime.h>
-#endif
+#include "core/cuda_events.hpp"
 
 namespace p2bw::model {
 
@@ -26,7 +24,6 @@ class KernelTimer {
   };
 
   explicit KernelTimer(const Exec& exec);
-  ~KernelTimer();
   KernelTimer(const KernelTimer&) = delete;
   KernelTimer& operator=(const KernelTimer&) = delete;
 
@@ -47,14 +44,12 @@ class KernelTimer {
   const char* phase_ = nullptr;
   std::vector<Total> totals_;
 #ifdef KOKKOS_ENABLE_CUDA
-  cudaEvent_t event();  // from the pool
   struct Pending {
     const char* phase;
     const char* kernel;
     cudaEvent_t begin, end;
   };
-  std::vector<cudaEvent_t> events_;
-  std::size_t used_ = 0;
+  CudaEventPool events_;        // the taken ones belong to pending_ and last_
   cudaEvent_t last_ = nullptr;  // the previous mark (or start)
   std::vector<Pending> pending_;
 #else

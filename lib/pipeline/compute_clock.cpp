@@ -17,22 +17,11 @@ ComputeClock::ComputeClock(const Exec& exec, std::function<double()> now,
 
 ComputeClock::~ComputeClock() {
 #ifdef KOKKOS_ENABLE_CUDA
-  // No checks: this may run while an error unwinds.
-  for (cudaEvent_t e : events_) cudaEventDestroy(e);
-  cudaEventDestroy(anchor_);
+  cudaEventDestroy(anchor_);  // no checks: this may run while an error unwinds
 #endif
 }
 
 #ifdef KOKKOS_ENABLE_CUDA
-
-cudaEvent_t ComputeClock::event() {
-  if (used_ == events_.size()) {
-    cudaEvent_t e = nullptr;
-    P2BW_CUDA_CHECK(cudaEventCreate(&e));
-    events_.push_back(e);
-  }
-  return events_[used_++];
-}
 
 void ComputeClock::anchor() {
   P2BW_CUDA_CHECK(cudaEventRecord(anchor_, exec_.cuda_stream()));
@@ -42,13 +31,13 @@ void ComputeClock::anchor() {
 
 void ComputeClock::begin() {
   if (pending_.empty()) anchor();  // the first interval since collect(): the stream is idle
-  open_ = event();
+  open_ = events_.take();
   P2BW_CUDA_CHECK(cudaEventRecord(open_, exec_.cuda_stream()));
 }
 
 void ComputeClock::end(schedule::ActionKind kind, int mb, int version) {
   P2BW_ASSERT(open_ != nullptr, "a compute interval ended that did not begin");
-  const cudaEvent_t stop = event();
+  const cudaEvent_t stop = events_.take();
   P2BW_CUDA_CHECK(cudaEventRecord(stop, exec_.cuda_stream()));
   pending_.push_back({kind, mb, version, open_, stop});
   open_ = nullptr;
@@ -68,7 +57,7 @@ double ComputeClock::collect() {
     sink_(interval);
   }
   pending_.clear();
-  used_ = 0;
+  events_.reset();
   return total;
 }
 

@@ -7,6 +7,7 @@
 #include <functional>
 #include <vector>
 
+#include "core/cuda_events.hpp"
 #include "core/device.hpp"
 #include "schedule/schedule.hpp"
 
@@ -54,10 +55,8 @@ class ComputeClock {
     cudaEvent_t start;
     cudaEvent_t end;
   };
-  cudaEvent_t event();  // a free event from the pool
-  void anchor();        // records an event on the idle stream and the host time it happened
-  std::vector<cudaEvent_t> events_;  // all created, reused every step
-  size_t used_ = 0;                  // events_[0, used_) belong to pending_ or the anchor
+  void anchor();          // records an event on the idle stream and the host time it happened
+  CudaEventPool events_;  // reused every step: the taken ones belong to pending_ and open_
   std::vector<Pending> pending_;
   cudaEvent_t open_ = nullptr;  // the start of the interval begun and not yet ended
   cudaEvent_t anchor_ = nullptr;
