@@ -194,18 +194,23 @@ class MpiTransport : public Transport {
 
 }  // namespace
 
-void wait_with_deadline(std::vector<MPI_Request>& requests, double timeout_s, int stage,
-                        const std::string& what) {
-  if (!poll(requests.data(), static_cast<int>(requests.size()), timeout_s))
+namespace {
+void wait_or_throw(MPI_Request* requests, int count, double timeout_s, int stage,
+                   const std::string& what) {
+  if (!poll(requests, count, timeout_s))
     throw RunError(fmt::format("stage {}: {}: no progress for {} s (pipeline.timeout_s)", stage,
                                what, timeout_s));
+}
+}  // namespace
+
+void wait_with_deadline(std::vector<MPI_Request>& requests, double timeout_s, int stage,
+                        const std::string& what) {
+  wait_or_throw(requests.data(), static_cast<int>(requests.size()), timeout_s, stage, what);
 }
 
 void wait_with_deadline(MPI_Request& request, double timeout_s, int stage,
                         const std::string& what) {
-  std::vector<MPI_Request> requests{request};
-  wait_with_deadline(requests, timeout_s, stage, what);
-  request = requests[0];
+  wait_or_throw(&request, 1, timeout_s, stage, what);
 }
 
 std::unique_ptr<Transport> make_mpi_transport(MPI_Comm world, double timeout_s, int stage,
