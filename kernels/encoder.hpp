@@ -10,10 +10,35 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/packed.hpp"
 #include "kernels/storage.hpp"
 #include "kernels/types.hpp"
 
 namespace p2bw::kernels {
+
+namespace detail {
+// Elements [first, first + K) of out, within one row (K divides C).
+template <class Real, class Store>
+struct EncoderForward {
+  Store* out;         // (B, T, C)
+  const int* tokens;  // (B, T)
+  const Store* wte;   // (Vp, C)
+  const Store* wpe;   // (maxT, C)
+  index_t T, C;
+  template <int K>
+  KOKKOS_INLINE_FUNCTION void at(index_t first) const {
+    const index_t bt = first / C, c = first % C, t = bt % T;
+    const Pack<Store, K> e = load_pack<K>(wte + static_cast<index_t>(tokens[bt]) * C + c);
+    const Pack<Store, K> p = load_pack<K>(wpe + t * C + c);
+    Pack<Store, K> y;
+    for (int k = 0; k < K; ++k) {
+      const Real ek = widen(e.v[k]), pk = widen(p.v[k]);
+      y.v[k] = narrow<Store>(ek + pk);
+    }
+    store_pack<K>(out + first, y);
+  }
+};
+}  // namespace detail
 
 // Precondition (not checked on the device): 0 <= tokens[i] < the number of rows of wte.
 template <class Real, class Store = Real, class Exec>
@@ -26,16 +51,12 @@ void encoder_forward(const Exec& exec, Flat<Store, Exec> out,  // (B, T, C)
   detail::require_size(out, BT * C, "encoder_forward", "out");
   detail::require_size(tokens, BT, "encoder_forward", "tokens");
   detail::require_size(wpe, static_cast<index_t>(T) * C, "encoder_forward", "wpe");
-  Kokkos::parallel_for(
-      "p2bw::encoder_forward", Kokkos::RangePolicy<Exec>(exec, 0, BT * C),
-      KOKKOS_LAMBDA(const index_t i) {
-        const index_t bt = i / C;
-        const index_t c = i % C;
-        const index_t t = bt % T;
-        const Real e = widen(wte(static_cast<index_t>(tokens(bt)) * C + c));
-        const Real p = widen(wpe(t * C + c));
-        out(i) = narrow<Store>(e + p);
-      });
+  const detail::EncoderForward<Real, Store> body{
+      out.data(), tokens.data(), wte.data(), wpe.data(), T, C};
+  // A pack never crosses a row: packs only when the width divides C.
+  constexpr int W = pack_width<Store>();
+  const bool packed = C % W == 0 && detail::use_packs<Exec>(body.out, body.wte, body.wpe);
+  for_each_packed<W>(exec, "p2bw::encoder_forward", BT * C, packed, body);
 }
 
 // The positions of a microbatch grouped by token (llm.c's bucketing), made on the host: bucket k

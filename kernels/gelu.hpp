@@ -6,6 +6,7 @@
 // them with widen(), computes in Real and rounds only what it stores.
 #pragma once
 
+#include "kernels/packed.hpp"
 #include "kernels/storage.hpp"
 #include "kernels/types.hpp"
 
@@ -64,29 +65,39 @@ constexpr bool gelu_on_host() {
          (std::is_same<Store, float>::value || is_bf16_storage<Store>()) && is_host_space<Exec>();
 }
 
-// The portable kernels (any execution space and scalar), in functions of their own: the public
-// entry points below choose between them and the host loops with `if constexpr`, as gemm.hpp
-// and attention.hpp do, with no device lambda inside a constexpr-if.
-template <class Real, class Store, class Exec>
-void gelu_forward_portable(const Exec& exec, const Flat<Store, Exec>& out,  // (n)
-                           const ConstFlat<Store, Exec>& inp, index_t n) {  // (n)
-  Kokkos::parallel_for(
-      "p2bw::gelu_forward", Kokkos::RangePolicy<Exec>(exec, 0, n), KOKKOS_LAMBDA(const index_t i) {
-        const Real x = widen(inp(i));
-        out(i) = narrow<Store>(gelu(x));
-      });
-}
+// The portable kernels (any execution space and scalar), as packed bodies (kernels/packed.hpp);
+// the public entry points below choose between them and the host loops with `if constexpr`, as
+// gemm.hpp and attention.hpp do.
+template <class Real, class Store>
+struct GeluForward {
+  Store* out;        // (n)
+  const Store* inp;  // (n)
+  template <int K>
+  KOKKOS_INLINE_FUNCTION void at(index_t first) const {
+    const Pack<Store, K> x = load_pack<K>(inp + first);
+    Pack<Store, K> y;
+    for (int k = 0; k < K; ++k) y.v[k] = narrow<Store>(gelu(static_cast<Real>(widen(x.v[k]))));
+    store_pack<K>(out + first, y);
+  }
+};
 
-template <class Real, class Store, class Exec>
-void gelu_backward_portable(const Exec& exec, const Flat<Store, Exec>& dinp,  // (n)
-                            const ConstFlat<Store, Exec>& dout,               // (n)
-                            const ConstFlat<Store, Exec>& inp, index_t n) {   // (n)
-  Kokkos::parallel_for(
-      "p2bw::gelu_backward", Kokkos::RangePolicy<Exec>(exec, 0, n), KOKKOS_LAMBDA(const index_t i) {
-        const Real x = widen(inp(i)), dy = widen(dout(i));
-        dinp(i) = narrow<Store>(gelu_grad(x) * dy);
-      });
-}
+template <class Real, class Store>
+struct GeluBackward {
+  Store* dinp;        // (n), may be dout
+  const Store* dout;  // (n)
+  const Store* inp;   // (n)
+  template <int K>
+  KOKKOS_INLINE_FUNCTION void at(index_t first) const {
+    const Pack<Store, K> x = load_pack<K>(inp + first);
+    const Pack<Store, K> dy = load_pack<K>(dout + first);
+    Pack<Store, K> dx;
+    for (int k = 0; k < K; ++k) {
+      const Real xk = widen(x.v[k]), dyk = widen(dy.v[k]);
+      dx.v[k] = narrow<Store>(gelu_grad(xk) * dyk);
+    }
+    store_pack<K>(dinp + first, dx);
+  }
+};
 
 }  // namespace detail
 
@@ -103,7 +114,9 @@ void gelu_forward(const Exec& exec, Flat<Store, Exec> out,  // (n)
         exec, "p2bw::gelu_forward", n, detail::kGeluHostChunk,
         [=](index_t begin, index_t end) { detail::gelu_forward_host(o, x, begin, end); });
   } else {
-    detail::gelu_forward_portable<Real, Store, Exec>(exec, out, inp, n);
+    const detail::GeluForward<Real, Store> body{out.data(), inp.data()};
+    for_each_packed<pack_width<Store>()>(exec, "p2bw::gelu_forward", n,
+                                         detail::use_packs<Exec>(body.out, body.inp), body);
   }
 }
 
@@ -124,7 +137,10 @@ void gelu_backward(const Exec& exec, Flat<Store, Exec> dinp,  // (n), assigned
         exec, "p2bw::gelu_backward", n, detail::kGeluHostChunk,
         [=](index_t begin, index_t end) { detail::gelu_backward_host(d, dy, x, begin, end); });
   } else {
-    detail::gelu_backward_portable<Real, Store, Exec>(exec, dinp, dout, inp, n);
+    const detail::GeluBackward<Real, Store> body{dinp.data(), dout.data(), inp.data()};
+    for_each_packed<pack_width<Store>()>(exec, "p2bw::gelu_backward", n,
+                                         detail::use_packs<Exec>(body.dinp, body.dout, body.inp),
+                                         body);
   }
 }
 
