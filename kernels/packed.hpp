@@ -104,8 +104,7 @@ struct ElementLoop {
 
 // Runs body over elements [0, n) on exec, in packs of W when packed (see above). Queued on exec.
 template <int W, class Exec, class Body>
-void for_each_packed(const Exec& exec, const char* name, index_t n, bool packed,
-                     const Body& body) {
+void for_each_packed(const Exec& exec, const char* name, index_t n, bool packed, const Body& body) {
   if (packed) {
     const index_t packs = n / W;
     Kokkos::parallel_for(name, Kokkos::RangePolicy<Exec>(exec, 0, packs + n % W),

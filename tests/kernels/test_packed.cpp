@@ -25,16 +25,25 @@ constexpr Way kWays[] = {Way::element, Way::packed, Way::packed_off_by_one, Way:
                          Way::entry_off_by_one};
 const char* name(Way w) {
   switch (w) {
-    case Way::element: return "element loop";
-    case Way::packed: return "packed loop";
-    case Way::packed_off_by_one: return "packed loop, buffers off by one";
-    case Way::entry: return "entry point";
-    case Way::entry_off_by_one: return "entry point, buffers off by one";
+    case Way::element:
+      return "element loop";
+    case Way::packed:
+      return "packed loop";
+    case Way::packed_off_by_one:
+      return "packed loop, buffers off by one";
+    case Way::entry:
+      return "entry point";
+    case Way::entry_off_by_one:
+      return "entry point, buffers off by one";
   }
   return "?";
 }
-bool off_by_one(Way w) { return w == Way::packed_off_by_one || w == Way::entry_off_by_one; }
-bool is_entry(Way w) { return w == Way::entry || w == Way::entry_off_by_one; }
+bool off_by_one(Way w) {
+  return w == Way::packed_off_by_one || w == Way::entry_off_by_one;
+}
+bool is_entry(Way w) {
+  return w == Way::entry || w == Way::entry_off_by_one;
+}
 
 constexpr index_t kLengths[] = {1, 7, 8, 9, 67, 4101};
 constexpr int kGuard = 9;  // sentinel elements after each buffer (more than a bf16 pack)
@@ -54,9 +63,7 @@ struct Region {
     buf.fill(sentinel<T>());
   }
   T* ptr() const { return buf.d.data() + offset; }
-  Flat<T, Exec> view() const {
-    return Kokkos::subview(buf.d, std::make_pair(offset, offset + n));
-  }
+  Flat<T, Exec> view() const { return Kokkos::subview(buf.d, std::make_pair(offset, offset + n)); }
   void set(const std::vector<T>& v) const {
     for (index_t j = 0; j < n; ++j) buf[offset + j] = v[j];
     buf.to_device();
@@ -67,8 +74,8 @@ struct Region {
     const T s = sentinel<T>();
     for (index_t j = 0; j < static_cast<index_t>(buf.size()); ++j) {
       if (j >= offset && j < offset + n) continue;
-      EXPECT_EQ(std::memcmp(&buf[j], &s, sizeof(T)), 0) << what << ": element " << j - offset
-                                                        << " outside the buffer was written";
+      EXPECT_EQ(std::memcmp(&buf[j], &s, sizeof(T)), 0)
+          << what << ": element " << j - offset << " outside the buffer was written";
     }
     std::vector<unsigned char> out(sizeof(T) * n);
     std::memcpy(out.data(), &buf[offset], out.size());
