@@ -1,7 +1,8 @@
 // Token + position embedding (GPT-2 / llm.c "encoder"): out[b, t, :] = wte[tok[b, t], :] +
 // wpe[t, :]. Forward keeps nothing but the token ids; backward accumulates into dwte and dwpe
 // without floating-point atomics, in a fixed order (bitwise reproducible, see encoder_backward),
-// over the positions grouped by token on the host (EncoderBuckets), never comparing pairs.
+// over the positions grouped by token (EncoderBuckets, sorted on the host when the tokens are
+// loaded), never comparing pairs.
 // The embeddings (weights used in compute), the output and its gradient are Store
 // (kernels/storage.hpp); the parameter gradients dwte and dwpe are Real.
 #pragma once
@@ -59,61 +60,81 @@ void encoder_forward(const Exec& exec, Flat<Store, Exec> out,  // (B, T, C)
   for_each_packed<W>(exec, "p2bw::encoder_forward", BT * C, packed, body);
 }
 
-// The positions of a microbatch grouped by token (llm.c's bucketing), made on the host: bucket k
-// holds token token[k] at positions positions[begin[k] .. begin[k+1]) in ascending order. Made
-// once per stage model and reused, so building it allocates nothing after the first use.
+// The positions of a microbatch grouped by token (llm.c's bucketing), on the device: bucket k
+// holds token token[k] at positions positions[begin[k] .. begin[k+1]) in ascending order. A
+// handle, as a View is (copies share the arrays); a Cache keeps the buckets of its tokens. Made
+// by EncoderBucketer from the tokens on the host, when they are loaded, so that the backward
+// waits for nothing.
 template <class Exec>
-class EncoderBuckets {
- public:
+struct EncoderBuckets {
   using IntDeviceView = Kokkos::View<int*, typename Exec::memory_space>;
+  IntDeviceView positions;  // (max_positions)
+  IntDeviceView begin;      // (max_positions + 1)
+  IntDeviceView token;      // (max_positions)
+  int count = 0;            // buckets
 
+  EncoderBuckets() = default;
   explicit EncoderBuckets(index_t max_positions)
-      : positions_("p2bw::encoder_positions", max_positions),
-        begin_("p2bw::encoder_bucket_begin", max_positions + 1),
-        token_("p2bw::encoder_bucket_token", max_positions),
-        host_positions_(Kokkos::create_mirror_view(positions_)),
-        host_begin_(Kokkos::create_mirror_view(begin_)),
-        host_token_(Kokkos::create_mirror_view(token_)),
-        host_tokens_(Kokkos::create_mirror_view(positions_)) {
+      : positions("p2bw::encoder_positions", max_positions),
+        begin("p2bw::encoder_bucket_begin", max_positions + 1),
+        token("p2bw::encoder_bucket_token", max_positions) {}
+
+  // The buckets of `from`, copied into these arrays (queued on exec).
+  void assign(const Exec& exec, const EncoderBuckets& from) {
+    Kokkos::deep_copy(exec, positions, from.positions);
+    Kokkos::deep_copy(exec, begin, from.begin);
+    Kokkos::deep_copy(exec, token, from.token);
+    count = from.count;
+  }
+};
+
+// Groups tokens held on the host into EncoderBuckets: a sort on the host, then the arrays'
+// copies to the device queued on exec. Its host scratch is reused, so a build allocates nothing
+// after the first; the copies read it as the tokens' own copy reads the loader's host buffer, so
+// the caller refills it under the same rule (the pipeline trainer's load fences; CUDA stages
+// pageable host memory before an H2D cudaMemcpyAsync returns).
+template <class Exec>
+class EncoderBucketer {
+ public:
+  explicit EncoderBucketer(index_t max_positions)
+      : positions_("p2bw::encoder_positions_host", max_positions),
+        begin_("p2bw::encoder_bucket_begin_host", max_positions + 1),
+        token_("p2bw::encoder_bucket_token_host", max_positions) {
     pairs_.reserve(static_cast<size_t>(max_positions));
   }
 
-  // Groups the first BT entries of tokens (a blocking copy to the host and back).
-  void build(const Exec& exec, ConstFlat<int, Exec> tokens, index_t BT) {
-    detail::require(BT <= static_cast<index_t>(positions_.extent(0)), "EncoderBuckets",
-                    "more positions than it was made for");
-    Kokkos::deep_copy(exec, Kokkos::subview(host_tokens_, std::make_pair(index_t{0}, BT)),
-                      Kokkos::subview(tokens, std::make_pair(index_t{0}, BT)));
-    exec.fence();
+  // into = the buckets of tokens[0, BT) (host memory).
+  void build(const Exec& exec, const int* tokens, index_t BT, EncoderBuckets<Exec>& into) {
+    detail::require(BT <= static_cast<index_t>(positions_.extent(0)) &&
+                        BT <= static_cast<index_t>(into.positions.extent(0)),
+                    "EncoderBucketer", "more positions than it was made for");
     pairs_.clear();
-    for (index_t p = 0; p < BT; ++p) pairs_.emplace_back(host_tokens_(p), static_cast<int>(p));
+    for (index_t p = 0; p < BT; ++p) pairs_.emplace_back(tokens[p], static_cast<int>(p));
     std::sort(pairs_.begin(), pairs_.end());  // by token, then position
-    buckets_ = 0;
+    int count = 0;
     for (index_t i = 0; i < BT; ++i) {
       const auto& [token, position] = pairs_[static_cast<size_t>(i)];
       if (i == 0 || token != pairs_[static_cast<size_t>(i) - 1].first) {
-        host_token_(buckets_) = token;
-        host_begin_(buckets_) = static_cast<int>(i);
-        ++buckets_;
+        token_(count) = token;
+        begin_(count) = static_cast<int>(i);
+        ++count;
       }
-      host_positions_(i) = position;
+      positions_(i) = position;
     }
-    host_begin_(buckets_) = static_cast<int>(BT);
-    Kokkos::deep_copy(exec, positions_, host_positions_);
-    Kokkos::deep_copy(exec, begin_, host_begin_);
-    Kokkos::deep_copy(exec, token_, host_token_);
+    begin_(count) = static_cast<int>(BT);
+    auto first = [](const auto& view, index_t n) {
+      return Kokkos::subview(view, std::make_pair(index_t{0}, n));
+    };
+    Kokkos::deep_copy(exec, first(into.positions, BT), first(positions_, BT));
+    Kokkos::deep_copy(exec, first(into.begin, count + 1), first(begin_, count + 1));
+    Kokkos::deep_copy(exec, first(into.token, count), first(token_, count));
+    into.count = count;
   }
 
-  int buckets() const { return buckets_; }
-  const IntDeviceView& positions() const { return positions_; }  // (BT)
-  const IntDeviceView& begin() const { return begin_; }          // (buckets + 1)
-  const IntDeviceView& token() const { return token_; }          // (buckets)
-
  private:
-  IntDeviceView positions_, begin_, token_;
-  typename IntDeviceView::HostMirror host_positions_, host_begin_, host_token_, host_tokens_;
+  using HostInts = Kokkos::View<int*, Kokkos::HostSpace>;
+  HostInts positions_, begin_, token_;  // (max_positions), (max_positions + 1), (max_positions)
   std::vector<std::pair<int, int>> pairs_;
-  int buckets_ = 0;
 };
 
 // dwte[v, :] += dout[p, :] for every position p with tokens[p] == v, and dwpe[t, :] += sum over b
@@ -140,12 +161,12 @@ void encoder_backward(const Exec& exec, Flat<Real, Exec> dwte,  // (Vp, C), accu
           sum += static_cast<Real>(widen(dout(b * static_cast<index_t>(T) * C + i)));
         dwpe(i) = sum;
       });
-  if (buckets.buckets() == 0) return;
-  const auto positions = buckets.positions();
-  const auto begin = buckets.begin();
-  const auto token = buckets.token();
+  if (buckets.count == 0) return;
+  const auto positions = buckets.positions;
+  const auto begin = buckets.begin;
+  const auto token = buckets.token;
   Kokkos::parallel_for(
-      "p2bw::encoder_backward_wte", Kokkos::TeamPolicy<Exec>(exec, buckets.buckets(), Kokkos::AUTO),
+      "p2bw::encoder_backward_wte", Kokkos::TeamPolicy<Exec>(exec, buckets.count, Kokkos::AUTO),
       KOKKOS_LAMBDA(const detail::Team<Exec>& team) {
         const int k = team.league_rank();
         const index_t row = static_cast<index_t>(token(k)) * C;
@@ -168,8 +189,10 @@ void encoder_backward(const Exec& exec, Flat<Real, Exec> dwte,  // (Vp, C), accu
                       int B, int T, int C) {
   const index_t BT = static_cast<index_t>(B) * T;
   detail::require_size(tokens, BT, "encoder_backward", "tokens");
+  Kokkos::View<int*, Kokkos::HostSpace> host_tokens("p2bw::encoder_tokens_host", BT);
+  Kokkos::deep_copy(host_tokens, Kokkos::subview(tokens, std::make_pair(index_t{0}, BT)));
   EncoderBuckets<Exec> buckets(BT);
-  buckets.build(exec, tokens, BT);
+  EncoderBucketer<Exec>(BT).build(exec, host_tokens.data(), BT, buckets);
   encoder_backward<Real, Store>(exec, dwte, dwpe, dout, buckets, B, T, C);
 }
 

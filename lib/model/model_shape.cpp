@@ -17,10 +17,12 @@ PartSize ModelShape::embedding() const {
   const std::int64_t BT = microbatch * seq_len;
   PartSize part;
   part.params = padded_vocab * hidden + seq_len * hidden;  // wte (Vp, C), wpe (T, C)
-  part.activations = BT;  // backward needs only the token ids (B, T), stored as 32-bit integers
-  part.activations_32bit = BT;
-  part.input = BT;
-  part.input_32bit = BT;
+  // Backward needs only the token ids (B, T) and their buckets (kernels::EncoderBuckets: BT
+  // positions, BT + 1 bucket starts, BT bucket tokens), all 32-bit integers, all the input.
+  part.activations = 4 * BT + 1;
+  part.activations_32bit = part.activations;
+  part.input = part.activations;
+  part.input_32bit = part.activations;
   part.flops_forward = static_cast<double>(BT) * hidden;
   return part;
 }

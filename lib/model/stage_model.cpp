@@ -170,7 +170,9 @@ std::int64_t stage_workspace_bytes(const ModelShape& shape, bool has_head,
 
 std::int64_t Cache::bytes() const {
   return values.bytes() +
-         4 * static_cast<std::int64_t>(statistics.extent(0) + tokens.extent(0) + targets.extent(0));
+         4 * static_cast<std::int64_t>(statistics.extent(0) + tokens.extent(0) + targets.extent(0) +
+                                       buckets.positions.extent(0) + buckets.begin.extent(0) +
+                                       buckets.token.extent(0));
 }
 
 StageModel::StageModel(const config::ModelConfig& model, int microbatch_size, int first_part,
@@ -179,7 +181,7 @@ StageModel::StageModel(const config::ModelConfig& model, int microbatch_size, in
       bf16_(model.precision == config::Precision::bf16),
       first_part_(first_part),
       end_part_(end_part),
-      buckets_(first_part == 0 ? shape_.microbatch * shape_.seq_len : 0) {
+      bucketer_(first_part == 0 ? shape_.microbatch * shape_.seq_len : 0) {
   const std::vector<PartLayout> all = model_parts(shape_);
   P2BW_ASSERT(0 <= first_part && first_part < end_part && end_part <= static_cast<int>(all.size()),
               "bad part range");
@@ -272,12 +274,23 @@ Cache StageModel::make_cache() const {
   cache.values = make_stored("p2bw::cache", cache_values_);
   cache.statistics = FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::cache_32bit"),
                                static_cast<size_t>(cache_statistics_));
-  if (has_embedding()) cache.tokens = IntView("p2bw::tokens", r);
+  if (has_embedding()) {
+    cache.tokens = IntView("p2bw::tokens", r);
+    cache.buckets = kernels::EncoderBuckets<Exec>(static_cast<std::int64_t>(r));
+  }
   if (has_head()) {
     cache.targets = IntView("p2bw::targets", r);
     cache.positions = DoubleView("p2bw::positions", 1);
   }
   return cache;
+}
+
+void StageModel::load_tokens(const Exec& exec, Cache& cache, const int* tokens) {
+  P2BW_ASSERT(has_embedding(), "only the stage with the embedding takes tokens");
+  const std::int64_t BT = cache.tokens.extent(0);
+  using HostInts = Kokkos::View<const int*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>;
+  Kokkos::deep_copy(exec, cache.tokens, HostInts(tokens, static_cast<size_t>(BT)));
+  bucketer_.build(exec, tokens, BT, cache.buckets);
 }
 
 StoreView StageModel::input_slot(const Cache& cache) const {
@@ -461,10 +474,8 @@ void StageModel::backward_parts(const Exec& exec, const StoreView& params, Float
       case PartKind::embedding: {
         const auto g = tensor_views<EmbeddingParameters, Flat<float, Exec>>(
             grads.data() + part.param_offset, part.layout);
-        buckets_.build(exec, cache.tokens, std::int64_t{B} * T);
-        mark("embedding buckets");
-        kernels::encoder_backward<float, Store>(exec, g.wte, g.wpe, cflat(upstream, n), buckets_, B,
-                                                T, C);
+        kernels::encoder_backward<float, Store>(exec, g.wte, g.wpe, cflat(upstream, n),
+                                                cache.buckets, B, T, C);
         mark("embedding");
         break;
       }

@@ -26,9 +26,10 @@ using p2bw::Memory;
 
 // What one microbatch keeps from forward for backward.
 struct Cache {
-  StoreView values;        // (cache_values) stored activations of every part, the stage input first
-  FloatView statistics;    // (cache_statistics) LayerNorm means and rstds, log-sum-exps (32-bit)
-  IntView tokens;          // (B, T) input tokens (stage with the embedding)
+  StoreView values;      // (cache_values) stored activations of every part, the stage input first
+  FloatView statistics;  // (cache_statistics) LayerNorm means and rstds, log-sum-exps (32-bit)
+  IntView tokens;        // (B, T) input tokens (stage with the embedding)
+  kernels::EncoderBuckets<Exec> buckets;  // of tokens, for the embedding's backward (load_tokens)
   IntView targets;         // (B, T) targets, data::kIgnore without loss (stage with the head)
   DoubleView positions;    // (1) targets with a loss, counted on the device by forward (head)
   int loss_positions = 0;  // the same on the host: set by the blocking forward only
@@ -116,6 +117,13 @@ class StageModel {
   void init(FloatView params, std::uint64_t seed) const;
 
   Cache make_cache() const;
+  // Loads a microbatch's tokens (B, T), held on the host, into the cache (stage with the
+  // embedding): their copy to the device and their buckets for the embedding's backward, sorted
+  // here on the host (the backward then waits for nothing), queued on exec. `tokens` may be
+  // refilled once the caller's copies from host memory have been consumed (see
+  // kernels::EncoderBucketer). Backward reads the buckets: a cache trained on takes its tokens
+  // here.
+  void load_tokens(const Exec& exec, Cache& cache, const int* tokens);
   // Where a received boundary activation (B, T, C) goes: the first part's input slot.
   StoreView input_slot(const Cache& cache) const;
 
@@ -192,11 +200,11 @@ class StageModel {
   // 32-bit rest (losses, attention's and the column sums' scratch).
   StoreView workspace_;
   FloatView workspace_stats_;
-  DoubleView reduction_scratch_;           // partials of grad_square_sums and of the mean loss
-  DoubleView loss_scratch_;                // (1) where a dropped or blocking forward's loss goes
-  HostMirror<DoubleView> host_loss_;       // (2) the blocking forward's copy: loss, positions
-  kernels::EncoderBuckets<Exec> buckets_;  // positions by token for the embedding's backward
-  KernelTimer* timer_ = nullptr;           // set_kernel_timer
+  DoubleView reduction_scratch_;             // partials of grad_square_sums and of the mean loss
+  DoubleView loss_scratch_;                  // (1) where a dropped or blocking forward's loss goes
+  HostMirror<DoubleView> host_loss_;         // (2) the blocking forward's copy: loss, positions
+  kernels::EncoderBucketer<Exec> bucketer_;  // load_tokens' host sort (stage with the embedding)
+  KernelTimer* timer_ = nullptr;             // set_kernel_timer
 };
 
 }  // namespace p2bw::model

@@ -351,9 +351,11 @@ PipelineTrainer::Microbatch& PipelineTrainer::microbatch(int mb) {
     record.stash = model_->make_cache();
     ++stashes_;
   } else {
-    // Recomputation keeps only what the re-forward needs: the stage input (or tokens), targets.
+    // Recomputation keeps only what the re-forward needs: the stage input (or tokens and
+    // their buckets), targets.
     const model::Cache full = model_->make_cache();
     record.stash.tokens = full.tokens;
+    record.stash.buckets = full.buckets;
     record.stash.targets = full.targets;
     if (!model_->has_embedding()) record.stash.values = model_->make_boundary("p2bw::stash");
     ++stashes_;
@@ -407,11 +409,10 @@ void PipelineTrainer::load_data(data::Loader& loader, int mb, model::Cache& cach
   const size_t r = host_tokens_.size();
   loader.microbatch(t, j, grid_.replica(), host_tokens_.data(), host_targets_.data());
   using HostInts = Kokkos::View<const int*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>;
-  if (model_->has_embedding())
-    Kokkos::deep_copy(exec_, cache.tokens, HostInts(host_tokens_.data(), r));
+  if (model_->has_embedding()) model_->load_tokens(exec_, cache, host_tokens_.data());
   if (model_->has_head())
     Kokkos::deep_copy(exec_, cache.targets, HostInts(host_targets_.data(), r));
-  exec_.fence();  // the host buffers are refilled by the next load
+  exec_.fence();  // the host buffers (and the token buckets' scratch) are refilled by the next load
 }
 
 DoubleView PipelineTrainer::loss_slot(int batch) {
@@ -432,9 +433,10 @@ DoubleView PipelineTrainer::loss_slot(int batch) {
 }
 
 void PipelineTrainer::copy_stash(const model::Cache& from, model::Cache& to) const {
-  if (model_->has_embedding())
+  if (model_->has_embedding()) {
     Kokkos::deep_copy(exec_, to.tokens, from.tokens);
-  else
+    to.buckets.assign(exec_, from.buckets);
+  } else
     copy(exec_, model_->input_slot(to), from.values);
   if (model_->has_head()) Kokkos::deep_copy(exec_, to.targets, from.targets);
 }

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <vector>
 
 #include "config/deck_io.hpp"
 #include "core/error.hpp"
@@ -60,12 +61,18 @@ void fill_varied(const StoreView& v, float scale) {
   model::Exec().fence();
 }
 
+// Varied token ids in [0, vocab), on the host (B, T).
+std::vector<int> varied_tokens(std::int64_t n, int vocab) {
+  std::vector<int> tokens(static_cast<size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i)
+    tokens[static_cast<size_t>(i)] = static_cast<int>((i * 7919 + 13) % vocab);
+  return tokens;
+}
+
 void fill_varied(model::IntView v, int vocab) {
-  Kokkos::parallel_for(
-      "p2bw::profile_tokens", Kokkos::RangePolicy<model::Exec>(0, v.extent(0)),
-      KOKKOS_LAMBDA(const int i) {
-        v(i) = static_cast<int>((std::int64_t{i} * 7919 + 13) % vocab);
-      });
+  const std::vector<int> tokens = varied_tokens(static_cast<std::int64_t>(v.extent(0)), vocab);
+  using HostInts = Kokkos::View<const int*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>;
+  Kokkos::deep_copy(v, HostInts(tokens.data(), tokens.size()));
 }
 
 std::vector<int> sorted_unique(std::vector<int> sizes) {
@@ -127,7 +134,9 @@ void time_parts(const config::Deck& deck, int b, int first, int end, int repeats
     fill_varied(dout, 0.01f);
   }
   if (model.has_embedding()) {
-    fill_varied(cache.tokens, deck.model.vocab);
+    const std::vector<int> tokens = varied_tokens(cache.tokens.extent(0), deck.model.vocab);
+    model.load_tokens(model::Exec(), cache, tokens.data());
+    model::Exec().fence();
   } else {
     fill_varied(model.input_slot(cache), 1.0f);
   }

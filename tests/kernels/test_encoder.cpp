@@ -160,11 +160,48 @@ TEST(Encoder, Bf16StorageMatchesEmulation) {
   expect_same_float_bits("encoder dwpe", dwpe16, dwpe);
   // The model's overload, with buckets kept: a second accumulation onto the same values.
   EncoderBuckets<Exec> buckets(B * T);
-  buckets.build(exec, tokens.d, B * T);
+  EncoderBucketer<Exec>(B * T).build(exec, tokens.values().data(), B * T, buckets);
   encoder_backward<float>(exec, dwte.d, dwpe.d, dout.d, buckets, B, T, C);
   encoder_backward<float, bf16>(exec, dwte16.d, dwpe16.d, dout16.d, buckets, B, T, C);
   expect_same_float_bits("encoder dwte, kept buckets", dwte16, dwte);
   expect_same_float_bits("encoder dwpe, kept buckets", dwpe16, dwpe);
+}
+
+// A bucketer and buckets reused for other tokens (as a model's load does every microbatch): the
+// second build, with fewer distinct tokens than the first, gives the buckets of its own tokens
+// (sorted by token, positions ascending) and the gradients of a fresh build.
+TEST(Encoder, BucketsRebuiltForOtherTokens) {
+  constexpr int B = 2, T = 5, C = 3, Vp = 9;
+  const std::vector<int> first = {8, 7, 6, 5, 4, 3, 2, 1, 0, 8};
+  const std::vector<int> second = {4, 1, 4, 4, 1, 0, 1, 4, 0, 4};
+  const Exec exec;
+  EncoderBucketer<Exec> bucketer(B * T);
+  EncoderBuckets<Exec> buckets(B * T);
+  bucketer.build(exec, first.data(), B * T, buckets);
+  EXPECT_EQ(buckets.count, 9);
+  bucketer.build(exec, second.data(), B * T, buckets);
+  ASSERT_EQ(buckets.count, 3);
+  auto host = [](const auto& view, int n) {
+    auto mirror = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), view);
+    return std::vector<int>(mirror.data(), mirror.data() + n);
+  };
+  EXPECT_EQ(host(buckets.token, 3), (std::vector<int>{0, 1, 4}));
+  EXPECT_EQ(host(buckets.begin, 4), (std::vector<int>{0, 2, 5, 10}));
+  EXPECT_EQ(host(buckets.positions, B * T), (std::vector<int>{5, 8, 1, 4, 6, 0, 2, 3, 7, 9}));
+
+  Buf<int> tokens(B * T, "tokens");
+  tokens.assign(second);
+  Buf<float> dout(B * T * C, "dout"), dwte(Vp * C, "dwte"), dwpe(T * C, "dwpe");
+  fill_random(dout, 50);
+  dwte.fill(0.0f);
+  dwpe.fill(0.0f);
+  Buf<float> fresh_dwte(Vp * C, "fresh_dwte"), fresh_dwpe(T * C, "fresh_dwpe");
+  fresh_dwte.fill(0.0f);
+  fresh_dwpe.fill(0.0f);
+  encoder_backward<float>(exec, dwte.d, dwpe.d, dout.d, buckets, B, T, C);
+  encoder_backward<float>(exec, fresh_dwte.d, fresh_dwpe.d, dout.d, tokens.d, B, T, C);
+  EXPECT_EQ(dwte.values(), fresh_dwte.values());
+  EXPECT_EQ(dwpe.values(), fresh_dwpe.values());
 }
 
 }  // namespace

@@ -118,7 +118,7 @@ TEST(Training, TwoBwUpdateIsTheDelayedRule) {
   auto targets = Kokkos::create_mirror_view(cache.targets);
   for (int j = 0; j < d.pipeline.microbatches; ++j) {
     loader.microbatch(1, j, 0, tokens.data(), targets.data());
-    Kokkos::deep_copy(cache.tokens, tokens);
+    model.load_tokens(model::Exec(), cache, tokens.data());
     Kokkos::deep_copy(cache.targets, targets);
     model.forward(model::Exec(), params, cache, StoreView());
     model.backward(model::Exec(), params, grads, cache, StoreView(), StoreView(),
