@@ -180,7 +180,7 @@ void encoder_backward(const Exec& exec, Flat<Real, Exec> dwte,  // (Vp, C), accu
       });
 }
 
-// The same with buckets made for this one call (tests; a model keeps its EncoderBuckets).
+// The same with buckets made for this one call (tests; a model keeps them in each Cache).
 template <class Real, class Store = Real, class Exec>
 void encoder_backward(const Exec& exec, Flat<Real, Exec> dwte,  // (Vp, C), accumulated
                       Flat<Real, Exec> dwpe,                    // (maxT, C), accumulated
