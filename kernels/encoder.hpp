@@ -89,11 +89,11 @@ struct EncoderBuckets {
 };
 
 // Groups tokens held on the host into EncoderBuckets: a sort on the host, then the arrays'
-// copies to the device queued on exec. Its host scratch is reused, so a build allocates nothing
-// after the first; the copies read it as the tokens' own copy reads the loader's host buffer, so
-// the caller refills it under the same rule (the pipeline trainer's load fences; CUDA stages
-// pageable host memory before an H2D cudaMemcpyAsync returns).
-template <class Exec>
+// copies to the device queued on exec. Its host arrays are in HostMemory and are reused, so a
+// build allocates nothing after the first. The queued copies read them after build returns (from
+// pageable memory before it returns, since CUDA stages it or waits; from pinned memory later), so a
+// caller with pinned HostMemory builds again only once those copies are done.
+template <class Exec, class HostMemory = Kokkos::HostSpace>
 class EncoderBucketer {
  public:
   explicit EncoderBucketer(index_t max_positions)
@@ -132,7 +132,7 @@ class EncoderBucketer {
   }
 
  private:
-  using HostInts = Kokkos::View<int*, Kokkos::HostSpace>;
+  using HostInts = Kokkos::View<int*, HostMemory>;
   HostInts positions_, begin_, token_;  // (max_positions), (max_positions + 1), (max_positions)
   std::vector<std::pair<int, int>> pairs_;
 };

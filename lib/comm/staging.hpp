@@ -1,8 +1,7 @@
 // Host staging buffers for MPI (which need not be CUDA-aware), kept and reused across steps, so a
-// steady-state step allocates none. On CUDA builds they are pinned host memory
-// (Kokkos::CudaHostPinnedSpace: the device copies them by DMA at full speed); on host builds the
-// device buffer is host memory already and is handed to MPI itself, with no copy. BufferPool is
-// the same reuse for any buffer.
+// steady-state step allocates none. On CUDA builds they are pinned host memory (StagingSpace,
+// core/device.hpp); on host builds the device buffer is host memory already and is handed to MPI
+// itself, with no copy. BufferPool is the same reuse for any buffer.
 #pragma once
 
 #include <cstddef>
@@ -12,12 +11,6 @@
 #include "core/device.hpp"
 
 namespace p2bw::comm {
-
-#ifdef KOKKOS_ENABLE_CUDA
-using StagingSpace = Kokkos::CudaHostPinnedSpace;
-#else
-using StagingSpace = Kokkos::HostSpace;
-#endif
 
 // Free buffers of T in Space by length, allocated on first need and reused after: take(n) hands
 // one out, give_back() returns it when its user is done with it.

@@ -65,7 +65,7 @@ std::vector<std::int32_t> generate_tokens(StageModel& model, const StoreView& pa
   for (int i = 0; i < count; ++i) {
     const size_t length = std::min(text.size(), T), start = text.size() - length;
     for (size_t t = 0; t < T; ++t) host_tokens(t) = t < length ? text[start + t] : 0;
-    model.load_tokens(exec, cache, host_tokens.data());
+    model.load(exec, cache, host_tokens.data(), nullptr);
     model.forward_logits(exec, params, cache, logits);
     const auto last = static_cast<std::int64_t>(length - 1) * Vp;
     Kokkos::deep_copy(host_row, Kokkos::subview(logits, std::make_pair(last, last + Vp)));

@@ -180,8 +180,7 @@ StageModel::StageModel(const config::ModelConfig& model, int microbatch_size, in
     : shape_(model, microbatch_size),
       bf16_(model.precision == config::Precision::bf16),
       first_part_(first_part),
-      end_part_(end_part),
-      bucketer_(first_part == 0 ? shape_.microbatch * shape_.seq_len : 0) {
+      end_part_(end_part) {
   const std::vector<PartLayout> all = model_parts(shape_);
   P2BW_ASSERT(0 <= first_part && first_part < end_part && end_part <= static_cast<int>(all.size()),
               "bad part range");
@@ -213,6 +212,12 @@ StageModel::StageModel(const config::ModelConfig& model, int microbatch_size, in
                                               kernels::classifier_mean_loss_workspace(N))));
   loss_scratch_ = DoubleView("p2bw::loss_scratch", 1);
   host_loss_ = HostMirror<DoubleView>("p2bw::host_loss", 2);
+  const auto ends = [N](bool has) { return static_cast<size_t>(has ? N : 0); };
+  for (int s = 0; s < kLoadSlots; ++s)
+    load_slots_.push_back(
+        {Kokkos::View<int*, StagingSpace>("p2bw::load_tokens", ends(has_embedding())),
+         Kokkos::View<int*, StagingSpace>("p2bw::load_targets", ends(has_head())),
+         kernels::EncoderBucketer<Exec, StagingSpace>(ends(has_embedding())), StreamMark()});
 }
 
 void StageModel::write_compute_weights(const Exec& exec, const StoreView& compute,
@@ -285,12 +290,23 @@ Cache StageModel::make_cache() const {
   return cache;
 }
 
-void StageModel::load_tokens(const Exec& exec, Cache& cache, const int* tokens) {
-  P2BW_ASSERT(has_embedding(), "only the stage with the embedding takes tokens");
-  const std::int64_t BT = cache.tokens.extent(0);
-  using HostInts = Kokkos::View<const int*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>;
-  Kokkos::deep_copy(exec, cache.tokens, HostInts(tokens, static_cast<size_t>(BT)));
-  bucketer_.build(exec, tokens, BT, cache.buckets);
+void StageModel::load(const Exec& exec, Cache& cache, const int* tokens, const int* targets) {
+  P2BW_ASSERT(has_embedding() == (tokens != nullptr), "the stage with the embedding takes tokens");
+  P2BW_ASSERT(has_head() || targets == nullptr, "only the stage with the head takes targets");
+  LoadSlot& slot = load_slots_[next_load_slot_];
+  next_load_slot_ = (next_load_slot_ + 1) % load_slots_.size();
+  slot.copied.wait();  // the copies queued from this slot kLoadSlots loads ago
+  const auto stage = [&exec](const int* from, const Kokkos::View<int*, StagingSpace>& via,
+                             const IntView& to) {
+    std::copy(from, from + via.extent(0), via.data());
+    Kokkos::deep_copy(exec, to, via);
+  };
+  if (tokens) {
+    stage(tokens, slot.tokens, cache.tokens);
+    slot.bucketer.build(exec, slot.tokens.data(), cache.tokens.extent(0), cache.buckets);
+  }
+  if (targets) stage(targets, slot.targets, cache.targets);
+  slot.copied.record(exec);
 }
 
 StoreView StageModel::input_slot(const Cache& cache) const {

@@ -11,6 +11,7 @@
 #include "config/deck.hpp"
 #include "core/device.hpp"
 #include "core/store_view.hpp"
+#include "core/stream_mark.hpp"
 #include "kernels/encoder.hpp"
 #include "model/kernel_timer.hpp"
 #include "model/model_shape.hpp"
@@ -29,7 +30,7 @@ struct Cache {
   StoreView values;      // (cache_values) stored activations of every part, the stage input first
   FloatView statistics;  // (cache_statistics) LayerNorm means and rstds, log-sum-exps (32-bit)
   IntView tokens;        // (B, T) input tokens (stage with the embedding)
-  kernels::EncoderBuckets<Exec> buckets;  // of tokens, for the embedding's backward (load_tokens)
+  kernels::EncoderBuckets<Exec> buckets;  // of tokens, for the embedding's backward (load)
   IntView targets;         // (B, T) targets, data::kIgnore without loss (stage with the head)
   DoubleView positions;    // (1) targets with a loss, counted on the device by forward (head)
   int loss_positions = 0;  // the same on the host: set by the blocking forward only
@@ -117,13 +118,15 @@ class StageModel {
   void init(FloatView params, std::uint64_t seed) const;
 
   Cache make_cache() const;
-  // Loads a microbatch's tokens (B, T), held on the host, into the cache (stage with the
-  // embedding): their copy to the device and their buckets for the embedding's backward, sorted
-  // here on the host (the backward then waits for nothing), queued on exec. `tokens` may be
-  // refilled once the caller's copies from host memory have been consumed (see
-  // kernels::EncoderBucketer). Backward reads the buckets: a cache trained on takes its tokens
-  // here.
-  void load_tokens(const Exec& exec, Cache& cache, const int* tokens);
+  // Loads a microbatch held on the host into the cache: its tokens (B, T) with their buckets for
+  // the embedding's backward, sorted here on the host (stage with the embedding), and its targets
+  // (B, T) (stage with the head; nullptr leaves cache.targets as they are). The copies to the
+  // device are queued on exec from host staging slots used in turn (pinned on GPUs), so the
+  // caller may refill its arrays as soon as load returns, and load waits for no kernel: at most,
+  // when the host runs that far ahead, for the copies of the load kLoadSlots before. Backward
+  // reads the buckets: a cache trained on takes its tokens here.
+  void load(const Exec& exec, Cache& cache, const int* tokens, const int* targets);
+  static constexpr int kLoadSlots = 2;
   // Where a received boundary activation (B, T, C) goes: the first part's input slot.
   StoreView input_slot(const Cache& cache) const;
 
@@ -200,11 +203,19 @@ class StageModel {
   // 32-bit rest (losses, attention's and the column sums' scratch).
   StoreView workspace_;
   FloatView workspace_stats_;
-  DoubleView reduction_scratch_;             // partials of grad_square_sums and of the mean loss
-  DoubleView loss_scratch_;                  // (1) where a dropped or blocking forward's loss goes
-  HostMirror<DoubleView> host_loss_;         // (2) the blocking forward's copy: loss, positions
-  kernels::EncoderBucketer<Exec> bucketer_;  // load_tokens' host sort (stage with the embedding)
-  KernelTimer* timer_ = nullptr;             // set_kernel_timer
+  DoubleView reduction_scratch_;      // partials of grad_square_sums and of the mean loss
+  DoubleView loss_scratch_;           // (1) where a dropped or blocking forward's loss goes
+  HostMirror<DoubleView> host_loss_;  // (2) the blocking forward's copy: loss, positions
+  // One of load's host staging slots, refilled once `copied` says the copies queued from it are
+  // done: the tokens and targets (B, T) of the stage's ends, and the buckets' host sort.
+  struct LoadSlot {
+    Kokkos::View<int*, StagingSpace> tokens, targets;  // (B, T) or empty
+    kernels::EncoderBucketer<Exec, StagingSpace> bucketer;
+    StreamMark copied;
+  };
+  std::vector<LoadSlot> load_slots_;  // (kLoadSlots)
+  size_t next_load_slot_ = 0;
+  KernelTimer* timer_ = nullptr;  // set_kernel_timer
 };
 
 }  // namespace p2bw::model

@@ -406,13 +406,9 @@ void PipelineTrainer::load_data(data::Loader& loader, int mb, model::Cache& cach
   const int m = deck_.pipeline.microbatches;
   const std::int64_t t = (mb - 1) / m;
   const int j = (mb - 1) % m;
-  const size_t r = host_tokens_.size();
   loader.microbatch(t, j, grid_.replica(), host_tokens_.data(), host_targets_.data());
-  using HostInts = Kokkos::View<const int*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>;
-  if (model_->has_embedding()) model_->load_tokens(exec_, cache, host_tokens_.data());
-  if (model_->has_head())
-    Kokkos::deep_copy(exec_, cache.targets, HostInts(host_targets_.data(), r));
-  exec_.fence();  // the host buffers (and the token buckets' scratch) are refilled by the next load
+  model_->load(exec_, cache, model_->has_embedding() ? host_tokens_.data() : nullptr,
+               model_->has_head() ? host_targets_.data() : nullptr);
 }
 
 DoubleView PipelineTrainer::loss_slot(int batch) {

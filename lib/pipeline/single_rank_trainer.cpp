@@ -47,8 +47,7 @@ double SingleRankTrainer::evaluate() {
     for (int j = 0; j < m; ++j)
       for (int r = 0; r < width; ++r) {
         loader.microbatch(t, j, r, host_tokens_.data(), host_targets_.data());
-        model_.load_tokens(exec_, cache_, host_tokens_.data());
-        Kokkos::deep_copy(exec_, cache_.targets, host_targets_);
+        model_.load(exec_, cache_, host_tokens_.data(), host_targets_.data());
         const double mean = model_.forward(exec_, eval_weights, cache_, StoreView());
         loss += mean * cache_.loss_positions;
         positions += cache_.loss_positions;
@@ -75,9 +74,7 @@ StepResult SingleRankTrainer::step() {
   for (int k = 0; k < microbatches; ++k) {
     // Slot k of the global batch (replica 0 of a width-1 layout).
     loader_.microbatch(t, k, 0, host_tokens_.data(), host_targets_.data());
-    model_.load_tokens(exec_, cache_, host_tokens_.data());
-    Kokkos::deep_copy(exec_, cache_.targets, host_targets_);
-    exec_.fence();  // the host buffers (and the token buckets' scratch) are refilled next
+    model_.load(exec_, cache_, host_tokens_.data(), host_targets_.data());
     model_.forward(exec_, w_old_, cache_, StoreView(), loss_sum);
     model_.backward(exec_, w_old_, grads_, cache_, StoreView(), StoreView(), 1.0 / microbatches);
   }

@@ -135,8 +135,7 @@ void time_parts(const config::Deck& deck, int b, int first, int end, int repeats
   }
   if (model.has_embedding()) {
     const std::vector<int> tokens = varied_tokens(cache.tokens.extent(0), deck.model.vocab);
-    model.load_tokens(model::Exec(), cache, tokens.data());
-    model::Exec().fence();
+    model.load(model::Exec(), cache, tokens.data(), nullptr);
   } else {
     fill_varied(model.input_slot(cache), 1.0f);
   }

@@ -282,8 +282,7 @@ void compare_with_torch(config::ModelKind kind, config::Precision precision) {
     auto host_tokens = Kokkos::create_mirror_view(cache.tokens);
     auto host_targets = Kokkos::create_mirror_view(cache.targets);
     loader.microbatch(0, 0, 0, host_tokens.data(), host_targets.data());
-    probe.load_tokens(model::Exec(), cache, host_tokens.data());
-    Kokkos::deep_copy(cache.targets, host_targets);
+    probe.load(model::Exec(), cache, host_tokens.data(), host_targets.data());
     ours.loss0 = probe.forward(model::Exec(), trainer.gradient_weights(), cache, StoreView());
     model::FloatView logits("logits", static_cast<size_t>(probe.logits().size()));
     widen_into(model::Exec(), logits, probe.logits());

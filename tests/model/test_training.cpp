@@ -1,6 +1,6 @@
 // Single-rank training semantics: determinism, the 2bw update rule W(t+1) = W(t) - lr·∇f(W(t-1))
-// with its synchronous warm-up, a loss that falls on real text, and no allocation after the
-// first step.
+// with its synchronous warm-up, a loss that falls on real text, loads queued back to back, and no
+// allocation after the first step.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -118,8 +118,7 @@ TEST(Training, TwoBwUpdateIsTheDelayedRule) {
   auto targets = Kokkos::create_mirror_view(cache.targets);
   for (int j = 0; j < d.pipeline.microbatches; ++j) {
     loader.microbatch(1, j, 0, tokens.data(), targets.data());
-    model.load_tokens(model::Exec(), cache, tokens.data());
-    Kokkos::deep_copy(cache.targets, targets);
+    model.load(model::Exec(), cache, tokens.data(), targets.data());
     model.forward(model::Exec(), params, cache, StoreView());
     model.backward(model::Exec(), params, grads, cache, StoreView(), StoreView(),
                    1.0 / d.pipeline.microbatches);
@@ -143,6 +142,46 @@ TEST(Training, LossFallsOnRealText) {
   const auto curve = losses(d, 30);
   EXPECT_NEAR(curve.front(), std::log(256.0), 0.1) << "a fresh model is near uniform";
   EXPECT_LT(curve.back(), curve.front() - 1.0);
+}
+
+TEST(Training, LoadsQueuedBackToBackKeepEachMicrobatch) {
+  // More microbatches than load's staging slots, loaded in a row from one host array refilled at
+  // once, with no fence between: each cache ends with its own tokens, targets and buckets. On a
+  // GPU the slots are pinned and their copies asynchronous, so this checks their reuse.
+  const auto d = deck(config::ScheduleKind::flush);
+  model::StageModel model(d.model, d.train.microbatch_size, 0, d.model.layers + 2);
+  data::Loader loader(text(), d);
+  const int loads = 2 * model::StageModel::kLoadSlots + 1;
+  const size_t BT = static_cast<size_t>(d.train.microbatch_size) * d.model.seq_len;
+  std::vector<model::Cache> caches;
+  std::vector<std::vector<int>> tokens, targets;
+  std::vector<int> host_tokens(BT), host_targets(BT);
+  for (int k = 0; k < loads; ++k) {
+    caches.push_back(model.make_cache());
+    loader.microbatch(k / 2, k % 2, 0, host_tokens.data(), host_targets.data());
+    model.load(model::Exec(), caches.back(), host_tokens.data(), host_targets.data());
+    tokens.push_back(host_tokens);
+    targets.push_back(host_targets);
+  }
+  ASSERT_NE(tokens[0], tokens[1]) << "the microbatches differ";
+  auto ints = [](const model::IntView& view, size_t n) {
+    auto mirror = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), view);
+    return std::vector<int>(mirror.data(), mirror.data() + n);
+  };
+  for (int k = 0; k < loads; ++k) {
+    const model::Cache& cache = caches[static_cast<size_t>(k)];
+    EXPECT_EQ(ints(cache.tokens, BT), tokens[static_cast<size_t>(k)]) << "load " << k;
+    EXPECT_EQ(ints(cache.targets, BT), targets[static_cast<size_t>(k)]) << "load " << k;
+    kernels::EncoderBuckets<model::Exec> expected(static_cast<kernels::index_t>(BT));
+    kernels::EncoderBucketer<model::Exec>(static_cast<kernels::index_t>(BT))
+        .build(model::Exec(), tokens[static_cast<size_t>(k)].data(),
+               static_cast<kernels::index_t>(BT), expected);
+    ASSERT_EQ(cache.buckets.count, expected.count) << "load " << k;
+    const auto n = static_cast<size_t>(expected.count);
+    EXPECT_EQ(ints(cache.buckets.token, n), ints(expected.token, n)) << "load " << k;
+    EXPECT_EQ(ints(cache.buckets.begin, n + 1), ints(expected.begin, n + 1)) << "load " << k;
+    EXPECT_EQ(ints(cache.buckets.positions, BT), ints(expected.positions, BT)) << "load " << k;
+  }
 }
 
 TEST(Training, NothingIsAllocatedAfterTheFirstStep) {
