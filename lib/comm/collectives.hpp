@@ -30,7 +30,9 @@ class Collectives {
  public:
   virtual ~Collectives() = default;
   // Starts summing `data` in place over `group`; `what` names the reduction in a deadline error.
-  // The buffer must not be touched until the reduction has completed. Every rank of the group
+  // The reduction is ordered after the work queued on the compute stream until now (MPI: the copy
+  // to host memory fences; NCCL: its stream waits for an event), so the caller never fences for
+  // it. The buffer must not be touched until the reduction has completed. Every rank of the group
   // posts its reductions over that group in the same order.
   virtual int post_sum(FloatView data, Group group, const std::string& what) = 0;
   virtual int post_sum(DoubleView data, Group group, const std::string& what) = 0;

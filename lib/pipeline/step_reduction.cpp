@@ -65,8 +65,8 @@ void StepReduction::post(const Exec& exec, int batch, FloatView grads, DoubleVie
   stop_ = stop;
   timing_step_ = timing_step;
   timing_ = timing;
+  // No fence before a post: collectives are ordered after the work queued on exec.
   if (grid_.width() > 1) {
-    exec.fence();  // the backward kernels wrote the gradients
     handle_ = collectives_.post_sum(grads_, comm::Group::replicas,
                                     fmt::format("gradient all-reduce of batch {}", batch));
     phase_ = Phase::data_parallel;
@@ -84,7 +84,6 @@ void StepReduction::start_tied(const Exec& exec) {
   if (!mine) return start_totals(exec);
   FloatView part =
       Kokkos::subview(grads_, std::make_pair(mine->offset, mine->offset + mine->count));
-  exec.fence();
   handle_ = collectives_.post_sum(part, comm::Group::tied,
                                   fmt::format("tied-embedding all-reduce of batch {}", batch_));
 }
@@ -105,7 +104,6 @@ void StepReduction::start_totals(const Exec& exec) {
   if (model_.has_head())
     put_step_loss(exec, totals_, loss_sum_, layout.loss(), deck_.pipeline.microbatches,
                   grid_.width());
-  exec.fence();  // the collective reads totals_
   handle_ =
       collectives_.post_sum(totals_, comm::Group::world,
                             fmt::format("loss and gradient-norm all-reduce of batch {}", batch_));
