@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "comm/staging.hpp"
+#include "core/cuda_events.hpp"
 #include "core/error.hpp"
 
 namespace p2bw::comm {
@@ -78,21 +79,33 @@ ncclComm_t make_comm(MPI_Comm comm, double timeout_s, int stage, const std::stri
   return nccl;
 }
 
-// An event recorded on `stream` now.
-cudaEvent_t record(cudaStream_t stream) {
-  cudaEvent_t event = nullptr;
-  P2BW_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
-  P2BW_CUDA_CHECK(cudaEventRecord(event, stream));
-  return event;
-}
+// The events of a transport or of the collectives, reused (a steady-state step creates none): one
+// per operation in flight, marking its completion on the communication stream, and `ready_`,
+// which orders that stream after the compute stream (cudaStreamWaitEvent waits for the record
+// made just before it, so one event serves every post).
+class StreamEvents {
+ public:
+  StreamEvents() : ready_(pool_.take()) {}
 
-// Makes `stream` wait for the work queued on `compute` so far (the kernels that wrote, or still
-// read, a buffer a message or reduction is about to use).
-void order_after(cudaStream_t compute, cudaStream_t stream) {
-  cudaEvent_t ready = record(compute);
-  P2BW_CUDA_CHECK(cudaStreamWaitEvent(stream, ready, 0));
-  P2BW_CUDA_CHECK(cudaEventDestroy(ready));  // released once the wait has happened
-}
+  // Makes `stream` wait for the work queued on `compute` so far (the kernels that wrote, or still
+  // read, a buffer a message or reduction is about to use).
+  void order_after(cudaStream_t compute, cudaStream_t stream) {
+    P2BW_CUDA_CHECK(cudaEventRecord(ready_, compute));
+    P2BW_CUDA_CHECK(cudaStreamWaitEvent(stream, ready_, 0));
+  }
+  // An event recorded on `stream` now: the operation just queued there is done when it is.
+  cudaEvent_t record(cudaStream_t stream) {
+    const cudaEvent_t event = pool_.take();
+    P2BW_CUDA_CHECK(cudaEventRecord(event, stream));
+    return event;
+  }
+  // An event from record() that is no longer waited for.
+  void finished(cudaEvent_t event) { pool_.give_back(event); }
+
+ private:
+  CudaEventPool pool_{cudaEventDisableTiming};
+  cudaEvent_t ready_;
+};
 
 // Whether `event` completed; throws for a CUDA error or an asynchronous NCCL error.
 bool completed(cudaEvent_t event, ncclComm_t comm) {
@@ -148,8 +161,7 @@ class NcclTransport : public Transport {
 
   ~NcclTransport() override {
     // After a timeout or an NCCL error the communicator is aborted (its kernels may never end);
-    // otherwise a run has ended with wait_all.
-    for (auto& entry : pending_) cudaEventDestroy(entry.second.done);
+    // otherwise a run has ended with wait_all. The events go with events_.
     if (aborted_)
       ncclCommAbort(comm_);
     else
@@ -158,7 +170,7 @@ class NcclTransport : public Transport {
   }
 
   int post_send(const Message& message) override {
-    order_after(compute_, stream_);
+    events_.order_after(compute_, stream_);
     settled(ncclSend(message.buffer.data(), count(message), type(message), message.peer, comm_,
                      stream_),
             message, "send");
@@ -166,7 +178,8 @@ class NcclTransport : public Transport {
   }
 
   int post_receive(const Message& message) override {
-    order_after(compute_, stream_);  // kernels may still read the buffer's previous contents
+    events_.order_after(compute_,
+                        stream_);  // kernels may still read the buffer's previous contents
     settled(ncclRecv(message.buffer.data(), count(message), type(message), message.peer, comm_,
                      stream_),
             message, "receive");
@@ -176,7 +189,7 @@ class NcclTransport : public Transport {
   // One group: NCCL progresses both halves together, so two exchanges facing each other
   // complete (the checker's exchange rule).
   std::pair<int, int> post_exchange(const Message& send, const Message& receive) override {
-    order_after(compute_, stream_);
+    events_.order_after(compute_, stream_);
     P2BW_NCCL_CHECK(ncclGroupStart());
     // Inside a group the calls only record (a non-blocking communicator may say ncclInProgress).
     for (const ncclResult_t recorded :
@@ -235,14 +248,15 @@ class NcclTransport : public Transport {
     });
   }
   int add(const Message& message, bool send) {
-    pending_.emplace(next_, Operation{message, send, record(stream_)});
+    pending_.emplace(next_, Operation{message, send, events_.record(stream_)});
     return next_++;
   }
   void finish(std::map<int, Operation>::iterator it) {
-    P2BW_CUDA_CHECK(cudaEventDestroy(it->second.done));
+    events_.finished(it->second.done);
     pending_.erase(it);
   }
 
+  StreamEvents events_;  // first: destroyed after the stream
   ncclComm_t comm_;
   cudaStream_t stream_;   // communication stream
   cudaStream_t compute_;  // the executor's compute stream
@@ -269,7 +283,6 @@ class NcclCollectives : public Collectives {
   }
 
   ~NcclCollectives() override {
-    for (auto& entry : pending_) cudaEventDestroy(entry.second.done);
     for (auto& entry : comms_) {
       if (aborted_)
         ncclCommAbort(entry.second);
@@ -332,13 +345,13 @@ class NcclCollectives : public Collectives {
   std::string describe(Group group) const { return comm::describe(grid_, group); }
 
   int post(void* data, size_t count, ncclDataType_t type, Group group, const std::string& what) {
-    order_after(compute_, stream_);
+    events_.order_after(compute_, stream_);
     noting_errors([&] {
       settle(ncclAllReduce(data, data, count, type, ncclSum, comm(group), stream_), comm(group),
              timeout_s_, grid_.stage(), fmt::format("posting {} over {}", what, describe(group)));
       return true;
     });
-    pending_.emplace(next_, Reduction{group, what, record(stream_)});
+    pending_.emplace(next_, Reduction{group, what, events_.record(stream_)});
     return next_++;
   }
 
@@ -348,10 +361,11 @@ class NcclCollectives : public Collectives {
     return it;
   }
   void finish(std::map<int, Reduction>::iterator it) {
-    P2BW_CUDA_CHECK(cudaEventDestroy(it->second.done));
+    events_.finished(it->second.done);
     pending_.erase(it);
   }
 
+  StreamEvents events_;  // first: destroyed after the stream
   const ProcessGrid& grid_;
   std::map<Group, ncclComm_t> comms_;
   cudaStream_t stream_;   // one stream for every group: reductions complete in posting order
