@@ -178,8 +178,8 @@ class NcclTransport : public Transport {
   }
 
   int post_receive(const Message& message) override {
-    events_.order_after(compute_,
-                        stream_);  // kernels may still read the buffer's previous contents
+    // Kernels may still read the buffer's previous contents.
+    events_.order_after(compute_, stream_);
     settled(ncclRecv(message.buffer.data(), count(message), type(message), message.peer, comm_,
                      stream_),
             message, "receive");
