@@ -5,12 +5,11 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <functional>
 #include <limits>
-#include <map>
 #include <utility>
 #include <vector>
 
+#include "comm/pending.hpp"
 #include "comm/staging.hpp"
 #include "comm/transport.hpp"
 #include "core/error.hpp"
@@ -52,33 +51,31 @@ class MpiCollectives : public Collectives {
     if (pending_.empty()) return;
     // Only on an error path: the reductions still in flight may write into their staging buffers
     // until MPI_Abort ends the process, so those are kept alive on purpose.
-    auto* kept = new std::vector<Reduction>();
-    for (auto& entry : pending_) kept->push_back(std::move(entry.second));
+    new PendingOps<Reduction>(std::move(pending_));
   }
 
   int post_sum(FloatView data, Group group, const std::string& what) override {
-    return post(data, MPI_FLOAT, floats_, group, what);
+    return post(data, MPI_FLOAT, group, what);
   }
   int post_sum(DoubleView data, Group group, const std::string& what) override {
-    return post(data, MPI_DOUBLE, doubles_, group, what);
+    return post(data, MPI_DOUBLE, group, what);
   }
 
   bool test(int handle) override {
-    auto it = find(handle);
+    std::vector<MPI_Request>& requests = pending_.at(handle).requests;
     int done = 0;
-    std::vector<MPI_Request>& requests = it->second.requests;
     P2BW_MPI_CHECK(MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done,
                                MPI_STATUSES_IGNORE));
-    if (done) finish(it);
+    if (done) finish(handle);
     return done != 0;
   }
 
   void wait(int handle) override {
-    auto it = find(handle);
-    Reduction& r = it->second;
-    wait_with_deadline(r.requests, timeout_s_, grid_.stage(),
-                       fmt::format("{} over {}", r.what, describe(r.group)));
-    finish(it);
+    Reduction& r = pending_.at(handle);
+    if (!wait_for(r.requests.data(), static_cast<int>(r.requests.size()), timeout_s_))
+      throw RunError(
+          stalled(grid_.stage(), fmt::format("{} over {}", r.what, describe(r.group)), timeout_s_));
+    finish(handle);
   }
 
   void barrier(Group group, const std::string& what) override {
@@ -91,11 +88,15 @@ class MpiCollectives : public Collectives {
   bool pending() const override { return !pending_.empty(); }
 
  private:
+  using Byte = unsigned char;
+  using Bytes = Kokkos::View<Byte*, Memory, Kokkos::MemoryUnmanaged>;  // a buffer's bytes
+
   struct Reduction {
     std::vector<MPI_Request> requests;  // one per piece of at most max_elements_
     Group group = Group::world;
     std::string what;
-    std::function<void()> copy_back;  // staging -> device buffer (nothing on host builds)
+    Bytes data;                         // the device buffer
+    StagingPool<Byte>::Buffer staging;  // its host copy (the buffer itself on host builds)
   };
 
   MPI_Comm comm(Group group) const {
@@ -110,49 +111,42 @@ class MpiCollectives : public Collectives {
   // few buffers every step. A buffer of more than max_elements_ is reduced as consecutive pieces
   // of at most that many elements (MPI counts in an int), posted in the same order on every rank.
   template <class T>
-  int post(Kokkos::View<T*, Memory> data, MPI_Datatype type, StagingPool<T>& staging, Group group,
-           const std::string& what) {
-    const typename StagingPool<T>::Buffer host = staging.take(data);
-    Kokkos::deep_copy(host, data);  // also orders the reduction after the kernels that wrote it
-    Reduction r;
-    r.group = group;
-    r.what = what;
-    if (StagingPool<T>::copies)
-      r.copy_back = [data, host, &staging] {
-        Kokkos::deep_copy(data, host);
-        staging.give_back(host);
-      };
-    const std::int64_t total = static_cast<std::int64_t>(host.extent(0));
-    const std::int64_t pieces =
-        std::max<std::int64_t>(1, (total + max_elements_ - 1) / max_elements_);
-    r.requests.assign(static_cast<size_t>(pieces), MPI_REQUEST_NULL);
-    for (std::int64_t k = 0; k < pieces; ++k) {
-      const std::int64_t begin = k * max_elements_;
-      P2BW_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, host.data() + begin,
-                                    static_cast<int>(std::min(max_elements_, total - begin)), type,
-                                    MPI_SUM, comm(group), &r.requests[static_cast<size_t>(k)]));
-    }
-    pending_.emplace(next_, std::move(r));
-    return next_++;
+  int post(Kokkos::View<T*, Memory> data, MPI_Datatype type, Group group, const std::string& what) {
+    return pending_.add([&](Reduction& r) {
+      r.group = group;
+      r.what = what;
+      r.data = Bytes(reinterpret_cast<Byte*>(data.data()), data.extent(0) * sizeof(T));
+      r.staging = staging_.take(r.data);
+      // Also orders the reduction after the kernels that wrote the buffer.
+      if (StagingPool<Byte>::copies) Kokkos::deep_copy(r.staging, r.data);
+      T* host = reinterpret_cast<T*>(r.staging.data());
+      const std::int64_t total = static_cast<std::int64_t>(data.extent(0));
+      const std::int64_t pieces =
+          std::max<std::int64_t>(1, (total + max_elements_ - 1) / max_elements_);
+      r.requests.assign(static_cast<size_t>(pieces), MPI_REQUEST_NULL);
+      for (std::int64_t k = 0; k < pieces; ++k) {
+        const std::int64_t begin = k * max_elements_;
+        P2BW_MPI_CHECK(MPI_Iallreduce(
+            MPI_IN_PLACE, host + begin, static_cast<int>(std::min(max_elements_, total - begin)),
+            type, MPI_SUM, comm(group), &r.requests[static_cast<size_t>(k)]));
+      }
+    });
   }
 
-  std::map<int, Reduction>::iterator find(int handle) {
-    auto it = pending_.find(handle);
-    P2BW_ASSERT(it != pending_.end(), "an unknown reduction");
-    return it;
-  }
-  void finish(std::map<int, Reduction>::iterator it) {
-    if (it->second.copy_back) it->second.copy_back();
-    pending_.erase(it);
+  // A completed reduction: its result to the device buffer, the staging back to the pool.
+  void finish(int handle) {
+    Reduction& r = pending_.at(handle);
+    if (StagingPool<Byte>::copies) Kokkos::deep_copy(r.data, r.staging);
+    staging_.give_back(r.staging);
+    r.staging = {};
+    pending_.remove(handle);
   }
 
   const ProcessGrid& grid_;
   double timeout_s_;
   std::int64_t max_elements_;
-  std::map<int, Reduction> pending_;
-  StagingPool<float> floats_;
-  StagingPool<double> doubles_;
-  int next_ = 0;
+  PendingOps<Reduction> pending_;
+  StagingPool<Byte> staging_;
 };
 
 }  // namespace

@@ -12,7 +12,7 @@
 #include <thread>
 #include <utility>
 
-#include "comm/staging.hpp"
+#include "comm/pending.hpp"
 #include "core/cuda_events.hpp"
 #include "core/error.hpp"
 
@@ -204,33 +204,29 @@ class NcclTransport : public Transport {
   }
 
   void wait(int handle, const std::string& what) override {
-    auto it = pending_.find(handle);
-    P2BW_ASSERT(it != pending_.end(), "waiting for an unknown transfer");
-    const Operation& op = it->second;
+    const Operation& op = pending_.at(handle);
     if (!noting_errors([&] { return poll(op.done, comm_, timeout_s_); })) {
       aborted_ = true;
       throw RunError(stalled_transfer(stage_, what, timeout_s_, op.message, op.send));
     }
-    finish(it);
+    finish(handle);
   }
 
   bool test(int handle) override {
-    auto it = pending_.find(handle);
-    P2BW_ASSERT(it != pending_.end(), "testing an unknown transfer");
-    if (!noting_errors([&] { return completed(it->second.done, comm_); })) return false;
-    finish(it);
+    if (!noting_errors([&] { return completed(pending_.at(handle).done, comm_); })) return false;
+    finish(handle);
     return true;
   }
 
   void wait_all(const std::string& what) override {
-    while (!pending_.empty()) wait(pending_.begin()->first, what);
+    while (!pending_.empty()) wait(pending_.oldest(), what);
   }
 
  private:
   struct Operation {
     Message message;
-    bool send;
-    cudaEvent_t done;  // recorded on the communication stream after the operation
+    bool send = false;
+    cudaEvent_t done = nullptr;  // recorded on the communication stream after the operation
   };
 
   // A buffer's element type on the wire: bf16 buffers as ncclBfloat16 (2 bytes per value).
@@ -248,12 +244,17 @@ class NcclTransport : public Transport {
     });
   }
   int add(const Message& message, bool send) {
-    pending_.emplace(next_, Operation{message, send, events_.record(stream_)});
-    return next_++;
+    return pending_.add([&](Operation& op) {
+      op.message = message;
+      op.send = send;
+      op.done = events_.record(stream_);
+    });
   }
-  void finish(std::map<int, Operation>::iterator it) {
-    events_.finished(it->second.done);
-    pending_.erase(it);
+  void finish(int handle) {
+    Operation& op = pending_.at(handle);
+    events_.finished(op.done);
+    op.message.buffer = StoreView();
+    pending_.remove(handle);
   }
 
   StreamEvents events_;  // first: destroyed after the stream
@@ -267,8 +268,7 @@ class NcclTransport : public Transport {
     return marking_abort(aborted_, f);
   }
   bool aborted_ = false;
-  std::map<int, Operation> pending_;
-  int next_ = 0;
+  PendingOps<Operation> pending_;
 };
 
 class NcclCollectives : public Collectives {
@@ -300,22 +300,20 @@ class NcclCollectives : public Collectives {
   }
 
   bool test(int handle) override {
-    auto it = find(handle);
-    if (!noting_errors([&] { return completed(it->second.done, comm(it->second.group)); }))
-      return false;
-    finish(it);
+    const Reduction& r = pending_.at(handle);
+    if (!noting_errors([&] { return completed(r.done, comm(r.group)); })) return false;
+    finish(handle);
     return true;
   }
 
   void wait(int handle) override {
-    auto it = find(handle);
-    const Reduction& r = it->second;
+    const Reduction& r = pending_.at(handle);
     if (!noting_errors([&] { return poll(r.done, comm(r.group), timeout_s_); })) {
       aborted_ = true;
-      throw RunError(fmt::format("stage {}: {} over {}: no progress for {} s (pipeline.timeout_s)",
-                                 grid_.stage(), r.what, describe(r.group), timeout_s_));
+      throw RunError(
+          stalled(grid_.stage(), fmt::format("{} over {}", r.what, describe(r.group)), timeout_s_));
     }
-    finish(it);
+    finish(handle);
   }
 
   void barrier(Group group, const std::string& what) override {
@@ -331,9 +329,9 @@ class NcclCollectives : public Collectives {
 
  private:
   struct Reduction {
-    Group group;
+    Group group = Group::world;
     std::string what;
-    cudaEvent_t done;
+    cudaEvent_t done = nullptr;
   };
 
   ncclComm_t comm(Group group) const {
@@ -351,18 +349,16 @@ class NcclCollectives : public Collectives {
              timeout_s_, grid_.stage(), fmt::format("posting {} over {}", what, describe(group)));
       return true;
     });
-    pending_.emplace(next_, Reduction{group, what, events_.record(stream_)});
-    return next_++;
+    return pending_.add([&](Reduction& r) {
+      r.group = group;
+      r.what = what;
+      r.done = events_.record(stream_);
+    });
   }
 
-  std::map<int, Reduction>::iterator find(int handle) {
-    auto it = pending_.find(handle);
-    P2BW_ASSERT(it != pending_.end(), "an unknown reduction");
-    return it;
-  }
-  void finish(std::map<int, Reduction>::iterator it) {
-    events_.finished(it->second.done);
-    pending_.erase(it);
+  void finish(int handle) {
+    events_.finished(pending_.at(handle).done);
+    pending_.remove(handle);
   }
 
   StreamEvents events_;  // first: destroyed after the stream
@@ -376,8 +372,7 @@ class NcclCollectives : public Collectives {
     return marking_abort(aborted_, f);
   }
   bool aborted_ = false;
-  std::map<int, Reduction> pending_;
-  int next_ = 0;
+  PendingOps<Reduction> pending_;
 };
 
 }  // namespace

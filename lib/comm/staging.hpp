@@ -5,39 +5,51 @@
 #pragma once
 
 #include <cstddef>
-#include <map>
 #include <type_traits>
+#include <vector>
 
 #include "core/device.hpp"
+#include "core/error.hpp"
 
 namespace p2bw::comm {
 
-// Free buffers of T in Space by length, allocated on first need and reused after: take(n) hands
-// one out, give_back() returns it when its user is done with it.
+// Buffers of T in Space, allocated on first need and reused after: take(n) hands out a free one of
+// length n, give_back() returns it when its user is done with it. Neither allocates host memory
+// once the pool holds every buffer it will need (a stage uses a few sizes), so lookups scan.
 template <class T, class Space>
 class BufferPool {
  public:
   using Buffer = Kokkos::View<T*, Space>;  // (n)
 
   Buffer take(std::size_t n) {
-    auto found = free_.find(n);
-    if (found != free_.end()) {
-      Buffer buffer = found->second;
-      free_.erase(found);
-      return buffer;
-    }
-    ++allocations_;
-    return Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::staging"), n);
+    for (Entry& entry : buffers_)
+      if (!entry.taken && entry.buffer.extent(0) == n) {
+        entry.taken = true;
+        return entry.buffer;
+      }
+    buffers_.push_back(
+        {Buffer(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::staging"), n), true});
+    return buffers_.back().buffer;
   }
 
-  void give_back(const Buffer& buffer) { free_.emplace(buffer.extent(0), buffer); }
+  void give_back(const Buffer& buffer) {
+    for (Entry& entry : buffers_)
+      if (entry.taken && entry.buffer.data() == buffer.data()) {
+        entry.taken = false;
+        return;
+      }
+    P2BW_INTERNAL_ERROR("a staging buffer given back that the pool did not hand out");
+  }
 
   // Buffers allocated so far: constant once every message size has been seen as often at once.
-  std::size_t allocations() const { return allocations_; }
+  std::size_t allocations() const { return buffers_.size(); }
 
  private:
-  std::multimap<std::size_t, Buffer> free_;
-  std::size_t allocations_ = 0;
+  struct Entry {
+    Buffer buffer;
+    bool taken;
+  };
+  std::vector<Entry> buffers_;
 };
 
 // Host staging for device Views of T: take() hands out a buffer for a device View (the View

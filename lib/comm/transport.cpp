@@ -7,11 +7,11 @@
 #include <chrono>
 #include <cstdint>
 #include <limits>
-#include <map>
 #include <thread>
 #include <type_traits>
 #include <vector>
 
+#include "comm/pending.hpp"
 #include "comm/staging.hpp"
 #include "core/error.hpp"
 
@@ -49,12 +49,12 @@ int tag_of(int microbatch, Direction direction) {
   return (microbatch % kTagMicrobatches) * kDirections + static_cast<int>(direction);
 }
 
-// Tests `requests` until all have completed; false when timeout_s passes first. MPI advances large
-// messages and non-blocking collectives only inside MPI calls, chunk by chunk, so any pause
-// between tests slows every transfer down (with a pause of up to 200 us, the demo's 3.5 MB
-// data-parallel all-reduce step took 12 ms instead of 3.5 ms on two ranks of one VM). It spins as
-// MPI_Wait does, yielding the core between tests so that ranks sharing cores still get to compute.
-bool poll(MPI_Request* requests, int count, double timeout_s) {
+}  // namespace
+
+// MPI advances large messages and non-blocking collectives chunk by chunk inside MPI calls only,
+// so any pause between tests slows every transfer down (with a pause of up to 200 us, the demo's
+// 3.5 MB data-parallel all-reduce step took 12 ms instead of 3.5 ms on two ranks of one VM).
+bool wait_for(MPI_Request* requests, int count, double timeout_s) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
   int done = 0;
   for (std::uint64_t tests = 0;; ++tests) {
@@ -64,6 +64,13 @@ bool poll(MPI_Request* requests, int count, double timeout_s) {
     std::this_thread::yield();
   }
 }
+
+std::string stalled(int stage, const std::string& what, double timeout_s) {
+  return fmt::format("stage {}: {}: no progress for {} s (pipeline.timeout_s)", stage, what,
+                     timeout_s);
+}
+
+namespace {
 
 // A message goes from its buffer's bytes: staged through pooled (pinned) host buffers on CUDA
 // builds, the buffer itself on host builds. No staging buffer is allocated once each message
@@ -83,32 +90,33 @@ class MpiTransport : public Transport {
     // Only on an error path (a run ends with wait_all): cancel what is in flight and keep its
     // staging buffers alive on purpose, since a transfer already matched may still write into
     // them until MPI_Abort ends the process.
-    auto* kept = new std::vector<Operation>();
-    for (auto& [handle, op] : pending_) {
+    pending_.for_each([](Operation& op) {
       for (MPI_Request& request : op.requests)
         if (request != MPI_REQUEST_NULL) MPI_Cancel(&request);
-      kept->push_back(op);
-    }
+    });
+    new PendingOps<Operation>(std::move(pending_));
   }
 
   int post_send(const Message& message) override {
-    Operation op{message, staging_.take(bytes_of(message)), true, {}};
-    // Also orders the send after the kernels that wrote the buffer.
-    if (StagingPool<Byte>::copies) Kokkos::deep_copy(op.staging, bytes_of(message));
-    for_each_piece(op, [&](Byte* piece, int bytes, MPI_Request* request) {
-      P2BW_MPI_CHECK(
-          MPI_Isend(piece, bytes, MPI_BYTE, message.peer, tag(message), world_, request));
+    return pending_.add([&](Operation& op) {
+      start(op, message, true);
+      // Also orders the send after the kernels that wrote the buffer.
+      if (StagingPool<Byte>::copies) Kokkos::deep_copy(op.staging, bytes_of(message));
+      for_each_piece(op, [&](Byte* piece, int bytes, MPI_Request* request) {
+        P2BW_MPI_CHECK(
+            MPI_Isend(piece, bytes, MPI_BYTE, message.peer, tag(message), world_, request));
+      });
     });
-    return add(std::move(op));
   }
 
   int post_receive(const Message& message) override {
-    Operation op{message, staging_.take(bytes_of(message)), false, {}};
-    for_each_piece(op, [&](Byte* piece, int bytes, MPI_Request* request) {
-      P2BW_MPI_CHECK(
-          MPI_Irecv(piece, bytes, MPI_BYTE, message.peer, tag(message), world_, request));
+    return pending_.add([&](Operation& op) {
+      start(op, message, false);
+      for_each_piece(op, [&](Byte* piece, int bytes, MPI_Request* request) {
+        P2BW_MPI_CHECK(
+            MPI_Irecv(piece, bytes, MPI_BYTE, message.peer, tag(message), world_, request));
+      });
     });
-    return add(std::move(op));
   }
 
   // MPI needs no grouping: both halves are non-blocking and matched by tag.
@@ -118,28 +126,24 @@ class MpiTransport : public Transport {
   }
 
   void wait(int handle, const std::string& what) override {
-    auto it = pending_.find(handle);
-    P2BW_ASSERT(it != pending_.end(), "waiting for an unknown transfer");
-    Operation& op = it->second;
-    if (!poll(op.requests.data(), static_cast<int>(op.requests.size()), timeout_s_))
+    Operation& op = pending_.at(handle);
+    if (!wait_for(op.requests.data(), static_cast<int>(op.requests.size()), timeout_s_))
       throw RunError(stalled_transfer(stage_, what, timeout_s_, op.message, op.send));
-    finish(it);
+    finish(handle);
   }
 
   bool test(int handle) override {
-    auto it = pending_.find(handle);
-    P2BW_ASSERT(it != pending_.end(), "testing an unknown transfer");
+    std::vector<MPI_Request>& requests = pending_.at(handle).requests;
     int done = 0;
-    std::vector<MPI_Request>& requests = it->second.requests;
     P2BW_MPI_CHECK(MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done,
                                MPI_STATUSES_IGNORE));
     if (!done) return false;
-    finish(it);
+    finish(handle);
     return true;
   }
 
   void wait_all(const std::string& what) override {
-    while (!pending_.empty()) wait(pending_.begin()->first, what);
+    while (!pending_.empty()) wait(pending_.oldest(), what);
   }
 
  private:
@@ -149,12 +153,13 @@ class MpiTransport : public Transport {
   struct Operation {
     Message message;
     StagingPool<Byte>::Buffer staging;  // the buffer's own bytes on host builds
-    bool send;
+    bool send = false;
     std::vector<MPI_Request> requests;  // one per piece of at most max_bytes_
   };
-  int add(Operation op) {
-    pending_.emplace(next_, std::move(op));
-    return next_++;
+  void start(Operation& op, const Message& message, bool send) {
+    op.message = message;
+    op.staging = staging_.take(bytes_of(message));
+    op.send = send;
   }
   static Bytes bytes_of(const Message& message) {
     return Bytes(static_cast<Byte*>(message.buffer.data()),
@@ -176,41 +181,28 @@ class MpiTransport : public Transport {
   static int tag(const Message& message) { return tag_of(message.microbatch, message.direction); }
 
   // A completed operation: a receive's data to its device buffer, the staging back to the pool.
-  void finish(std::map<int, Operation>::iterator it) {
-    Operation& op = it->second;
+  void finish(int handle) {
+    Operation& op = pending_.at(handle);
     if (StagingPool<Byte>::copies && !op.send) Kokkos::deep_copy(bytes_of(op.message), op.staging);
     staging_.give_back(op.staging);
-    pending_.erase(it);
+    op.staging = {};
+    op.message.buffer = StoreView();
+    pending_.remove(handle);
   }
 
   MPI_Comm world_;
   double timeout_s_;
   int stage_;
   std::int64_t max_bytes_;
-  std::map<int, Operation> pending_;
+  PendingOps<Operation> pending_;
   StagingPool<Byte> staging_;
-  int next_ = 0;
 };
 
 }  // namespace
 
-namespace {
-void wait_or_throw(MPI_Request* requests, int count, double timeout_s, int stage,
-                   const std::string& what) {
-  if (!poll(requests, count, timeout_s))
-    throw RunError(fmt::format("stage {}: {}: no progress for {} s (pipeline.timeout_s)", stage,
-                               what, timeout_s));
-}
-}  // namespace
-
-void wait_with_deadline(std::vector<MPI_Request>& requests, double timeout_s, int stage,
-                        const std::string& what) {
-  wait_or_throw(requests.data(), static_cast<int>(requests.size()), timeout_s, stage, what);
-}
-
 void wait_with_deadline(MPI_Request& request, double timeout_s, int stage,
                         const std::string& what) {
-  wait_or_throw(&request, 1, timeout_s, stage, what);
+  if (!wait_for(&request, 1, timeout_s)) throw RunError(stalled(stage, what, timeout_s));
 }
 
 std::unique_ptr<Transport> make_mpi_transport(MPI_Comm world, double timeout_s, int stage,

@@ -76,10 +76,17 @@ constexpr std::int64_t kMaxMpiCount = std::int64_t{1} << 30;
 std::unique_ptr<Transport> make_mpi_transport(MPI_Comm world, double timeout_s, int stage,
                                               std::int64_t max_message_bytes = kMaxMpiCount);
 
-// Waits for non-blocking MPI operations (e.g. a collective) with a deadline: tests them in a loop
-// that yields the core between tests, throws RunError("stage S: WHAT: no progress ...") when late.
-void wait_with_deadline(std::vector<MPI_Request>& requests, double timeout_s, int stage,
-                        const std::string& what);
+// Tests non-blocking MPI operations (e.g. a collective) until all have completed; false when
+// timeout_s passes first. It spins as MPI_Wait does (MPI advances large messages and non-blocking
+// collectives only inside MPI calls), yielding the core between tests so that ranks sharing
+// cores still get to compute.
+bool wait_for(MPI_Request* requests, int count, double timeout_s);
+
+// The one-line message of anything else that made no progress within the deadline: "stage S:
+// WHAT: no progress for T s (pipeline.timeout_s)".
+std::string stalled(int stage, const std::string& what, double timeout_s);
+
+// wait_for one request, throwing RunError(stalled(...)) when late.
 void wait_with_deadline(MPI_Request& request, double timeout_s, int stage, const std::string& what);
 
 }  // namespace p2bw::comm
