@@ -227,7 +227,8 @@ TEST(Sgd, MatchesScalarLoop) {
 }
 
 // The prediction over the gradient (as 2bw's executor writes it): the weights are the same bits
-// as without a prediction, and out = w' + gamma (w' - w) from the rounded w'.
+// as without a prediction, and out = w' + gamma (w' - w) from the rounded w' (on the host the
+// same bits as this formula; on a GPU within one ulp, where nvcc fuses it into one FMA).
 TEST(Prediction, WrittenOverTheGradientBesideAnInPlaceUpdate) {
   for (bool adamw : {true, false}) {
     Buf<float> w(kN), grad(kN), w_plain(kN), grad_copy(kN), m(kN), v(kN), m2(kN), v2(kN);
@@ -254,7 +255,12 @@ TEST(Prediction, WrittenOverTheGradientBesideAnInPlaceUpdate) {
     EXPECT_EQ(after, w_plain.values()) << (adamw ? "adamw" : "sgd");
     for (int i = 0; i < kN; ++i) {
       const float want = after[i] + static_cast<float>(gamma) * (after[i] - before[i]);
-      EXPECT_EQ(predicted[i], want) << (adamw ? "adamw " : "sgd ") << i;
+      if (kHostKernels) {
+        EXPECT_EQ(predicted[i], want) << (adamw ? "adamw " : "sgd ") << i;
+      } else {  // nvcc contracts w' + gamma d into one FMA (one rounding, not two): within 1 ulp
+        EXPECT_LE(std::abs(predicted[i] - want), eps<float>() * std::abs(want))
+            << (adamw ? "adamw " : "sgd ") << i;
+      }
       EXPECT_NE(predicted[i], after[i]) << i;
     }
   }

@@ -3,8 +3,9 @@
 // are and are not multiples of the pack width, and for buffers on and one element off a 16-byte
 // boundary, every way of running a kernel gives the bytes of its element-by-element loop and
 // writes nothing outside its buffers. The ways: the packed loop forced (so that hosts, where the
-// entry points never take packs, test it too), and the public entry point, which takes packs on
-// a GPU when the buffers allow it and falls back to elements when they do not.
+// entry points never take packs, test it too; off by one on hosts only, since a GPU's 128-bit
+// accesses need 16-byte alignment), and the public entry point, which takes packs on a GPU when
+// the buffers allow it and falls back to elements when they do not.
 #include "kernels/packed.hpp"
 
 #include <cstring>
@@ -107,6 +108,9 @@ void expect_ways_agree(const char* kernel, Case case_, bool entries_exact = true
     const auto reference = case_(Way::element, n);
     for (const Way way : kWays) {
       if (way == Way::element || (is_entry(way) && !entries_exact)) continue;
+      // A device's packed loop takes 16-byte aligned buffers only (its loads and stores are
+      // 128-bit: misaligned ones fault), so there only the entry point sees buffers off by one.
+      if (way == Way::packed_off_by_one && detail::packs_pay<Exec>()) continue;
       EXPECT_EQ(case_(way, n), reference) << kernel << ", n = " << n << ": " << name(way);
     }
   }
