@@ -391,10 +391,14 @@ constexpr bool cublaslt_types() {
 
 constexpr std::size_t kCublasLtWorkspaceBytes = std::size_t(32) << 20;  // 32 MiB per stream
 
-// The alignment of a pointer in bytes: the largest power of two up to 256 dividing it.
+// The alignment of a pointer in bytes as the algorithm choice sees it: the largest power of two up
+// to 16 dividing it. cuBLASLt's kernels load at most 16 bytes at a time (Hopper's TMA needs 16),
+// and capping here keeps the choice layout-free: a tensor is 64-byte aligned in one stage's flat
+// buffer and 256-byte aligned in the single-rank reference's, and with uncapped alignments in the
+// key and the heuristic's preferences the two could get different algorithms, so different bits.
 inline std::uint32_t pointer_alignment(const void* p) {
   const auto address = reinterpret_cast<std::uintptr_t>(p);
-  std::uint32_t alignment = 256;
+  std::uint32_t alignment = 16;
   while (alignment > 1 && address % alignment != 0) alignment /= 2;
   return alignment;
 }
