@@ -525,8 +525,12 @@ inline bool lt_heuristic(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc,
   constexpr int kRequested = 8;
   cublasLtMatmulHeuristicResult_t results[kRequested] = {};
   int returned = 0;
-  P2BW_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, desc, la, lb, lc, lc, pref, kRequested,
-                                                   results, &returned));
+  // NOT_SUPPORTED: no algorithm fits this problem (e.g. the bias epilogue with these alignments),
+  // which the caller answers by retrying without the epilogue.
+  const cublasStatus_t heuristic = cublasLtMatmulAlgoGetHeuristic(
+      handle, desc, la, lb, lc, lc, pref, kRequested, results, &returned);
+  if (heuristic == CUBLAS_STATUS_NOT_SUPPORTED) return false;
+  P2BW_CUBLAS_CHECK(heuristic);
   for (int i = 0; i < returned; ++i) {
     if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
     if (results[i].workspaceSize > kCublasLtWorkspaceBytes) continue;
