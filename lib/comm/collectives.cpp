@@ -37,6 +37,11 @@ std::string describe(const ProcessGrid& grid, Group group) {
   return "?";
 }
 
+std::string stalled_reduction(const ProcessGrid& grid, Group group, const std::string& what,
+                              double timeout_s) {
+  return stalled(grid.stage(), fmt::format("{} over {}", what, describe(grid, group)), timeout_s);
+}
+
 namespace {
 
 class MpiCollectives : public Collectives {
@@ -73,8 +78,7 @@ class MpiCollectives : public Collectives {
   void wait(int handle) override {
     Reduction& r = pending_.at(handle);
     if (!wait_for(r.requests.data(), static_cast<int>(r.requests.size()), timeout_s_))
-      throw RunError(
-          stalled(grid_.stage(), fmt::format("{} over {}", r.what, describe(r.group)), timeout_s_));
+      throw RunError(stalled_reduction(grid_, r.group, r.what, timeout_s_));
     finish(handle);
   }
 

@@ -26,6 +26,11 @@ enum class Group {
 MPI_Comm group_comm(const ProcessGrid& grid, Group group);
 std::string describe(const ProcessGrid& grid, Group group);
 
+// The one-line message of a reduction over `group` that made no progress within the deadline:
+// "stage S: WHAT over GROUP: no progress for T s (pipeline.timeout_s)".
+std::string stalled_reduction(const ProcessGrid& grid, Group group, const std::string& what,
+                              double timeout_s);
+
 class Collectives {
  public:
   virtual ~Collectives() = default;

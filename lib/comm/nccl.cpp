@@ -310,8 +310,7 @@ class NcclCollectives : public Collectives {
     const Reduction& r = pending_.at(handle);
     if (!noting_errors([&] { return poll(r.done, comm(r.group), timeout_s_); })) {
       aborted_ = true;
-      throw RunError(
-          stalled(grid_.stage(), fmt::format("{} over {}", r.what, describe(r.group)), timeout_s_));
+      throw RunError(stalled_reduction(grid_, r.group, r.what, timeout_s_));
     }
     finish(handle);
   }
