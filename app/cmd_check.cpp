@@ -110,14 +110,15 @@ int run_check(const Context& context, const std::string& path,
     fmt::print(
         "#   bf16: weights = 2 bf16 compute copies + one fp32 master; activations, boundary "
         "buffers and stored workspace bf16; gradients, optimizer state and statistics fp32\n");
-  fmt::print("{:>5}  {:>8}  {:>9}  {:>11}  {:>11}  {:>11}  {:>11}  {:>11}  {:>11}\n", "stage",
-             "versions", "in flight", "weights", "gradients", "optimizer", "activations", "buffers",
-             "total");
+  constexpr auto kRow =
+      "{:>5}  {:>8}  {:>9}  {:>11}  {:>11}  {:>11}  {:>11}  {:>11}  {:>11}  {:>11}\n";
+  fmt::print(kRow, "stage", "versions", "in flight", "weights", "gradients", "optimizer",
+             "activations", "buffers", "workspace", "total");
   for (size_t s = 0; s < memory.size(); ++s) {
     const auto& m = memory[s];
-    fmt::print("{:>5}  {:>8}  {:>9}  {:>11}  {:>11}  {:>11}  {:>11}  {:>11}  {:>11}\n", s,
-               m.versions, m.in_flight, bytes(m.weights), bytes(m.gradients), bytes(m.optimizer),
-               bytes(m.activations), bytes(m.buffers), bytes(m.total()));
+    fmt::print(kRow, s, m.versions, m.in_flight, bytes(m.weights), bytes(m.gradients),
+               bytes(m.optimizer), bytes(m.activations), bytes(m.buffers), bytes(m.workspace),
+               bytes(m.total()));
   }
   // The check is of what p2bw train allocates: the prediction above.
   const auto& allocated = memory;

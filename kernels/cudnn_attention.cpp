@@ -237,6 +237,7 @@ class Cudnn {
   }
 
   const std::string& version() const { return version_; }
+  std::int64_t workspace_bytes() const { return workspace_bytes_; }
 
   void release() {
     graphs_.clear();
@@ -340,6 +341,12 @@ void release_cudnn_attention() {
   Cudnn& cudnn = Cudnn::instance();
   const std::lock_guard<std::mutex> lock(cudnn.mutex());
   cudnn.release();
+}
+
+std::int64_t cudnn_attention_workspace_bytes() {
+  Cudnn& cudnn = Cudnn::instance();
+  const std::lock_guard<std::mutex> lock(cudnn.mutex());
+  return cudnn.workspace_bytes();
 }
 
 }  // namespace p2bw::kernels

@@ -12,6 +12,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
 #include <string>
 
 namespace p2bw::kernels {
@@ -45,5 +46,8 @@ std::string cudnn_built_against();
 
 // Frees the graphs, the workspace and the handle (before Kokkos::finalize).
 void release_cudnn_attention();
+
+// The bytes of device memory cuDNN's workspace holds now (grown to the largest graph's need).
+std::int64_t cudnn_attention_workspace_bytes();
 
 }  // namespace p2bw::kernels

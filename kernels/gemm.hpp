@@ -13,8 +13,11 @@
 // As in BLAS, beta == 0 means C is not read (NaN in C does not propagate).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <mutex>
+#include <vector>
 
 #ifdef P2BW_HAVE_CBLAS
 #include <cblas.h>
@@ -261,6 +264,12 @@ class HostGemmBuffers {
     std::lock_guard<std::mutex> lock(mutex_);
     for (View& v : views_) v = View();
   }
+  std::int64_t bytes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::int64_t sum = 0;
+    for (const View& v : views_) sum += static_cast<std::int64_t>(v.extent(0) * sizeof(Real));
+    return sum;
+  }
 
  private:
   using View = Kokkos::View<Real*, Kokkos::HostSpace>;
@@ -465,6 +474,10 @@ class CublasLt {
   static std::atomic<long>& heuristic_queries() {
     static std::atomic<long> count{0};
     return count;
+  }
+  std::int64_t workspace_bytes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return static_cast<std::int64_t>(workspaces_.size() * kCublasLtWorkspaceBytes);
   }
   void release() {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -688,6 +701,60 @@ inline void release_gemm_resources() {
 #endif
 #ifdef KOKKOS_ENABLE_CUDA
   detail::CublasLt::instance().release();
+#endif
+}
+
+// The bytes the GEMM and attention backends hold in this process now, outside the model's Views:
+// the CBLAS path's widened operands (host bf16 GEMMs), cuBLASLt's workspaces (one per stream
+// that ran a GEMM) and cuDNN attention's workspace. Memory accounting adds them to the model's
+// workspace.
+inline std::int64_t library_workspace_bytes() {
+  std::int64_t sum = 0;
+#ifdef P2BW_HAVE_CBLAS
+  sum += detail::HostGemmBuffers<float>::instance().bytes() +
+         detail::HostGemmBuffers<double>::instance().bytes();
+#endif
+#ifdef KOKKOS_ENABLE_CUDA
+  sum += detail::CublasLt::instance().workspace_bytes();
+#endif
+#ifdef P2BW_CUDNN
+  sum += cudnn_attention_workspace_bytes();
+#endif
+  return sum;
+}
+
+// A linear layer as matmul_forward and matmul_backward (kernels/matmul.hpp) run it on N rows:
+// weight (out, in).
+struct LinearShape {
+  std::int64_t in, out;
+};
+
+// What training a model with these linear layers on N rows adds of them, as predicted: on CUDA,
+// cuBLASLt's workspace for the one stream a rank computes on; on hosts with bf16 storage, the
+// CBLAS path's three float buffers, each as large as the largest span it widens (A: the inputs
+// forward, the output gradients backward; B: the weights, and the inputs for dweight; C: the
+// outputs forward, the input gradients backward). cuDNN's workspace (bf16 attention on CUDA)
+// depends on the graphs cuDNN builds, and is measured only.
+inline std::int64_t predicted_library_workspace_bytes(bool bf16_storage, std::int64_t N,
+                                                      const std::vector<LinearShape>& linears) {
+  if (linears.empty()) return 0;  // no GEMM
+#ifdef KOKKOS_ENABLE_CUDA
+  (void)bf16_storage;
+  (void)N;
+  return static_cast<std::int64_t>(detail::kCublasLtWorkspaceBytes);
+#elif defined(P2BW_HAVE_CBLAS)
+  if (!bf16_storage) return 0;  // float operands go to BLAS as they are
+  std::int64_t a = 0, b = 0, c = 0;
+  for (const LinearShape& l : linears) {
+    a = std::max({a, N * l.in, N * l.out});
+    b = std::max({b, l.out * l.in, N * l.in});
+    c = std::max({c, N * l.out, N * l.in});
+  }
+  return static_cast<std::int64_t>(sizeof(float)) * (a + b + c);
+#else
+  (void)bf16_storage;
+  (void)N;
+  return 0;
 #endif
 }
 

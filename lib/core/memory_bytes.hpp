@@ -12,7 +12,8 @@ struct MemoryBytes {
   std::int64_t optimizer = 0;    // AdamW moments or SGD momentum
   std::int64_t activations = 0;  // stashed for backward (and recomputation's scratch)
   std::int64_t buffers = 0;      // send and receive buffers of the stage boundaries
-  std::int64_t workspace = 0;    // transient buffers of forward and backward, once
+  std::int64_t workspace = 0;    // transient buffers of forward and backward, once, and the
+                                 // GEMM and attention libraries' workspaces
   std::int64_t total() const {
     return weights + gradients + optimizer + activations + buffers + workspace;
   }

@@ -168,6 +168,16 @@ std::int64_t stage_workspace_bytes(const ModelShape& shape, bool has_head,
   return 4 * counts.statistics + config::compute_bytes(precision) * counts.stored;
 }
 
+std::int64_t stage_library_workspace_bytes(const ModelShape& shape, int blocks, bool has_head,
+                                           config::Precision precision) {
+  const std::int64_t C = shape.hidden;
+  std::vector<kernels::LinearShape> linears;
+  if (blocks > 0) linears = {{C, 3 * C}, {C, C}, {C, 4 * C}, {4 * C, C}};  // qkv, proj, fc, proj
+  if (has_head) linears.push_back({C, shape.padded_vocab});                // logits (tied wte)
+  return kernels::predicted_library_workspace_bytes(precision == config::Precision::bf16,
+                                                    shape.microbatch * shape.seq_len, linears);
+}
+
 std::int64_t Cache::bytes() const {
   return values.bytes() +
          4 * static_cast<std::int64_t>(statistics.extent(0) + tokens.extent(0) + targets.extent(0) +
@@ -273,21 +283,30 @@ const TensorInfo* StageModel::find(const std::string& name) const {
   return nullptr;
 }
 
-Cache StageModel::make_cache() const {
+void StageModel::add_inputs(Cache& cache) const {
   const auto r = static_cast<size_t>(shape_.microbatch * shape_.seq_len);
-  Cache cache;
-  cache.values = make_stored("p2bw::cache", cache_values_);
-  cache.statistics = FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::cache_32bit"),
-                               static_cast<size_t>(cache_statistics_));
   if (has_embedding()) {
     cache.tokens = IntView("p2bw::tokens", r);
     cache.buckets = kernels::EncoderBuckets<Exec>(static_cast<std::int64_t>(r));
   }
-  if (has_head()) {
-    cache.targets = IntView("p2bw::targets", r);
-    cache.positions = DoubleView("p2bw::positions", 1);
-  }
+  if (has_head()) cache.targets = IntView("p2bw::targets", r);
+}
+
+Cache StageModel::make_cache() const {
+  Cache cache;
+  cache.values = make_stored("p2bw::cache", cache_values_);
+  cache.statistics = FloatView(Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::cache_32bit"),
+                               static_cast<size_t>(cache_statistics_));
+  add_inputs(cache);
+  if (has_head()) cache.positions = DoubleView("p2bw::positions", 1);
   return cache;
+}
+
+Cache StageModel::make_input_stash() const {
+  Cache stash;
+  if (!has_embedding()) stash.values = make_boundary("p2bw::stash");
+  add_inputs(stash);
+  return stash;
 }
 
 void StageModel::load(const Exec& exec, Cache& cache, const int* tokens, const int* targets) {

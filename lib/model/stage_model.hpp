@@ -46,6 +46,10 @@ void set_kernel_precision(const config::Deck& deck);
 // stage with the head also holds one microbatch's logits), stored values in `precision`.
 std::int64_t stage_workspace_bytes(const ModelShape& shape, bool has_head,
                                    config::Precision precision);
+// What the GEMM libraries hold for a stage with `blocks` blocks and maybe the head, as predicted
+// (kernels::predicted_library_workspace_bytes); StageModel's are kernels::library_workspace_bytes.
+std::int64_t stage_library_workspace_bytes(const ModelShape& shape, int blocks, bool has_head,
+                                           config::Precision precision);
 
 // model.precision: bf16 is mixed precision as in llm.c: every value a GPU keeps in 16 bits is a
 // bf16 buffer (StoreView, kernels/storage.hpp: kernels compute in fp32 and round to nearest even
@@ -117,7 +121,12 @@ class StageModel {
   // Fills `params` (num_params) with the initial values (parameters.hpp).
   void init(FloatView params, std::uint64_t seed) const;
 
+  // Everything forward and backward use: activations, statistics and the inputs.
   Cache make_cache() const;
+  // What recomputation stashes per microbatch, and no more: the inputs the re-forward needs (the
+  // tokens with their buckets on the stage with the embedding, else the stage input (B, T, C) in
+  // `values`) and the targets (stage with the head).
+  Cache make_input_stash() const;
   // Loads a microbatch held on the host into the cache: its tokens (B, T) with their buckets for
   // the embedding's backward, sorted here on the host (stage with the embedding), and its targets
   // (B, T) (stage with the head; nullptr leaves cache.targets as they are). The copies to the
@@ -161,6 +170,7 @@ class StageModel {
   void set_kernel_timer(KernelTimer* timer) { timer_ = timer; }
 
  private:
+  void add_inputs(Cache& cache) const;  // tokens with buckets, targets: as this stage has them
   void mark(const char* kernel) const {
     if (timer_ != nullptr) timer_->mark(kernel);
   }

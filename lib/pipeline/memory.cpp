@@ -65,7 +65,9 @@ std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap
       if (!deck.pipeline.recompute) mem.activations += stashed;
       if (s + 1 < depth) mem.buffers += 2 * boundary;
     }
-    mem.workspace = model::stage_workspace_bytes(shape, range.has_head, precision);
+    mem.workspace =
+        model::stage_workspace_bytes(shape, range.has_head, precision) +
+        model::stage_library_workspace_bytes(shape, range.blocks, range.has_head, precision);
     result.push_back(mem);
   }
   return result;

@@ -26,7 +26,9 @@ namespace p2bw::pipeline {
 // So 2bw needs 8 + 8 (bf16) or 8 + 4 (fp32; 12 + 4 with prediction) bytes of weights and
 // gradients per parameter; flush and gpipe 8 + 4 (bf16) or 4 + 4 (fp32).
 // Activations, boundary buffers and the workspace's stored values: config::compute_bytes per
-// value; statistics, token ids and the kernels' fp32 scratch 4.
+// value; statistics, token ids and the kernels' fp32 scratch 4. The workspace also holds the
+// GEMM libraries' (model::stage_library_workspace_bytes: cuBLASLt's 32 MiB on CUDA, the host
+// bf16 GEMMs' widened operands).
 struct StageMemory : MemoryBytes {
   std::int64_t params = 0;          // parameters of the stage
   int versions = 1;                 // weight versions (compute copies) alive: 2 under 2bw

@@ -9,6 +9,7 @@
 #ifdef P2BW_HAVE_NCCL_TRANSPORT
 #include "comm/nccl.hpp"
 #endif
+#include "kernels/gemm.hpp"
 #include "model/lr_schedule.hpp"
 #include "pipeline/stage_checkpoint.hpp"
 #include "pipeline/test_hooks.hpp"
@@ -351,13 +352,7 @@ PipelineTrainer::Microbatch& PipelineTrainer::microbatch(int mb) {
     record.stash = model_->make_cache();
     ++stashes_;
   } else {
-    // Recomputation keeps only what the re-forward needs: the stage input (or tokens and
-    // their buckets), targets.
-    const model::Cache full = model_->make_cache();
-    record.stash.tokens = full.tokens;
-    record.stash.buckets = full.buckets;
-    record.stash.targets = full.targets;
-    if (!model_->has_embedding()) record.stash.values = model_->make_boundary("p2bw::stash");
+    record.stash = model_->make_input_stash();  // what the re-forward needs
     ++stashes_;
   }
   peak_in_flight_ = std::max(peak_in_flight_, stashes_ - static_cast<int>(free_stashes_.size()));
@@ -622,7 +617,7 @@ void PipelineTrainer::account() {
   use.buffers =
       boundaries_ * config::compute_bytes(deck_.model.precision) * model_->boundary_values() +
       bytes(eval_out_[0]) + bytes(eval_out_[1]);
-  use.workspace = model_->workspace_bytes();
+  use.workspace = model_->workspace_bytes() + kernels::library_workspace_bytes();
   if (use.total() > peak_.total()) peak_ = use;
 }
 
