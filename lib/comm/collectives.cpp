@@ -67,12 +67,9 @@ class MpiCollectives : public Collectives {
   }
 
   bool test(int handle) override {
-    std::vector<MPI_Request>& requests = pending_.at(handle).requests;
-    int done = 0;
-    P2BW_MPI_CHECK(MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done,
-                               MPI_STATUSES_IGNORE));
-    if (done) finish(handle);
-    return done != 0;
+    if (!test_all(pending_.at(handle).requests)) return false;
+    finish(handle);
+    return true;
   }
 
   void wait(int handle) override {

@@ -82,6 +82,9 @@ std::unique_ptr<Transport> make_mpi_transport(MPI_Comm world, double timeout_s, 
 // cores still get to compute.
 bool wait_for(MPI_Request* requests, int count, double timeout_s);
 
+// One MPI_Testall over the requests: whether all have completed.
+bool test_all(std::vector<MPI_Request>& requests);
+
 // The one-line message of anything else that made no progress within the deadline: "stage S:
 // WHAT: no progress for T s (pipeline.timeout_s)".
 std::string stalled(int stage, const std::string& what, double timeout_s);

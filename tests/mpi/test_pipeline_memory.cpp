@@ -137,15 +137,18 @@ TEST(PipelineMemory, Bf16AllocatesItsPrediction) {
   }
 }
 
+// The schedules and precisions the allocation tests train with.
+constexpr std::pair<config::ScheduleKind, config::Precision> kScheduleAndPrecision[] = {
+    {config::ScheduleKind::flush, config::Precision::fp32},
+    {config::ScheduleKind::gpipe, config::Precision::fp32},
+    {config::ScheduleKind::two_bw, config::Precision::fp32},
+    {config::ScheduleKind::flush, config::Precision::bf16},
+    {config::ScheduleKind::two_bw, config::Precision::bf16}};
+
 TEST(PipelineMemory, NothingIsAllocatedAfterTheFirstStep) {
   const auto tokens = repeated_text("It was the best of times, it was the worst of times. ");
   const int d = world_size();
-  for (auto [schedule, precision] :
-       {std::pair{config::ScheduleKind::flush, config::Precision::fp32},
-        std::pair{config::ScheduleKind::gpipe, config::Precision::fp32},
-        std::pair{config::ScheduleKind::two_bw, config::Precision::fp32},
-        std::pair{config::ScheduleKind::flush, config::Precision::bf16},
-        std::pair{config::ScheduleKind::two_bw, config::Precision::bf16}}) {
+  for (auto [schedule, precision] : kScheduleAndPrecision) {
     for (bool recompute : {false, true}) {
       const config::Deck deck = pipeline_deck(d, schedule, recompute, precision, 5, 1);
       const comm::ProcessGrid grid(MPI_COMM_WORLD, d, 1);
@@ -170,12 +173,7 @@ TEST(PipelineMemory, NothingIsAllocatedAfterTheFirstStep) {
 TEST(PipelineMemory, TheAllocatorSeesWhatIsAccounted) {
   const auto tokens = repeated_text("It was the best of times, it was the worst of times. ");
   const int d = world_size();
-  for (auto [schedule, precision] :
-       {std::pair{config::ScheduleKind::flush, config::Precision::fp32},
-        std::pair{config::ScheduleKind::gpipe, config::Precision::fp32},
-        std::pair{config::ScheduleKind::two_bw, config::Precision::fp32},
-        std::pair{config::ScheduleKind::flush, config::Precision::bf16},
-        std::pair{config::ScheduleKind::two_bw, config::Precision::bf16}}) {
+  for (auto [schedule, precision] : kScheduleAndPrecision) {
     for (bool recompute : {false, true}) {
       config::Deck deck = pipeline_deck(d, schedule, recompute, precision, 3);
       deck.data.val_fraction = 0.2;
