@@ -8,7 +8,9 @@ folder; runs happen in a scratch folder outside it.
 Parts, in order: environment (nvidia-smi, nvcc, torch, p2bw --version); the kernel tests on the GPU
 (finite differences in double) and the training tests; the NCCL test on one rank; the pipeline
 exactness grid at 1 and 2 MPI ranks sharing the GPU (MPI transport staged through pinned host
-memory); the demo trained on one GPU (one stage) against the host run's loss curve shipped in the
+memory); the memory tests on one rank (the executor's memory against `p2bw check`'s prediction and
+against the Kokkos allocator's high water, nothing allocated after the first step, fences per
+step independent of the microbatches); the demo trained on one GPU (one stage) against the host run's loss curve shipped in the
 bundle; the same demo in bf16 (bf16 storage) against that fp32 curve with bf16's tolerance;
 `p2bw bench` at GPT-2 124M (B = 16, T = 1024) in fp32, TF32 and bf16 (bf16 with each kernel's
 time from CUDA events, `--kernels`, and with cuDNN's fused attention
@@ -328,6 +330,8 @@ def main():
         tests("NCCL test, 1 rank", mpiexec + ["-n", "1", c.bin("test_nccl")], 45),
         tests("exactness grid, 1 rank", mpiexec + ["-n", "1", c.bin("test_pipeline_exact")], 120),
         tests("exactness grid, 2 ranks on one GPU", mpiexec + ["-n", "2", c.bin("test_pipeline_exact")], 150),
+        tests("memory tests, 1 rank (prediction, the allocator's peak, steady state)",
+              mpiexec + ["-n", "1", c.bin("test_pipeline_memory")], 90),
         ("demo training", 1, lambda: part_demo(c, mpiexec)),
         ("demo training bf16", 1, lambda: part_demo(c, mpiexec, bf16=True)),
         ("p2bw bench fp32", 1, lambda: part_bench(c, "fp32", [])),

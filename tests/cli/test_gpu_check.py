@@ -18,7 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 
 # Parts that must be in the table and pass, by the start of their names.
 MUST_PASS = ["kernel tests", "training tests", "exactness grid, 1 rank",
-             "exactness grid, 2 ranks", "p2bw bench (small GPT, dry run) fp32",
+             "exactness grid, 2 ranks", "memory tests, 1 rank", "p2bw bench (small GPT, dry run) fp32",
              "p2bw bench (small GPT, dry run) TF32", "p2bw bench (small GPT, dry run) bf16",
              "p2bw bench (small GPT, dry run) bf16: kernels of one block",
              "p2bw bench (small GPT, dry run) bf16, native attention"]
@@ -39,12 +39,12 @@ def python():
 
 
 def main():
-    p2bw, test_kernels, test_training, test_exact, mpiexec, *flags = sys.argv[1:]
+    p2bw, test_kernels, test_training, test_exact, test_memory, mpiexec, *flags = sys.argv[1:]
     failures = []
     with tempfile.TemporaryDirectory(prefix="p2bw-gpu-check-test-") as tmp:
         stage = pathlib.Path(tmp) / "bundle"
         (stage / "bin").mkdir(parents=True)
-        for program in (p2bw, test_kernels, test_training, test_exact):
+        for program in (p2bw, test_kernels, test_training, test_exact, test_memory):
             (stage / "bin" / pathlib.Path(program).name).symlink_to(os.path.abspath(program))
         # gpu-check runs MPICH's `mpiexec -launcher fork`; this machine's launcher gets its own
         # flags instead (Open MPI's --oversubscribe where the ranks outnumber the cores).

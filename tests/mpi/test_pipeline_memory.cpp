@@ -4,16 +4,20 @@
 // first step. bf16 runs are held to the same prediction in their own layout (2-byte activations,
 // buffers and compute copies), which is checked to be smaller than fp32's where it should be.
 // The steady state allocates nothing in bf16 either. What it accounts is what the allocator saw.
+// Its host synchronisation does not grow with the microbatches (Kokkos >= 4).
 #include <gtest/gtest.h>
 #include <mpi.h>
 
 #include <fmt/format.h>
 
+#include <map>
 #include <memory>
+#include <string>
 #include <utility>
 
 #include "../allocation_counter.hpp"
 #include "comm/process_grid.hpp"
+#include "core/stream_mark.hpp"
 #include "data/token_file.hpp"
 #include "kernels/gemm.hpp"
 #include "mpi_world.hpp"
@@ -194,6 +198,84 @@ TEST(PipelineMemory, TheAllocatorSeesWhatIsAccounted) {
           << " (activations " << m.activations << ", workspace " << m.workspace
           << "); allocated: " << counter.summary();
     }
+  }
+}
+
+// Counts Kokkos fences (every backend's, global and per instance, by name) while it lives, all
+// but StreamMark's waits.
+// Kokkos 3.4's backends do not report their fences to the tools; Kokkos 4's do.
+class FenceCounter {
+ public:
+  FenceCounter() {
+    names().clear();
+    Kokkos::Tools::Experimental::set_begin_fence_callback(&begin);
+  }
+  ~FenceCounter() { Kokkos::Tools::Experimental::set_begin_fence_callback(nullptr); }
+  FenceCounter(const FenceCounter&) = delete;
+  FenceCounter& operator=(const FenceCounter&) = delete;
+  const std::map<std::string, int>& fences() const { return names(); }
+  int count() const {
+    int n = 0;
+    for (const auto& entry : names()) n += entry.second;
+    return n;
+  }
+
+ private:
+  static std::map<std::string, int>& names() {
+    static std::map<std::string, int> seen;
+    return seen;
+  }
+  static void begin(const char* name, const std::uint32_t /*device*/, std::uint64_t* handle) {
+    *handle = 0;
+    const std::string fence = name ? name : "";
+    if (fence != StreamMark::kWaitFence) ++names()[fence];
+  }
+};
+
+// No host synchronisation that grows with the microbatches: a steady-state step fences as often
+// with 4d microbatches as with 2d (the loss is copied once per step, the compute clock reads CUDA
+// events). Not counted: StreamMark's wait, with which a load waits for the copies of the load
+// two before it out of the same host staging slot (a CUDA event on GPUs, a fence named
+// StreamMark::kWaitFence on hosts), a bound on how far the host runs ahead, not a drain. Where
+// the GEMMs run on CBLAS they fence by design (BLAS runs outside Kokkos), and Kokkos 3.4 reports
+// no fences: both skip.
+TEST(PipelineMemory, FencesPerStepDoNotGrowWithMicrobatches) {
+#if KOKKOS_VERSION < 40000
+  GTEST_SKIP() << "Kokkos " << KOKKOS_VERSION << " does not report its backends' fences to the "
+               << "tools (Kokkos >= 4 does: the CUDA bundle, scripts/kokkos4-host-check)";
+#endif
+  if (std::string(kernels::gemm_backend_name<float, model::Exec>()) == "cblas")
+    GTEST_SKIP() << "the GEMMs run on CBLAS, which fences before every call by design";
+  const auto tokens = repeated_text("It was the best of times, it was the worst of times. ");
+  const int d = world_size();
+  for (auto [schedule, precision] : kScheduleAndPrecision) {
+    std::map<std::string, int> per_m[2];
+    for (int k = 0; k < 2; ++k) {
+      config::Deck deck = pipeline_deck(d, schedule, false, precision, 4, 1);
+      deck.pipeline.microbatches = 2 * (k + 1) * d;
+      const comm::ProcessGrid grid(MPI_COMM_WORLD, d, 1);
+      PipelineTrainer trainer(deck, grid, tokens);
+      trainer.step();
+      trainer.step();  // 2bw's first step after the warm-up one
+      const FenceCounter counter;
+      trainer.step();
+      trainer.step();
+      per_m[k] = counter.fences();
+      trainer.synchronize();
+    }
+    const auto text = [](const std::map<std::string, int>& fences) {
+      std::string t;
+      for (const auto& [name, n] : fences)
+        t += fmt::format("{}{} x '{}'", t.empty() ? "" : "; ", n, name);
+      return t.empty() ? std::string("none") : t;
+    };
+    EXPECT_EQ(per_m[0], per_m[1]) << to_string(schedule) << " " << to_string(precision) << " stage "
+                                  << world_rank() << " of " << d
+                                  << ", fences in two steps with m = 2d: " << text(per_m[0])
+                                  << "; with m = 4d: " << text(per_m[1]);
+    if (world_rank() == 0)
+      fmt::print("{} {}: fences in two steady-state steps: {}\n", to_string(schedule),
+                 to_string(precision), text(per_m[1]));
   }
 }
 
