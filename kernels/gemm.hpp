@@ -42,6 +42,13 @@
 
 namespace p2bw::kernels {
 
+// cuBLASLt's workspace per CUDA stream, and what its View allocates: 256 bytes more, so that the
+// workspace can start on a 256-byte boundary (a View's data follows a 128-byte header).
+constexpr std::size_t kCublasLtWorkspaceBytes = std::size_t(32) << 20;  // 32 MiB
+constexpr std::size_t kCublasLtWorkspaceAlignment = 256;
+constexpr std::size_t kCublasLtWorkspaceAllocation =
+    kCublasLtWorkspaceBytes + kCublasLtWorkspaceAlignment;
+
 enum class Trans { N, T };  // op(X) = X or X^T
 
 namespace detail {
@@ -359,15 +366,6 @@ void gemm_cblas_batched(const Exec& exec, Trans ta, Trans tb, Real alpha,
     }                                                                                          \
   } while (0)
 
-#define P2BW_GEMM_CUDA_CHECK(call)                                                             \
-  do {                                                                                         \
-    const cudaError_t p2bw_error_ = (call);                                                    \
-    if (p2bw_error_ != cudaSuccess) {                                                          \
-      throw std::runtime_error(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " + \
-                               #call + " failed: " + cudaGetErrorString(p2bw_error_));         \
-    }                                                                                          \
-  } while (0)
-
 template <class T>
 struct CudaDataType;
 template <>
@@ -397,8 +395,6 @@ constexpr bool cublaslt_types() {
     return false;
   }
 }
-
-constexpr std::size_t kCublasLtWorkspaceBytes = std::size_t(32) << 20;  // 32 MiB per stream
 
 // The alignment of a pointer in bytes as the algorithm choice sees it: the largest power of two up
 // to 16 dividing it. cuBLASLt's kernels load at most 16 bytes at a time (Hopper's TMA needs 16),
@@ -442,7 +438,9 @@ struct LtChoice {
 };
 
 // The process's cuBLASLt handle, the per-stream workspaces and the cached algorithms; the
-// caller holds mutex() while it uses them (through its cublasLtMatmul call).
+// caller holds mutex() while it uses them (through its cublasLtMatmul call). The workspaces are
+// Kokkos Views, so Kokkos' allocation hooks (the tests' counter, memory tools) see them; they
+// are freed by release_gemm_resources() or by Kokkos::finalize (a hook registered at the first).
 class CublasLt {
  public:
   static CublasLt& instance() {
@@ -456,11 +454,15 @@ class CublasLt {
   }
   void* workspace(cudaStream_t stream) {
     const auto it = workspaces_.find(stream);
-    if (it != workspaces_.end()) return it->second;
-    void* w = nullptr;
-    P2BW_GEMM_CUDA_CHECK(cudaMalloc(&w, kCublasLtWorkspaceBytes));
-    workspaces_.emplace(stream, w);
-    return w;
+    if (it != workspaces_.end()) return it->second.aligned();
+    if (!hook_) {
+      Kokkos::push_finalize_hook([] { instance().release(); });
+      hook_ = true;
+    }
+    const Workspace w{Kokkos::View<unsigned char*, Kokkos::CudaSpace>(
+        Kokkos::view_alloc(Kokkos::WithoutInitializing, "p2bw::cublaslt_workspace"),
+        kCublasLtWorkspaceAllocation)};
+    return workspaces_.emplace(stream, w).first->second.aligned();
   }
   const LtChoice* find(const LtKey& key) const {
     const auto it = algos_.find(key);
@@ -477,11 +479,16 @@ class CublasLt {
   }
   std::int64_t workspace_bytes() {
     std::lock_guard<std::mutex> lock(mutex_);
-    return static_cast<std::int64_t>(workspaces_.size() * kCublasLtWorkspaceBytes);
+    return static_cast<std::int64_t>(workspaces_.size() * kCublasLtWorkspaceAllocation);
   }
-  void release() {
+  // Never throws: it also runs on error paths and from Kokkos::finalize's hooks, where a device
+  // in an error state makes the fence throw; the memory is then dropped as it is.
+  void release() noexcept {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (auto& entry : workspaces_) cudaFree(entry.second);  // synchronises with pending GEMMs
+    try {
+      if (!workspaces_.empty()) Kokkos::fence("p2bw: the GEMMs using cuBLASLt's workspaces");
+    } catch (...) {
+    }
     workspaces_.clear();
     algos_.clear();
     if (handle_ != nullptr) cublasLtDestroy(handle_);
@@ -489,9 +496,19 @@ class CublasLt {
   }
 
  private:
+  // kCublasLtWorkspaceBytes from the first 256-byte boundary of the View's data.
+  struct Workspace {
+    Kokkos::View<unsigned char*, Kokkos::CudaSpace> bytes;
+    void* aligned() const {
+      const auto address = reinterpret_cast<std::uintptr_t>(bytes.data());
+      const std::uintptr_t a = kCublasLtWorkspaceAlignment;
+      return bytes.data() + ((a - address % a) % a);
+    }
+  };
   std::mutex mutex_;
+  bool hook_ = false;
   cublasLtHandle_t handle_ = nullptr;
-  std::unordered_map<cudaStream_t, void*> workspaces_;
+  std::unordered_map<cudaStream_t, Workspace> workspaces_;
   std::unordered_map<LtKey, LtChoice, LtKeyHash> algos_;
 };
 
@@ -729,21 +746,19 @@ struct LinearShape {
   std::int64_t in, out;
 };
 
-// What training a model with these linear layers on N rows adds of them, as predicted: on CUDA,
-// cuBLASLt's workspace for the one stream a rank computes on; on hosts with bf16 storage, the
-// CBLAS path's three float buffers, each as large as the largest span it widens (A: the inputs
-// forward, the output gradients backward; B: the weights, and the inputs for dweight; C: the
-// outputs forward, the input gradients backward). cuDNN's workspace (bf16 attention on CUDA)
-// depends on the graphs cuDNN builds, and is measured only.
-inline std::int64_t predicted_library_workspace_bytes(bool bf16_storage, std::int64_t N,
+// What training a model with these linear layers on N rows adds of them on `library`, as
+// predicted: cuBLASLt's workspace for the one stream a rank computes on; CBLAS with bf16 storage,
+// three float buffers, each as large as the largest span it widens (A: the inputs forward, the
+// output gradients backward; B: the weights, and the inputs for dweight; C: the outputs forward,
+// the input gradients backward). cuDNN's workspace (bf16 attention on CUDA) depends on the graphs
+// cuDNN builds: measured only (unpredicted_library_workspace_bytes).
+inline std::int64_t predicted_library_workspace_bytes(GemmLibrary library, bool bf16_storage,
+                                                      std::int64_t N,
                                                       const std::vector<LinearShape>& linears) {
   if (linears.empty()) return 0;  // no GEMM
-#ifdef KOKKOS_ENABLE_CUDA
-  (void)bf16_storage;
-  (void)N;
-  return static_cast<std::int64_t>(detail::kCublasLtWorkspaceBytes);
-#elif defined(P2BW_HAVE_CBLAS)
-  if (!bf16_storage) return 0;  // float operands go to BLAS as they are
+  if (library == GemmLibrary::cublaslt)
+    return static_cast<std::int64_t>(kCublasLtWorkspaceAllocation);
+  if (library != GemmLibrary::cblas || !bf16_storage) return 0;  // nothing widened
   std::int64_t a = 0, b = 0, c = 0;
   for (const LinearShape& l : linears) {
     a = std::max({a, N * l.in, N * l.out});
@@ -751,9 +766,13 @@ inline std::int64_t predicted_library_workspace_bytes(bool bf16_storage, std::in
     c = std::max({c, N * l.out, N * l.in});
   }
   return static_cast<std::int64_t>(sizeof(float)) * (a + b + c);
+}
+
+// Of library_workspace_bytes, what no prediction covers: cuDNN's workspace.
+inline std::int64_t unpredicted_library_workspace_bytes() {
+#ifdef P2BW_CUDNN
+  return cudnn_attention_workspace_bytes();
 #else
-  (void)bf16_storage;
-  (void)N;
   return 0;
 #endif
 }

@@ -23,6 +23,18 @@ namespace p2bw::kernels {
 
 using index_t = std::int64_t;  // flat element index (B*T*Vp and parameter counts exceed 2^31)
 
+// What a build's GEMMs run on (gemm() chooses at compile time; memory predictions take it as a
+// value, so the planner can predict for a cluster's devices rather than for this build).
+enum class GemmLibrary { cublaslt, cblas, native };
+constexpr GemmLibrary kBuildGemmLibrary =
+#if defined(KOKKOS_ENABLE_CUDA)
+    GemmLibrary::cublaslt;
+#elif defined(P2BW_HAVE_CBLAS)
+    GemmLibrary::cblas;
+#else
+    GemmLibrary::native;
+#endif
+
 namespace detail {
 template <class V>
 struct NonDeduced {

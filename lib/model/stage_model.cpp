@@ -169,12 +169,13 @@ std::int64_t stage_workspace_bytes(const ModelShape& shape, bool has_head,
 }
 
 std::int64_t stage_library_workspace_bytes(const ModelShape& shape, int blocks, bool has_head,
-                                           config::Precision precision) {
+                                           config::Precision precision,
+                                           kernels::GemmLibrary library) {
   const std::int64_t C = shape.hidden;
   std::vector<kernels::LinearShape> linears;
   if (blocks > 0) linears = {{C, 3 * C}, {C, C}, {C, 4 * C}, {4 * C, C}};  // qkv, proj, fc, proj
   if (has_head) linears.push_back({C, shape.padded_vocab});                // logits (tied wte)
-  return kernels::predicted_library_workspace_bytes(precision == config::Precision::bf16,
+  return kernels::predicted_library_workspace_bytes(library, precision == config::Precision::bf16,
                                                     shape.microbatch * shape.seq_len, linears);
 }
 

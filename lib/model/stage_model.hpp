@@ -46,10 +46,12 @@ void set_kernel_precision(const config::Deck& deck);
 // stage with the head also holds one microbatch's logits), stored values in `precision`.
 std::int64_t stage_workspace_bytes(const ModelShape& shape, bool has_head,
                                    config::Precision precision);
-// What the GEMM libraries hold for a stage with `blocks` blocks and maybe the head, as predicted
-// (kernels::predicted_library_workspace_bytes); StageModel's are kernels::library_workspace_bytes.
+// What the GEMM libraries hold for a stage with `blocks` blocks and maybe the head when its
+// GEMMs run on `library`, as predicted (kernels::predicted_library_workspace_bytes); what a
+// StageModel's hold is kernels::library_workspace_bytes.
 std::int64_t stage_library_workspace_bytes(const ModelShape& shape, int blocks, bool has_head,
-                                           config::Precision precision);
+                                           config::Precision precision,
+                                           kernels::GemmLibrary library);
 
 // model.precision: bf16 is mixed precision as in llm.c: every value a GPU keeps in 16 bits is a
 // bf16 buffer (StoreView, kernels/storage.hpp: kernels compute in fp32 and round to nearest even

@@ -10,7 +10,8 @@
 
 namespace p2bw::pipeline {
 
-std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap& map) {
+std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap& map,
+                                        kernels::GemmLibrary library) {
   const config::Precision precision = deck.model.precision;
   const bool bf16 = precision == config::Precision::bf16;
   constexpr std::int64_t kFloat = 4;
@@ -65,9 +66,9 @@ std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap
       if (!deck.pipeline.recompute) mem.activations += stashed;
       if (s + 1 < depth) mem.buffers += 2 * boundary;
     }
-    mem.workspace =
-        model::stage_workspace_bytes(shape, range.has_head, precision) +
-        model::stage_library_workspace_bytes(shape, range.blocks, range.has_head, precision);
+    mem.workspace = model::stage_workspace_bytes(shape, range.has_head, precision) +
+                    model::stage_library_workspace_bytes(shape, range.blocks, range.has_head,
+                                                         precision, library);
     result.push_back(mem);
   }
   return result;

@@ -9,6 +9,7 @@
 
 #include "config/deck.hpp"
 #include "core/memory_bytes.hpp"
+#include "kernels/types.hpp"
 #include "pipeline/partition.hpp"
 
 namespace p2bw::pipeline {
@@ -38,6 +39,9 @@ struct StageMemory : MemoryBytes {
 
 // What each stage allocates in the deck's precision (what `p2bw check`, the planner and the
 // executor's measurement compare).
-std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap& map);
+// The GEMM libraries' workspaces follow `library`: this build's, or (the planner) what a
+// cluster's devices run.
+std::vector<StageMemory> predict_memory(const config::Deck& deck, const StageMap& map,
+                                        kernels::GemmLibrary library = kernels::kBuildGemmLibrary);
 
 }  // namespace p2bw::pipeline

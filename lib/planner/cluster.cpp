@@ -60,7 +60,9 @@ const std::vector<ClusterKey>& cluster_keys() {
       {"flops_per_device", "a map of fp32, tf32, bf16 to numbers > 0, each optional", false,
        "sustained FLOP/s of one device on the model's kernels per model.precision (the analytic "
        "cost model, p2bw plan without --profile, needs the deck's)"},
-      {"gpus", "true or false", false, "devices are GPUs (default true; false: CPU ranks)"},
+      {"gpus", "true or false", false,
+       "devices are GPUs (default true; false: CPU ranks); memory counts the GEMM library's "
+       "workspace of GPUs (cuBLASLt) or of CPUs (OpenBLAS: bf16 operands widened to float)"},
   };
   return keys;
 }

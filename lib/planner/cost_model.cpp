@@ -167,9 +167,15 @@ std::int64_t memory_limit(const Cluster& cluster, double headroom) {
   return static_cast<std::int64_t>(headroom * cluster.memory_bytes());
 }
 
-std::vector<std::int64_t> stage_peaks(const config::Deck& run, const pipeline::StageMap& map) {
+kernels::GemmLibrary gemm_library(const Cluster& cluster) {
+  return cluster.gpus ? kernels::GemmLibrary::cublaslt : kernels::GemmLibrary::cblas;
+}
+
+std::vector<std::int64_t> stage_peaks(const config::Deck& run, const pipeline::StageMap& map,
+                                      const Cluster& cluster) {
   std::vector<std::int64_t> peaks;
-  for (const pipeline::StageMemory& stage : pipeline::predict_memory(run, map))
+  for (const pipeline::StageMemory& stage :
+       pipeline::predict_memory(run, map, gemm_library(cluster)))
     peaks.push_back(stage.total());
   return peaks;
 }
@@ -264,7 +270,7 @@ Prediction evaluate(const config::Deck& deck, const Cluster& cluster, const Prof
   config::Deck run = deck;
   run.pipeline.microbatches = c.microbatches;
   const pipeline::StageMap map = pipeline::make_stage_map(run);
-  p.peak_memory_bytes = stage_peaks(run, map);
+  p.peak_memory_bytes = stage_peaks(run, map, cluster);
   const std::int64_t peak =
       *std::max_element(p.peak_memory_bytes.begin(), p.peak_memory_bytes.end());
   if (peak > p.memory_limit_bytes) {

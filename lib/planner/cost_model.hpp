@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "config/deck.hpp"
+#include "kernels/types.hpp"
 #include "pipeline/partition.hpp"
 #include "planner/cluster.hpp"
 #include "planner/profile.hpp"
@@ -79,8 +80,13 @@ std::vector<double> stage_allreduce(const StageCosts& costs);
 
 // Memory a configuration may use per device: headroom x memory_per_device, in bytes.
 std::int64_t memory_limit(const Cluster& cluster, double headroom);
-// Predicted peak bytes of every stage of `run` (pipeline::predict_memory over `map`).
-std::vector<std::int64_t> stage_peaks(const config::Deck& run, const pipeline::StageMap& map);
+// What the cluster's devices run GEMMs on, for the libraries' workspaces in memory predictions:
+// cuBLASLt on GPUs, CBLAS (OpenBLAS) on hosts.
+kernels::GemmLibrary gemm_library(const Cluster& cluster);
+// Predicted peak bytes of every stage of `run` (pipeline::predict_memory over `map`) on the
+// cluster's devices.
+std::vector<std::int64_t> stage_peaks(const config::Deck& run, const pipeline::StageMap& map,
+                                      const Cluster& cluster);
 
 // Simulated time of one batch as p2bw's executor runs it: every stage's forwards, backwards and
 // messages, then after its last backward of the batch the all-reduce (data-parallel, plus the

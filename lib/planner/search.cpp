@@ -38,25 +38,26 @@ std::vector<int> microbatch_counts(config::ScheduleKind schedule, int depth, std
 namespace {
 
 // Whether a candidate's worst stage fits the memory limit (predict_memory only, no timing).
-bool fits_memory(const config::Deck& deck, const Candidate& candidate, std::int64_t limit) {
+bool fits_memory(const config::Deck& deck, const Candidate& candidate, const Cluster& cluster,
+                 std::int64_t limit) {
   const config::Deck run = apply(deck, candidate);
-  const std::vector<std::int64_t> peaks = stage_peaks(run, pipeline::make_stage_map(run));
+  const std::vector<std::int64_t> peaks = stage_peaks(run, pipeline::make_stage_map(run), cluster);
   return *std::max_element(peaks.begin(), peaks.end()) <= limit;
 }
 
 // GPipe keeps all m microbatches' activations: its memory grows with m, so the grid's larger
 // counts may all fail while a count between them fits. Adds the largest m in [counts.front(),
 // counts.back()] that fits (bisection; memory is monotone in m) when the grid lacks it.
-void add_largest_fitting(const config::Deck& deck, Candidate candidate, std::int64_t limit,
-                         std::vector<int>& counts) {
+void add_largest_fitting(const config::Deck& deck, Candidate candidate, const Cluster& cluster,
+                         std::int64_t limit, std::vector<int>& counts) {
   candidate.microbatches = counts.back();
-  if (fits_memory(deck, candidate, limit)) return;
+  if (fits_memory(deck, candidate, cluster, limit)) return;
   int lo = counts.front(), hi = counts.back();  // lo fits (checked below), hi does not
   candidate.microbatches = lo;
-  if (!fits_memory(deck, candidate, limit)) return;
+  if (!fits_memory(deck, candidate, cluster, limit)) return;
   while (hi - lo > 1) {
     candidate.microbatches = lo + (hi - lo) / 2;
-    (fits_memory(deck, candidate, limit) ? lo : hi) = candidate.microbatches;
+    (fits_memory(deck, candidate, cluster, limit) ? lo : hi) = candidate.microbatches;
   }
   if (std::find(counts.begin(), counts.end(), lo) == counts.end()) {
     counts.push_back(lo);
@@ -102,8 +103,8 @@ SearchResult search(const config::Deck& deck, const Cluster& cluster, const Prof
             std::vector<int> counts =
                 microbatch_counts(kind, d, m_bound, options.max_microbatch_counts);
             if (kind == config::ScheduleKind::gpipe && !counts.empty())
-              add_largest_fitting(deck, Candidate{w, d, b, counts.back(), kind, recompute}, limit,
-                                  counts);
+              add_largest_fitting(deck, Candidate{w, d, b, counts.back(), kind, recompute}, cluster,
+                                  limit, counts);
             if (counts.empty()) {
               ++result.candidates;
               ++result.rejections[m_bound < 1 ? Rejection::global_batch

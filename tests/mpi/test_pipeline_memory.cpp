@@ -128,7 +128,11 @@ TEST(PipelineMemory, Bf16AllocatesItsPrediction) {
       EXPECT_EQ(measured.gradients, predicted.gradients) << label;
       EXPECT_EQ(measured.optimizer, predicted.optimizer) << label;
       EXPECT_EQ(measured.buffers, predicted.buffers) << label;
-      EXPECT_EQ(measured.workspace, predicted.workspace) << label;
+      // The model's and the GEMM libraries' workspaces exactly; cuDNN's (bf16 attention on CUDA)
+      // is measured, not predicted.
+      EXPECT_EQ(measured.workspace - kernels::unpredicted_library_workspace_bytes(),
+                predicted.workspace)
+          << label;
       EXPECT_NEAR(double(measured.activations), double(predicted.activations),
                   0.05 * predicted.activations)
           << label;
@@ -184,19 +188,26 @@ TEST(PipelineMemory, TheAllocatorSeesWhatIsAccounted) {
       deck.train.eval_batches = 1;
       const comm::ProcessGrid grid(MPI_COMM_WORLD, d, 1);
       const std::int64_t libraries_before = kernels::library_workspace_bytes();
+      const std::int64_t raw_before = kernels::unpredicted_library_workspace_bytes();
       const testing::AllocationCounter counter;
       PipelineTrainer trainer(deck, grid, tokens);
       for (int s = 0; s < deck.train.steps; ++s) trainer.step();
       trainer.synchronize();
       trainer.evaluate();
-      const std::int64_t allocated = counter.peak_bytes() + libraries_before;
+      // cuDNN's workspace is cudaMalloc'ed, so the counter never sees it grow.
+      const std::int64_t raw_grown = kernels::unpredicted_library_workspace_bytes() - raw_before;
+      const std::int64_t allocated = counter.peak_bytes() + libraries_before + raw_grown;
+      // The tolerance is on the model's own memory: cuBLASLt's 32 MiB would hide a stray
+      // activation set of this small model.
+      const std::int64_t libraries = kernels::library_workspace_bytes();
       const MemoryBytes& m = trainer.memory();
-      EXPECT_NEAR(double(allocated), double(m.total()), 0.02 * m.total())
+      EXPECT_NEAR(double(allocated - libraries), double(m.total() - libraries),
+                  0.02 * double(m.total() - libraries))
           << to_string(schedule) << " " << to_string(precision)
           << (recompute ? " recompute" : " stash") << " stage " << grid.stage() << " of " << d
           << ": the allocator's peak " << allocated << " bytes, accounted " << m.total()
           << " (activations " << m.activations << ", workspace " << m.workspace
-          << "); allocated: " << counter.summary();
+          << ", libraries' workspaces " << libraries << "); allocated: " << counter.summary();
     }
   }
 }
@@ -234,11 +245,11 @@ class FenceCounter {
 
 // No host synchronisation that grows with the microbatches: a steady-state step fences as often
 // with 4d microbatches as with 2d (the loss is copied once per step, the compute clock reads CUDA
-// events). Not counted: StreamMark's wait, with which a load waits for the copies of the load
-// two before it out of the same host staging slot (a CUDA event on GPUs, a fence named
-// StreamMark::kWaitFence on hosts), a bound on how far the host runs ahead, not a drain. Where
-// the GEMMs run on CBLAS they fence by design (BLAS runs outside Kokkos), and Kokkos 3.4 reports
-// no fences: both skip.
+// events; syncs outside Kokkos, such as those on CUDA events, are not seen). Not counted:
+// StreamMark's wait, with which a load waits for the copies of the load two before it out of the
+// same host staging slot (a CUDA event on GPUs, a fence named StreamMark::kWaitFence on hosts), a
+// bound on how far the host runs ahead, not a drain. Where the GEMMs run on CBLAS they fence by
+// design (BLAS runs outside Kokkos), and Kokkos 3.4 reports no fences: both skip.
 TEST(PipelineMemory, FencesPerStepDoNotGrowWithMicrobatches) {
 #if KOKKOS_VERSION < 40000
   GTEST_SKIP() << "Kokkos " << KOKKOS_VERSION << " does not report its backends' fences to the "
@@ -269,6 +280,8 @@ TEST(PipelineMemory, FencesPerStepDoNotGrowWithMicrobatches) {
         t += fmt::format("{}{} x '{}'", t.empty() ? "" : "; ", n, name);
       return t.empty() ? std::string("none") : t;
     };
+    // A step copies its losses to the host at least once: no fence at all means none was seen.
+    EXPECT_FALSE(per_m[1].empty()) << "no fence counted";
     EXPECT_EQ(per_m[0], per_m[1]) << to_string(schedule) << " " << to_string(precision) << " stage "
                                   << world_rank() << " of " << d
                                   << ", fences in two steps with m = 2d: " << text(per_m[0])

@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "kernels/attention.hpp"
+#include "kernels/gemm.hpp"
 #include "model/model_shape.hpp"
 #include "pipeline/memory.hpp"
 #include "pipeline/partition.hpp"
@@ -150,15 +151,22 @@ TEST(Memory, Bf16ByHand) {
       const std::int64_t widening =
           kernels::attention_backward_workspace<float, kernels::bf16>(2, 16, C, NH) -
           kernels::attention_backward_workspace<float>(2, 16, C, NH);
-      // The host's bf16 GEMMs widen their operands into three float buffers (A, B, C), each as
-      // large as the largest it takes: (B·T, 4C) in the blocks; with the head the logits
-      // (B·T, Vp) and the tied wte (Vp, C), equal here since B·T = C.
-#if defined(P2BW_HAVE_CBLAS) && !defined(KOKKOS_ENABLE_CUDA)
-      const std::int64_t gemm_widening = 4 * 3 * (s == 1 ? BT * 256 : BT * 4 * C);
-#else
-      const std::int64_t gemm_widening = 0;  // cuBLASLt takes bf16 as it is
-#endif
-      EXPECT_EQ(b[s].workspace, a[s].workspace - 2 * stored + 4 * widening + gemm_widening);
+      // The GEMM libraries' workspaces, by the library the devices run: OpenBLAS's bf16 GEMMs
+      // widen their operands into three float buffers (A, B, C), each as large as the largest
+      // it takes: (B·T, 4C) in the blocks; with the head the logits (B·T, Vp) and the tied wte
+      // (Vp, C), equal here since B·T = C. cuBLASLt keeps its 32 MiB workspace in fp32 too.
+      using kernels::GemmLibrary;
+      const auto on = [&](const config::Deck& deck, GemmLibrary library) {
+        return predict_memory(deck, map, library)[s].workspace;
+      };
+      const std::int64_t model_bf16 = on(bf16, GemmLibrary::native);
+      EXPECT_EQ(model_bf16, on(fp32, GemmLibrary::native) - 2 * stored + 4 * widening);
+      EXPECT_EQ(on(bf16, GemmLibrary::cblas),
+                model_bf16 + 4 * 3 * (s == 1 ? BT * 256 : BT * 4 * C));
+      EXPECT_EQ(on(fp32, GemmLibrary::cblas), on(fp32, GemmLibrary::native));
+      EXPECT_EQ(on(bf16, GemmLibrary::cublaslt),
+                model_bf16 + std::int64_t{kernels::kCublasLtWorkspaceAllocation});
+      EXPECT_EQ(b[s].workspace, on(bf16, kernels::kBuildGemmLibrary));
     }
     // Last stage, 2 blocks + head, 1 microbatch in flight: per block 16 values per (B, T, C)
     // position at 2 bytes, 4 row statistics (B, T) and the attention log-sum-exps (B, NH, T) at

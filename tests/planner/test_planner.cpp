@@ -385,7 +385,9 @@ void check_invariants(const config::Deck& deck, const Cluster& cluster, const Se
       EXPECT_GE(c.microbatches, c.depth);
     }
     const config::Deck run = apply(deck, c);
-    const auto memory = pipeline::predict_memory(run, pipeline::make_stage_map(run));
+    // On the cluster's GPUs: with cuBLASLt's workspace, whatever this build's GEMMs run on.
+    const auto memory =
+        pipeline::predict_memory(run, pipeline::make_stage_map(run), gemm_library(cluster));
     ASSERT_EQ(memory.size(), p.peak_memory_bytes.size());
     for (size_t s = 0; s < memory.size(); ++s) {
       EXPECT_EQ(memory[s].total(), p.peak_memory_bytes[s]);
