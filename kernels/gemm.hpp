@@ -16,7 +16,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #ifdef P2BW_HAVE_CBLAS
@@ -66,6 +68,39 @@ inline void set_tf32(bool on) {
 }
 inline bool tf32_enabled() {
   return detail::tf32_flag().load();
+}
+
+// A GELU in a GEMM's epilogue (cuBLASLt's GELU_AUX_BIAS and DGELU; gemm_bias_gelu, gemm_dgelu):
+// forward, C = gelu(X) with the pre-activation X = alpha op(A) op(B) + bias stored in `pre`;
+// backward, C = gelu'(pre) alpha op(A) op(B).
+enum class GeluEpilogue { none, forward, backward };
+
+namespace detail {
+// On unless the environment says P2BW_GELU_EPILOGUE=off.
+inline std::atomic<bool>& gelu_epilogue_flag() {
+  static std::atomic<bool> flag{[] {
+    const char* v = std::getenv("P2BW_GELU_EPILOGUE");
+    return v == nullptr || std::string(v) != "off";
+  }()};
+  return flag;
+}
+inline std::atomic<long>& gelu_epilogue_count() {
+  static std::atomic<long> count{0};
+  return count;
+}
+}  // namespace detail
+
+// Whether gemm_bias_gelu and gemm_dgelu may fuse the GELU into cuBLASLt's epilogue (default on;
+// P2BW_GELU_EPILOGUE=off or set_gelu_epilogue(false): the GEMM and kernels/gelu.hpp instead).
+inline void set_gelu_epilogue(bool on) {
+  detail::gelu_epilogue_flag().store(on);
+}
+inline bool gelu_epilogue_enabled() {
+  return detail::gelu_epilogue_flag().load();
+}
+// GEMMs that ran with a GELU epilogue in this process (for the tests).
+inline long gelu_epilogue_gemms() {
+  return detail::gelu_epilogue_count().load();
 }
 
 namespace detail {
@@ -412,12 +447,12 @@ inline std::uint32_t pointer_alignment(const void* p) {
 struct LtKey {
   long long batch, m, n, k, lda, ldb, ldc, stride_a, stride_b, stride_c;
   int trans_a, trans_b, ab_type, c_type, compute, epilogue;
-  std::uint32_t align_a, align_b, align_c, align_bias;
+  std::uint32_t align_a, align_b, align_c, align_bias, align_aux;
 
-  std::array<long long, 20> fields() const {
-    return {batch,    m,        n,        k,       lda,     ldb,       ldc,
-            stride_a, stride_b, stride_c, trans_a, trans_b, ab_type,   c_type,
-            compute,  epilogue, align_a,  align_b, align_c, align_bias};
+  std::array<long long, 21> fields() const {
+    return {batch,    m,        n,        k,       lda,     ldb,        ldc,
+            stride_a, stride_b, stride_c, trans_a, trans_b, ab_type,    c_type,
+            compute,  epilogue, align_a,  align_b, align_c, align_bias, align_aux};
   }
   bool operator==(const LtKey& other) const { return fields() == other.fields(); }
 };
@@ -430,11 +465,12 @@ struct LtKeyHash {
   }
 };
 
-// The algorithm kept for a problem, and whether it applies the bias (CUBLASLT_EPILOGUE_BIAS) or
-// runs without an epilogue, gemm_epilogue adding the bias after it (see gemm_cublaslt_batched).
+// The algorithm kept for a problem, and whether it applies the key's epilogue. A bias epilogue
+// not applied runs without one, gemm_epilogue adding the bias after it; a GELU epilogue not
+// applied runs nothing, its caller composing the GEMM and GELU (see gemm_cublaslt_batched).
 struct LtChoice {
   cublasLtMatmulAlgo_t algo;
-  bool fused_bias;
+  bool fused;
 };
 
 // The process's cuBLASLt handle, the per-stream workspaces and the cached algorithms; the
@@ -530,10 +566,12 @@ void lt_layout(cublasLtMatrixLayout_t layout, std::size_t rows, std::size_t cols
 }
 
 // The first heuristic result without a split-K reduction (see above) into *algo; false if there
-// is none.
+// is none. `optional`: the epilogue can be done without (a GELU), so any refusal of the
+// heuristic's means "none" rather than an error.
 inline bool lt_heuristic(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc,
                          cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
-                         cublasLtMatrixLayout_t lc, const LtKey& key, cublasLtMatmulAlgo_t* algo) {
+                         cublasLtMatrixLayout_t lc, const LtKey& key, bool optional,
+                         cublasLtMatmulAlgo_t* algo) {
   cublasLtMatmulPreferenceOpaque_t pref_storage;
   const cublasLtMatmulPreference_t pref = &pref_storage;
   P2BW_CUBLAS_CHECK(cublasLtMatmulPreferenceInit(pref));
@@ -560,6 +598,7 @@ inline bool lt_heuristic(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc,
   const cublasStatus_t heuristic = cublasLtMatmulAlgoGetHeuristic(
       handle, desc, la, lb, lc, lc, pref, kRequested, results, &returned);
   if (heuristic == CUBLAS_STATUS_NOT_SUPPORTED) return false;
+  if (optional && heuristic != CUBLAS_STATUS_SUCCESS) return false;
   P2BW_CUBLAS_CHECK(heuristic);
   for (int i = 0; i < returned; ++i) {
     if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
@@ -582,19 +621,34 @@ inline bool lt_heuristic(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc,
 // heuristic offers no algorithm with that epilogue (cuBLASLt filters by the bias pointer's
 // alignment, and not every type combination has it) and C is Real, the GEMM runs without an
 // epilogue and gemm_epilogue adds the bias to the Real result, which is the same order of
-// operations; with a bf16 C that would round twice, so it is an error. (The fc layer's GELU is
-// not fused: kernels/gelu.hpp runs it, no GELU epilogue.)
+// operations; with a bf16 C that would round twice, so it is an error.
+// `gelu` (one matrix, beta = 0 backward) adds cuBLASLt's GELU to the epilogue with `aux`, C's
+// shape and leading dimension: forward GELU_AUX_BIAS (or GELU_AUX without a bias) writes the
+// pre-activation to aux and its GELU to C; backward DGELU multiplies the product by the GELU's
+// derivative at aux. cuBLASLt's GELU is the tanh approximation, as kernels/gelu.hpp, computed in
+// float from the unrounded pre-activation. Where no algorithm has that epilogue (or aux's leading
+// dimension is not a multiple of 8, as cuBLASLt requires) nothing runs and the answer is false:
+// the caller composes the GEMM and kernels/gelu.hpp. Otherwise the answer is true.
 template <class Real, class Store, class Out>
-void gemm_cublaslt_batched(const Kokkos::Cuda& exec, Trans ta, Trans tb, Real alpha,
+bool gemm_cublaslt_batched(const Kokkos::Cuda& exec, Trans ta, Trans tb, Real alpha,
                            const ConstMatrixBatch<Store, Kokkos::Cuda>& A,
                            const ConstMatrixBatch<Store, Kokkos::Cuda>& B, Real beta,
                            const MatrixBatch<Out, Kokkos::Cuda>& C,
-                           const ConstFlat<Out, Kokkos::Cuda>& bias) {
+                           const ConstFlat<Out, Kokkos::Cuda>& bias,
+                           GeluEpilogue gelu = GeluEpilogue::none, const void* aux = nullptr) {
   const GemmShape s = batched_shape(ta, tb, A, B, C, bias, "gemm");
-  if (s.batch == 0 || s.m == 0 || s.n == 0) return;
+  const bool with_gelu = gelu != GeluEpilogue::none;
+  if (with_gelu) {
+    require(s.batch == 1 && aux != nullptr, "gemm", "a GELU epilogue takes one matrix and aux");
+    require(gelu == GeluEpilogue::forward || (beta == Real(0) && bias.extent(0) == 0), "gemm",
+            "the GELU's backward epilogue takes beta = 0 and no bias");
+    if (leading_dim(C) % 8 != 0) return false;
+  }
+  if (s.batch == 0 || s.m == 0 || s.n == 0) return !with_gelu;
   if (s.k == 0) {  // C = beta C + bias: nothing to multiply, and cuBLASLt's layouts need k >= 1
+    if (with_gelu) return false;
     gemm_native_batched<Real, Store, Out>(exec, ta, tb, alpha, A, B, beta, C, bias);
-    return;
+    return true;
   }
   constexpr bool is_double = std::is_same<Real, double>::value;
   const bool tf32 = std::is_same<Store, float>::value && tf32_enabled();
@@ -602,7 +656,12 @@ void gemm_cublaslt_batched(const Kokkos::Cuda& exec, Trans ta, Trans tb, Real al
                                       : tf32    ? CUBLAS_COMPUTE_32F_FAST_TF32
                                                 : CUBLAS_COMPUTE_32F;
   const bool has_bias = bias.extent(0) > 0;
-  const cublasLtEpilogue_t epilogue = has_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+  const cublasLtEpilogue_t epilogue =
+      gelu == GeluEpilogue::forward
+          ? (has_bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX)
+      : gelu == GeluEpilogue::backward ? CUBLASLT_EPILOGUE_DGELU
+      : has_bias                       ? CUBLASLT_EPILOGUE_BIAS
+                                       : CUBLASLT_EPILOGUE_DEFAULT;
   cublasLtMatmulDescOpaque_t desc_storage;
   const cublasLtMatmulDesc_t desc = &desc_storage;
   P2BW_CUBLAS_CHECK(cublasLtMatmulDescInit(desc, compute, CudaDataType<Real>::value));
@@ -622,6 +681,13 @@ void gemm_cublaslt_batched(const Kokkos::Cuda& exec, Trans ta, Trans tb, Real al
                                                      &bias_pointer, sizeof bias_pointer));
     P2BW_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
                                                      &bias_type, sizeof bias_type));
+  }
+  if (with_gelu) {  // aux: C's type (cuBLASLt's default), layout and leading dimension
+    const std::int64_t aux_ld = leading_dim(C);
+    P2BW_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
+        desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux));
+    P2BW_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                                                     &aux_ld, sizeof aux_ld));
   }
   const long long sa = static_cast<long long>(A.stride_0());
   const long long sb = static_cast<long long>(B.stride_0());
@@ -658,7 +724,8 @@ void gemm_cublaslt_batched(const Kokkos::Cuda& exec, Trans ta, Trans tb, Real al
                   alignment(A.data(), sa, sizeof(Store)),
                   alignment(B.data(), sb, sizeof(Store)),
                   alignment(C.data(), sc, sizeof(Out)),
-                  has_bias ? pointer_alignment(bias.data()) : 0u};
+                  has_bias ? pointer_alignment(bias.data()) : 0u,
+                  with_gelu ? pointer_alignment(aux) : 0u};
   CublasLt& lt = CublasLt::instance();
   std::lock_guard<std::mutex> lock(lt.mutex());
   const cublasLtHandle_t handle = lt.handle();
@@ -667,15 +734,16 @@ void gemm_cublaslt_batched(const Kokkos::Cuda& exec, Trans ta, Trans tb, Real al
   const std::uint32_t no_epilogue = CUBLASLT_EPILOGUE_DEFAULT;
   if (choice == nullptr) {
     LtChoice found{};
-    found.fused_bias = has_bias;
-    if (!lt_heuristic(handle, desc, la, lb, lc, key, &found.algo)) {
-      found.fused_bias = false;
-      const bool retry = has_bias && std::is_same<Out, Real>::value;
+    found.fused = true;
+    if (!lt_heuristic(handle, desc, la, lb, lc, key, with_gelu, &found.algo)) {
+      found.fused = false;
+      const bool retry = !with_gelu && has_bias && std::is_same<Out, Real>::value;
       if (retry) {
         P2BW_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
                                                          &no_epilogue, sizeof no_epilogue));
       }
-      if (!retry || !lt_heuristic(handle, desc, la, lb, lc, key, &found.algo)) {
+      if (!with_gelu &&
+          (!retry || !lt_heuristic(handle, desc, la, lb, lc, key, false, &found.algo))) {
         throw std::runtime_error(
             std::string(__FILE__) + ":" + std::to_string(__LINE__) +
             ": cublasLtMatmulAlgoGetHeuristic offers no algorithm without split-K reduction for "
@@ -685,20 +753,23 @@ void gemm_cublaslt_batched(const Kokkos::Cuda& exec, Trans ta, Trans tb, Real al
       }
     }
     choice = lt.keep(key, found);
-  } else if (has_bias && !choice->fused_bias) {
+  } else if (!with_gelu && has_bias && !choice->fused) {
     P2BW_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
                                                      &no_epilogue, sizeof no_epilogue));
   }
+  if (with_gelu && !choice->fused) return false;
   P2BW_CUBLAS_CHECK(cublasLtMatmul(handle, desc, &alpha, B.data(), la, A.data(), lb, &beta,
                                    C.data(), lc, C.data(), lc, &choice->algo, workspace,
                                    kCublasLtWorkspaceBytes, exec.cuda_stream()));
+  if (with_gelu) ++gelu_epilogue_count();
   if constexpr (std::is_same<Out, Real>::value) {
-    if (has_bias && !choice->fused_bias) {
+    if (has_bias && !choice->fused) {
       gemm_epilogue<Real, Real>(exec, ConstFlat<Real, Kokkos::Cuda>(C.data(), C.span()),
                                 Flat<Real, Kokkos::Cuda>(C.data(), C.span()), bias, s.batch * s.m,
                                 s.n);
     }
   }
+  return true;
 }
 
 #endif  // KOKKOS_ENABLE_CUDA
@@ -866,6 +937,52 @@ void gemm(const Exec& exec, Trans ta, Trans tb, Real alpha,
                                  detail::as_batch<const Store, Exec>(A, "gemm"),
                                  detail::as_batch<const Store, Exec>(B, "gemm"), beta,
                                  detail::as_batch<Out, Exec>(C, "gemm"), bias);
+}
+
+namespace detail {
+// One GEMM with a GELU epilogue where cuBLASLt computes it and the epilogue is enabled; false
+// otherwise, having run nothing.
+template <class Real, class Store, class Exec>
+bool gemm_gelu(const Exec& exec, GeluEpilogue gelu, Trans ta, Trans tb, ConstMatrix<Store, Exec> A,
+               ConstMatrix<Store, Exec> B, Matrix<Store, Exec> C, ConstFlat<Store, Exec> bias,
+               const Store* pre) {
+  if constexpr (gemm_backend<Real, Exec, Store, Store>() == GemmBackend::cublaslt) {
+#ifdef KOKKOS_ENABLE_CUDA
+    if (!gelu_epilogue_enabled()) return false;
+    return gemm_cublaslt_batched<Real, Store, Store>(
+        exec, ta, tb, Real(1), as_batch<const Store, Exec>(A, "gemm"),
+        as_batch<const Store, Exec>(B, "gemm"), Real(0), as_batch<Store, Exec>(C, "gemm"), bias,
+        gelu, pre);
+#endif
+  } else {
+    (void)exec, (void)gelu, (void)ta, (void)tb, (void)A, (void)B, (void)C, (void)bias, (void)pre;
+  }
+  return false;
+}
+}  // namespace detail
+
+// pre = op(A) op(B) + bias and C = gelu(pre) in one cuBLASLt call (GELU_AUX_BIAS; C and pre
+// contiguous, (m, n)). False where it cannot (another backend, no such algorithm, the epilogue
+// switched off), having run nothing: the caller then runs gemm() and gelu_forward.
+template <class Real, class Store = Real, class Exec>
+bool gemm_bias_gelu(const Exec& exec, Trans ta, Trans tb, ConstMatrix<Store, Exec> A,
+                    ConstMatrix<Store, Exec> B, Matrix<Store, Exec> C, ConstFlat<Store, Exec> bias,
+                    Flat<Store, Exec> pre) {  // pre: (m n)
+  detail::require_size(pre, static_cast<index_t>(C.extent(0) * C.extent(1)), "gemm_bias_gelu",
+                       "pre");
+  return detail::gemm_gelu<Real, Store, Exec>(exec, GeluEpilogue::forward, ta, tb, A, B, C, bias,
+                                              pre.data());
+}
+
+// C = gelu'(pre) op(A) op(B) in one cuBLASLt call (DGELU), elementwise; false as gemm_bias_gelu,
+// the caller then runs gemm() and gelu_backward.
+template <class Real, class Store = Real, class Exec>
+bool gemm_dgelu(const Exec& exec, Trans ta, Trans tb, ConstMatrix<Store, Exec> A,
+                ConstMatrix<Store, Exec> B, Matrix<Store, Exec> C,
+                ConstFlat<Store, Exec> pre) {  // pre: (m n)
+  detail::require_size(pre, static_cast<index_t>(C.extent(0) * C.extent(1)), "gemm_dgelu", "pre");
+  return detail::gemm_gelu<Real, Store, Exec>(exec, GeluEpilogue::backward, ta, tb, A, B, C,
+                                              ConstFlat<Store, Exec>(), pre.data());
 }
 
 }  // namespace p2bw::kernels

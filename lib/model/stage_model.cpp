@@ -10,7 +10,6 @@
 #include "kernels/attention.hpp"
 #include "kernels/crossentropy.hpp"
 #include "kernels/encoder.hpp"
-#include "kernels/gelu.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/layernorm.hpp"
 #include "kernels/matmul.hpp"
@@ -447,13 +446,11 @@ void StageModel::block_forward(const Exec& exec, const PartRef& part, const Stor
   kernels::residual_layernorm_forward<float, Store>(exec, a.res2, a.ln2, st.ln2_mean, st.ln2_rstd,
                                                     a.x, a.res2, w.ln2_weight, w.ln2_bias, N, C);
   mark("residual + layernorm");
-  // The fc pre-activation with its bias (the GEMM's epilogue) is stored, and GELU reads the
-  // stored value, as PyTorch's bf16 autocast (a bf16 Linear, then GELU on its bf16 output): so
-  // backward's GELU derivative is taken at the value forward's GELU saw.
-  kernels::matmul_forward<float, Store>(exec, a.fch, a.ln2, w.fc_weight, w.fc_bias, N, C, 4 * C);
-  mark("matmul fc");
-  kernels::gelu_forward<float, Store>(exec, a.fch_gelu, a.fch, 4 * n);
-  mark("gelu");
+  // The fc pre-activation with its bias is stored for GELU's backward (see matmul_gelu_forward
+  // for which value GELU reads).
+  kernels::matmul_gelu_forward<float, Store>(exec, a.fch_gelu, a.fch, a.ln2, w.fc_weight, w.fc_bias,
+                                             N, C, 4 * C);
+  mark("matmul fc + gelu");
   const Flat<Store, Exec> y = flat(out, n);  // (B, T, C)
   kernels::matmul_forward<float, Store>(exec, y, a.fch_gelu, w.mlp_proj_weight, w.mlp_proj_bias, N,
                                         4 * C, C);
@@ -547,11 +544,10 @@ void StageModel::block_backward(const Exec& exec, const PartRef& part, const Sto
   const auto& wf = wsv.f;
   const ConstFlat<Store, Exec> dy = cflat(dout, n);  // (B, T, C)
   // MLP: out = res2 + proj(gelu(fc(ln2(res2))))
-  kernels::matmul_backward<float, Store>(exec, ws.dfch, g.mlp_proj_weight, g.mlp_proj_bias, dy,
-                                         a.fch_gelu, w.mlp_proj_weight, N, 4 * C, C, wf.colsum);
-  mark("matmul mlp proj");
-  kernels::gelu_backward<float, Store>(exec, ws.dfch, ws.dfch, a.fch, 4 * n);
-  mark("gelu");
+  kernels::matmul_backward_gelu<float, Store>(exec, ws.dfch, g.mlp_proj_weight, g.mlp_proj_bias, dy,
+                                              a.fch_gelu, w.mlp_proj_weight, a.fch, N, 4 * C, C,
+                                              wf.colsum);
+  mark("matmul mlp proj + gelu");
   kernels::matmul_backward<float, Store>(exec, ws.dln, g.fc_weight, g.fc_bias, ws.dfch, a.ln2,
                                          w.fc_weight, N, C, 4 * C, wf.colsum);
   mark("matmul fc");

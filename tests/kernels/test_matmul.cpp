@@ -1,9 +1,13 @@
 // Tests of kernels/matmul.hpp: forward against plain loops (with and without bias, double and
 // float), finite-difference gradients of input, weight and bias in double, the contract, and
 // that the bias gradient is reproducible bit for bit; bf16 storage (forward and backward) against
-// float storage followed by rounding, bit for bit on the host.
+// float storage followed by rounding, bit for bit on the host; the MLP's GELU layers
+// (matmul_gelu_forward, matmul_backward_gelu) by finite differences, and against the GEMM and
+// GELU kernels: the same bits where they compose them, within rounding where cuBLASLt's GELU
+// epilogue runs.
 #include "kernels/matmul.hpp"
 
+#include <cmath>
 #include <cstring>
 
 #include "bf16_storage.hpp"
@@ -14,17 +18,24 @@ namespace {
 
 constexpr int N = 10, C = 8, OC = 12;  // N = B*T with B = 2, T = 5
 
-std::vector<double> reference_matmul(const std::vector<double>& x, const std::vector<double>& w,
-                                     const std::vector<double>* bias) {
-  std::vector<double> out(N * OC);
-  for (int n = 0; n < N; ++n) {
-    for (int o = 0; o < OC; ++o) {
+std::vector<double> reference_matmul_sized(const std::vector<double>& x,
+                                           const std::vector<double>& w,
+                                           const std::vector<double>* bias, int rows, int in,
+                                           int out_width) {
+  std::vector<double> out(static_cast<std::size_t>(rows) * out_width);
+  for (int n = 0; n < rows; ++n) {
+    for (int o = 0; o < out_width; ++o) {
       double sum = bias ? (*bias)[o] : 0.0;
-      for (int c = 0; c < C; ++c) sum += x[n * C + c] * w[o * C + c];
-      out[n * OC + o] = sum;
+      for (int c = 0; c < in; ++c) sum += x[n * in + c] * w[o * in + c];
+      out[static_cast<std::size_t>(n) * out_width + o] = sum;
     }
   }
   return out;
+}
+
+std::vector<double> reference_matmul(const std::vector<double>& x, const std::vector<double>& w,
+                                     const std::vector<double>* bias) {
+  return reference_matmul_sized(x, w, bias, N, C, OC);
 }
 
 template <class Real>
@@ -196,6 +207,163 @@ TEST(MatmulBf16Storage, WithBiasMatchesFloatStorageRounded) {
 }
 TEST(MatmulBf16Storage, WithoutBiasMatchesFloatStorageRounded) {
   check_bf16_storage(false, 50);
+}
+
+// The MLP in double: pre = x W1^T + b1, h = gelu(pre), y = h W2^T + b2, through
+// matmul_gelu_forward and matmul_forward; backward through matmul_backward_gelu (into d pre) and
+// matmul_backward. Finite differences of x, W1, b1 and W2, and pre against plain loops.
+TEST(MatmulGelu, GradientCheckThroughTheMlp) {
+  constexpr int n = 6, c = 8, h = 16;  // rows, width, hidden width
+  Buf<double> x(n * c, "x"), w1(h * c, "w1"), b1(h, "b1"), w2(c * h, "w2"), b2(c, "b2");
+  Buf<double> pre(n * h, "pre"), hid(n * h, "gelu"), y(n * c, "y");
+  Buf<double> dx(n * c, "dx"), dw1(h * c, "dw1"), db1(h, "db1"), dw2(c * h, "dw2"), db2(c, "db2");
+  Buf<double> dpre(n * h, "dpre"), dy(n * c, "dy");
+  fill_random(x, 60, -2.0, 2.0);  // pre-activations over GELU's curved part
+  fill_random(w1, 61);
+  fill_random(b1, 62);
+  fill_random(w2, 63);
+  fill_random(b2, 64);
+  for (Buf<double>* g : {&dw1, &db1, &dw2, &db2}) g->fill(0.0);
+  const std::vector<double> R = random_vector(n * c, 65);
+  dy.assign(R);
+  const Exec exec;
+  auto forward = [&] {
+    matmul_gelu_forward<double>(exec, hid.d, pre.d, x.d, w1.d, b1.d, n, c, h);
+    matmul_forward<double>(exec, y.d, hid.d, w2.d, b2.d, n, h, c);
+  };
+  forward();
+  const std::vector<double> b = b1.as_double();
+  expect_close("mlp pre", pre.values(),
+               reference_matmul_sized(x.as_double(), w1.as_double(), &b, n, c, h), c + 1);
+  matmul_backward_gelu<double>(exec, dpre.d, dw2.d, db2.d, dy.d, hid.d, w2.d, pre.d, n, h, c);
+  matmul_backward<double>(exec, dx.d, dw1.d, db1.d, dpre.d, x.d, w1.d, n, c, h);
+  auto loss = [&] {
+    forward();
+    return project(y, R);
+  };
+  const double n_red = c + h;
+  check_gradient("mlp dx", x, dx.values(), n_red, loss);
+  check_gradient("mlp dw1", w1, dw1.values(), n_red, loss);
+  check_gradient("mlp db1", b1, db1.values(), n_red, loss);
+  check_gradient("mlp dw2", w2, dw2.values(), n_red, loss);
+}
+
+// matmul_gelu_forward and matmul_backward_gelu against matmul_forward + gelu_forward and
+// matmul_backward + gelu_backward (in place), at widths cuBLASLt's GELU epilogue takes (leading
+// dimensions multiples of 8). With the epilogue switched off, the same kernels: the same bits on
+// every device. With it on: the same bits where nothing fuses (hosts); under cuBLASLt two fused
+// GEMMs (forward and backward), within the bound of two GEMMs and GELU's rounding: in float
+// 2 (k + 16) eps scale, in bf16 storage 2^-7 (scale + |value|) more (the fused GELU reads the
+// unrounded pre-activation and rounds once, the kernels round the GEMM's result first).
+// A float or bf16 buffer's values in double.
+template <class T>
+std::vector<double> widened(const Buf<T>& b) {
+  b.to_host();
+  std::vector<double> out(b.size());
+  for (std::size_t i = 0; i < b.size(); ++i) out[i] = static_cast<float>(b[i]);
+  return out;
+}
+
+template <class Store>
+void check_gelu_layers_against_kernels(unsigned seed) {
+  constexpr int n = 64, c = 32, h = 128;
+  const bool bf16_storage = !std::is_same<Store, float>::value;
+  Buf<float> xf(n * c, "x"), w1f(h * c, "w1"), b1f(h, "b1"), w2f(c * h, "w2"), dyf(n * c, "dy");
+  for (Buf<float>* f : {&xf, &w1f, &b1f, &w2f, &dyf}) fill_random_bf16_exact(*f, seed++);
+  auto store = [](const Buf<float>& f) {
+    f.to_host();
+    Buf<Store> s(f.size(), "store");
+    for (std::size_t i = 0; i < f.size(); ++i) s[i] = Store(f[i]);
+    s.to_device();
+    return s;
+  };
+  const Buf<Store> x = store(xf), w1 = store(w1f), b1 = store(b1f), w2 = store(w2f),
+                   dy = store(dyf);
+  struct Run {
+    Buf<Store> pre, hid, dpre;
+    Buf<float> dw2, db2;
+    Run() : pre(n * h, "pre"), hid(n * h, "gelu"), dpre(n * h, "dpre"), dw2(c * h), db2(c) {}
+  };
+  const Exec exec;
+  Run kernels_run, off, on;
+  kernels_run.dw2.fill(0.0f);
+  kernels_run.db2.fill(0.0f);
+  matmul_forward<float, Store>(exec, kernels_run.pre.d, x.d, w1.d, b1.d, n, c, h);
+  gelu_forward<float, Store>(exec, kernels_run.hid.d, kernels_run.pre.d, n * h);
+  matmul_backward<float, Store>(exec, kernels_run.dpre.d, kernels_run.dw2.d, kernels_run.db2.d,
+                                dy.d, kernels_run.hid.d, w2.d, n, h, c);
+  gelu_backward<float, Store>(exec, kernels_run.dpre.d, kernels_run.dpre.d, kernels_run.pre.d,
+                              n * h);
+  const long fused_before = gelu_epilogue_gemms();
+  for (Run* run : {&off, &on}) {
+    set_gelu_epilogue(run == &on);
+    run->dw2.fill(0.0f);
+    run->db2.fill(0.0f);
+    matmul_gelu_forward<float, Store>(exec, run->hid.d, run->pre.d, x.d, w1.d, b1.d, n, c, h);
+    matmul_backward_gelu<float, Store>(exec, run->dpre.d, run->dw2.d, run->db2.d, dy.d, run->hid.d,
+                                       w2.d, run->pre.d, n, h, c);
+  }
+  set_gelu_epilogue(true);
+  Kokkos::fence();
+  const long fused = gelu_epilogue_gemms() - fused_before;
+  auto same_bits = [](const std::string& what, const auto& got, const auto& want) {
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * sizeof(got[0]))) << what;
+  };
+  same_bits("gelu epilogue off: pre", off.pre.values(), kernels_run.pre.values());
+  same_bits("gelu epilogue off: gelu", off.hid.values(), kernels_run.hid.values());
+  same_bits("gelu epilogue off: dpre", off.dpre.values(), kernels_run.dpre.values());
+  same_bits("gelu epilogue off: dw2", off.dw2.values(), kernels_run.dw2.values());
+  same_bits("gelu epilogue off: db2", off.db2.values(), kernels_run.db2.values());
+  const bool cublaslt = std::string(gemm_backend_name<float, Exec, Store>()) == "cublaslt";
+  std::printf("  gelu epilogue (%s storage, %s): %ld fused GEMMs\n",
+              bf16_storage ? "bf16" : "float", gemm_backend_name<float, Exec, Store>(), fused);
+  if (!cublaslt) {
+    EXPECT_EQ(fused, 0);
+    same_bits("gelu epilogue on, nothing fused: gelu", on.hid.values(), kernels_run.hid.values());
+    same_bits("gelu epilogue on, nothing fused: dpre", on.dpre.values(), kernels_run.dpre.values());
+    return;
+  }
+  EXPECT_EQ(fused, 2) << "cuBLASLt offered no algorithm with the GELU epilogues";
+  // Per element: the magnitude of its GEMM (sum |a b| + |bias|), and the values in double.
+  const std::vector<double> X = xf.as_double(), W1 = w1f.as_double(), B1 = b1f.as_double(),
+                            W2 = w2f.as_double(), DY = dyf.as_double();
+  const std::vector<double> pre_want = widened(kernels_run.pre),
+                            hid_want = widened(kernels_run.hid),
+                            dpre_want = widened(kernels_run.dpre);
+  const std::vector<double> pre_got = widened(on.pre), hid_got = widened(on.hid),
+                            dpre_got = widened(on.dpre);
+  int bad = 0;
+  for (int r = 0; r < n; ++r) {
+    for (int j = 0; j < h; ++j) {
+      double fc = std::abs(B1[j]), proj = 0.0;
+      for (int k = 0; k < c; ++k) fc += std::abs(X[r * c + k] * W1[j * c + k]);
+      for (int k = 0; k < c; ++k) proj += std::abs(DY[r * c + k] * W2[k * h + j]);
+      const std::size_t i = static_cast<std::size_t>(r) * h + j;
+      const auto tol = [&](int k, double scale, double value) {
+        return 2.0 * (k + 16) * eps<float>() * scale +
+               (bf16_storage ? std::ldexp(scale + std::abs(value), -7) : 0.0);
+      };
+      const double pre_tol = tol(c, fc, pre_want[i]);
+      const double dpre_tol = tol(c, 1.2 * proj, dpre_want[i]);  // |gelu'| <= 1.13
+      if (std::abs(pre_got[i] - pre_want[i]) > pre_tol ||
+          std::abs(hid_got[i] - hid_want[i]) > pre_tol ||
+          std::abs(dpre_got[i] - dpre_want[i]) > dpre_tol) {
+        if (++bad <= 5)
+          ADD_FAILURE() << "[" << r << ", " << j << "] pre " << pre_got[i] << " / " << pre_want[i]
+                        << ", gelu " << hid_got[i] << " / " << hid_want[i] << ", dpre "
+                        << dpre_got[i] << " / " << dpre_want[i] << " (fused / kernels)";
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0);
+}
+
+TEST(MatmulGelu, FloatMatchesTheGemmAndGeluKernels) {
+  check_gelu_layers_against_kernels<float>(70);
+}
+TEST(MatmulGelu, Bf16StorageMatchesTheGemmAndGeluKernels) {
+  check_gelu_layers_against_kernels<bf16>(80);
 }
 
 }  // namespace

@@ -225,11 +225,6 @@ class FenceCounter {
   FenceCounter(const FenceCounter&) = delete;
   FenceCounter& operator=(const FenceCounter&) = delete;
   const std::map<std::string, int>& fences() const { return names(); }
-  int count() const {
-    int n = 0;
-    for (const auto& entry : names()) n += entry.second;
-    return n;
-  }
 
  private:
   static std::map<std::string, int>& names() {
