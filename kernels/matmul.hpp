@@ -2,8 +2,8 @@
 // PyTorch. Rows are the B*T positions (N = B*T). The GEMMs go through kernels/gemm.hpp, the
 // forward's bias as the GEMM's epilogue; the bias gradient is a deterministic column sum. The MLP's
 // first layer and its GELU are matmul_gelu_forward, and the second layer's backward through that
-// GELU matmul_backward_gelu: one GEMM with a GELU epilogue each under cuBLASLt, the GEMM and
-// kernels/gelu.hpp elsewhere.
+// GELU matmul_backward_gelu: one GEMM with a GELU epilogue each under cuBLASLt with bf16 storage,
+// the GEMM and kernels/gelu.hpp elsewhere.
 // Storage (kernels/storage.hpp): activations, their gradients, the weight and the bias are Store;
 // the accumulated parameter gradients dweight and dbias and the column-sum workspace are Real.
 #pragma once
@@ -36,10 +36,10 @@ void matmul_forward(const Exec& exec, Flat<Store, Exec> out,  // (N, OC)
 }
 
 // pre = inp * weight^T + bias, stored, and out = gelu(pre) (the MLP's first layer). Under
-// cuBLASLt one GEMM with the GELU_AUX_BIAS epilogue, whose GELU reads the unrounded
-// pre-activation (llm.c's fusion); elsewhere matmul_forward and gelu_forward, whose GELU reads the
-// stored one (PyTorch's bf16 autocast: a bf16 Linear, then GELU on its bf16 output). In float
-// storage the two differ only in the GELU's rounding.
+// cuBLASLt with bf16 storage one GEMM with the GELU_AUX_BIAS epilogue, whose GELU reads the
+// unrounded pre-activation (llm.c's fusion); elsewhere (and with P2BW_GELU_EPILOGUE=off)
+// matmul_forward and gelu_forward, whose GELU reads the stored one (PyTorch's bf16 autocast: a
+// bf16 Linear, then GELU on its bf16 output).
 template <class Real, class Store = Real, class Exec>
 void matmul_gelu_forward(const Exec& exec, Flat<Store, Exec> out,  // (N, OC) gelu(pre)
                          Flat<Store, Exec> pre,                    // (N, OC)
@@ -125,8 +125,8 @@ void matmul_backward(const Exec& exec, Flat<Store, Exec> dinp,  // (N, C), assig
 }
 
 // matmul_backward of a layer whose input is inp = gelu(pre) (the MLP's second layer), carried
-// through the GELU: dinp = gelu'(pre) (dout * weight), the gradient of pre. Under cuBLASLt one GEMM
-// with the DGELU epilogue; elsewhere the GEMM and gelu_backward.
+// through the GELU: dinp = gelu'(pre) (dout * weight), the gradient of pre. Under cuBLASLt with
+// bf16 storage one GEMM with the DGELU epilogue; elsewhere the GEMM and gelu_backward.
 template <class Real, class Store = Real, class Exec>
 void matmul_backward_gelu(const Exec& exec, Flat<Store, Exec> dinp,  // (N, C) of pre, assigned
                           Flat<Real, Exec> dweight,                  // (OC, C), accumulated

@@ -6,7 +6,8 @@
 // with p2bw's bf16 rounding points (torch_reference.py, bf16 = 1) with tolerances derived from
 // bf16's unit roundoff and the number of rounding points, and against the unrounded model, from
 // which bf16 must differ by far more than fp32's tolerance (so the comparison can fail). Skips,
-// saying why, without a Python that has torch and h5py.
+// saying why, without a Python that has torch and h5py. GELU runs as gelu.hpp's kernels, whose
+// rounding points the reference mirrors, also where cuBLASLt could fuse it (bf16 on a GPU).
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -21,6 +22,7 @@
 
 #include "data/loader.hpp"
 #include "io/hdf5_file.hpp"
+#include "kernels/gemm.hpp"
 #include "model/lr_schedule.hpp"
 #include "pipeline/single_rank_trainer.hpp"
 
@@ -205,6 +207,13 @@ void compare_with_torch(config::ModelKind kind, config::Precision precision) {
   config::Deck deck = tiny_deck(kind);
   deck.model.precision = precision;
   const bool bf16 = precision == config::Precision::bf16;
+  // The rounding reference has gelu.hpp's rounding points (GELU of the stored pre-activation), so
+  // cuBLASLt's fused GELU (bf16 on a GPU) is off here; test_kernels' MatmulGelu compares the two.
+  struct GeluKernels {
+    bool was = kernels::gelu_epilogue_enabled();
+    GeluKernels() { kernels::set_gelu_epilogue(false); }
+    ~GeluKernels() { kernels::set_gelu_epilogue(was); }
+  } gelu_kernels;
   auto tokens = std::make_shared<data::Tokens>(data::tokenize_bytes(kText));
   const auto dir = fs::temp_directory_path() / ("p2bw_torch_" + std::to_string(::getpid()));
   fs::create_directories(dir);
